@@ -1,0 +1,61 @@
+"""The typer app: every command is registered here, one module per command.
+
+`main()` is the console entry point. It maps `PieError` to a one-line message and its exit
+code; any other exception becomes a one-line runtime error, with the traceback only when
+PIE_DEBUG=1.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from pie_cli.errors import EXIT_RUNTIME, PieError
+
+app = typer.Typer(
+    name="pie",
+    help="Profile a machine, tune a CPU-backed KV cache pool, run it, and report throughput and latency.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """pie: measure the link and the layers, plan the KV pool, run it, and compare runs.
+
+    Examples: pie profile --quick --model opt-125m | pie models
+    """
+
+
+# --- command registration: one line per command module -------------------------------
+from pie_cli import models_cmd  # noqa: E402
+
+app.command("models")(models_cmd.models)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except PieError as err:
+        if os.environ.get("PIE_DEBUG") == "1":
+            raise
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as err:  # noqa: BLE001 - last-resort mapping to one line
+        if os.environ.get("PIE_DEBUG") == "1":
+            raise
+        print(f"error: {type(err).__name__}: {err} (hint: rerun with PIE_DEBUG=1 for a traceback)", file=sys.stderr)
+        sys.exit(EXIT_RUNTIME)
+
+
+if __name__ == "__main__":
+    main()

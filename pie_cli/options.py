@@ -1,0 +1,18 @@
+"""Options shared by several commands, declared once as `Annotated` aliases."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout; human text goes to stderr.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A registry name (e.g. opt-125m, llama-3-8b; see `pie models`) or a local Hugging Face directory.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float16, bfloat16 or float32.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random weights, shuffles and arrivals.")]
+OutputPathOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result file.")]
+ResultsDirOpt = Annotated[Path, typer.Option("--results-dir", help="Results store directory.")]
+
+DEFAULT_RESULTS_DIR = Path(".pie/results")
+DEFAULT_PROFILES_DIR = Path(".pie/profiles")

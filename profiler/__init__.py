@@ -1,0 +1,1 @@
+"""Timing primitives, link and memory bandwidth, per-layer compute, fingerprint, HardwareProfile."""

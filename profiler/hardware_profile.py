@@ -1,0 +1,165 @@
+"""`HardwareProfile`: what `pie profile` measured, as a versioned, self-describing JSON file.
+
+This module is the contract between the profiler (which fills it) and the planner (which
+reads it). It is torch-free. Loading checks the schema version and the structure and turns
+any problem into a one-line `BadInput`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pie_cli.errors import BadInput
+
+SCHEMA_VERSION = 1
+LINK_DIRECTIONS = ("h2d", "d2h", "bidirectional")
+HOST_MEMORY_KINDS = ("pinned", "pageable")
+
+
+@dataclass(frozen=True)
+class BandwidthSample:
+    """One transfer measurement: a direction, a host-memory kind and a size, timed `len(samples_s)` times."""
+
+    direction: str  # h2d | d2h | bidirectional (both at once; gbps is the sum of both ways)
+    host_memory: str  # pinned | pageable
+    size_bytes: int
+    samples_s: tuple[float, ...]
+    median_gbps: float
+    p10_gbps: float
+    p90_gbps: float
+
+    def __post_init__(self) -> None:
+        if self.direction not in LINK_DIRECTIONS:
+            raise BadInput(f"bandwidth sample direction '{self.direction}' is not one of {LINK_DIRECTIONS}")
+        if self.host_memory not in HOST_MEMORY_KINDS:
+            raise BadInput(f"bandwidth sample host memory '{self.host_memory}' is not one of {HOST_MEMORY_KINDS}")
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """Median time of one decoder layer for a batch at a context length."""
+
+    phase: str  # prefill | decode
+    batch_size: int
+    context_len: int  # decode: cached tokens per sequence; prefill: prompt tokens per sequence
+    median_s: float
+    p10_s: float
+    p90_s: float
+    samples_s: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class DecodeLayerFit:
+    """t_decode_layer(b, ctx) = fixed_s + per_token_s * b + per_kv_token_s * (b * ctx).
+
+    fixed_s is dominated by reading the layer's weights (scale it by weight bytes to move to
+    another model), per_token_s by the batch's matmul FLOPs, per_kv_token_s by reading the
+    KV cache. The reference sizes of the profiled layer are kept so the planner can rescale.
+    """
+
+    fixed_s: float
+    per_token_s: float
+    per_kv_token_s: float
+    layer_weight_bytes: int
+    layer_flops_per_token: int
+    kv_bytes_per_token_layer: int
+    median_rel_error: float  # on held-out grid points
+    max_rel_error: float
+    num_fit_points: int
+    num_holdout_points: int
+
+    def predict_s(self, batch_size: int, context_len: float) -> float:
+        return self.fixed_s + self.per_token_s * batch_size + self.per_kv_token_s * batch_size * context_len
+
+
+@dataclass(frozen=True)
+class PrefillLayerFit:
+    """t_prefill_layer(tokens, sum_sq) = fixed_s + per_token_s * tokens + per_token_sq_s * sum(len^2)."""
+
+    fixed_s: float
+    per_token_s: float
+    per_token_sq_s: float
+    median_rel_error: float
+
+    def predict_s(self, num_tokens: int, sum_squared_lens: float) -> float:
+        return self.fixed_s + self.per_token_s * num_tokens + self.per_token_sq_s * sum_squared_lens
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    created_at: str
+    device: str  # cpu | cuda
+    device_name: str
+    dtype: str
+    fingerprint: dict[str, Any]  # CPU, RAM, GPU name/memory, driver, torch/CUDA versions
+    link_is_memcpy: bool  # True on a CPU-only machine: "device" is another CPU buffer
+    link: tuple[BandwidthSample, ...]
+    memory_bandwidth_gbps: float  # large device-to-device copy (read + write counted once)
+    matmul_tflops: float  # achieved, for `dtype`
+    model: str | None  # shape name of the profiled layer, None when no layer was profiled
+    model_shape: dict[str, Any] | None
+    layer_timings: tuple[LayerTiming, ...]
+    decode_fit: DecodeLayerFit | None
+    prefill_fit: PrefillLayerFit | None
+    quick: bool
+    notes: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # --- what the planner reads ----------------------------------------------------------
+    def best_gbps(self, direction: str = "h2d", host_memory: str = "pinned") -> float:
+        """Highest median bandwidth over sizes for a direction and host-memory kind (GB/s, 1e9 B/s)."""
+        values = [s.median_gbps for s in self.link if s.direction == direction and s.host_memory == host_memory]
+        if not values:
+            raise BadInput(f"profile has no {host_memory} {direction} measurements", "re-run `pie profile`")
+        return max(values)
+
+    @property
+    def link_h2d_gbps(self) -> float:
+        return self.best_gbps("h2d", "pinned")
+
+    # --- persistence ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "HardwareProfile":
+        if not isinstance(data, dict):
+            raise BadInput(f"{source} is not a pie hardware profile (expected a JSON object)")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BadInput(f"{source} has schema version {version!r}; this pie reads version {SCHEMA_VERSION}",
+                           "re-run `pie profile` to make a new one")
+        try:
+            fields = dict(data)
+            fields["link"] = tuple(BandwidthSample(**{**s, "samples_s": tuple(s["samples_s"])}) for s in data["link"])
+            fields["layer_timings"] = tuple(LayerTiming(**{**t, "samples_s": tuple(t.get("samples_s", ()))})
+                                            for t in data["layer_timings"])
+            fields["decode_fit"] = DecodeLayerFit(**data["decode_fit"]) if data.get("decode_fit") else None
+            fields["prefill_fit"] = PrefillLayerFit(**data["prefill_fit"]) if data.get("prefill_fit") else None
+            fields["notes"] = tuple(data.get("notes", ()))
+            return cls(**fields)
+        except (KeyError, TypeError) as err:
+            raise BadInput(f"{source} is not a valid pie hardware profile ({err})", "re-run `pie profile` to make a new one") from None
+
+    @classmethod
+    def load(cls, path: Path) -> "HardwareProfile":
+        path = Path(path)
+        if not path.is_file():
+            raise BadInput(f"profile '{path}' does not exist", "run `pie profile` first or pass --profile FILE")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadInput(f"profile '{path}' is not valid JSON ({err})", "re-run `pie profile` to make a new one") from None
+        return cls.from_dict(data, source=f"profile '{path}'")

@@ -1,0 +1,1 @@
+"""RunRecord schema, metrics, results store, comparison and reports."""

@@ -1,0 +1,1 @@
+"""Runner protocol and registry, workloads and arrivals, and the runners themselves."""

@@ -1,0 +1,1 @@
+"""The Pie engine: paged KV cache with a CPU pool and layer-wise prefetch."""

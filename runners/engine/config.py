@@ -1,0 +1,77 @@
+"""`EngineConfig`: everything the Pie engine needs, handed whole to each part (frozen, validated).
+
+The engine knows nothing of the planner: a `Plan` is turned into an `EngineConfig` by the
+caller. Budgets are in blocks; `EngineConfig.from_budgets` converts bytes to blocks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from pie_cli.errors import BadInput, suggest
+from planner.dtypes import canonical_dtype
+from planner.shapes import ModelShape, resolve_model
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str  # registry name or local Hugging Face directory
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    block_size: int = 16  # tokens per KV block
+    num_device_blocks: int = 1024  # KV blocks on the device (per layer, same count every layer)
+    num_pool_blocks: int = 0  # KV blocks in the CPU pool (0 = pool off)
+    prefetch_depth: int = 2  # staging slots: copies for layers i+1..i+d overlap layer i
+    rebuild_fraction: float = 0.0  # share of pooled context kept as activations and rebuilt (KVPR)
+    max_num_batched_tokens: int = 2048  # per iteration (prefill chunks + decode tokens)
+    max_num_seqs: int = 64  # running sequences at once
+    max_model_len: int | None = None  # defaults to the model's max positions
+    seed: int = 0  # for random weights and sampling
+    random_weights: bool | None = None  # None: load safetensors if the model is a directory that has them
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        if self.device.split(":")[0] not in DEVICES:
+            raise BadInput(f"unknown device '{self.device}'", suggest(self.device, DEVICES))
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise BadInput(f"block_size must be a power of two, got {self.block_size}")
+        if self.num_device_blocks < 1:
+            raise BadInput(f"num_device_blocks must be at least 1, got {self.num_device_blocks}",
+                           "give the device KV budget room for at least one block")
+        if self.num_pool_blocks < 0:
+            raise BadInput(f"num_pool_blocks must be >= 0, got {self.num_pool_blocks}")
+        if self.prefetch_depth < 1:
+            raise BadInput(f"prefetch_depth must be at least 1, got {self.prefetch_depth}")
+        if not 0.0 <= self.rebuild_fraction <= 1.0:
+            raise BadInput(f"rebuild_fraction must be in [0, 1], got {self.rebuild_fraction}")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise BadInput("max_num_seqs and max_num_batched_tokens must be at least 1")
+        if self.rebuild_fraction > 0 and not self.shape.rebuild_saves_bytes:
+            raise BadInput(f"rebuild_fraction {self.rebuild_fraction} saves nothing for {self.shape.name}: "
+                           f"hidden {self.shape.hidden_size} >= 2 * kv_heads * head_dim {2 * self.shape.kv_dim}",
+                           "set rebuild_fraction to 0 for grouped-query models")
+
+    @property
+    def shape(self) -> ModelShape:
+        return resolve_model(self.model)
+
+    @property
+    def model_len(self) -> int:
+        return self.max_model_len or self.shape.max_positions
+
+    def replace(self, **changes) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_budgets(cls, model: str, device_kv_bytes: int, pool_bytes: int = 0, **kwargs) -> "EngineConfig":
+        """Convert byte budgets to block counts for this model, dtype and block size."""
+        dtype = canonical_dtype(kwargs.get("dtype", "bfloat16"))
+        block_size = kwargs.get("block_size", 16)
+        block_bytes = resolve_model(model).kv_bytes_per_token(dtype) * block_size
+        num_device = device_kv_bytes // block_bytes
+        if num_device < 1:
+            raise BadInput(f"device KV budget {device_kv_bytes} B is smaller than one block ({block_bytes} B)",
+                           "raise the device KV budget")
+        return cls(model=model, num_device_blocks=int(num_device), num_pool_blocks=int(pool_bytes // block_bytes), **kwargs)
