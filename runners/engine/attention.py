@@ -1,0 +1,113 @@
+"""Attention kernels over the engine's flat paged KV cache, in plain PyTorch.
+
+Layout (docs/engine-interfaces.md): `kv_cache[num_total_blocks, 2, block_size, Hkv, dh]`;
+a slot is `block * block_size + offset`; block tables hold global block indices, so device
+blocks and staged pool blocks are read through one table. Padding entries in a block table
+may be any value (they are clamped and masked by `context_lens`).
+
+- `write_kv` scatters new keys/values into their slots.
+- `paged_decode_attention` attends one query token per sequence over its cached context.
+  Decode attention on a CPU is memory-bound, so the kernel reads each cached token once:
+  it groups sequences into a few length buckets so padding stays small, gathers each
+  bucket's blocks with one `index_select` (K and V in one copy), and computes
+  `softmax(q·kᵀ)·v` explicitly (bf16 matmuls, fp32 softmax) rather than through
+  `scaled_dot_product_attention`, which is about 3x slower in bf16 on these machines.
+- `prefill_attention` is causal attention within each sequence of a packed batch.
+
+Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi,
+chunked prefill against cached context (prefill sees only the tokens it is given).
+"""
+from __future__ import annotations
+
+import torch
+
+# Sequences are grouped so that each group pads to at most this factor of its shortest context.
+_BUCKET_GROWTH = 1.5
+
+
+def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Store k[T, Hkv, dh] and v[T, Hkv, dh] at `slot_mapping[T]` (block * block_size + offset)."""
+    block_size = kv_cache.shape[2]
+    blocks = torch.div(slot_mapping, block_size, rounding_mode="floor")
+    offsets = slot_mapping - blocks * block_size
+    kv_cache[blocks, 0, offsets] = k.to(kv_cache.dtype)
+    kv_cache[blocks, 1, offsets] = v.to(kv_cache.dtype)
+
+
+def _attend_group(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                  context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Decode attention for sequences whose block tables all have the same width M."""
+    batch, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    num_blocks = block_tables.shape[1]
+    group = num_heads // num_kv_heads
+    tokens = num_blocks * block_size
+    # One copy of the bucket's K and V: [B, M, 2, bs, Hkv, dh] -> [2, B, Hkv, M*bs, dh].
+    blocks = kv_cache.index_select(0, block_tables.reshape(-1))
+    kv = blocks.view(batch, num_blocks, 2, block_size, num_kv_heads, head_dim)
+    kv = kv.permute(2, 0, 4, 1, 3, 5).reshape(2, batch, num_kv_heads, tokens, head_dim)
+    query = q.view(batch, num_kv_heads, group, head_dim).to(kv_cache.dtype)
+    scores = torch.matmul(query, kv[0].transpose(-1, -2)).float()  # [B, Hkv, g, T]
+    scores.mul_(scale)
+    pad = torch.arange(tokens, device=q.device)[None, :] >= context_lens[:, None]
+    scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(kv_cache.dtype)
+    out = torch.matmul(probs, kv[1])  # [B, Hkv, g, dh]
+    return out.reshape(batch, num_heads, head_dim)
+
+
+def decode_buckets(context_lens: list[int], block_size: int) -> list[tuple[list[int], int]]:
+    """Group sequence indices by context length: [(indices, num_blocks)], each padded <= 1.5x."""
+    order = sorted(range(len(context_lens)), key=context_lens.__getitem__)
+    groups: list[tuple[list[int], int]] = []
+    start = 0
+    while start < len(order):
+        shortest = max(context_lens[order[start]], block_size)
+        end = start
+        while end < len(order) and context_lens[order[end]] <= shortest * _BUCKET_GROWTH:
+            end += 1
+        end = max(end, start + 1)
+        longest = context_lens[order[end - 1]]
+        groups.append((order[start:end], -(-longest // block_size)))
+        start = end
+    return groups
+
+
+def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                           context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """q[B, Hq, dh] attends over each sequence's first `context_lens[b]` cached tokens -> [B, Hq, dh]."""
+    block_size = kv_cache.shape[2]
+    lens = context_lens.tolist()
+    tables = block_tables.clamp(min=0, max=kv_cache.shape[0] - 1)
+    groups = decode_buckets(lens, block_size)
+    if len(groups) == 1:
+        indices, width = groups[0]
+        return _attend_group(q, kv_cache, tables[:, :width], context_lens, scale).to(q.dtype)
+    out = torch.empty_like(q)
+    for indices, width in groups:
+        rows = torch.tensor(indices, device=q.device)
+        out[rows] = _attend_group(q[rows], kv_cache, tables[rows, :width], context_lens[rows], scale).to(q.dtype)
+    return out
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """Causal attention within each packed sequence: q[T, Hq, dh], k/v[T, Hkv, dh] -> [T, Hq, dh]."""
+    total, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        length = end - start
+        if length == 0:
+            continue
+        query = q[start:end].view(length, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)  # [Hkv, g, t, dh]
+        key = k[start:end].permute(1, 0, 2)[:, None]  # [Hkv, 1, t, dh]
+        value = v[start:end].permute(1, 0, 2)[:, None]
+        scores = torch.matmul(query, key.transpose(-1, -2)).float().mul_(scale)  # [Hkv, g, t, t]
+        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
+        scores.masked_fill_(causal, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        out[start:end] = torch.matmul(probs, value).permute(2, 0, 1, 3).reshape(length, num_heads, head_dim)
+    return out

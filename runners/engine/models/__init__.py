@@ -1,0 +1,42 @@
+"""`build_model`: an engine model (OPT or Llama family) with loaded or seeded random weights.
+
+The returned object follows `DecoderModel` (models/common.py, docs/engine-interfaces.md):
+`embed`, `layer_forward`, `layer_kv_from_input`, `logits`, plus `attention_scale`.
+`num_layers` builds only the first layers (the profiler times one layer of a big model
+without holding all of it). Random weights are labelled: `model.random_weights` is True.
+
+Left out: tensor parallelism, quantisation, weight offloading.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pie_cli.errors import BadInput
+from planner.shapes import ModelShape
+from runners.engine import loader
+from runners.engine.models.common import Attention, DecoderModel
+from runners.engine.models.llama import LlamaModel
+from runners.engine.models.opt import OPTModel
+
+__all__ = ["Attention", "DecoderModel", "build_model"]
+
+
+def build_model(shape: ModelShape, dtype: str, device: str, seed: int = 0,
+                weights_dir: Path | None = None, num_layers: int | None = None) -> DecoderModel:
+    """Weights from `weights_dir/*.safetensors` when given, else seeded random weights of `shape`."""
+    layers = shape.num_layers if num_layers is None else num_layers
+    if weights_dir is not None and not Path(weights_dir).is_dir():
+        raise BadInput(f"weights directory '{weights_dir}' does not exist", "give a local Hugging Face model directory")
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device '{device}' asked for, but CUDA is not available", "use --device cpu")
+    if weights_dir is not None:
+        weights = loader.load_weights(shape, Path(weights_dir), dtype, device, layers)
+    else:
+        weights = loader.random_weights(shape, dtype, device, seed, layers)
+    model: DecoderModel
+    model = OPTModel(shape, weights, layers) if shape.is_opt else LlamaModel(shape, weights, layers)
+    model.random_weights = weights_dir is None
+    return model

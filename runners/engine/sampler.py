@@ -1,0 +1,58 @@
+"""Next-token sampling: greedy, temperature and top-p (nucleus), seeded per request.
+
+`sample(logits[N, V], params, generators)` returns one token id per row. Greedy rows (temperature
+0) are one batched argmax. Random rows draw from their own `torch.Generator`, made once per
+request by `make_generator`, so a seeded request produces the same tokens whatever else is
+in the batch and whichever order the batch has. A request without a seed gets a generator
+seeded from the engine seed and its request index, so a whole run is reproducible.
+
+Left out: top-k, min-p, repetition/presence penalties, logprobs, beam search.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from runners.engine.sampling_params import SamplingParams
+
+
+def make_generator(params: SamplingParams, fallback_seed: int) -> torch.Generator | None:
+    """A CPU generator for a random-sampling request; None for greedy requests."""
+    if params.greedy:
+        return None
+    return torch.Generator().manual_seed(params.seed if params.seed is not None else fallback_seed)
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero all but the smallest set of most likely tokens whose mass reaches `top_p`; renormalise."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(descending=True)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token from one row of logits[V]."""
+    if params.greedy:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    probs = top_p_filter(probs, params.top_p)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
+           generators: Sequence[torch.Generator | None]) -> list[int]:
+    """Token ids for logits[N, V], row i sampled with params[i] and generators[i]."""
+    if logits.shape[0] != len(params) or len(params) != len(generators):
+        raise ValueError(f"sample: {logits.shape[0]} logit rows, {len(params)} params, {len(generators)} generators")
+    tokens = logits.argmax(dim=-1).tolist()
+    for row, (row_params, generator) in enumerate(zip(params, generators)):
+        if not row_params.greedy:
+            if generator is None:
+                raise ValueError(f"sample: row {row} samples at temperature {row_params.temperature} but has no generator")
+            tokens[row] = sample_row(logits[row], row_params, generator)
+    return tokens

@@ -1,0 +1,292 @@
+"""Engine models, kernels, loader and sampler against transformers and naive references (CPU, fp32)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pie_cli.errors import BadInput
+from planner.shapes import REGISTRY, load_shape_from_dir
+from runners.engine import loader
+from runners.engine.attention import decode_buckets, paged_decode_attention, prefill_attention, write_kv
+from runners.engine.models import build_model
+from runners.engine.sampler import make_generator, sample, top_p_filter
+from runners.engine.sampling_params import SamplingParams
+
+transformers = pytest.importorskip("transformers")
+
+BLOCK_SIZE = 4
+
+
+def _save(model, path):
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def tiny_opt(tmp_path, **overrides):
+    settings = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                    max_position_embeddings=64, word_embed_proj_dim=32, do_layer_norm_before=True)
+    config = transformers.OPTConfig(**{**settings, **overrides})
+    torch.manual_seed(0)
+    model = transformers.OPTForCausalLM(config).eval()
+    with torch.no_grad():  # non-trivial biases and norms so every weight matters
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model, _save(model, tmp_path / "opt")
+
+
+def tiny_llama(tmp_path, model_type="llama", **overrides):
+    cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[model_type]
+    settings = dict(vocab_size=101, hidden_size=48, num_hidden_layers=2, intermediate_size=80, num_attention_heads=6,
+                    num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-6)
+    config = cls[0](**{**settings, **overrides})
+    torch.manual_seed(1)
+    model = cls[1](config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model, _save(model, tmp_path / model_type)
+
+
+class PagedRunner:
+    """A minimal paged forward for tests: prefill a prompt, then decode token by token."""
+
+    def __init__(self, model, num_blocks=64):
+        shape = model.shape
+        self.model = model
+        self.cache = torch.zeros(model.num_layers * num_blocks, 2, BLOCK_SIZE, shape.num_kv_heads, shape.head_dim)
+        self.num_blocks = num_blocks
+        # Scatter each sequence's blocks (reversed order) so the kernels see non-contiguous tables.
+        self.table = list(range(num_blocks - 1, -1, -1))
+
+    def _slots(self, positions, layer):
+        return torch.tensor([(layer * self.num_blocks + self.table[p // BLOCK_SIZE]) * BLOCK_SIZE + p % BLOCK_SIZE
+                             for p in positions.tolist()])
+
+    def forward(self, token_ids, start):
+        """Logits [T, V] for tokens at positions start..; prefill when start == 0, else decode (T == 1)."""
+        positions = torch.arange(start, start + len(token_ids))
+        hidden = self.model.embed(torch.tensor(token_ids), positions)
+        context = start + len(token_ids)
+
+        def attention(layer, q, k, v):
+            write_kv(self.cache, self._slots(positions, layer), k, v)
+            if start == 0:
+                cu = torch.tensor([0, len(token_ids)])
+                return prefill_attention(q, k, v, cu, self.model.attention_scale)
+            width = -(-context // BLOCK_SIZE)
+            table = torch.tensor([[layer * self.num_blocks + b for b in self.table[:width]]])
+            return paged_decode_attention(q, self.cache, table, torch.tensor([context]), self.model.attention_scale)
+
+        for layer in range(self.model.num_layers):
+            hidden = self.model.layer_forward(layer, hidden, positions, attention)
+        return self.model.logits(hidden)
+
+
+def _compare_with_hf(hf_model, path, prompt, decode_tokens):
+    shape = load_shape_from_dir(path)
+    model = build_model(shape, "float32", "cpu", weights_dir=path)
+    assert model.random_weights is False
+    runner = PagedRunner(model)
+    tokens = list(prompt)
+    with torch.inference_mode():
+        ours = [runner.forward(tokens, 0)]
+        for token in decode_tokens:
+            ours.append(runner.forward([token], len(tokens)))
+            tokens.append(token)
+        reference = hf_model(torch.tensor([tokens])).logits[0]
+    ours = torch.cat(ours)
+    torch.testing.assert_close(ours, reference, atol=2e-4, rtol=2e-4)
+
+
+PROMPT = [5, 17, 3, 42, 8, 11, 60, 2, 9]
+DECODE = [7, 31, 4, 19, 23, 1]
+
+
+def test_opt_matches_transformers(tmp_path):
+    hf_model, path = tiny_opt(tmp_path)
+    _compare_with_hf(hf_model, path, PROMPT, DECODE)
+
+
+def test_opt_post_norm_and_projection_matches_transformers(tmp_path):
+    # opt-350m's structure: post-norm layers, no final layer norm, project_in/out of a narrower embedding.
+    hf_model, path = tiny_opt(tmp_path, **{"word_embed_proj_dim": 16, "do_layer_norm_before": False})
+    assert load_shape_from_dir(path).word_embed_proj_dim == 16
+    _compare_with_hf(hf_model, path, PROMPT, DECODE)
+
+
+def test_llama_gqa_matches_transformers(tmp_path):
+    hf_model, path = tiny_llama(tmp_path)
+    _compare_with_hf(hf_model, path, PROMPT, DECODE)
+
+
+def test_qwen2_bias_and_tied_embeddings_match_transformers(tmp_path):
+    hf_model, path = tiny_llama(tmp_path, "qwen2", tie_word_embeddings=True)
+    shape = load_shape_from_dir(path)
+    assert shape.qkv_bias and shape.tie_word_embeddings
+    _compare_with_hf(hf_model, path, PROMPT, DECODE)
+
+
+@pytest.mark.parametrize("maker", [tiny_opt, tiny_llama])
+def test_layer_kv_from_input_reproduces_cached_kv(tmp_path, maker):
+    _, path = maker(tmp_path)
+    model = build_model(load_shape_from_dir(path), "float32", "cpu", weights_dir=path)
+    positions = torch.arange(len(PROMPT))
+    captured = {}
+
+    def attention(layer, q, k, v):
+        captured["kv"] = (k.clone(), v.clone())
+        return prefill_attention(q, k, v, torch.tensor([0, len(PROMPT)]), model.attention_scale)
+
+    with torch.inference_mode():
+        hidden = model.embed(torch.tensor(PROMPT), positions)
+        for layer in range(model.num_layers):
+            layer_input = hidden
+            hidden = model.layer_forward(layer, hidden, positions, attention)
+            k, v = model.layer_kv_from_input(layer, layer_input, positions)
+            torch.testing.assert_close(k, captured["kv"][0])
+            torch.testing.assert_close(v, captured["kv"][1])
+
+
+def naive_attention(q, k, v, scale, causal):
+    """q[t, Hq, dh], k/v[s, Hkv, dh] in fp64, one sequence."""
+    group = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(group, dim=1)
+    v = v.double().repeat_interleave(group, dim=1)
+    scores = torch.einsum("thd,shd->hts", q.double(), k) * scale
+    if causal:
+        scores = scores.masked_fill(torch.ones(q.shape[0], k.shape[0], dtype=torch.bool).triu(1), -math.inf)
+    return torch.einsum("hts,shd->thd", scores.softmax(-1), v)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_paged_decode_matches_naive(dtype, tol):
+    torch.manual_seed(0)
+    heads, kv_heads, head_dim, block_size = 8, 2, 16, 4
+    lens = [1, 3, 4, 5, 17, 40, 41, 9, 100]  # several length buckets, partly filled blocks
+    num_blocks = 80
+    cache = torch.randn(num_blocks, 2, block_size, kv_heads, head_dim).to(dtype)
+    free = torch.randperm(num_blocks).tolist()
+    width = max(-(-n // block_size) for n in lens)
+    table = torch.full((len(lens), width), -1, dtype=torch.long)  # -1 padding must be harmless
+    for row, n in enumerate(lens):
+        for col in range(-(-n // block_size)):
+            table[row, col] = free.pop()
+    q = torch.randn(len(lens), heads, head_dim).to(dtype)
+    out = paged_decode_attention(q, cache, table, torch.tensor(lens), 0.25)
+    for row, n in enumerate(lens):
+        blocks = cache[table[row, : -(-n // block_size)]]
+        k = blocks[:, 0].reshape(-1, kv_heads, head_dim)[:n]
+        v = blocks[:, 1].reshape(-1, kv_heads, head_dim)[:n]
+        expected = naive_attention(q[row: row + 1], k, v, 0.25, causal=False)[0]
+        torch.testing.assert_close(out[row].double(), expected, atol=tol, rtol=tol)
+
+
+def test_decode_buckets_cover_every_sequence_with_bounded_padding():
+    lens = [1, 700, 16, 17, 300, 301, 450, 33, 64, 5]
+    groups = decode_buckets(lens, 16)
+    seen = sorted(i for indices, _ in groups for i in indices)
+    assert seen == list(range(len(lens)))
+    for indices, width in groups:
+        assert width * 16 >= max(lens[i] for i in indices)
+        assert max(lens[i] for i in indices) <= 1.5 * max(16, min(lens[i] for i in indices))
+
+
+def test_prefill_attention_is_causal_per_sequence():
+    torch.manual_seed(0)
+    lens = [5, 1, 12]
+    q = torch.randn(sum(lens), 6, 8)
+    k, v = torch.randn(sum(lens), 3, 8), torch.randn(sum(lens), 3, 8)
+    cu = torch.tensor([0, 5, 6, 18])
+    out = prefill_attention(q, k, v, cu, 0.3)
+    for start, end in [(0, 5), (5, 6), (6, 18)]:
+        expected = naive_attention(q[start:end], k[start:end], v[start:end], 0.3, causal=True)
+        torch.testing.assert_close(out[start:end].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_write_kv_puts_tokens_in_their_slots():
+    cache = torch.zeros(6, 2, 4, 2, 3)
+    k, v = torch.randn(3, 2, 3), torch.randn(3, 2, 3)
+    write_kv(cache, torch.tensor([0, 9, 23]), k, v)
+    for row, slot in enumerate([0, 9, 23]):
+        assert torch.equal(cache[slot // 4, 0, slot % 4], k[row])
+        assert torch.equal(cache[slot // 4, 1, slot % 4], v[row])
+    assert cache.abs().sum() == k.abs().sum() + v.abs().sum()
+
+
+def test_loader_names_missing_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, path = tiny_opt(tmp_path)
+    [file] = list(path.glob("*.safetensors"))
+    tensors = load_file(file)
+    dropped = [name for name in tensors if "layers.1.fc2.weight" in name or "embed_positions" in name]
+    assert len(dropped) == 2
+    save_file({n: t for n, t in tensors.items() if n not in dropped}, file)
+    with pytest.raises(BadInput, match=r"lacks 2 tensor\(s\).*embed_positions.weight.*layers.1.fc2.weight"):
+        build_model(load_shape_from_dir(path), "float32", "cpu", weights_dir=path)
+
+
+def test_loader_rejects_wrong_shapes_and_empty_dirs(tmp_path):
+    _, path = tiny_opt(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["ffn_dim"] = 128
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BadInput, match=r"fc1\.(weight|bias) has shape"):
+        build_model(load_shape_from_dir(path), "float32", "cpu", weights_dir=path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BadInput, match="no \\*.safetensors"):
+        build_model(REGISTRY["opt-125m"], "float32", "cpu", weights_dir=empty, num_layers=1)
+    with pytest.raises(BadInput, match="does not exist"):
+        build_model(REGISTRY["opt-125m"], "float32", "cpu", weights_dir=tmp_path / "nope")
+
+
+def test_random_weights_are_seeded_and_single_layer_builds():
+    shape = REGISTRY["llama-2-7b"]
+    first = loader.random_weights(REGISTRY["opt-125m"], "bfloat16", "cpu", seed=3, num_layers=1)
+    again = loader.random_weights(REGISTRY["opt-125m"], "bfloat16", "cpu", seed=3, num_layers=1)
+    other = loader.random_weights(REGISTRY["opt-125m"], "bfloat16", "cpu", seed=4, num_layers=1)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not torch.equal(first["layers.0.fc1.weight"], other["layers.0.fc1.weight"])
+    assert "layers.1.fc1.weight" not in first
+    with pytest.raises(BadInput, match="num_layers must be in 1..32"):
+        loader.expected_tensors(shape, num_layers=33)
+    model = build_model(REGISTRY["opt-125m"], "bfloat16", "cpu", seed=3, num_layers=1)
+    assert model.random_weights and model.num_layers == 1
+    hidden = model.embed(torch.tensor([1, 2, 3]), torch.arange(3))
+    out = model.layer_forward(0, hidden, torch.arange(3),
+                              lambda i, q, k, v: prefill_attention(q, k, v, torch.tensor([0, 3]), model.attention_scale))
+    assert out.shape == (3, 768) and out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_sampler_greedy_temperature_and_top_p():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    greedy = SamplingParams(max_tokens=1)
+    assert sample(logits, [greedy] * 4, [None] * 4) == logits.argmax(-1).tolist()
+    # Seeded requests give the same tokens whatever their row and neighbours.
+    hot = SamplingParams(max_tokens=1, temperature=1.0, seed=11)
+    first = [sample(logits[2:3], [hot], [make_generator(hot, 0)])[0] for _ in range(3)]
+    generator = make_generator(hot, 0)
+    mixed = sample(logits[[0, 2]], [greedy, hot], [None, generator])
+    assert mixed[1] == first[0] and len(set(first)) == 1
+    # Top-p keeps the smallest set reaching the mass: only the two most likely of these tokens.
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert torch.allclose(top_p_filter(probs, 0.7), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    narrow = SamplingParams(max_tokens=1, temperature=1.0, top_p=0.7, seed=5)
+    generator = make_generator(narrow, 0)
+    drawn = {sample(probs.log(), [narrow], [generator])[0] for _ in range(200)}
+    assert drawn == {0, 1}
+    # Temperature sharpens: at 0.05 the argmax wins nearly always, at 1.0 it does not.
+    cold = SamplingParams(max_tokens=1, temperature=0.05, seed=2)
+    warm = SamplingParams(max_tokens=1, temperature=1.0, seed=2)
+    row = torch.tensor([[1.0, 0.8, 0.6, 0.0]])
+    cold_draws = [sample(row, [cold], [g])[0] for g in [make_generator(cold, 0)] for _ in range(100)]
+    warm_draws = [sample(row, [warm], [g])[0] for g in [make_generator(warm, 0)] for _ in range(100)]
+    assert cold_draws.count(0) >= 95 and warm_draws.count(0) < 60
+    with pytest.raises(ValueError, match="no generator"):
+        sample(logits[:1], [hot], [None])
