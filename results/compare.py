@@ -1,0 +1,301 @@
+"""Compare two sets of runs: one pandas frame on the metric key, with significance, marks and rules.
+
+A side is a record file, a run id, a comma-separated list of those, or a selector over the store
+(`label=main`, `model=opt-125m,runner=pie`, `commit=abc123`, `sweep=<id>`). `compare()` refuses
+runs of different models or workloads unless forced, warns when machines differ, tests every
+metric (see `results.significance` for which test and why), marks each row as asv does, and
+applies the rules. Torch-free; rendering (rich, markdown, JSON) is the CLI's job.
+
+Marks: `+` worse and `-` better (significant and at least the display threshold), `~` at least
+the threshold but not significant or not tested, `!` missing or failing in the new runs,
+`x` not comparable (missing before, or a zero base), blank: no change that matters.
+
+Left out: metrics computed from raw samples (records carry vLLM-named summaries) and plots.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pie_cli.errors import BadInput
+from results import significance as sig
+from results.record import RunRecord
+from results.rules import Rule, check_metrics
+from results.store import ResultsStore
+
+SELECTOR_KEYS = {"label": "label", "model": "model", "runner": "runner", "commit": "git_commit",
+                 "git_commit": "git_commit", "sweep": "sweep_id", "sweep_id": "sweep_id"}
+_LATENCY = re.compile(r"^(?P<stat>mean|median|std|p\d+(?:\.\d+)?)_(?P<quantity>ttft|tpot|itl|e2el)_ms$")
+_IGNORED_WORKLOAD_KEYS = {"dataset_path", "path"}
+
+
+@dataclass(frozen=True)
+class Side:
+    """The runs on one side of a comparison and how they were asked for."""
+
+    reference: str
+    records: tuple[RunRecord, ...]
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise ValueError(f"side '{self.reference}' has no runs")
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.records]
+
+    def describe(self) -> str:
+        runners = sorted({r.header.runner for r in self.records})
+        commits = sorted({(r.header.git_commit or "?")[:12] for r in self.records})
+        return f"{self.reference} ({len(self.records)} run{'s' if len(self.records) != 1 else ''}; " \
+               f"runner {', '.join(runners)}; commit {', '.join(commits)})"
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    alpha: float = 0.05
+    threshold_pct: float = 5.0  # display threshold for + - ~ marks
+    force: bool = False  # compare different models / workloads anyway
+    allow_untested: bool = False  # let rules fire on changes that could not be tested
+    num_resamples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.threshold_pct < 0:
+            raise ValueError(f"threshold_pct must be >= 0, got {self.threshold_pct}")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    frame: pd.DataFrame  # one row per metric: before, after, ratio, change_pct, p_value, significant, mark, ...
+    before: Side
+    after: Side
+    rules: tuple[Rule, ...]
+    fired: tuple[str, ...]  # texts of the rules that fired
+    warnings: tuple[str, ...]
+    notes: tuple[str, ...]
+    verdict: str
+    options: CompareOptions = field(default_factory=CompareOptions)
+
+    @property
+    def regression(self) -> bool:
+        return bool(self.fired)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = self.frame.astype(object).where(self.frame.notna(), None).to_dict(orient="records")
+        return {"verdict": self.verdict, "regression": self.regression, "fired_rules": list(self.fired),
+                "rules": [r.text for r in self.rules], "warnings": list(self.warnings), "notes": list(self.notes),
+                "alpha": self.options.alpha, "threshold_pct": self.options.threshold_pct,
+                "before": {"reference": self.before.reference, "run_ids": self.before.run_ids},
+                "after": {"reference": self.after.reference, "run_ids": self.after.run_ids}, "rows": rows}
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    filters = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if key not in SELECTOR_KEYS or not value:
+            raise BadInput(f"cannot read selector '{text}'",
+                           f"use KEY=VALUE[,KEY=VALUE] with keys {', '.join(sorted(SELECTOR_KEYS))}")
+        filters[SELECTOR_KEYS[key]] = value
+    return filters
+
+
+def resolve_side(reference: str, store: ResultsStore) -> Side:
+    """Records for a file, a run id, a comma list of those, or a selector; complete runs only."""
+    if "=" in reference:
+        matched = store.select(**parse_selector(reference))
+        complete = tuple(r for r in matched if r.complete)
+        if not complete:
+            found = f"{len(matched)} matching run(s) are incomplete" if matched else "no runs match"
+            raise BadInput(f"{found} for selector '{reference}' in {store.root} "
+                           f"({len(store.paths())} record file(s) searched)",
+                           "check the label/model/runner/commit with `pie show`, or pass --results-dir")
+        return Side(reference, complete)
+    records = []
+    for part in [p.strip() for p in reference.split(",") if p.strip()]:
+        record = store.load(part)
+        if not record.complete:
+            raise BadInput(f"run '{record.run_id}' is incomplete (interrupted; no summary)", "compare finished runs")
+        records.append(record)
+    if not records:
+        raise BadInput(f"empty run reference '{reference}'", "pass a record file, a run id, or KEY=VALUE")
+    return Side(reference, tuple(records))
+
+
+def direction(metric: str) -> int:
+    """+1 when higher is better, -1 when lower is better, 0 when unknown."""
+    if "throughput" in metric or "goodput" in metric or metric.endswith("_tok_s") or metric == "completed":
+        return 1
+    if metric == "failed" or metric.endswith(("_ms", "_s", "_bytes")) or "stall" in metric:
+        return -1
+    return 0
+
+
+def run_metrics(record: RunRecord) -> dict[str, float]:
+    """Numeric summary metrics of one run, plus top-level numeric telemetry (stall, link bytes)."""
+    values = {}
+    for source in (record.telemetry or {}, record.summary or {}):
+        for key, value in source.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values[key] = float(value)
+    return values
+
+
+def request_values(record: RunRecord, quantity: str) -> list[list[float]]:
+    """Per successful request, its values of ttft / tpot / itl / e2el in milliseconds."""
+    groups = []
+    for s in record.requests:
+        if not s.success:
+            continue
+        if quantity == "ttft" and s.ttft_s is not None:
+            groups.append([s.ttft_s * 1e3])
+        elif quantity == "e2el" and s.e2el_s is not None:
+            groups.append([s.e2el_s * 1e3])
+        elif quantity == "tpot" and s.output_len > 1 and s.ttft_s is not None and s.e2el_s is not None:
+            groups.append([(s.e2el_s - s.ttft_s) / (s.output_len - 1) * 1e3])
+        elif quantity == "itl" and s.itl_s:
+            groups.append([v * 1e3 for v in s.itl_s])
+    return groups
+
+
+def _workload_key(record: RunRecord) -> str:
+    workload = {k: v for k, v in (record.header.workload or {}).items() if k not in _IGNORED_WORKLOAD_KEYS}
+    return json.dumps(workload, sort_keys=True, default=str)
+
+
+def check_comparable(before: Side, after: Side, force: bool) -> list[str]:
+    """Refuse different models/workloads (unless forced); return warnings (machines differ, forced)."""
+    records = before.records + after.records
+    warnings = []
+    models = sorted({r.header.model for r in records})
+    workloads = sorted({_workload_key(r) for r in records})
+    problems = []
+    if len(models) > 1:
+        problems.append(f"different models ({', '.join(models)})")
+    if len(workloads) > 1:
+        problems.append(f"different workloads ({' vs '.join(workloads[:2])})")
+    if problems and not force:
+        raise BadInput(f"refusing to compare runs of {' and '.join(problems)}", "pass --force to compare anyway")
+    warnings += [f"compared despite {p} (--force)" for p in problems]
+    machines = {json.dumps(r.header.fingerprint or {}, sort_keys=True, default=str) for r in records}
+    if len(machines) > 1:
+        keys = sorted({k for r in records for k, v in (r.header.fingerprint or {}).items()
+                       if any((o.header.fingerprint or {}).get(k) != v for o in records)})
+        warnings.append(f"runs come from different machines (fingerprints differ in: {', '.join(keys) or 'fields'})")
+    return warnings
+
+
+def _test(metric: str, before: Side, after: Side, before_values: list[float], after_values: list[float],
+          options: CompareOptions, alpha: float) -> sig.TestResult:
+    if len(before_values) + len(after_values) >= 3 and before_values and after_values:
+        return sig.run_level_test(before_values, after_values, alpha)
+    match = _LATENCY.match(metric)
+    if match and len(before.records) == 1 and len(after.records) == 1:
+        return sig.request_bootstrap_test(request_values(before.records[0], match["quantity"]),
+                                          request_values(after.records[0], match["quantity"]), match["stat"],
+                                          alpha, options.num_resamples, options.seed)
+    return sig.untested("not tested (1 run per side)", alpha)
+
+
+def _mark(metric: str, before: float, after: float, ratio: float | None, significant: bool | None,
+          threshold_pct: float) -> str:
+    if np.isnan(before):
+        return "x"
+    if np.isnan(after):
+        return "!"
+    if ratio is None:
+        return "!" if metric == "failed" and after > before else ("x" if before == 0 and after != 0 else " ")
+    change_pct = (ratio - 1) * 100
+    if abs(change_pct) < threshold_pct or direction(metric) == 0:
+        return " "
+    if not significant:
+        return "~"
+    worse = (change_pct > 0) == (direction(metric) < 0)
+    return "+" if worse else "-"
+
+
+def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: CompareOptions = CompareOptions()) -> Comparison:
+    warnings = check_comparable(before, after, options.force)
+    per_run = {name: pd.DataFrame([run_metrics(r) for r in side.records]) for name, side in
+               (("before", before), ("after", after))}
+    means = [per_run[name].mean(numeric_only=True).rename(name).rename_axis("metric").reset_index()
+             for name in ("before", "after")]
+    frame = means[0].merge(means[1], on="metric", how="outer").sort_values("metric", kind="stable")
+    check_metrics(rules, frame["metric"])
+    rule_alpha = options.alpha / max(1, len({r.metric for r in rules}))  # Bonferroni over the ruled metrics
+    rows = []
+    for metric, before_value, after_value in frame[["metric", "before", "after"]].itertuples(index=False):
+        before_runs = per_run["before"].get(metric, pd.Series(dtype=float)).dropna().tolist()
+        after_runs = per_run["after"].get(metric, pd.Series(dtype=float)).dropna().tolist()
+        ratio = None
+        if not (np.isnan(before_value) or np.isnan(after_value)):
+            ratio = after_value / before_value if before_value != 0 else (1.0 if after_value == 0 else None)
+        matching = [r for r in rules if r.metric == metric]
+        alpha = rule_alpha if matching else options.alpha
+        if ratio is None or before_value == 0:
+            result = sig.untested("not tested (missing or zero base)", alpha)
+        else:
+            result = _test(metric, before, after, before_runs, after_runs, options, alpha)
+        fired = [r.text for r in matching if r.fires(ratio, result.significant, options.allow_untested)]
+        rows.append({"metric": metric, "direction": direction(metric), "before": before_value, "after": after_value,
+                     "ratio": ratio, "change_pct": None if ratio is None else (ratio - 1) * 100,
+                     "ci_low": result.ratio_low, "ci_high": result.ratio_high, "p_value": result.p_value,
+                     "significant": result.significant, "alpha": alpha, "test": result.method,
+                     "mark": _mark(metric, before_value, after_value, ratio, result.significant, options.threshold_pct),
+                     "before_runs": len(before_runs), "after_runs": len(after_runs),
+                     "rules": ", ".join(r.text for r in matching), "fired": ", ".join(fired)})
+    table = pd.DataFrame(rows)
+    fired = tuple(text for cell in table["fired"] if cell for text in cell.split(", ")) if len(table) else ()
+    notes = _notes(before, after)
+    if len({r.metric for r in rules}) > 1:
+        notes.append(f"rows with a rule are tested at alpha/{len({r.metric for r in rules})} = {rule_alpha:.3g} "
+                     "(Bonferroni), so all rules together keep a false-positive rate of at most alpha")
+    verdict = build_verdict(table, rules, fired, notes)
+    return Comparison(table, before, after, tuple(rules), fired, tuple(warnings), tuple(notes), verdict, options)
+
+
+def _notes(before: Side, after: Side) -> list[str]:
+    if len(before.records) == 1 and len(after.records) == 1:
+        return ["1 run per side: throughput is not significance-tested and latency is tested against "
+                "within-run noise only; repeat runs (several per side) for a run-level test"]
+    return [f"run-level test: {len(before.records)} vs {len(after.records)} runs, t-test on log per-run values"]
+
+
+def describe_change(row: dict[str, Any]) -> str:
+    """'fell 7.1% (significant, p=0.003)' / 'unchanged (+1.2%, not significant)' for one frame row."""
+    metric, change = row["metric"], row["change_pct"]
+    if change is None or (isinstance(change, float) and np.isnan(change)):
+        return f"{metric} not comparable"
+    moved = f"{'rose' if change > 0 else 'fell'} {abs(change):.1f}%"
+    if row["significant"] is None:
+        return f"{metric} {moved} (not significance-tested: {row['test'].removeprefix('not tested ').strip('()')})"
+    p_text = "p<0.001" if row["p_value"] < 0.001 else f"p={row['p_value']:.3f}"
+    if row["significant"]:
+        return f"{metric} {moved} (significant, {p_text})"
+    return f"{metric} unchanged ({change:+.1f}%, not significant, {p_text})"
+
+
+KEY_METRICS = ("output_throughput", "p99_ttft_ms", "mean_tpot_ms")
+
+
+def build_verdict(table: pd.DataFrame, rules: tuple[Rule, ...], fired: tuple[str, ...], notes: list[str]) -> str:
+    by_metric = {row["metric"]: row for row in table.to_dict(orient="records")} if len(table) else {}
+    named = list(dict.fromkeys([r.metric for r in rules] or [m for m in KEY_METRICS if m in by_metric]))
+    parts = [describe_change(by_metric[m]) for m in named if m in by_metric]
+    if fired:
+        head = f"REGRESSION: rule{'s' if len(fired) > 1 else ''} {', '.join(fired)} fired"
+    elif rules:
+        head = "OK: no rule fired"
+    else:
+        head = "no rules given"
+    return head + (" — " + "; ".join(parts) if parts else "")

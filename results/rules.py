@@ -1,0 +1,74 @@
+"""Regression rules: `output_throughput:-5%` parsed into a small object that judges one row.
+
+A rule names a metric and a signed threshold in percent. `-5%` fires when the metric fell by
+5% or more, `+10%` when it rose by 10% or more. A rule fires only on a significant change past
+its threshold (significance first, then threshold, as asv does); a change that was not tested
+(one run per side for a run-level metric) fires only when the caller allows untested changes.
+
+Left out: absolute thresholds (`p99_ttft_ms:+50ms`) and rules over several metrics.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pie_cli.errors import BadInput, suggest
+
+_RULE = re.compile(r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_.]*)\s*:\s*(?P<sign>[+-])\s*(?P<value>\d+(?:\.\d+)?)\s*%?\s*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    threshold_pct: float  # signed: negative means "fell by at least", positive "rose by at least"
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            raise ValueError("a rule needs a metric name")
+        if self.threshold_pct == 0:
+            raise ValueError(f"rule for {self.metric}: the threshold must be non-zero, got 0%")
+
+    @property
+    def text(self) -> str:
+        return f"{self.metric}:{self.threshold_pct:+g}%"
+
+    def past_threshold(self, ratio: float | None) -> bool:
+        """Whether after/before = `ratio` is at or beyond the threshold in the rule's direction."""
+        if ratio is None:
+            return False
+        change_pct = (ratio - 1.0) * 100.0
+        tolerance = 1e-9
+        if self.threshold_pct < 0:
+            return change_pct <= self.threshold_pct + tolerance
+        return change_pct >= self.threshold_pct - tolerance
+
+    def fires(self, ratio: float | None, significant: bool | None, allow_untested: bool = False) -> bool:
+        if not self.past_threshold(ratio):
+            return False
+        if significant is None:
+            return allow_untested
+        return significant
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse `metric:+N%` / `metric:-N%`; a malformed rule is bad input (exit 2)."""
+    match = _RULE.match(text or "")
+    if not match:
+        raise BadInput(f"cannot parse rule '{text}'", "write METRIC:-N% or METRIC:+N%, e.g. output_throughput:-5%")
+    value = float(match["value"])
+    if value == 0:
+        raise BadInput(f"rule '{text}' has a zero threshold", "use a non-zero percentage, e.g. output_throughput:-5%")
+    return Rule(metric=match["metric"], threshold_pct=-value if match["sign"] == "-" else value)
+
+
+def parse_rules(texts: Iterable[str]) -> tuple[Rule, ...]:
+    return tuple(parse_rule(text) for text in texts)
+
+
+def check_metrics(rules: Iterable[Rule], known_metrics: Iterable[str]) -> None:
+    """Every rule must name a metric the compared records have; otherwise one-line bad input."""
+    known = set(known_metrics)
+    for rule in rules:
+        if rule.metric not in known:
+            raise BadInput(f"rule '{rule.text}' names unknown metric '{rule.metric}'", suggest(rule.metric, known))
