@@ -1,0 +1,126 @@
+"""The runner contract: what a benchmark hands a runner and what it gets back (torch-free).
+
+A runner takes `BenchRequest`s (already tokenized, each with a scheduled release time), a
+`RunnerSpec`, and a callback; it releases each request no earlier than its `arrival_s`,
+honours `max_concurrency`, calls the callback with a `RequestSample` as each request finishes,
+and counts failures as samples with `success=False` instead of raising. It returns a
+`RunnerResult` with the benchmark duration, its effective settings and telemetry.
+
+Also here, shared by every runner: `sample_from_token_times` (vLLM's TTFT/ITL/E2EL from
+absolute token timestamps), `peak_host_memory_bytes`, and the test-only slowdown
+(`PIE_TEST_INJECT_SLOWDOWN`) that the pie and hf runners apply after each step.
+
+Left out: the runners themselves (one module each) and the registry (runners/registry.py).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pie_cli.errors import BadInput
+from results.record import RequestSample
+
+SLOWDOWN_ENV = "PIE_TEST_INJECT_SLOWDOWN"
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    request_id: str
+    prompt: str | None  # text, when the workload has text
+    prompt_token_ids: tuple[int, ...]  # always present (tokenized by the workload stage)
+    output_len: int  # tokens to generate; runners force exactly this (ignore_eos / no eos)
+    arrival_s: float = 0.0  # release time, seconds after the run starts
+
+    def __post_init__(self) -> None:
+        if not self.prompt_token_ids:
+            raise BadInput(f"request {self.request_id} has an empty prompt", "every request needs at least one token")
+        if self.output_len < 1:
+            raise BadInput(f"request {self.request_id}: output_len must be at least 1, got {self.output_len}")
+        if self.arrival_s < 0:
+            raise BadInput(f"request {self.request_id}: arrival_s must be >= 0, got {self.arrival_s}")
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What the CLI hands a runner."""
+
+    model: str  # registry name or local Hugging Face directory
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    seed: int = 0
+    save_outputs: bool = False
+    max_concurrency: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # runner-specific settings
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise BadInput(f"max_concurrency must be at least 1, got {self.max_concurrency}")
+
+
+@dataclass(frozen=True)
+class RunnerResult:
+    duration_s: float  # benchmark wall time (first release to last completion)
+    config: dict[str, Any] = field(default_factory=dict)  # effective settings
+    telemetry: dict[str, Any] = field(default_factory=dict)  # pie: stall fraction, link bytes, pool use
+    peak_device_memory_bytes: int | None = None
+    peak_host_memory_bytes: int | None = None
+
+
+RequestDone = Callable[[RequestSample], None]
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult: ...
+
+
+def sample_from_token_times(request: BenchRequest, run_start: float, release_time: float,
+                            token_times: Sequence[float], output_token_ids: Sequence[int] | None,
+                            save_outputs: bool) -> RequestSample:
+    """A successful sample from absolute clock times (same clock as `run_start`).
+
+    TTFT = first token - release, E2EL = last token - release, ITL = gaps between tokens
+    (vLLM's client-side definitions; release is when the runner handed the request over).
+    """
+    if not token_times:
+        return failed_sample(request, "no tokens were generated")
+    times = list(token_times)
+    return RequestSample(
+        request_id=request.request_id, prompt_len=request.prompt_len, output_len=len(times),
+        arrival_s=request.arrival_s, ttft_s=times[0] - release_time, e2el_s=times[-1] - release_time,
+        itl_s=tuple(b - a for a, b in zip(times, times[1:])), success=True, error=None,
+        output_token_ids=tuple(int(t) for t in output_token_ids) if save_outputs and output_token_ids is not None else None)
+
+
+def failed_sample(request: BenchRequest, error: str) -> RequestSample:
+    return RequestSample(request_id=request.request_id, prompt_len=request.prompt_len, output_len=0,
+                         arrival_s=request.arrival_s, ttft_s=None, e2el_s=None, success=False, error=error)
+
+
+def peak_host_memory_bytes() -> int:
+    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def injected_slowdown_fraction() -> float:
+    """Test-only: the fraction of each step's wall time to sleep after it (0 when unset)."""
+    text = os.environ.get(SLOWDOWN_ENV, "").strip()
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadInput(f"{SLOWDOWN_ENV}={text!r} is not a number", "unset it, or give a fraction like 0.2") from None
+    if not 0 <= value < 10:
+        raise BadInput(f"{SLOWDOWN_ENV}={value} is out of range", "give a fraction in [0, 10)")
+    return value
