@@ -1,0 +1,98 @@
+"""Memory budgets and workload length statistics: the inputs the LP plans against.
+
+`Budgets` holds the device and host byte budgets, checked against the machine's physical
+memory, and the headroom kept for activations and fragmentation. `WorkloadStats` holds the
+mean prompt and output lengths the cost model needs (built-in ShareGPT/Alpaca means from the
+vLLM paper, or measured from a workload file). Left out: loading datasets (runners/workloads).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pie_cli.errors import BadInput, suggest
+from planner.shapes import ModelShape
+
+GIB = 1024**3
+FRAGMENTATION_FRACTION = 0.05  # of the device budget, kept free for allocator fragmentation
+
+
+@dataclass(frozen=True)
+class Budgets:
+    device_memory_bytes: int  # everything on the device: weights, KV, staging, activations
+    host_memory_bytes: int  # the CPU pool (KV copies and rebuild activations)
+    block_size: int = 16
+    max_num_batched_tokens: int = 2048
+    fragmentation_fraction: float = FRAGMENTATION_FRACTION
+
+    def __post_init__(self) -> None:
+        if self.device_memory_bytes <= 0:
+            raise BadInput(f"--gpu-memory must be positive, got {self.device_memory_bytes / GIB:.3g} GiB")
+        if self.host_memory_bytes < 0:
+            raise BadInput(f"--cpu-memory must be >= 0, got {self.host_memory_bytes / GIB:.3g} GiB")
+        if not 0 <= self.fragmentation_fraction < 1:
+            raise BadInput(f"fragmentation fraction must be in [0, 1), got {self.fragmentation_fraction}")
+        if self.block_size < 1 or self.max_num_batched_tokens < 1:
+            raise BadInput("block_size and max_num_batched_tokens must be at least 1")
+
+    def check_physical(self, device_memory_bytes: int, host_memory_bytes: int, machine: str) -> None:
+        """Budgets beyond what the machine has are bad input."""
+        if self.device_memory_bytes > device_memory_bytes:
+            raise BadInput(f"--gpu-memory {self.device_memory_bytes / GIB:.1f} GiB exceeds the "
+                           f"{device_memory_bytes / GIB:.1f} GiB of device memory on {machine}",
+                           f"give at most {device_memory_bytes / GIB:.1f} GiB")
+        if self.host_memory_bytes > host_memory_bytes:
+            raise BadInput(f"--cpu-memory {self.host_memory_bytes / GIB:.1f} GiB exceeds the "
+                           f"{host_memory_bytes / GIB:.1f} GiB of host memory on {machine}",
+                           f"give at most {host_memory_bytes / GIB:.1f} GiB")
+
+    def usable_device_bytes(self) -> float:
+        return self.device_memory_bytes * (1.0 - self.fragmentation_fraction)
+
+
+def activation_workspace_bytes(shape: ModelShape, dtype_bytes: int, batch_size: int, max_num_batched_tokens: int) -> float:
+    """Device memory for one iteration's activations: hidden states, MLP intermediate, fp32 logits."""
+    tokens = max(batch_size, min(max_num_batched_tokens, 8192))
+    per_token = (4 * shape.hidden_size + shape.intermediate_size + 2 * shape.kv_dim) * dtype_bytes
+    return tokens * per_token + batch_size * shape.vocab_size * 4
+
+
+def check_weights_fit(shape: ModelShape, weight_bytes: int, budgets: Budgets) -> None:
+    """A model whose weights exceed the device budget cannot be planned (say by how much)."""
+    usable = budgets.usable_device_bytes()
+    if weight_bytes > usable:
+        raise BadInput(f"{shape.name} weights need {weight_bytes / GIB:.1f} GiB but the device budget leaves "
+                       f"{usable / GIB:.1f} GiB after {budgets.fragmentation_fraction:.0%} headroom "
+                       f"(short by {(weight_bytes - usable) / GIB:.1f} GiB)",
+                       "raise --gpu-memory, pick a larger device, or a smaller model")
+
+
+@dataclass(frozen=True)
+class WorkloadStats:
+    name: str
+    mean_input_tokens: float
+    mean_output_tokens: float
+    synthetic: bool  # True when the lengths are published means rather than measured from a file
+    num_requests: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mean_input_tokens < 1 or self.mean_output_tokens < 1:
+            raise BadInput(f"workload '{self.name}' needs mean input and output lengths >= 1, "
+                           f"got {self.mean_input_tokens} / {self.mean_output_tokens}")
+
+    @property
+    def mean_context_tokens(self) -> float:
+        """Mean cached tokens of a running sequence over its decode: prompt plus half the output."""
+        return self.mean_input_tokens + self.mean_output_tokens / 2
+
+
+BUILTIN_WORKLOADS = {
+    "sharegpt": WorkloadStats("sharegpt", 161.0, 338.0, synthetic=True),
+    "alpaca": WorkloadStats("alpaca", 19.0, 58.0, synthetic=True),
+}
+
+
+def builtin_workload(name: str) -> WorkloadStats:
+    key = name.strip().lower()
+    if key not in BUILTIN_WORKLOADS:
+        raise BadInput(f"unknown workload '{name}'", suggest(key, BUILTIN_WORKLOADS) + " or a workload file path")
+    return BUILTIN_WORKLOADS[key]

@@ -1,0 +1,126 @@
+"""`Plan`: the tuner's answer as a frozen, versioned JSON file that `pie bench --plan` consumes.
+
+A plan holds the engine settings (in blocks, named as `EngineConfig` names them), what the cost
+model predicts for them, the no-pool baseline at the same budgets, the binding constraints in
+words, and, after `pie tune --online`, the hill-climber's moves and measured best.
+Left out: how the plan was found (search.py) and turning it into an engine (the caller does,
+with `EngineSettings.engine_kwargs()`; the engine knows nothing of plans).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pie_cli.errors import BadInput
+
+PLAN_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str
+    dtype: str
+    block_size: int
+    num_device_blocks: int
+    num_pool_blocks: int
+    prefetch_depth: int
+    rebuild_fraction: float
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.num_device_blocks < 1 or self.num_pool_blocks < 0 or self.prefetch_depth < 1 or self.max_num_seqs < 1:
+            raise BadInput(f"plan settings out of range: {self}")
+        if not 0.0 <= self.rebuild_fraction <= 1.0:
+            raise BadInput(f"plan rebuild_fraction must be in [0, 1], got {self.rebuild_fraction}")
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `runners.engine.config.EngineConfig`."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Performance:
+    """Predicted (or, for `online`, measured) figures of one configuration."""
+
+    batch_size: int
+    output_tok_s: float
+    tpot_ms: float
+    decode_step_ms: float
+    stall_ms_per_step: float
+    pooled_fraction: float  # share of the batch's KV that lives in the pool
+    device_kv_bytes: int
+    pool_bytes: int  # pooled KV (copied + rebuilt), in KV bytes
+    rebuilt_bytes: int
+    staging_bytes: int
+    streamed_bytes_per_step: int
+    copy_ms_per_step: float
+    compute_ms_per_step: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    created_at: str
+    model: str
+    dtype: str
+    hardware: dict[str, Any]  # name, source (preset|profile), label
+    budgets: dict[str, Any]
+    workload: dict[str, Any]
+    settings: EngineSettings
+    predicted: Performance
+    baseline: Performance  # best plan with no pool at the same device budget
+    binding: tuple[str, ...]  # short names of binding constraints
+    explanation: tuple[str, ...]  # one sentence each
+    solver: dict[str, Any]  # candidates, variables, LP build/solve time
+    online: dict[str, Any] | None = None  # hill-climber moves and measured best
+    schema_version: int = PLAN_SCHEMA_VERSION
+
+    @property
+    def speedup_over_baseline(self) -> float:
+        return self.predicted.output_tok_s / self.baseline.output_tok_s if self.baseline.output_tok_s > 0 else float("inf")
+
+    def with_online(self, online: dict[str, Any], settings: EngineSettings | None = None) -> "Plan":
+        return dataclasses.replace(self, online=online, settings=settings or self.settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "plan") -> "Plan":
+        if not isinstance(data, dict):
+            raise BadInput(f"{source} is not a pie plan (expected a JSON object)")
+        if data.get("schema_version") != PLAN_SCHEMA_VERSION:
+            raise BadInput(f"{source} has plan schema version {data.get('schema_version')!r}; this pie reads "
+                           f"{PLAN_SCHEMA_VERSION}", "re-run `pie tune` to make a new plan")
+        try:
+            fields = dict(data)
+            fields["settings"] = EngineSettings(**data["settings"])
+            fields["predicted"] = Performance(**data["predicted"])
+            fields["baseline"] = Performance(**data["baseline"])
+            fields["binding"] = tuple(data["binding"])
+            fields["explanation"] = tuple(data["explanation"])
+            return cls(**fields)
+        except (KeyError, TypeError) as err:
+            raise BadInput(f"{source} is not a valid pie plan ({err})", "re-run `pie tune` to make a new plan") from None
+
+    @classmethod
+    def load(cls, path: Path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise BadInput(f"plan '{path}' does not exist", "write one with `pie tune --output plan.json`")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadInput(f"plan '{path}' is not valid JSON ({err})", "re-run `pie tune` to make a new plan") from None
+        return cls.from_dict(data, source=f"plan '{path}'")
