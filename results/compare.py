@@ -52,7 +52,7 @@ class Side:
 
     def describe(self) -> str:
         runners = sorted({r.header.runner for r in self.records})
-        commits = sorted({(r.header.git_commit or "?")[:12] for r in self.records})
+        commits = sorted({(r.header.git_commit or "unknown")[:12] for r in self.records})
         return f"{self.reference} ({len(self.records)} run{'s' if len(self.records) != 1 else ''}; " \
                f"runner {', '.join(runners)}; commit {', '.join(commits)})"
 
@@ -82,8 +82,13 @@ class Comparison:
     fired: tuple[str, ...]  # texts of the rules that fired
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
-    verdict: str
+    headline: str  # "REGRESSION: rule ... fired" / "OK: no rule fired" / "no rules given"
+    findings: tuple[str, ...]  # one sentence per rule metric (or key metric without rules)
     options: CompareOptions = field(default_factory=CompareOptions)
+
+    @property
+    def verdict(self) -> str:
+        return self.headline + (" — " + "; ".join(self.findings) if self.findings else "")
 
     @property
     def regression(self) -> bool:
@@ -260,8 +265,9 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
     if len({r.metric for r in rules}) > 1:
         notes.append(f"rows with a rule are tested at alpha/{len({r.metric for r in rules})} = {rule_alpha:.3g} "
                      "(Bonferroni), so all rules together keep a false-positive rate of at most alpha")
-    verdict = build_verdict(table, rules, fired, notes)
-    return Comparison(table, before, after, tuple(rules), fired, tuple(warnings), tuple(notes), verdict, options)
+    headline, findings = build_verdict(table, rules, fired)
+    return Comparison(table, before, after, tuple(rules), fired, tuple(warnings), tuple(notes), headline,
+                      tuple(findings), options)
 
 
 def _notes(before: Side, after: Side) -> list[str]:
@@ -288,7 +294,7 @@ def describe_change(row: dict[str, Any]) -> str:
 KEY_METRICS = ("output_throughput", "p99_ttft_ms", "mean_tpot_ms")
 
 
-def build_verdict(table: pd.DataFrame, rules: tuple[Rule, ...], fired: tuple[str, ...], notes: list[str]) -> str:
+def build_verdict(table: pd.DataFrame, rules: tuple[Rule, ...], fired: tuple[str, ...]) -> tuple[str, list[str]]:
     by_metric = {row["metric"]: row for row in table.to_dict(orient="records")} if len(table) else {}
     named = list(dict.fromkeys([r.metric for r in rules] or [m for m in KEY_METRICS if m in by_metric]))
     parts = [describe_change(by_metric[m]) for m in named if m in by_metric]
@@ -298,4 +304,4 @@ def build_verdict(table: pd.DataFrame, rules: tuple[Rule, ...], fired: tuple[str
         head = "OK: no rule fired"
     else:
         head = "no rules given"
-    return head + (" — " + "; ".join(parts) if parts else "")
+    return head, parts
