@@ -10,7 +10,7 @@ import torch
 from pie_cli.errors import BadInput
 from planner.shapes import REGISTRY, load_shape_from_dir
 from runners.engine import loader
-from runners.engine.attention import decode_buckets, paged_decode_attention, prefill_attention, write_kv
+from runners.engine.attention import decode_buckets, kernel_name, paged_decode_attention, prefill_attention, write_kv
 from runners.engine.models import build_model
 from runners.engine.sampler import make_generator, sample, top_p_filter
 from runners.engine.sampling_params import SamplingParams
@@ -162,8 +162,10 @@ def naive_attention(q, k, v, scale, causal):
     return torch.einsum("hts,shd->thd", scores.softmax(-1), v)
 
 
+@pytest.mark.parametrize("kernel", ["c", "torch"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_paged_decode_matches_naive(dtype, tol):
+def test_paged_decode_matches_naive(dtype, tol, kernel, monkeypatch):
+    monkeypatch.setenv("PIE_DECODE_KERNEL", kernel)
     torch.manual_seed(0)
     heads, kv_heads, head_dim, block_size = 8, 2, 16, 4
     lens = [1, 3, 4, 5, 17, 40, 41, 9, 100]  # several length buckets, partly filled blocks
@@ -176,6 +178,7 @@ def test_paged_decode_matches_naive(dtype, tol):
         for col in range(-(-n // block_size)):
             table[row, col] = free.pop()
     q = torch.randn(len(lens), heads, head_dim).to(dtype)
+    assert kernel_name(q, cache) == kernel
     out = paged_decode_attention(q, cache, table, torch.tensor(lens), 0.25)
     for row, n in enumerate(lens):
         blocks = cache[table[row, : -(-n // block_size)]]
@@ -183,6 +186,18 @@ def test_paged_decode_matches_naive(dtype, tol):
         v = blocks[:, 1].reshape(-1, kv_heads, head_dim)[:n]
         expected = naive_attention(q[row: row + 1], k, v, 0.25, causal=False)[0]
         torch.testing.assert_close(out[row].double(), expected, atol=tol, rtol=tol)
+
+
+def test_decode_kernel_choice_is_explicit(monkeypatch):
+    cache, q = torch.zeros(2, 2, 4, 1, 8, dtype=torch.float16), torch.zeros(1, 1, 8, dtype=torch.float16)
+    monkeypatch.setenv("PIE_DECODE_KERNEL", "auto")
+    assert kernel_name(q, cache) == "torch"  # no C kernel for fp16 caches
+    monkeypatch.setenv("PIE_DECODE_KERNEL", "c")
+    with pytest.raises(RuntimeError, match="cannot run here"):
+        kernel_name(q, cache)
+    monkeypatch.setenv("PIE_DECODE_KERNEL", "fast")
+    with pytest.raises(ValueError, match="expected one of"):
+        kernel_name(q, cache)
 
 
 def test_decode_buckets_cover_every_sequence_with_bounded_padding():

@@ -7,11 +7,14 @@ may be any value (they are clamped and masked by `context_lens`).
 
 - `write_kv` scatters new keys/values into their slots.
 - `paged_decode_attention` attends one query token per sequence over its cached context.
-  Decode attention on a CPU is memory-bound, so the kernel reads each cached token once:
-  it groups sequences into a few length buckets so padding stays small, gathers each
+  On the CPU (bf16/fp32 caches) it runs the C kernel of `cpu_attention.py`, which reads K and V
+  in place through the block table (decode attention is memory-bound there, and a gather copy
+  costs several times the attention itself). Elsewhere, or with `PIE_DECODE_KERNEL=torch`, the
+  PyTorch path groups sequences into length buckets so padding stays small, gathers each
   bucket's blocks with one `index_select` (K and V in one copy), and computes
-  `softmax(q·kᵀ)·v` explicitly (bf16 matmuls, fp32 softmax) rather than through
-  `scaled_dot_product_attention`, which is about 3x slower in bf16 on these machines.
+  `softmax(q·kᵀ)·v` explicitly (fp32 softmax) rather than through bf16
+  `scaled_dot_product_attention`, which was about 3x slower on these machines.
+  `kernel_name(q, kv_cache)` says which path a call takes.
 - `prefill_attention` is causal attention within each sequence of a packed batch.
 
 Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi,
@@ -19,8 +22,13 @@ chunked prefill against cached context (prefill sees only the tokens it is given
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
+from runners.engine import cpu_attention
+
+KERNELS = ("auto", "c", "torch")
 # Sequences are grouped so that each group pads to at most this factor of its shortest context.
 _BUCKET_GROWTH = 1.5
 
@@ -73,9 +81,32 @@ def decode_buckets(context_lens: list[int], block_size: int) -> list[tuple[list[
     return groups
 
 
+def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor) -> str:
+    """'c' or 'torch': the decode path for these tensors under $PIE_DECODE_KERNEL (auto|c|torch)."""
+    choice = os.environ.get("PIE_DECODE_KERNEL", "auto")
+    if choice not in KERNELS:
+        raise ValueError(f"PIE_DECODE_KERNEL={choice!r}; expected one of {', '.join(KERNELS)}")
+    if choice == "torch":
+        return "torch"
+    if cpu_attention.supports(q, kv_cache):
+        return "c"
+    if choice == "c":
+        raise RuntimeError(f"PIE_DECODE_KERNEL=c but the C kernel cannot run here: "
+                           f"{cpu_attention.load_error() or f'{kv_cache.device} {kv_cache.dtype} cache'}")
+    return "torch"
+
+
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                            context_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """q[B, Hq, dh] attends over each sequence's first `context_lens[b]` cached tokens -> [B, Hq, dh]."""
+    if kernel_name(q, kv_cache) == "c":
+        return cpu_attention.paged_decode(q, kv_cache, block_tables, context_lens, scale)
+    return paged_decode_attention_torch(q, kv_cache, block_tables, context_lens, scale)
+
+
+def paged_decode_attention_torch(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                                 context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """The PyTorch path of `paged_decode_attention` (any device and dtype)."""
     block_size = kv_cache.shape[2]
     lens = context_lens.tolist()
     tables = block_tables.clamp(min=0, max=kv_cache.shape[0] - 1)
