@@ -1,0 +1,242 @@
+"""Per-layer compute: time ONE decoder layer of a model, prefill and decode, over a grid of batch sizes x context lengths.
+
+The layer is the engine's own: `runners.engine.models.build_model(shape, ..., num_layers=1)`
+with seeded random weights, run through `layer_forward` with the engine's kernels
+(`write_kv`, `paged_decode_attention`, `prefill_attention`) over a paged `kv_cache` allocated
+for each grid point. The profiler imports engine model code (lazily, so the rest of the
+profiler stays importable without it) because there must be one implementation of a layer:
+the cost model is fitted to exactly what the engine will run. Building one layer lets
+`--model opt-30b` be profiled on a machine that cannot hold the whole model (the token
+embedding is built too, since the engine's model owns it; the other 47 layers are not).
+
+Grid points are chosen from a roofline estimate made with the measured memory bandwidth and
+FLOP/s: points estimated above the per-point time budget, or whose KV cache would not fit in
+a quarter of free memory, are dropped, so big layers get a smaller grid. Block tables are a
+seeded permutation of the cache's blocks (a fragmented cache, as in a running engine).
+
+Left out: the embedding and lm_head (the planner accounts for them separately), the pool and
+prefetch (the engine's runner measures stalls), and sampling.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pie_cli.errors import BadInput
+from planner.dtypes import dtype_bytes
+from planner.shapes import ModelShape
+from profiler.hardware_profile import LayerTiming
+from profiler.sizes import free_device_bytes
+from profiler.timing import time_interleaved
+
+BLOCK_SIZE = 16
+PHASES = ("decode", "prefill")
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    phase: str  # decode | prefill
+    batch_size: int
+    context_len: int  # decode: cached tokens per sequence; prefill: prompt tokens per sequence
+    estimate_s: float  # roofline estimate used to choose the point and its repeats
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise BadInput(f"unknown layer phase '{self.phase}'", f"one of {', '.join(PHASES)}")
+        if self.batch_size < 1 or self.context_len < 1:
+            raise BadInput(f"grid point needs batch_size and context_len >= 1, got {self.batch_size}, {self.context_len}")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Candidate batch sizes and context lengths per phase, and the time budget per point."""
+
+    decode_batch_sizes: tuple[int, ...]
+    decode_context_lens: tuple[int, ...]
+    prefill_batch_sizes: tuple[int, ...]
+    prefill_context_lens: tuple[int, ...]
+    point_budget_s: float  # drop points estimated slower than this
+    sample_budget_s: float  # total timed seconds aimed for per point (sets repeats)
+    min_repeats: int = 3
+    max_repeats: int = 9
+
+    @classmethod
+    def for_run(cls, quick: bool) -> "GridSpec":
+        if quick:
+            return cls((1, 4, 16, 64), (64, 256, 1024), (1, 4), (16, 64, 256), point_budget_s=0.3,
+                       sample_budget_s=0.3, min_repeats=3, max_repeats=7)
+        return cls((1, 2, 4, 8, 16, 32, 64, 128), (32, 128, 512, 1024, 2048), (1, 2, 4, 8), (16, 64, 256, 1024),
+                   point_budget_s=2.0, sample_budget_s=1.0, min_repeats=5, max_repeats=15)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Measured machine rates used only to choose grid points (not to report times)."""
+
+    memory_bandwidth_gbps: float
+    matmul_tflops: float
+
+    def decode_s(self, shape: ModelShape, dtype: str, batch_size: int, context_len: int) -> float:
+        weights = shape.layer_weight_bytes(dtype)
+        kv_bytes = 2 * batch_size * context_len * shape.kv_bytes_per_token_per_layer(dtype)  # gathered: read + write
+        flops = batch_size * shape.layer_flops_per_token()
+        return (weights + kv_bytes) / (self.memory_bandwidth_gbps * 1e9) + flops / (self.matmul_tflops * 1e12)
+
+    def prefill_s(self, shape: ModelShape, dtype: str, batch_size: int, context_len: int) -> float:
+        tokens = batch_size * context_len
+        attention_flops = 4 * batch_size * context_len**2 * shape.hidden_size
+        flops = tokens * shape.layer_flops_per_token() + attention_flops
+        return shape.layer_weight_bytes(dtype) / (self.memory_bandwidth_gbps * 1e9) + flops / (self.matmul_tflops * 1e12)
+
+
+def kv_cache_bytes(shape: ModelShape, dtype: str, batch_size: int, context_len: int) -> int:
+    blocks = batch_size * math.ceil((context_len + 1) / BLOCK_SIZE)
+    return blocks * BLOCK_SIZE * shape.kv_bytes_per_token_per_layer(dtype)
+
+
+def plan_grid(shape: ModelShape, dtype: str, spec: GridSpec, roofline: Roofline, free_bytes: int) -> tuple[GridPoint, ...]:
+    """Grid points that fit the time budget and a quarter of free memory, decode first."""
+    memory_budget = free_bytes // 4
+    points = []
+    for phase, batches, contexts, estimate in (
+            ("decode", spec.decode_batch_sizes, spec.decode_context_lens, roofline.decode_s),
+            ("prefill", spec.prefill_batch_sizes, spec.prefill_context_lens, roofline.prefill_s)):
+        for context_len in contexts:
+            if context_len + 1 > shape.max_positions:
+                continue
+            for batch_size in batches:
+                seconds = estimate(shape, dtype, batch_size, context_len)
+                activation_bytes = 16 * batch_size * (context_len if phase == "prefill" else 1) * shape.intermediate_size * dtype_bytes(dtype)
+                if seconds > spec.point_budget_s or kv_cache_bytes(shape, dtype, batch_size, context_len) + activation_bytes > memory_budget:
+                    continue
+                points.append(GridPoint(phase, batch_size, context_len, seconds))
+    return tuple(points)
+
+
+def repeats_for(point: GridPoint, spec: GridSpec) -> int:
+    return max(spec.min_repeats, min(spec.max_repeats, int(spec.sample_budget_s / max(point.estimate_s, 1e-6))))
+
+
+class LayerBench:
+    """One engine layer with seeded random weights, ready to time grid points."""
+
+    def __init__(self, shape: ModelShape, dtype: str, device: str, seed: int = 0):
+        import torch
+
+        from runners.engine.models import build_model  # lazy: the engine's layer is the one timed
+
+        self.shape, self.dtype, self.device, self.seed = shape, dtype, device, seed
+        self.model = build_model(shape, dtype, device, seed=seed, num_layers=1)
+        self.torch = torch
+
+    def _cache(self, batch_size: int, tokens_per_sequence: int):
+        """A filled KV cache and a fragmented block table for `batch_size` sequences."""
+        torch = self.torch
+        blocks_per_sequence = math.ceil(tokens_per_sequence / BLOCK_SIZE)
+        num_blocks = batch_size * blocks_per_sequence
+        shape = (num_blocks, 2, BLOCK_SIZE, self.shape.num_kv_heads, self.shape.head_dim)
+        kv_cache = torch.empty(shape, dtype=self.model.dtype, device=self.device).fill_(0.01)
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(num_blocks, generator=generator).to(self.device)
+        return kv_cache, order.view(batch_size, blocks_per_sequence)
+
+    def _slots(self, block_tables, positions):
+        """slot = block * BLOCK_SIZE + offset for each (sequence row, token position)."""
+        rows = self.torch.arange(block_tables.shape[0], device=self.device)[:, None].expand_as(positions)
+        blocks = block_tables[rows, positions // BLOCK_SIZE]
+        return (blocks * BLOCK_SIZE + positions % BLOCK_SIZE).reshape(-1)
+
+    def decode_call(self, batch_size: int, context_len: int) -> Callable[[], object]:
+        """One decode step of the layer: each sequence has `context_len` cached tokens and adds one."""
+        from runners.engine.attention import paged_decode_attention, write_kv
+
+        torch = self.torch
+        kv_cache, block_tables = self._cache(batch_size, context_len + 1)
+        positions = torch.full((batch_size, 1), context_len, dtype=torch.long, device=self.device)
+        slot_mapping = self._slots(block_tables, positions)
+        context_lens = torch.full((batch_size,), context_len + 1, dtype=torch.int32, device=self.device)
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        hidden = torch.randn(batch_size, self.shape.hidden_size, generator=generator).to(self.device, self.model.dtype)
+        scale = self.model.attention_scale
+
+        def attention(index, q, k, v):
+            write_kv(kv_cache, slot_mapping, k, v)
+            return paged_decode_attention(q, kv_cache, block_tables, context_lens, scale)
+
+        flat_positions = positions.reshape(-1)
+
+        def step():
+            with torch.inference_mode():
+                return self.model.layer_forward(0, hidden, flat_positions, attention)
+        return step
+
+    def prefill_call(self, batch_size: int, prompt_len: int) -> Callable[[], object]:
+        """One prefill of the layer: `batch_size` prompts of `prompt_len` tokens packed together."""
+        from runners.engine.attention import prefill_attention, write_kv
+
+        torch = self.torch
+        kv_cache, block_tables = self._cache(batch_size, prompt_len)
+        positions = torch.arange(prompt_len, device=self.device)[None, :].expand(batch_size, prompt_len)
+        slot_mapping = self._slots(block_tables, positions)
+        cu_seqlens = torch.arange(0, (batch_size + 1) * prompt_len, prompt_len, dtype=torch.int32, device=self.device)
+        generator = torch.Generator().manual_seed(self.seed + 2)
+        hidden = torch.randn(batch_size * prompt_len, self.shape.hidden_size, generator=generator).to(self.device, self.model.dtype)
+        scale = self.model.attention_scale
+
+        def attention(index, q, k, v):
+            write_kv(kv_cache, slot_mapping, k, v)
+            return prefill_attention(q, k, v, cu_seqlens, scale)
+
+        flat_positions = positions.reshape(-1)
+
+        def step():
+            with torch.inference_mode():
+                return self.model.layer_forward(0, hidden, flat_positions, attention)
+        return step
+
+    def step_for(self, point: GridPoint) -> Callable[[], object]:
+        make = self.decode_call if point.phase == "decode" else self.prefill_call
+        return make(point.batch_size, point.context_len)
+
+
+def memory_chunks(points: tuple[GridPoint, ...], shape: ModelShape, dtype: str, budget_bytes: int) -> list[list[GridPoint]]:
+    """Consecutive groups of points whose KV caches fit in `budget_bytes` together (each group is interleaved)."""
+    chunks: list[list[GridPoint]] = [[]]
+    used = 0
+    for point in points:
+        size = kv_cache_bytes(shape, dtype, point.batch_size, point.context_len)
+        if chunks[-1] and used + size > budget_bytes:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(point)
+        used += size
+    return [c for c in chunks if c]
+
+
+def measure_layer(shape: ModelShape, dtype: str, device: str, spec: GridSpec, roofline: Roofline,
+                  seed: int = 0, progress: ProgressFn | None = None,
+                  on_built: Callable[[int], None] | None = None) -> tuple[LayerTiming, ...]:
+    """Build one layer and time every planned grid point; `on_built(num_points)` fires once it is built.
+
+    Points are timed in memory-bounded groups, round-robin within a group (`time_interleaved`),
+    so interference from other processes spreads over the grid instead of bending the fit.
+    """
+    free_bytes = free_device_bytes(device)
+    points = plan_grid(shape, dtype, spec, roofline, free_bytes)
+    bench = LayerBench(shape, dtype, device, seed)
+    if on_built:
+        on_built(len(points))
+    timings = []
+    for chunk in memory_chunks(points, shape, dtype, free_bytes // 4):
+        steps = [bench.step_for(point) for point in chunk]
+        results = time_interleaved(steps, device=device, repeats=[repeats_for(p, spec) for p in chunk], warmup=1)
+        del steps
+        for point, timing in zip(chunk, results):
+            timings.append(LayerTiming(phase=point.phase, batch_size=point.batch_size, context_len=point.context_len,
+                                       median_s=timing.median_s, p10_s=timing.p10_s, p90_s=timing.p90_s,
+                                       samples_s=timing.samples_s))
+            if progress:
+                progress(f"layer {point.phase} batch {point.batch_size} ctx {point.context_len}: {timing.median_s * 1e3:.2f} ms")
+    return tuple(timings)

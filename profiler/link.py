@@ -1,0 +1,206 @@
+"""Host<->device link bandwidth: H2D, D2H and both at once, pinned and pageable host memory, over a size sweep.
+
+On CUDA the "device" buffer lives in GPU memory; pinned host buffers come from
+`pin_memory=True` (page-locked, DMA-able), pageable ones from an ordinary allocation (the
+driver stages those through its own pinned buffer, which is why they are slower). Samples are
+timed with CUDA events (see `profiler.timing`).
+
+On a CPU-only machine there is no link: the "device" is a second CPU buffer and every copy is
+a memcpy (`link_is_memcpy=True` in the profile, and the CLI says so). "Pinned" then means a
+page-locked (`mlock`) host buffer, which is what pinning is on the host; when the kernel
+refuses the lock the buffer stays ordinary and a note says so.
+
+"Both at once" runs an H2D and a D2H copy of the same size concurrently (two threads, each
+with its own CUDA stream on a GPU) and reports the sum of both directions.
+
+Left out: multi-GPU peer links and NUMA placement (buffers go where the allocator puts them).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pie_cli.errors import BadInput
+from profiler.hardware_profile import HOST_MEMORY_KINDS, LINK_DIRECTIONS, BandwidthSample
+from profiler.sizes import KIB, MIB, GIB, format_bytes
+from profiler.timing import calls_for_duration, synchronize, time_call
+
+MIN_SIZE_BYTES = 64 * KIB
+BUFFERS_PER_SIZE = 4  # two host buffers and two device buffers (both directions at once)
+BIDIRECTIONAL_BYTES_PER_CALL = 64 * MIB
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LinkSweep:
+    """Which transfers to time: sizes, directions, host memory kinds, and how many samples."""
+
+    sizes_bytes: tuple[int, ...]
+    repeats: int = 9
+    warmup: int = 2
+    target_sample_s: float = 0.005  # small copies are batched until one sample lasts this long
+    directions: tuple[str, ...] = LINK_DIRECTIONS
+    host_memory_kinds: tuple[str, ...] = HOST_MEMORY_KINDS
+
+    def __post_init__(self) -> None:
+        if not self.sizes_bytes or any(s <= 0 for s in self.sizes_bytes):
+            raise BadInput(f"link sweep sizes must be positive, got {self.sizes_bytes}")
+        if self.repeats < 1:
+            raise BadInput(f"link sweep repeats must be >= 1, got {self.repeats}")
+        for direction in self.directions:
+            if direction not in LINK_DIRECTIONS:
+                raise BadInput(f"unknown link direction '{direction}'", f"one of {', '.join(LINK_DIRECTIONS)}")
+        for kind in self.host_memory_kinds:
+            if kind not in HOST_MEMORY_KINDS:
+                raise BadInput(f"unknown host memory kind '{kind}'", f"one of {', '.join(HOST_MEMORY_KINDS)}")
+
+    @property
+    def num_points(self) -> int:
+        return len(self.sizes_bytes) * len(self.directions) * len(self.host_memory_kinds)
+
+    @property
+    def peak_bytes(self) -> int:
+        return BUFFERS_PER_SIZE * max(self.sizes_bytes)
+
+
+def sweep_sizes(max_size_bytes: int, quick: bool) -> tuple[int, ...]:
+    """64 KiB, then x4 (x16 when quick) up to `max_size_bytes`, which is always included."""
+    if max_size_bytes < MIN_SIZE_BYTES:
+        raise BadInput(f"largest transfer size {format_bytes(max_size_bytes)} is below the smallest, "
+                       f"{format_bytes(MIN_SIZE_BYTES)}", "give --max-size of at least 64KiB")
+    step = 16 if quick else 4
+    sizes = []
+    size = MIN_SIZE_BYTES
+    while size < max_size_bytes:
+        sizes.append(size)
+        size *= step
+    sizes.append(max_size_bytes)
+    return tuple(sizes)
+
+
+def default_max_size(quick: bool) -> int:
+    return 256 * MIB if quick else GIB
+
+
+# --- page-locking host memory on a CPU-only machine --------------------------------------
+def _libc():
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def lock_pages(tensor) -> bool:
+    """mlock a host tensor's memory; False when the kernel (or platform) refuses."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mlock"):
+        return False
+    nbytes = tensor.numel() * tensor.element_size()
+    return libc.mlock(ctypes.c_void_p(tensor.data_ptr()), ctypes.c_size_t(nbytes)) == 0
+
+
+def unlock_pages(tensor) -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "munlock"):
+        libc.munlock(ctypes.c_void_p(tensor.data_ptr()), ctypes.c_size_t(tensor.numel() * tensor.element_size()))
+
+
+class _HostBuffers:
+    """Two host buffers of one kind; pinned ones are page-locked (CUDA pinning or mlock)."""
+
+    def __init__(self, size_bytes: int, kind: str, device: str):
+        import torch
+
+        self.locked: list = []
+        self.lock_refused = False
+        pin = kind == "pinned" and device.startswith("cuda")
+        self.buffers = [torch.empty(size_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
+        for buffer in self.buffers:
+            buffer.fill_(1)  # touch every page: an untouched source would read the shared zero page
+            if kind == "pinned" and not pin:
+                if lock_pages(buffer):
+                    self.locked.append(buffer)
+                else:
+                    self.lock_refused = True
+
+    def close(self) -> None:
+        for buffer in self.locked:
+            unlock_pages(buffer)
+        self.locked.clear()
+        self.buffers.clear()
+
+
+def _copy_functions(device: str, host: list, dev: list, direction: str) -> Callable[[], None]:
+    """A no-argument function doing one transfer (or one of each direction at once)."""
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    if direction == "h2d":
+        return lambda: dev[0].copy_(host[0], non_blocking=on_cuda)
+    if direction == "d2h":
+        return lambda: host[1].copy_(dev[1], non_blocking=on_cuda)
+
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()] if on_cuda else [None, None]
+    pairs = [(dev[0], host[0]), (host[1], dev[1])]
+
+    def run_one(index: int, calls: int) -> None:
+        destination, source = pairs[index]
+        if streams[index] is not None:
+            with torch.cuda.stream(streams[index]):
+                for _ in range(calls):
+                    destination.copy_(source, non_blocking=True)
+                streams[index].synchronize()
+        else:
+            for _ in range(calls):
+                destination.copy_(source)
+
+    copies = bidirectional_copies_per_call(dev[0].numel())
+
+    def both_at_once() -> None:
+        worker = threading.Thread(target=run_one, args=(1, copies))
+        worker.start()
+        run_one(0, copies)
+        worker.join()
+
+    return both_at_once
+
+
+def bidirectional_copies_per_call(size_bytes: int) -> int:
+    """Copies each thread makes per call, so a thread start is amortised over >= 64 MiB each way."""
+    return max(1, BIDIRECTIONAL_BYTES_PER_CALL // size_bytes)
+
+
+def measure_link(device: str, sweep: LinkSweep, progress: ProgressFn | None = None) -> tuple[tuple[BandwidthSample, ...], tuple[str, ...]]:
+    """Time every (size, direction, host memory kind) of the sweep; returns samples and notes."""
+    import torch
+
+    samples: list[BandwidthSample] = []
+    notes: list[str] = []
+    for size in sweep.sizes_bytes:
+        dev = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(2)]
+        for buffer in dev:
+            buffer.fill_(2)
+        for kind in sweep.host_memory_kinds:
+            host = _HostBuffers(size, kind, device)
+            if host.lock_refused and not any("mlock" in n for n in notes):
+                notes.append("the kernel refused to page-lock (mlock) host buffers: 'pinned' rows used ordinary memory")
+            try:
+                for direction in sweep.directions:
+                    copy = _copy_functions(device, host.buffers, dev, direction)
+                    copy()  # first call outside the calibration probe: faults, stream creation
+                    synchronize(device)
+                    calls = calls_for_duration(copy, device, sweep.target_sample_s)
+                    timing = time_call(copy, device=device, repeats=sweep.repeats, warmup=sweep.warmup,
+                                       calls_per_sample=calls)
+                    moved = size if direction != "bidirectional" else 2 * size * bidirectional_copies_per_call(size)
+                    median, p10, p90 = timing.rate(moved / 1e9)
+                    samples.append(BandwidthSample(direction=direction, host_memory=kind, size_bytes=size,
+                                                   samples_s=timing.samples_s, median_gbps=median,
+                                                   p10_gbps=p10, p90_gbps=p90))
+                    if progress:
+                        progress(f"link {direction} {kind} {format_bytes(size)}: {median:.1f} GB/s")
+            finally:
+                host.close()
+        del dev
+    return tuple(samples), tuple(notes)

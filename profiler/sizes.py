@@ -1,0 +1,66 @@
+"""Byte sizes: parse '64KiB' / '1GiB' / '100GB', format them back, and read free host and device memory.
+
+Free memory is read before anything is allocated, so a request that cannot fit fails with a
+one-line `BadInput` that says how much is free instead of an out-of-memory crash halfway
+through a profile. Left out: any accounting of other processes' future allocations (a
+shared machine can still run out later; the profiler only claims up to half of what is free).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from pie_cli.errors import BadInput
+
+KIB = 1024
+MIB = 1024**2
+GIB = 1024**3
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": KIB, "m": 1000**2, "mb": 1000**2, "mib": MIB,
+          "g": 1000**3, "gb": 1000**3, "gib": GIB, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+_SIZE_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """'64KiB' -> 65536, '1.5GB' -> 1500000000, '4096' -> 4096; BadInput otherwise."""
+    match = _SIZE_PATTERN.match(str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise BadInput(f"cannot read size '{text}'", "write a number with a unit, e.g. 64KiB, 256MiB, 1GiB")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise BadInput(f"size '{text}' must be positive")
+    return size
+
+
+def format_bytes(size: float) -> str:
+    """Binary units, three significant figures: 65536 -> '64 KiB', 1.5 * 2**30 -> '1.5 GiB'."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if abs(size) >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{int(size)} B"
+
+
+def free_host_bytes() -> int:
+    """Memory the kernel says is available to new allocations (MemAvailable), in bytes."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * KIB
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def free_device_bytes(device: str) -> int:
+    """Free memory on `device`: host memory for 'cpu', the CUDA driver's free figure for 'cuda'."""
+    if not device.startswith("cuda"):
+        return free_host_bytes()
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def total_host_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
