@@ -167,7 +167,8 @@ def run_profile(request: ProfileRequest, progress: Progress | None = None) -> Ha
         noisy = [t for t in layer_timings if (t.p90_s - t.p10_s) / t.median_s > NOISY_SPREAD]
         if noisy:
             notes.append(f"{len(noisy)} of {len(layer_timings)} layer timings varied by more than {NOISY_SPREAD:.0%} "
-                         "(p10..p90): other processes were likely using the machine; try --threads 1 or a quieter moment")
+                         "(p10..p90): other processes were likely using the machine"
+                         + ("; try --threads 1 or a quieter moment" if torch.get_num_threads() > 1 else "; try a quieter moment"))
         progress.start("fitting the cost model", 1)
         try:
             decode_fit, decode_result = fit_decode(layer_timings, shape.layer_weight_bytes(dtype),

@@ -1,0 +1,155 @@
+"""`pie profile`: measure the link, the memory and one model layer, fit the cost model, save a HardwareProfile.
+
+This module only parses options, draws progress and renders tables; the measuring is
+`profiler.run.run_profile`. `--show FILE` renders a saved profile without measuring.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pie_cli.errors import BadInput
+from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
+from pie_cli.output import Output
+from profiler.hardware_profile import HardwareProfile
+
+KIND_COLUMNS = (("h2d", "pinned"), ("h2d", "pageable"), ("d2h", "pinned"), ("d2h", "pageable"),
+                ("bidirectional", "pinned"), ("bidirectional", "pageable"))
+
+ProfileDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16 or float32 [default: bfloat16 on cpu, float16 on cuda].")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Fewer sizes, repeats and grid points (under a minute on a small CPU machine).")]
+MaxSizeOpt = Annotated[Optional[str], typer.Option("--max-size", help="Largest link transfer, e.g. 256MiB or 1GiB [default: 1GiB, 256MiB with --quick, cut to fit free memory].")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads while measuring [default: torch's, all cores]; 1 is steadier on a busy machine.")]
+NoLayerOpt = Annotated[bool, typer.Option("--no-layer", help="Measure only the link, memory bandwidth and FLOP/s.")]
+ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Render a saved profile instead of measuring.")]
+
+
+def default_profile_path(profile: HardwareProfile) -> Path:
+    from profiler.fingerprint import fingerprint_slug
+
+    model = Path(profile.model).name if profile.model else "no-layer"
+    return DEFAULT_PROFILES_DIR / f"{fingerprint_slug(profile.fingerprint, profile.device)}-{model}-{profile.dtype}.json"
+
+
+def check_output_path(path: Path | None) -> None:
+    """Fail before measuring, not after, when the profile could not be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise BadInput(f"--output '{path}' is a directory", "give a file name, e.g. profile.json")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BadInput(f"--output '{path}': '{parent}' is not a directory")
+
+
+class RichProgress:
+    """Adapts profiler.run.Progress to a rich progress display (on stderr)."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.task = None
+
+    def start(self, stage: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
+        self.stage = stage
+        self.task = self.progress.add_task(stage, total=max(total, 1))
+
+    def advance(self, detail: str) -> None:
+        self.progress.update(self.task, advance=1, description=f"{self.stage}: {detail}")
+
+
+def render(out: Output, profile: HardwareProfile, path: Path | None) -> None:
+    sizes = sorted({s.size_bytes for s in profile.link})
+    medians = {(s.direction, s.host_memory, s.size_bytes): s.median_gbps for s in profile.link}
+    rows = [[_size(size)] + [medians.get((d, k, size)) for d, k in KIND_COLUMNS] for size in sizes]
+    h2d = [medians.get(("h2d", "pinned", size)) or 0.0 for size in sizes]
+    best = h2d.index(max(h2d)) if h2d else None
+    link_caption = ("CPU-only: the 'link' is a memcpy between two host buffers; pinned = page-locked (mlock)"
+                    if profile.link_is_memcpy else "best pinned H2D size in bold")
+    out.table("Link bandwidth (GB/s, median)", ["size"] + [f"{d} {k}" for d, k in KIND_COLUMNS], rows,
+              highlight_row=best, caption=link_caption)
+    shape = profile.extra.get("matmul_shape")
+    out.table(f"Device ({profile.device_name})", ["measure", "value"], [
+        ["memory bandwidth (GB/s, read + write)", profile.memory_bandwidth_gbps],
+        [f"matmul {profile.dtype} (TFLOP/s{', M×K×N ' + '×'.join(map(str, shape)) if shape else ''})", profile.matmul_tflops],
+        ["torch threads", profile.extra.get("threads")],
+        ["peak RSS (GiB)", profile.extra["peak_rss_bytes"] / 2**30 if "peak_rss_bytes" in profile.extra else None]])
+    if profile.layer_timings:
+        _render_layer(out, profile)
+    for note in profile.notes:
+        out.info(f"note: {note}")
+    if path is not None:
+        out.info(f"profile saved to {path}")
+
+
+def _size(size: int) -> str:
+    from profiler.sizes import format_bytes
+
+    return format_bytes(size)
+
+
+def _render_layer(out: Output, profile: HardwareProfile) -> None:
+    rows = []
+    for timing in profile.layer_timings:
+        if timing.phase == "decode" and profile.decode_fit:
+            predicted = profile.decode_fit.predict_s(timing.batch_size, timing.context_len)
+        elif timing.phase == "prefill" and profile.prefill_fit:
+            predicted = profile.prefill_fit.predict_s(timing.batch_size * timing.context_len,
+                                                      timing.batch_size * timing.context_len**2)
+        else:
+            predicted = None
+        error = abs(predicted - timing.median_s) / timing.median_s * 100 if predicted else None
+        rows.append([timing.phase, timing.batch_size, timing.context_len, timing.median_s * 1e3, timing.p10_s * 1e3,
+                     timing.p90_s * 1e3, predicted * 1e3 if predicted else None, error])
+    out.table(f"One {profile.model} layer ({profile.dtype}, seeded random weights)",
+              ["phase", "batch", "context", "median ms", "p10 ms", "p90 ms", "fitted ms", "error %"], rows)
+    fit_rows = []
+    if profile.decode_fit:
+        fit = profile.decode_fit
+        fit_rows.append(["decode: fixed + per_token·b + per_kv_token·b·ctx",
+                         f"{fit.fixed_s * 1e3:.3g} ms + {fit.per_token_s * 1e6:.3g} µs·b + {fit.per_kv_token_s * 1e9:.3g} ns·b·ctx",
+                         fit.median_rel_error * 100, fit.max_rel_error * 100, f"{fit.num_fit_points}/{fit.num_holdout_points}"])
+    if profile.prefill_fit:
+        fit = profile.prefill_fit
+        fit_rows.append(["prefill: fixed + per_token·n + per_token_sq·Σlen²",
+                         f"{fit.fixed_s * 1e3:.3g} ms + {fit.per_token_s * 1e6:.3g} µs·n + {fit.per_token_sq_s * 1e9:.3g} ns·Σlen²",
+                         fit.median_rel_error * 100, (profile.extra.get("prefill_max_rel_error") or 0) * 100, None])
+    if fit_rows:
+        out.table("Fitted layer cost model (errors on held-out grid points)",
+                  ["model", "coefficients", "median error %", "max error %", "fit/held-out points"], fit_rows)
+
+
+def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: DeviceOpt = "cpu",
+            dtype: ProfileDtypeOpt = None, output: OutputPathOpt = None, max_size: MaxSizeOpt = None,
+            threads: ThreadsOpt = None, no_layer: NoLayerOpt = False, show: ShowOpt = None,
+            seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
+    """Measure host<->device link bandwidth, memory bandwidth, FLOP/s and one model layer; save a profile.
+
+    Example: pie profile --quick --model opt-125m   (or: pie profile --show .pie/profiles/FILE.json)
+    """
+    out = Output(json_out)
+    if show is not None:
+        loaded = HardwareProfile.load(show)
+        if json_out:
+            out.json({"path": str(show), "profile": loaded.to_dict()})
+        else:
+            render(out, loaded, None)
+        return
+    from profiler.run import ProfileRequest, run_profile
+    from profiler.sizes import parse_size
+
+    check_output_path(output)
+    request = ProfileRequest(device=device, dtype=dtype, model=None if no_layer else model, quick=quick,
+                             max_size_bytes=parse_size(max_size) if max_size is not None else None,
+                             threads=threads, seed=seed)
+    with out.progress(transient=True) as bar:
+        result = run_profile(request, RichProgress(bar))
+    path = result.save(output or default_profile_path(result))
+    if json_out:
+        out.json({"path": str(path), "profile": result.to_dict()})
+    render(out, result, path)
