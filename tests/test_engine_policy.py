@@ -1,0 +1,195 @@
+"""Block manager and scheduler without torch: tiers, eviction, preemption, pool limits, invariants.
+
+A fake storage follows every copy the scheduler asks for (restores, then evictions, then the
+forward's writes), so a randomized long run checks both the block accounting and that every
+block a sequence reads still holds that sequence's tokens.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pie_cli.errors import BadInput
+from runners.engine.block_manager import BlockManager, CacheLayout
+from runners.engine.config import EngineConfig
+from runners.engine.sampling_params import SamplingParams
+from runners.engine.scheduler import Scheduler
+from runners.engine.sequence import DEVICE, Sequence, SequenceStatus
+
+BLOCK = 4
+
+
+def make(num_device_blocks=16, num_pool_blocks=0, rebuild_fraction=0.0, max_num_seqs=8, budget=64, depth=1, layers=12):
+    config = EngineConfig(model="opt-125m", block_size=BLOCK, num_device_blocks=num_device_blocks,
+                          num_pool_blocks=num_pool_blocks, prefetch_depth=depth, rebuild_fraction=rebuild_fraction,
+                          max_num_seqs=max_num_seqs, max_num_batched_tokens=budget)
+    layout = CacheLayout.from_config(config, layers)
+    manager = BlockManager(layout, rebuild_fraction)
+    return Scheduler(config, manager), manager
+
+
+class FakeStorage:
+    """Token ids per (tier, block, offset): what a real cache would hold."""
+
+    def __init__(self):
+        self.device: dict[int, dict[int, int]] = {}
+        self.pool: dict[int, dict[int, int]] = {}
+
+    def apply(self, out):
+        for move in out.restores:
+            self.device[move.device_index] = dict(self.pool[move.pool_index])
+        for move in out.evictions:
+            self.pool[move.pool_index] = dict(self.device[move.device_index])
+
+    def check_and_compute(self, seq):
+        tokens = seq.token_ids
+        for position in range(seq.num_computed_tokens):
+            ref = seq.block_table[position // BLOCK]
+            store = self.device if ref.tier == DEVICE else self.pool
+            assert store[ref.index][position % BLOCK] == tokens[position], f"{seq.request_id} position {position} corrupted"
+        for position in range(seq.num_computed_tokens, seq.num_tokens):
+            ref = seq.block_table[position // BLOCK]
+            assert ref.tier == DEVICE, "new tokens must be written to device blocks"
+            self.device.setdefault(ref.index, {})[position % BLOCK] = tokens[position]
+
+
+def run_step(scheduler, storage, finished, rng):
+    out = scheduler.schedule()
+    storage.apply(out)
+    for seq in out.sequences:
+        storage.check_and_compute(seq)
+        seq.num_computed_tokens = seq.num_tokens
+        seq.append_token(rng.randrange(1000), 0.0)
+        if len(seq.output_token_ids) >= seq.sampling_params.max_tokens:
+            scheduler.finish(seq, "length")
+            finished.append(seq)
+    return out
+
+
+def test_layout_charges_staging_against_device_budget():
+    config = EngineConfig(model="opt-125m", num_device_blocks=100, num_pool_blocks=60, prefetch_depth=2)
+    layout = CacheLayout.from_config(config, 12)
+    assert layout.staging_charge_blocks == 10  # 2 slots x 60 single-layer blocks / 12 layers
+    assert layout.num_device_blocks == 90
+    assert CacheLayout.from_config(config.replace(num_pool_blocks=0), 12).num_device_blocks == 100
+    with pytest.raises(BadInput, match="after staging"):
+        CacheLayout.from_config(config.replace(num_device_blocks=10), 12)
+
+
+def test_pool_lets_more_sequences_run_than_device_alone():
+    results = {}
+    for pool in (0, 48):
+        scheduler, manager = make(num_device_blocks=24, num_pool_blocks=pool, max_num_seqs=16)
+        for i in range(16):
+            scheduler.add(Sequence(f"r{i}", list(range(15)), SamplingParams(max_tokens=8), 0.0, i))
+        storage, finished, peak = FakeStorage(), [], 0
+        rng = random.Random(0)
+        while scheduler.has_unfinished():
+            run_step(scheduler, storage, finished, rng)
+            peak = max(peak, len(scheduler.running))
+            manager.check_invariants(scheduler.running + list(scheduler.waiting))
+        results[pool] = peak
+        assert len(finished) == 16
+    assert results[0] <= 6  # 24 device blocks, 4-6 blocks per sequence
+    assert results[48] >= 2 * results[0]
+
+
+def test_only_full_computed_non_tail_blocks_are_pooled():
+    scheduler, manager = make(num_device_blocks=8, num_pool_blocks=16, max_num_seqs=4)
+    scheduler.add(Sequence("a", list(range(10)), SamplingParams(max_tokens=20), 0.0, 0))
+    scheduler.add(Sequence("b", list(range(10)), SamplingParams(max_tokens=20), 0.0, 1))
+    storage, finished, rng = FakeStorage(), [], random.Random(1)
+    pooled_seen = 0
+    for _ in range(25):
+        out = run_step(scheduler, storage, finished, rng)
+        for move in out.evictions:
+            assert move.position % BLOCK == 0
+        for seq in scheduler.running:
+            assert seq.block_table[-1].tier == DEVICE
+            pooled_seen += len(seq.pooled_blocks())
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+    assert pooled_seen > 0
+
+
+def test_preemption_newest_first_and_no_token_lost():
+    scheduler, manager = make(num_device_blocks=10, num_pool_blocks=0, max_num_seqs=4)
+    for i in range(3):
+        scheduler.add(Sequence(f"r{i}", list(range(8)), SamplingParams(max_tokens=12), 0.0, i))
+    storage, finished, rng = FakeStorage(), [], random.Random(2)
+    preempted = []
+    while scheduler.has_unfinished():
+        out = run_step(scheduler, storage, finished, rng)
+        preempted += [seq.request_id for seq in out.preempted]
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+    assert preempted and preempted[0] == "r2"
+    assert sorted(len(seq.output_token_ids) for seq in finished) == [12, 12, 12]
+
+
+def test_rebuild_share_tracks_fraction():
+    scheduler, manager = make(num_device_blocks=12, num_pool_blocks=40, rebuild_fraction=0.5, max_num_seqs=8)
+    for i in range(8):
+        scheduler.add(Sequence(f"r{i}", list(range(12)), SamplingParams(max_tokens=16), 0.0, i))
+    storage, finished, rng = FakeStorage(), [], random.Random(3)
+    shares = []
+    while scheduler.has_unfinished():
+        run_step(scheduler, storage, finished, rng)
+        if manager.pool_used >= 10:
+            shares.append(manager.num_rebuild_used / manager.pool_used)
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+    assert shares and all(0.3 <= share <= 0.7 for share in shares)
+
+
+def test_set_pool_limit_bounds_use_and_rejects_out_of_range():
+    scheduler, manager = make(num_device_blocks=16, num_pool_blocks=32, max_num_seqs=8)
+    with pytest.raises(BadInput, match="outside"):
+        manager.set_pool_limit(33)
+    for i in range(8):
+        scheduler.add(Sequence(f"r{i}", list(range(14)), SamplingParams(max_tokens=24), 0.0, i))
+    storage, finished, rng = FakeStorage(), [], random.Random(4)
+    for _ in range(12):
+        run_step(scheduler, storage, finished, rng)
+    assert manager.pool_used > 4
+    manager.set_pool_limit(4)
+    out = run_step(scheduler, storage, finished, rng)
+    assert out.restores or out.preempted
+    assert manager.pool_used <= 4
+    while scheduler.has_unfinished():
+        run_step(scheduler, storage, finished, rng)
+        assert manager.pool_used <= 4
+    assert len(finished) == 8 and all(len(seq.output_token_ids) == 24 for seq in finished)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_randomized_long_run_keeps_invariants_and_data(seed):
+    rng = random.Random(seed)
+    scheduler, manager = make(num_device_blocks=20, num_pool_blocks=30, rebuild_fraction=0.3 * (seed % 2),
+                              max_num_seqs=10, budget=48)
+    expected, finished, storage = {}, [], FakeStorage()
+    next_id = 0
+    for step in range(600):
+        if next_id < 80 and rng.random() < 0.4:
+            prompt = [rng.randrange(1000) for _ in range(rng.randint(1, 30))]
+            max_tokens = rng.randint(1, 30)
+            seq = Sequence(f"r{next_id}", prompt, SamplingParams(max_tokens=max_tokens), 0.0, next_id)
+            expected[seq.request_id] = max_tokens
+            scheduler.add(seq)
+            next_id += 1
+        if rng.random() < 0.05:
+            manager.set_pool_limit(rng.randint(0, 30))
+        if rng.random() < 0.02 and scheduler.running:
+            victim = rng.choice(scheduler.running)
+            scheduler.finish(victim, "abort")
+            expected.pop(victim.request_id)
+        run_step(scheduler, storage, finished, rng)
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+        assert manager.pool_used <= manager.pool_limit_blocks
+        assert len(scheduler.running) <= 10
+        for seq in scheduler.waiting:
+            assert seq.status is SequenceStatus.WAITING and not seq.block_table
+    manager.set_pool_limit(30)
+    while scheduler.has_unfinished():
+        run_step(scheduler, storage, finished, rng)
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+    assert {seq.request_id: len(seq.output_token_ids) for seq in finished} == expected
+    assert manager.device_used == 0 and manager.pool_used == 0
