@@ -1,0 +1,78 @@
+"""Workloads: `load_workload(spec)` -> (BenchRequests, WorkloadInfo), from a dataset file or synthetic.
+
+`--workload sharegpt|alpaca` read `--dataset-path` when given and fall back to a labelled
+synthetic distribution with the published mean lengths when not; `jsonl` needs a file;
+`fixed` and `uniform` are always synthetic. Text is tokenized with the model directory's
+tokenizer, or a labelled approximation (runners/workloads/tokenize.py). Requests come back
+with `arrival_s = 0`; runners/arrivals.py sets release times.
+
+Left out: arrivals, running, downloading datasets (never done).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pie_cli.errors import BadInput
+from planner.shapes import resolve_model
+from runners.base import BenchRequest
+from runners.workloads.alpaca import read_alpaca
+from runners.workloads.common import (DEFAULT_NUM_PROMPTS, WORKLOADS, LengthFilter, WorkloadInfo, WorkloadSpec,
+                                      no_requests_error, take_requests)
+from runners.workloads.jsonl import DEFAULT_OUTPUT_LEN, load_jsonl
+from runners.workloads.sharegpt import read_sharegpt
+from runners.workloads.synthetic import synthetic_requests
+from runners.workloads.tokenize import load_tokenizer
+
+__all__ = ["DEFAULT_NUM_PROMPTS", "WORKLOADS", "WorkloadInfo", "WorkloadSpec", "load_workload"]
+
+
+def _mean(values: list[int]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _info(spec: WorkloadSpec, requests: list[BenchRequest], max_model_len: int, **fields) -> WorkloadInfo:
+    return WorkloadInfo(num_prompts=spec.num_prompts, num_requests=len(requests), seed=spec.seed,
+                        mean_prompt_len=_mean([r.prompt_len for r in requests]),
+                        mean_output_len=_mean([r.output_len for r in requests]), max_model_len=max_model_len,
+                        output_len_fixed=spec.output_len, **fields)
+
+
+def _from_file(spec: WorkloadSpec, path: Path, max_model_len: int, vocab_size: int) -> tuple[list[BenchRequest], WorkloadInfo]:
+    tokenizer = load_tokenizer(spec.model)
+    notes: list[str] = []
+    if spec.name == "jsonl":
+        requests, malformed, filtered, defaulted = load_jsonl(path, tokenizer, spec, max_model_len, vocab_size)
+        if defaulted:
+            notes.append(f"{defaulted} request(s) had no output length; generated {DEFAULT_OUTPUT_LEN} tokens")
+    else:
+        if spec.name == "sharegpt":
+            entries, malformed = read_sharegpt(path, spec.seed)
+        else:
+            entries, malformed = read_alpaca(path, spec.seed, need_output=spec.output_len is None)
+        length_filter = LengthFilter(max_model_len, fixed_output=spec.output_len is not None)
+        requests, filtered = take_requests(entries, tokenizer, spec, length_filter, spec.name)
+    if not requests:
+        raise no_requests_error(path, malformed, filtered, max_model_len)
+    if len(requests) < spec.num_prompts:
+        notes.append(f"only {len(requests)} of {spec.num_prompts} requested prompts were usable")
+    return requests, _info(spec, requests, max_model_len, name=spec.name, synthetic=False, source=str(path),
+                           tokenizer=tokenizer.description, dataset_path=str(path), num_malformed=malformed,
+                           num_filtered=filtered, notes=tuple(notes))
+
+
+def load_workload(spec: WorkloadSpec) -> tuple[list[BenchRequest], WorkloadInfo]:
+    """Requests (tokenized, arrival 0) and a description of what was loaded."""
+    shape = resolve_model(spec.model)
+    max_model_len = shape.max_positions
+    if spec.dataset_path is not None:
+        if spec.name in ("fixed", "uniform"):
+            raise BadInput(f"workload '{spec.name}' is synthetic and reads no file, but --dataset-path was given",
+                           "use --workload sharegpt, alpaca or jsonl with a file")
+        return _from_file(spec, Path(spec.dataset_path).expanduser(), max_model_len, shape.vocab_size)
+    if spec.name == "jsonl":
+        raise BadInput("workload 'jsonl' needs --dataset-path", "give a file with one JSON request per line")
+    requests, description, notes = synthetic_requests(spec, shape.vocab_size, max_model_len)
+    return requests, _info(spec, requests, max_model_len, name=f"synthetic-{spec.name}", synthetic=True,
+                           source=f"synthetic: {description}",
+                           tokenizer=f"none: token ids drawn uniformly from the {shape.vocab_size}-token vocabulary (seed {spec.seed})",
+                           notes=tuple(notes))

@@ -1,0 +1,152 @@
+"""What every workload loader shares: its settings, what it reports, and vLLM's length filter.
+
+`WorkloadSpec` is what the CLI asks for; `WorkloadInfo` describes what was loaded (stored in
+the record's workload field and shown by `pie bench`); `LengthFilter` is vLLM's ShareGPT
+filter (prompt 4..1024 tokens, prompt + output <= 2048), tightened to the model's max length.
+
+Left out: reading any particular file format (one module per format).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pie_cli.errors import BadInput
+
+WORKLOADS = ("sharegpt", "alpaca", "jsonl", "fixed", "uniform")
+DEFAULT_NUM_PROMPTS = 64
+MIN_PROMPT_LEN = 4
+MAX_PROMPT_LEN = 1024
+MAX_TOTAL_LEN = 2048
+MIN_OUTPUT_LEN = 4
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str = "sharegpt"  # one of WORKLOADS
+    model: str = "opt-125m"  # for its tokenizer, vocabulary and max length
+    dataset_path: Path | None = None
+    num_prompts: int = DEFAULT_NUM_PROMPTS
+    seed: int = 0
+    output_len: int | None = None  # fix every request's output length
+    input_len: int | None = None  # fixed/uniform synthetic prompt length
+    range_ratio: float = 0.5  # uniform: lengths in [len * (1 - r), len * (1 + r)]
+
+    def __post_init__(self) -> None:
+        if self.name not in WORKLOADS:
+            from pie_cli.errors import suggest
+
+            raise BadInput(f"unknown workload '{self.name}'", suggest(self.name, WORKLOADS))
+        if self.num_prompts < 1:
+            raise BadInput(f"num_prompts must be at least 1, got {self.num_prompts}")
+        for name in ("output_len", "input_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInput(f"{name.replace('_', '-')} must be at least 1, got {value}")
+        if not 0 <= self.range_ratio < 1:
+            raise BadInput(f"range_ratio must be in [0, 1), got {self.range_ratio}")
+
+
+@dataclass(frozen=True)
+class WorkloadInfo:
+    name: str  # e.g. "sharegpt", "synthetic-sharegpt"
+    synthetic: bool
+    source: str  # the file, or the distribution for synthetic workloads
+    tokenizer: str  # what turned text into ids (or how synthetic ids were drawn)
+    num_prompts: int  # asked for
+    num_requests: int  # loaded
+    mean_prompt_len: float
+    mean_output_len: float
+    max_model_len: int
+    seed: int
+    dataset_path: str | None = None
+    output_len_fixed: int | None = None
+    num_malformed: int = 0  # entries skipped because they did not have the expected shape
+    num_filtered: int = 0  # entries skipped by the length filter
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["notes"] = list(self.notes)
+        return data
+
+
+@dataclass(frozen=True)
+class LengthFilter:
+    max_model_len: int
+    fixed_output: bool = False
+
+    @property
+    def max_total_len(self) -> int:
+        return min(MAX_TOTAL_LEN, self.max_model_len)
+
+    def keeps(self, prompt_len: int, output_len: int) -> bool:
+        if prompt_len < MIN_PROMPT_LEN or prompt_len > MAX_PROMPT_LEN:
+            return False
+        if not self.fixed_output and output_len < MIN_OUTPUT_LEN:
+            return False
+        return output_len >= 1 and prompt_len + output_len <= self.max_total_len
+
+
+def read_json(path: Path) -> Any:
+    """A whole JSON file; a missing or unreadable file is a one-line BadInput."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadInput(f"cannot parse '{path}' as JSON: {err.msg} at line {err.lineno}",
+                       "is it the dataset file, and complete?") from None
+
+
+def read_text(path: Path) -> str:
+    if not path.exists():
+        raise BadInput(f"dataset file '{path}' does not exist", "give --dataset-path an existing file")
+    if not path.is_file():
+        raise BadInput(f"dataset path '{path}' is not a file", "give --dataset-path a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"cannot read '{path}': {err}", "is it a UTF-8 text file you may read?") from None
+
+
+def no_requests_error(path: Path | None, malformed: int, filtered: int, model_len: int) -> BadInput:
+    where = f"'{path}'" if path else "the workload"
+    return BadInput(f"{where} gave no usable requests ({malformed} malformed, {filtered} outside the length filter "
+                    f"of prompt {MIN_PROMPT_LEN}..{MAX_PROMPT_LEN} tokens and total <= {min(MAX_TOTAL_LEN, model_len)})",
+                    "check the file's format, or fix lengths with --output-len")
+
+
+@dataclass(frozen=True)
+class TextEntry:
+    """One prompt from a text dataset, before tokenizing."""
+
+    prompt: str
+    completion: str | None = None  # its output length comes from tokenizing this
+    output_len: int | None = None  # or is given directly
+
+
+def take_requests(entries: list[TextEntry], tokenizer: Any, spec: WorkloadSpec, length_filter: LengthFilter,
+                  prefix: str) -> tuple[list[Any], int]:
+    """Tokenize entries in order until `spec.num_prompts` pass the filter; return (requests, num_filtered)."""
+    from runners.base import BenchRequest
+
+    requests, filtered = [], 0
+    for entry in entries:
+        if len(requests) >= spec.num_prompts:
+            break
+        prompt_ids = tuple(tokenizer.encode(entry.prompt))
+        if spec.output_len is not None:
+            output_len = spec.output_len
+        elif entry.output_len is not None:
+            output_len = entry.output_len
+        else:
+            output_len = len(tokenizer.encode(entry.completion or ""))
+        if not length_filter.keeps(len(prompt_ids), output_len):
+            filtered += 1
+            continue
+        requests.append(BenchRequest(request_id=f"{prefix}-{len(requests)}", prompt=entry.prompt,
+                                     prompt_token_ids=prompt_ids, output_len=output_len))
+    return requests, filtered
