@@ -35,12 +35,18 @@ def _root() -> None:
 from pie_cli import models_cmd  # noqa: E402
 
 app.command("models")(models_cmd.models)
+from pie_cli import tune_cmd  # noqa: E402
+
+app.command("tune")(tune_cmd.tune)
 from pie_cli import profile_cmd  # noqa: E402
 
 app.command("profile")(profile_cmd.profile)
 from pie_cli import compare_cmd  # noqa: E402
 
 app.command("compare")(compare_cmd.compare)
+from pie_cli import report_cmd  # noqa: E402
+
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

@@ -1,0 +1,125 @@
+"""Matplotlib figures for `pie report`, each returned as PNG bytes (Agg backend, no display).
+
+- `sweep_figure`: output throughput and TPOT against a swept setting (pool size, request rate),
+  one line per series, mean of repeated runs with min-max bars;
+- `latency_cdf_figure`: TTFT, TPOT and E2EL distributions as CDFs, one line per series;
+- `telemetry_figure`: bytes moved over the host link and stall fraction of pie runs.
+
+Every axis carries its unit, every line a legend entry, and layout is constrained so text does
+not overlap. Left out: choosing what to plot (results/report.py) and interactivity.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+AXIS_LABELS = {"pool_blocks": "CPU pool size (blocks)", "request_rate": "request rate (requests/s)",
+               "max_concurrency": "max concurrency (requests)", "num_prompts": "prompts"}
+MARKERS = "osD^v<>ph*"
+MIB = 1024**2
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _legend(axis: plt.Axes, count: int) -> None:
+    if count:
+        axis.legend(fontsize=8, frameon=False, loc="best")
+
+
+def sweep_figure(runs: pd.DataFrame, parameter: str) -> bytes:
+    """`runs` has columns series, sweep_value, output_throughput, mean_tpot_ms (one row per run)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    panels = (("output_throughput", "output throughput (tokens/s)", "Throughput"),
+              ("mean_tpot_ms", "mean TPOT (ms/token)", "Time per output token"))
+    series_names = sorted(runs["series"].unique())
+    for axis, (metric, label, title) in zip(axes, panels):
+        drawn = 0
+        for index, name in enumerate(series_names):
+            points = runs[(runs["series"] == name) & runs[metric].notna()]
+            if points.empty:
+                continue
+            grouped = points.groupby("sweep_value")[metric].agg(["mean", "min", "max"]).sort_index()
+            errors = np.vstack([grouped["mean"] - grouped["min"], grouped["max"] - grouped["mean"]])
+            axis.errorbar(grouped.index, grouped["mean"], yerr=errors, marker=MARKERS[index % len(MARKERS)],
+                          capsize=3, linewidth=1.5, markersize=5, label=name)
+            drawn += 1
+        axis.set_xlabel(AXIS_LABELS.get(parameter, parameter))
+        axis.set_ylabel(label)
+        axis.set_title(f"{title} vs {AXIS_LABELS.get(parameter, parameter).split(' (')[0]}", fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.set_ylim(bottom=0)
+        _legend(axis, drawn)
+    return _png(figure)
+
+
+def _cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ordered = np.sort(values)
+    return ordered, np.arange(1, len(ordered) + 1) / len(ordered)
+
+
+def latency_cdf_figure(samples: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
+    """`samples[series][quantity]` holds per-request values in ms for quantity ttft, tpot, e2el."""
+    panels = (("ttft", "TTFT (ms)", "Time to first token"), ("tpot", "TPOT (ms/token)", "Time per output token"),
+              ("e2el", "end-to-end latency (ms)", "End-to-end latency"))
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
+    for axis, (quantity, label, title) in zip(axes, panels):
+        drawn, lows, highs = 0, [], []
+        for index, (name, by_quantity) in enumerate(sorted(samples.items())):
+            values = np.asarray(by_quantity.get(quantity, ()), dtype=float)
+            values = values[np.isfinite(values) & (values > 0)]
+            if values.size == 0:
+                continue
+            x, y = _cdf(values)
+            axis.step(x, y, where="post", linewidth=1.5, label=f"{name} (n={values.size})",
+                      linestyle=("-", "--", ":", "-.")[index % 4])
+            lows.append(x[0])
+            highs.append(x[-1])
+            drawn += 1
+        if drawn and max(highs) / max(min(lows), 1e-9) > 20:
+            axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("fraction of requests")
+        axis.set_ylim(0, 1.02)
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+        _legend(axis, drawn)
+    return _png(figure)
+
+
+def telemetry_figure(runs: pd.DataFrame, byte_columns: Sequence[str], x_label: str) -> bytes:
+    """`runs` has columns x (category label), the byte columns, and stall_fraction (0..1)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    positions = np.arange(len(runs))
+    width = 0.8 / max(1, len(byte_columns))
+    scale, unit = (1024**3, "GiB") if runs[list(byte_columns)].max().max() >= 1024**3 else (MIB, "MiB")
+    for index, column in enumerate(byte_columns):
+        axes[0].bar(positions + (index - (len(byte_columns) - 1) / 2) * width, runs[column].fillna(0) / scale,
+                    width=width, label=column.replace("_bytes", "").replace("_", " "))
+    axes[0].set_ylabel(f"bytes moved over the link ({unit})")
+    axes[0].set_title("Host link traffic", fontsize=10)
+    _legend(axes[0], len(byte_columns))
+    if "stall_fraction" in runs:
+        axes[1].bar(positions, runs["stall_fraction"].fillna(0) * 100, width=0.6, color="tab:red",
+                    label="stall fraction")
+    axes[1].set_ylabel("compute time stalled on copies (%)")
+    axes[1].set_title("Stall fraction", fontsize=10)
+    for axis in axes:
+        axis.set_xticks(positions)
+        rotate = len(runs) > 4 or max((len(str(v)) for v in runs["x"]), default=0) > 8
+        axis.set_xticklabels([str(v) for v in runs["x"]], rotation=30 if rotate else 0, ha="right" if rotate else "center",
+                             fontsize=8)
+        axis.set_xlabel(x_label)
+        axis.grid(alpha=0.3, axis="y")
+    return _png(figure)
