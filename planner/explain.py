@@ -18,21 +18,24 @@ def _bytes(value: float) -> str:
     return f"{value / GIB:.2f} GiB" if value >= GIB else f"{value / MIB:.1f} MiB"
 
 
-def link_sentence(problem: Problem, best: Prediction) -> tuple[str, str]:
+def _copy_compute_ms(problem: Problem, prediction: Prediction) -> tuple[float, float]:
     layers = problem.costs.num_layers
+    return prediction.copy_layer_s * layers * 1e3, prediction.compute_layer_s * layers * 1e3
+
+
+def link_sentence(problem: Problem, best: Prediction) -> tuple[str, str]:
     gbps = problem.costs.link_bytes_per_s / 1e9
-    copy_ms = best.copy_layer_s * layers * 1e3
-    compute_ms = best.compute_layer_s * layers * 1e3
+    copy_ms, compute_ms = _copy_compute_ms(problem, best)
     if best.pooled_bytes <= 0:
         return "device-only", (f"no pool: the batch's KV ({_bytes(problem.kv_need_bytes(best.batch_size))}) fits in device "
                                f"memory, so nothing crosses the link")
-    if best.stall_step_s > STALL_NOTICE_FRACTION * best.decode_step_s:
+    if best.copy_layer_s > best.compute_layer_s or best.stall_step_s > best.copy_layer_s * 1.01 + 1e-9:
         return "link-bound", (f"link-bound: pooled bytes per decode step ({_bytes(best.streamed_bytes_per_step)}) need "
                               f"{copy_ms:.1f} ms at {gbps:.0f} GB/s; compute hides {compute_ms:.1f} ms, so each step "
                               f"stalls {best.stall_step_s * 1e3:.1f} ms (prefetch depth {best.prefetch_depth})")
     return "transparent", (f"transparent: pooled bytes per decode step ({_bytes(best.streamed_bytes_per_step)}) need "
-                           f"{copy_ms:.1f} ms at {gbps:.0f} GB/s, hidden behind {compute_ms:.1f} ms of compute "
-                           f"(prefetch depth {best.prefetch_depth})")
+                           f"{copy_ms:.1f} ms at {gbps:.0f} GB/s, hidden behind {compute_ms:.1f} ms of compute; only the "
+                           f"first layer's copy ({best.stall_step_s * 1e3:.2f} ms) is exposed (prefetch depth {best.prefetch_depth})")
 
 
 def batch_sentence(problem: Problem, result: SearchResult, max_tpot_ms: float | None) -> tuple[str, str]:
@@ -51,12 +54,22 @@ def batch_sentence(problem: Problem, result: SearchResult, max_tpot_ms: float | 
                               f"has {_bytes(max(0.0, problem.device_free_bytes(b)))} for KV and staging after "
                               f"{_bytes(problem.costs.weight_bytes)} of weights, the pool "
                               f"{_bytes(problem.budgets.host_memory_bytes)}")
-        return "batch cap", (f"batch-capped: batch {best.batch_size} is the largest allowed by max_num_batched_tokens "
-                             f"{problem.budgets.max_num_batched_tokens}")
-    nxt = max(larger, key=lambda p: p.output_tok_s)
-    cause = "stall grows" if nxt.stall_step_s > best.stall_step_s * 1.05 + 1e-6 else "per-step attention and prefill time grow faster than the batch"
-    return "throughput peak", (f"throughput peaks at batch {best.batch_size}: the best larger batch ({nxt.batch_size}) predicts "
-                               f"{nxt.output_tok_s:,.0f} tok/s against {best.output_tok_s:,.0f} because {cause}")
+        return "batch cap", (f"batch-capped: batch {best.batch_size} is the largest allowed (--max-num-seqs or "
+                             f"max_num_batched_tokens {problem.budgets.max_num_batched_tokens})")
+    nxt = min(larger, key=lambda p: (p.batch_size, -p.output_tok_s))
+    rebuilds_more = nxt.split.rebuilt_kv_bytes > best.split.rebuilt_kv_bytes * 1.001 + 1.0
+    if nxt.stall_step_s > best.stall_step_s * 1.05 + 1e-6 or rebuilds_more or nxt.copy_layer_s >= 0.98 * nxt.compute_layer_s:
+        copy_ms, compute_ms = _copy_compute_ms(problem, nxt)
+        rebuilt = (f" (which includes rebuilding {_bytes(nxt.split.rebuilt_kv_bytes)} of pooled KV to shed link bytes)"
+                   if rebuilds_more and nxt.pooled_bytes > 0 else "")
+        return "link", (f"link-bound beyond batch {best.batch_size}: at batch {nxt.batch_size} the pooled bytes per step "
+                        f"({_bytes(nxt.streamed_bytes_per_step)}) need {copy_ms:.1f} ms at "
+                        f"{problem.costs.link_bytes_per_s / 1e9:.0f} GB/s against {compute_ms:.1f} ms of compute{rebuilt}, "
+                        f"a {nxt.stall_step_s * 1e3:.1f} ms stall per step: {nxt.output_tok_s:,.0f} tok/s against "
+                        f"{best.output_tok_s:,.0f}")
+    return "throughput peak", (f"throughput peaks at batch {best.batch_size}: batch {nxt.batch_size} predicts "
+                               f"{nxt.output_tok_s:,.0f} tok/s because per-step attention and prefill time grow "
+                               f"faster than the batch")
 
 
 def memory_sentences(problem: Problem, best: Prediction) -> list[tuple[str, str]]:
@@ -103,7 +116,7 @@ def explain(problem: Problem, result: SearchResult, baseline: Prediction, max_tp
         parts.append(rebuild)
     names = {name for name, _ in parts}
     device_binds = best.pooled_bytes > 0 or "memory" in names
-    binding = tuple(name for name, _ in parts if name in ("link-bound", "latency", "memory", "host memory", "throughput peak",
-                                                           "batch cap") or (name == "device memory" and device_binds))
+    binding = tuple(name for name, _ in parts if name in ("link-bound", "link", "latency", "memory", "host memory",
+                                                           "throughput peak", "batch cap") or (name == "device memory" and device_binds))
     lines = tuple(text for _, text in parts) + (baseline_sentence(best, baseline),)
     return binding, lines

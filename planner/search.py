@@ -29,8 +29,9 @@ class SearchResult:
     predictions: tuple[Prediction, ...]  # every feasible candidate, in enumeration order
     infeasible_batch: int | None  # smallest enumerated batch that fits nowhere (None if all fit)
     latency_rejected: tuple[Prediction, ...]  # feasible but over --max-tpot-ms
-    lp_solve_s: float
+    lp_solve_s: float  # all CBC calls together
     lp_build_s: float
+    lp_solve_s_each: tuple[float, ...]  # one per CBC call
     num_candidates: int
     num_variables: int
 
@@ -82,6 +83,7 @@ def search(problem: Problem, max_tpot_ms: float | None = None, max_batch_size: i
     fine = _solve(problem, fine_pairs, max_tpot_ms, required=False)
     merged = {**coarse.__dict__, "infeasible_batch": infeasible,
               "lp_solve_s": coarse.lp_solve_s + fine.lp_solve_s, "lp_build_s": coarse.lp_build_s + fine.lp_build_s,
+              "lp_solve_s_each": coarse.lp_solve_s_each + fine.lp_solve_s_each,
               "num_candidates": coarse.num_candidates + fine.num_candidates,
               "num_variables": coarse.num_variables + fine.num_variables,
               "predictions": tuple(sorted(coarse.predictions + fine.predictions, key=lambda p: (p.batch_size, p.prefetch_depth))),
@@ -119,7 +121,7 @@ def _solve(problem: Problem, pairs: list[tuple[int, int]], max_tpot_ms: float | 
     best, binding = _pick([(p, s.binding) for p, s in within]) if within else (None, ())
     return SearchResult(best=best, best_binding=binding, predictions=tuple(p for p, _ in feasible),
                         infeasible_batch=None, latency_rejected=rejected, lp_solve_s=result.solve_s,
-                        lp_build_s=result.build_s, num_candidates=len(pairs), num_variables=result.num_variables)
+                        lp_build_s=result.build_s, lp_solve_s_each=(result.solve_s,), num_candidates=len(pairs), num_variables=result.num_variables)
 
 
 def without_pool(problem: Problem) -> Problem:

@@ -106,5 +106,7 @@ def make_plan(request: TuneRequest) -> Plan:
         solver={"candidates": result.num_candidates + baseline.num_candidates,
                 "lp_variables": result.num_variables + baseline.num_variables,
                 "lp_solve_ms": (result.lp_solve_s + baseline.lp_solve_s) * 1e3,
+                "lp_solves": len(result.lp_solve_s_each) + len(baseline.lp_solve_s_each),
+                "lp_solve_ms_max": max(result.lp_solve_s_each + baseline.lp_solve_s_each) * 1e3,
                 "lp_build_ms": (result.lp_build_s + baseline.lp_build_s) * 1e3,
                 "max_tpot_ms": request.max_tpot_ms})

@@ -1,0 +1,179 @@
+"""`pie tune`: plan the CPU pool for a model, machine and workload; refine it online with --online.
+
+Parses options, builds a `TuneRequest` (planner/tune.py), renders the `Plan` table and its
+explanation, writes the plan file. With --online it hands the plan to runners/online_tuner.py,
+which runs the Pie engine and the hill-climber and reports each move. Nothing else lives here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pie_cli.errors import BadInput
+from pie_cli.options import JsonOpt, ModelOpt, OutputPathOpt
+from pie_cli.output import Output
+
+GIB = 1024**3
+_SIZE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+_UNITS = {"": GIB, "gib": GIB, "g": 1e9, "gb": 1e9, "mib": 1024**2, "mb": 1e6, "tib": 1024**4, "tb": 1e12}
+
+HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="A datasheet preset: h100-pcie, h200, a100-pcie, gh200, l4 (figures to replace with a `pie profile`).")]
+ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="A HardwareProfile JSON from `pie profile` [default: a quick profile of this machine].")]
+GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Device memory budget, e.g. 80GB or 70GiB (a bare number is GiB) [default: all device memory; a quarter of RAM on a CPU].")]
+CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (a bare number is GiB) [default: half of host memory; a quarter of RAM on a CPU].")]
+WorkloadOpt = Annotated[str, typer.Option("--workload", help="sharegpt or alpaca (published mean lengths), or a workload FILE (ShareGPT/Alpaca JSON or JSONL).")]
+MaxTpotOpt = Annotated[Optional[float], typer.Option("--max-tpot-ms", help="Latency bound: the plan's predicted time per output token must not exceed this.")]
+TuneDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16 or float32 [default: the profile's, float16 for presets].")]
+BlockSizeOpt = Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")]
+MaxBatchedOpt = Annotated[int, typer.Option("--max-num-batched-tokens", help="Tokens per engine iteration (prefill chunks + decodes).")]
+MaxSeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", help="Cap on the batch limit the planner may choose.")]
+OnlineOpt = Annotated[bool, typer.Option("--online", help="Run the plan on the Pie engine and let the hill-climber refine the pool size live.")]
+OnlineRequestsOpt = Annotated[int, typer.Option("--num-prompts", help="--online: requests kept in flight per measurement window.")]
+OnlineWindowOpt = Annotated[int, typer.Option("--window-steps", help="--online: engine iterations measured per pool size.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random weights and the online workload.")]
+
+
+def parse_budget(text: str | None, option: str) -> int | None:
+    """'80GB' -> 80e9 bytes, '70' -> 70 GiB; a one-line error for anything else or a value <= 0."""
+    if text is None:
+        return None
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise BadInput(f"cannot read {option} '{text}'", "write a size such as 80GB, 70GiB or 70 (GiB)")
+    value = float(match.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise BadInput(f"{option} must be positive, got '{text}'", f"give a size such as {option} 16GiB")
+    return int(value)
+
+
+def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str | None, out: Output):
+    from planner.hardware import from_profile, preset
+    from profiler.hardware_profile import HardwareProfile
+
+    if hardware and profile:
+        raise BadInput("--hardware and --profile both given", "use a preset or a measured profile, not both")
+    if hardware:
+        return preset(hardware)
+    if profile:
+        return from_profile(HardwareProfile.load(profile), source=f"profile '{profile}'")
+    from profiler.run import ProfileRequest, run_profile
+
+    out.info(f"no --hardware or --profile: running a quick profile of this machine for {model} "
+             "(save one with `pie profile --quick` and pass --profile to skip this)")
+    measured = run_profile(ProfileRequest(device="cpu", dtype=dtype, model=model, quick=True))
+    return from_profile(measured, source="quick profile")
+
+
+def workload_stats(workload: str, model: str):
+    from planner.budgets import BUILTIN_WORKLOADS, WorkloadStats, builtin_workload
+
+    if workload.strip().lower() in BUILTIN_WORKLOADS:
+        return builtin_workload(workload)
+    path = Path(workload).expanduser()
+    if not path.is_file():
+        builtin_workload(workload)  # raises: unknown name, listing the valid ones
+    from runners.workloads import WorkloadSpec, load_workload
+
+    name = "jsonl" if path.suffix == ".jsonl" else _json_kind(path)
+    requests, info = load_workload(WorkloadSpec(name=name, model=model, dataset_path=path, num_prompts=100000))
+    return WorkloadStats(name=str(path), mean_input_tokens=info.mean_prompt_len, mean_output_tokens=info.mean_output_len,
+                         synthetic=False, num_requests=info.num_requests)
+
+
+def _json_kind(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadInput(f"workload file '{path}' is not valid JSON ({err})", "give ShareGPT/Alpaca JSON or a .jsonl file") from None
+    first = data[0] if isinstance(data, list) and data else {}
+    if isinstance(first, dict) and "conversations" in first:
+        return "sharegpt"
+    if isinstance(first, dict) and "instruction" in first:
+        return "alpaca"
+    raise BadInput(f"workload file '{path}' is neither ShareGPT nor Alpaca JSON", "or give a .jsonl file")
+
+
+def default_budgets(hw) -> tuple[int, int]:
+    if hw.device == "cpu":
+        return hw.host_memory_bytes // 4, hw.host_memory_bytes // 4
+    return hw.device_memory_bytes, hw.host_memory_bytes // 2
+
+
+def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = None, gpu_memory: GpuMemoryOpt = None,
+         cpu_memory: CpuMemoryOpt = None, workload: WorkloadOpt = "sharegpt", max_tpot_ms: MaxTpotOpt = None,
+         dtype: TuneDtypeOpt = None, block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
+         max_num_seqs: MaxSeqsOpt = None, online: OnlineOpt = False, num_prompts: OnlineRequestsOpt = 64,
+         window_steps: OnlineWindowOpt = 8, seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
+    """Plan the CPU pool: pool size, copy/rebuild split, batch limit, predicted throughput and latency.
+
+    Example: pie tune --model opt-30b --hardware h100-pcie --cpu-memory 200GB --output plan.json
+    """
+    from planner.budgets import Budgets
+    from planner.dtypes import canonical_dtype
+    from planner.shapes import resolve_model
+    from planner.tune import TuneRequest, make_plan
+
+    out = Output(json_out)
+    shape = resolve_model(model)
+    gpu_bytes, cpu_bytes = parse_budget(gpu_memory, "--gpu-memory"), parse_budget(cpu_memory, "--cpu-memory")
+    if max_tpot_ms is not None and max_tpot_ms <= 0:
+        raise BadInput(f"--max-tpot-ms must be positive, got {max_tpot_ms:g}")
+    stats = workload_stats(workload, model)
+    hw = resolve_hardware(hardware, profile, model, dtype, out)
+    dtype = canonical_dtype(dtype or hw.profile_dtype or ("bfloat16" if hw.device == "cpu" else "float16"))
+    default_gpu, default_cpu = default_budgets(hw)
+    budgets = Budgets(gpu_bytes or default_gpu, default_cpu if cpu_bytes is None else cpu_bytes, block_size=block_size,
+                      max_num_batched_tokens=max_num_batched_tokens)
+    if hw.device == "cpu" and budgets.device_memory_bytes + budgets.host_memory_bytes > hw.host_memory_bytes:
+        raise BadInput(f"--gpu-memory plus --cpu-memory ({(budgets.device_memory_bytes + budgets.host_memory_bytes) / GIB:.1f} GiB) "
+                       f"exceed this machine's {hw.host_memory_bytes / GIB:.1f} GiB of RAM (on a CPU both tiers are RAM)",
+                       "lower one of them")
+    plan = make_plan(TuneRequest(shape=shape, model=model, dtype=dtype, hardware=hw, budgets=budgets, workload=stats,
+                                 max_tpot_ms=max_tpot_ms, max_batch_size=max_num_seqs))
+    if online:
+        from runners.online_tuner import OnlineSettings, run_online
+
+        plan = run_online(plan, OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed), out)
+    if output:
+        plan.save(output)
+        out.info(f"plan written to {output}")
+    if json_out:
+        out.json(plan)
+        return
+    render(plan, out)
+
+
+def render(plan, out: Output) -> None:
+    p, b, s = plan.predicted, plan.baseline, plan.settings
+    rows = [
+        ["batch limit (max_num_seqs)", s.max_num_seqs, b.batch_size],
+        ["device KV (GiB)", p.device_kv_bytes / GIB, b.device_kv_bytes / GIB],
+        ["CPU pool (GiB)", p.pool_bytes / GIB, 0.0],
+        ["pooled share of the batch's KV", f"{p.pooled_fraction:.1%}", "0%"],
+        ["rebuilt share of the pool", f"{s.rebuild_fraction:.0%}", "-"],
+        ["prefetch depth", s.prefetch_depth, "-"],
+        ["staging (MiB)", p.staging_bytes / 1024**2, 0.0],
+        ["predicted output tok/s", p.output_tok_s, b.output_tok_s],
+        ["predicted TPOT (ms)", p.tpot_ms, b.tpot_ms],
+        ["predicted stall per step (ms)", p.stall_ms_per_step, b.stall_ms_per_step],
+    ]
+    out.table(f"Plan for {plan.model} ({plan.dtype}), workload {plan.workload['name']}"
+              f"{' (synthetic lengths)' if plan.workload['synthetic'] else ''}", ["", "with pool", "no pool"], rows)
+    out.data.print(f"hardware: {plan.hardware['label']}")
+    out.data.print(f"engine: {s.num_device_blocks} device + {s.num_pool_blocks} pool blocks of {s.block_size} tokens, "
+                   f"max_num_seqs {s.max_num_seqs}, prefetch depth {s.prefetch_depth}, rebuild fraction {s.rebuild_fraction:g}")
+    for line in plan.explanation:
+        out.data.print(f"- {line}")
+    solver = plan.solver
+    out.info(f"LP: {solver['candidates']} candidates, {solver['lp_variables']} variables, {solver['lp_solves']} CBC solves "
+             f"({solver['lp_solve_ms']:.0f} ms, slowest {solver['lp_solve_ms_max']:.0f} ms; +{solver['lp_build_ms']:.0f} ms to build); "
+             f"binding: {', '.join(plan.binding) or 'none'}")
+    if plan.online:
+        online = plan.online
+        out.data.print(f"- online: measured best pool {online['best_pool_blocks']} blocks at {online['best_output_tok_s']:,.1f} tok/s "
+                       f"after {online['num_moves']} moves (plan's start: {online['start_pool_blocks']} blocks)")
