@@ -1,0 +1,32 @@
+"""The CI example must be a valid workflow whose `pie compare` invocation works as written."""
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from compare_synthetic import write_run
+from pie_cli.app import main
+from results.store import ResultsStore
+
+yaml = pytest.importorskip("yaml")
+
+WORKFLOW = Path(__file__).resolve().parents[1] / "examples" / "ci" / "pie-bench.yml"
+
+
+def test_workflow_is_valid_and_compares_with_rules(tmp_path, monkeypatch, capsys):
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    steps = {step.get("name"): step for step in workflow["jobs"]["bench"]["steps"]}
+    assert {"Compare with main", "Post the verdict on the pull request"} <= set(steps)
+    assert "pull_request" in workflow[True]  # `on:` parses as the YAML boolean True
+    rules = shlex.split(workflow["env"]["RULES"])
+    assert "--fail-on" in rules and "--format markdown" in steps["Compare with main"]["run"]
+    store = ResultsStore(tmp_path)
+    for k in range(3):
+        write_run(store, seed=k, label="main")
+        write_run(store, seed=10 + k, label="pr-7", slowdown=1.25)
+    monkeypatch.setattr(sys, "argv", ["pie", "compare", "label=main", "label=pr-7", *rules, "--results-dir",
+                                      str(tmp_path), "--format", "markdown"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 3 and capsys.readouterr().out.startswith("### :x: pie compare: REGRESSION")
