@@ -12,6 +12,7 @@ candidates (search.py) and wording (explain.py).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import pulp
@@ -45,16 +46,25 @@ class _Block:
     constraints: dict
 
 
-def _variables(problem: Problem, tag: str) -> dict:
+def _variables(lp: pulp.LpProblem, problem: Problem, tag: str) -> dict:
     upper_rebuilt = None if problem.costs.rebuild_allowed else 0.0
+    # PuLP >= 3.3 attaches variables to the problem; older PuLP builds them free-standing.
+    new = lp.add_variable if hasattr(lp, "add_variable") else (lambda name, low, up=None: pulp.LpVariable(name, low, up))
     return {
-        "device_kv": pulp.LpVariable(f"device_kv_gib_{tag}", lowBound=0),
-        "copied_kv": pulp.LpVariable(f"pooled_copied_kv_gib_{tag}", lowBound=0),
-        "rebuilt_kv": pulp.LpVariable(f"pooled_rebuilt_kv_gib_{tag}", lowBound=0, upBound=upper_rebuilt),
-        "staging": pulp.LpVariable(f"staging_gib_{tag}", lowBound=0),
-        "shortfall": pulp.LpVariable(f"kv_shortfall_gib_{tag}", lowBound=0),
-        "period_ms": pulp.LpVariable(f"layer_period_ms_{tag}", lowBound=0),
+        "device_kv": new(f"device_kv_gib_{tag}", 0),
+        "copied_kv": new(f"pooled_copied_kv_gib_{tag}", 0),
+        "rebuilt_kv": new(f"pooled_rebuilt_kv_gib_{tag}", 0, upper_rebuilt),
+        "staging": new(f"staging_gib_{tag}", 0),
+        "shortfall": new(f"kv_shortfall_gib_{tag}", 0),
+        "period_ms": new(f"layer_period_ms_{tag}", 0),
     }
+
+
+def _cbc() -> pulp.LpSolver:
+    """The CBC build bundled with PuLP (the only one installed here; PuLP 3.3 marks it deprecated for 4.0)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pulp.PULP_CBC_CMD(msg=False)
 
 
 def _streamed(problem: Problem, v: dict):
@@ -110,25 +120,27 @@ def solve_candidates(problem: Problem, candidates: list[tuple[int, int]]) -> Sol
     """Solve the split LP of every (batch_size, prefetch_depth) candidate in one CBC call."""
     start = time.perf_counter()
     lp = pulp.LpProblem("pie_kv_pool_plan", pulp.LpMinimize)
-    blocks, objective = [], []
+    blocks, objective, constraint_names = [], [], []
     for b, d in candidates:
-        v = _variables(problem, f"b{b}_d{d}")
+        v = _variables(lp, problem, f"b{b}_d{d}")
         constraints = {**_capacity_constraints(problem, b, v), **_memory_constraints(problem, b, v),
                        **_staging_constraints(problem, d, v), **_time_constraints(problem, b, d, v)}
         for name, constraint in constraints.items():
-            lp += constraint, f"{name.replace(' ', '_').replace('-', '_')}_b{b}_d{d}"
+            constraint_name = f"{name.replace(' ', '_').replace('-', '_')}_b{b}_d{d}"
+            lp += constraint, constraint_name
+            constraint_names.append(constraint_name)
         objective.append(_objective(problem, b, v))
         blocks.append(_Block(b, d, v["device_kv"], v["copied_kv"], v["rebuilt_kv"], v["staging"], v["shortfall"],
                              v["period_ms"], constraints))
     lp += pulp.lpSum(objective)
     built = time.perf_counter()
-    status = lp.solve(pulp.PULP_CBC_CMD(msg=False))
+    status = lp.solve(_cbc())
     solved = time.perf_counter()
     if pulp.LpStatus[status] != "Optimal":
         raise RuntimeFailure(f"the planning LP ended {pulp.LpStatus[status]}", "rerun with PIE_DEBUG=1 and report it")
     solutions = tuple(_read_block(problem, block) for block in blocks)
     return SolveResult(solutions, solve_s=solved - built, build_s=built - start,
-                       num_variables=len(lp.variables()), num_constraints=len(lp.constraints))
+                       num_variables=len(lp.variables()), num_constraints=len(constraint_names))
 
 
 def _value(variable: pulp.LpVariable) -> float:
