@@ -1,0 +1,79 @@
+"""`pie tune` end to end in-process: tables, --json, --output, and one-line errors with exit code 2."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from pie_cli.app import main
+from planner.plan import Plan
+from tests.planner_fixtures import synthetic_profile
+
+
+def run(argv, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pie", "tune", *argv])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plan_table_names_the_binding_constraint(capsys, monkeypatch):
+    start = time.perf_counter()
+    code, out, err = run(["--model", "opt-30b", "--hardware", "h100-pcie"], capsys, monkeypatch)
+    assert code == 0, err
+    assert time.perf_counter() - start < 2.0
+    assert "with pool" in out and "no pool" in out and "datasheet" in out
+    assert "link-bound" in out and "GB/s" in out
+
+
+def test_json_and_output_file(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "plan.json"
+    code, out, err = run(["--model", "opt-30b", "--hardware", "gh200", "--json", "--output", str(path)], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["settings"]["num_pool_blocks"] > 0 and data["hardware"]["source"] == "preset"
+    assert Plan.load(path).settings.num_pool_blocks == data["settings"]["num_pool_blocks"]
+
+
+def test_measured_profile_is_used(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "profile.json"
+    synthetic_profile("opt-125m").save(path)
+    code, out, err = run(["--model", "opt-125m", "--profile", str(path), "--gpu-memory", "2GiB", "--cpu-memory", "2GiB",
+                          "--workload", "alpaca", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["hardware"]["cost_coefficients"] == "fitted" and data["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--model", "opt-66b", "--hardware", "l4", "--cpu-memory", "50GB"], "short by"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "0"], "must be positive"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--cpu-memory", "-5GB"], "must be positive"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "200GB"], "exceeds"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--cpu-memory", "5TB"], "exceeds"),
+    (["--model", "opt-30b", "--hardware", "h300"], "valid presets: h100-pcie"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--max-tpot-ms", "0.5"], "best achievable"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--workload", "nosuch"], "unknown workload"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--profile", "x.json"], "both given"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(argv, expected, capsys, monkeypatch):
+    code, out, err = run(argv, capsys, monkeypatch)
+    assert code == 2, (out, err)
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_profile_for_another_model_or_schema_is_rejected(tmp_path, capsys, monkeypatch):
+    other = tmp_path / "other.json"
+    synthetic_profile("opt-125m").save(other)
+    code, _, err = run(["--model", "opt-350m", "--profile", str(other)], capsys, monkeypatch)
+    assert code == 2 and "opt-125m" in err and len(err.strip().splitlines()) == 1
+    old = tmp_path / "old.json"
+    synthetic_profile("opt-125m", schema_version=99).save(old)
+    code, _, err = run(["--model", "opt-125m", "--profile", str(old)], capsys, monkeypatch)
+    assert code == 2 and "schema version" in err
