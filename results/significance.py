@@ -167,11 +167,25 @@ def request_bootstrap_test(before: Sequence[Sequence[float]], after: Sequence[Se
 
 def _bootstrap_draws(groups: Sequence[Sequence[float]], statistic: str, num_resamples: int,
                      rng: np.random.Generator, chunk: int = 200) -> np.ndarray | None:
+    """`num_resamples` values of the statistic over requests drawn with replacement (weights, not copies)."""
     groups = [np.asarray(g, dtype=float) for g in groups if len(g) > 0]
     if len(groups) < 2:
         return None
+    if statistic in ("mean", "std"):  # per-request sums suffice: no per-value weights needed
+        lengths = np.array([len(g) for g in groups], dtype=float)
+        sums = np.array([g.sum() for g in groups])
+        squares = np.array([(g**2).sum() for g in groups])
+        counts = np.stack([np.bincount(rng.integers(0, len(groups), len(groups)), minlength=len(groups))
+                           for _ in range(num_resamples)]).astype(float)
+        mean = (counts @ sums) / (counts @ lengths)
+        if statistic == "mean":
+            return mean
+        return np.sqrt(np.maximum((counts @ squares) / (counts @ lengths) - mean**2, 0.0))
     values = np.concatenate(groups)
     owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    order = np.argsort(values, kind="stable")  # sorted once, so each chunk's stable sort is linear
+    values, owner = values[order], owner[order]
+    chunk = max(1, min(chunk, 4_000_000 // len(values)))  # bound the resamples x values weight matrix
     draws = []
     for start in range(0, num_resamples, chunk):
         size = min(chunk, num_resamples - start)
