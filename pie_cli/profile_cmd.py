@@ -106,7 +106,9 @@ def _render_layer(out: Output, profile: HardwareProfile) -> None:
         error = abs(predicted - timing.median_s) / timing.median_s * 100 if predicted else None
         rows.append([timing.phase, timing.batch_size, timing.context_len, timing.median_s * 1e3, timing.p10_s * 1e3,
                      timing.p90_s * 1e3, predicted * 1e3 if predicted else None, error])
-    out.table(f"One {profile.model} layer ({profile.dtype}, seeded random weights)",
+    kernel = profile.extra.get("decode_kernel")
+    out.table(f"One {profile.model} layer of the Pie engine ({profile.dtype}, seeded random weights"
+              + (f", decode kernel: {kernel})" if kernel else ")"),
               ["phase", "batch", "context", "median ms", "p10 ms", "p90 ms", "fitted ms", "error %"], rows)
     fit_rows = []
     if profile.decode_fit:

@@ -61,6 +61,8 @@ class GridSpec:
     sample_budget_s: float  # total timed seconds aimed for per point (sets repeats)
     min_repeats: int = 3
     max_repeats: int = 9
+    min_decode_points: int = 9  # a 3 x 3 grid: 6 to fit 3 coefficients, 3 held out
+    min_prefill_points: int = 6
 
     @classmethod
     def for_run(cls, quick: bool) -> "GridSpec":
@@ -97,21 +99,31 @@ def kv_cache_bytes(shape: ModelShape, dtype: str, batch_size: int, context_len: 
 
 
 def plan_grid(shape: ModelShape, dtype: str, spec: GridSpec, roofline: Roofline, free_bytes: int) -> tuple[GridPoint, ...]:
-    """Grid points that fit the time budget and a quarter of free memory, decode first."""
+    """Grid points within the time budget and a quarter of free memory, decode first.
+
+    When a big layer leaves fewer than `min_points` of a phase inside the budget, the cheapest
+    remaining points (up to 10x the budget) are added so the fit still has a grid to work with.
+    """
     memory_budget = free_bytes // 4
-    points = []
-    for phase, batches, contexts, estimate in (
-            ("decode", spec.decode_batch_sizes, spec.decode_context_lens, roofline.decode_s),
-            ("prefill", spec.prefill_batch_sizes, spec.prefill_context_lens, roofline.prefill_s)):
+    points: list[GridPoint] = []
+    for phase, batches, contexts, estimate, min_points in (
+            ("decode", spec.decode_batch_sizes, spec.decode_context_lens, roofline.decode_s, spec.min_decode_points),
+            ("prefill", spec.prefill_batch_sizes, spec.prefill_context_lens, roofline.prefill_s, spec.min_prefill_points)):
+        candidates = []
         for context_len in contexts:
             if context_len + 1 > shape.max_positions:
                 continue
             for batch_size in batches:
-                seconds = estimate(shape, dtype, batch_size, context_len)
-                activation_bytes = 16 * batch_size * (context_len if phase == "prefill" else 1) * shape.intermediate_size * dtype_bytes(dtype)
-                if seconds > spec.point_budget_s or kv_cache_bytes(shape, dtype, batch_size, context_len) + activation_bytes > memory_budget:
+                tokens = batch_size * (context_len if phase == "prefill" else 1)
+                activation_bytes = 16 * tokens * shape.intermediate_size * dtype_bytes(dtype)
+                if kv_cache_bytes(shape, dtype, batch_size, context_len) + activation_bytes > memory_budget:
                     continue
-                points.append(GridPoint(phase, batch_size, context_len, seconds))
+                candidates.append(GridPoint(phase, batch_size, context_len, estimate(shape, dtype, batch_size, context_len)))
+        chosen = [p for p in candidates if p.estimate_s <= spec.point_budget_s]
+        spare = sorted((p for p in candidates if spec.point_budget_s < p.estimate_s <= 10 * spec.point_budget_s),
+                       key=lambda p: p.estimate_s)
+        chosen += spare[:max(0, min_points - len(chosen))]
+        points += [p for p in candidates if p in chosen]
     return tuple(points)
 
 
@@ -130,6 +142,15 @@ class LayerBench:
         self.shape, self.dtype, self.device, self.seed = shape, dtype, device, seed
         self.model = build_model(shape, dtype, device, seed=seed, num_layers=1)
         self.torch = torch
+
+    def decode_kernel(self) -> str:
+        """Which decode-attention path the engine takes for this layer's dtype and device ('c' or 'torch')."""
+        from runners.engine.attention import kernel_name
+
+        torch = self.torch
+        q = torch.zeros(1, self.shape.num_heads, self.shape.head_dim, dtype=self.model.dtype, device=self.device)
+        kv_cache = torch.zeros(1, 2, BLOCK_SIZE, self.shape.num_kv_heads, self.shape.head_dim, dtype=self.model.dtype, device=self.device)
+        return kernel_name(q, kv_cache)
 
     def _cache(self, batch_size: int, tokens_per_sequence: int):
         """A filled KV cache and a fragmented block table for `batch_size` sequences."""
@@ -217,8 +238,10 @@ def memory_chunks(points: tuple[GridPoint, ...], shape: ModelShape, dtype: str, 
 
 def measure_layer(shape: ModelShape, dtype: str, device: str, spec: GridSpec, roofline: Roofline,
                   seed: int = 0, progress: ProgressFn | None = None,
-                  on_built: Callable[[int], None] | None = None) -> tuple[LayerTiming, ...]:
-    """Build one layer and time every planned grid point; `on_built(num_points)` fires once it is built.
+                  on_built: Callable[[int], None] | None = None) -> tuple[tuple[LayerTiming, ...], str]:
+    """Build one layer and time every planned grid point; returns the timings and the decode kernel's name.
+
+    `on_built(num_points)` fires once the layer is built.
 
     Points are timed in memory-bounded groups, round-robin within a group (`time_interleaved`),
     so interference from other processes spreads over the grid instead of bending the fit.
@@ -239,4 +262,4 @@ def measure_layer(shape: ModelShape, dtype: str, device: str, spec: GridSpec, ro
                                        samples_s=timing.samples_s))
             if progress:
                 progress(f"layer {point.phase} batch {point.batch_size} ctx {point.context_len}: {timing.median_s * 1e3:.2f} ms")
-    return tuple(timings)
+    return tuple(timings), bench.decode_kernel()

@@ -160,7 +160,7 @@ def run_profile(request: ProfileRequest, progress: Progress | None = None) -> Ha
         spec = layer_module.GridSpec.for_run(request.quick)
         roofline = layer_module.Roofline(memory.memory_bandwidth_gbps, memory.matmul_tflops)
         progress.start(f"building one {shape.name} layer (seeded random weights)", 1)
-        layer_timings = layer_module.measure_layer(
+        layer_timings, extra["decode_kernel"] = layer_module.measure_layer(
             shape, dtype, device, spec, roofline, seed=request.seed, progress=progress.advance,
             on_built=lambda count: progress.start(f"{shape.name} layer: prefill and decode grid", count))
         notes.append(f"per-layer times are one {shape.name} layer of the Pie engine with seeded random weights")
