@@ -83,10 +83,10 @@ class Runner(Protocol):
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult: ...
 
 
-def sample_from_token_times(request: BenchRequest, run_start: float, release_time: float,
+def sample_from_token_times(request: BenchRequest, release_time: float,
                             token_times: Sequence[float], output_token_ids: Sequence[int] | None,
                             save_outputs: bool) -> RequestSample:
-    """A successful sample from absolute clock times (same clock as `run_start`).
+    """A successful sample from absolute clock times (`release_time` and `token_times` on one clock).
 
     TTFT = first token - release, E2EL = last token - release, ITL = gaps between tokens
     (vLLM's client-side definitions; release is when the runner handed the request over).
