@@ -48,6 +48,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.first_token_time: float | None = None
         self.token_times: list[float] = []
+        self.generator = None  # a torch.Generator for random sampling, set by the engine
 
     @property
     def num_tokens(self) -> int:

@@ -1,0 +1,109 @@
+"""KV storage of one engine: the flat device tensor, the host pool, and the activation stores.
+
+- `kv`: `[L * n_dev + d * S, 2, block_size, Hkv, dh]` on the device, allocated once. Layer `i`'s
+  resident blocks are rows `i * n_dev ... (i + 1) * n_dev - 1`; staging slot `j` is rows
+  `L * n_dev + j * S ...` (docs/engine-interfaces.md), so kernels read resident and staged
+  blocks through one remapped block table.
+- `pool`: `[L * n_kv, 2, block_size, Hkv, dh]` in host memory (pinned on CUDA), the same block
+  geometry; layer `i`'s pool block `p` is row `i * n_kv + p`.
+- Rebuild path (KVPR, only when the layout has activation blocks): `captured[L, n_dev, block_size, h]`
+  holds each resident device block's layer inputs (written by the layer loop), and
+  `pool_activations[L, n_rebuild, block_size, h]` holds them for pooled blocks of the rebuild kind.
+  Both live in host memory; an eviction of that kind is a host-to-host copy, the link carries
+  the activations when they are captured.
+
+Left out: quantised KV, per-layer different block counts, freeing memory before the engine goes.
+"""
+from __future__ import annotations
+
+import torch
+
+from planner.shapes import ModelShape
+from runners.engine.block_manager import BlockMove, CacheLayout
+
+
+class KVCache:
+    def __init__(self, layout: CacheLayout, shape: ModelShape, dtype: torch.dtype, device: torch.device):
+        self.layout = layout
+        self.device = device
+        self.num_layers = layout.num_layers
+        self.num_device_blocks = layout.num_device_blocks
+        self.num_pool_kv_blocks = layout.num_pool_kv_blocks
+        self.num_pool_rebuild_blocks = layout.num_pool_rebuild_blocks
+        self.staging_base = layout.num_layers * layout.num_device_blocks
+        self.block_size = layout.block_size
+        self.hidden_size = shape.hidden_size
+        self.geometry = (2, layout.block_size, shape.num_kv_heads, shape.head_dim)
+        pin = device.type == "cuda"
+        total = self.staging_base + layout.prefetch_depth * layout.staged_blocks_per_slot
+        self.kv = torch.zeros(total, *self.geometry, dtype=dtype, device=device)
+        self.pool = torch.zeros(layout.num_layers * self.num_pool_kv_blocks, *self.geometry, dtype=dtype,
+                                pin_memory=pin)
+        self.rebuild = self.num_pool_rebuild_blocks > 0
+        activation_geometry = (layout.num_layers, 0, layout.block_size, shape.hidden_size)
+        self.captured = torch.zeros(activation_geometry[:1] + (self.num_device_blocks if self.rebuild else 0,)
+                                    + activation_geometry[2:], dtype=dtype, pin_memory=pin and self.rebuild)
+        self.pool_activations = torch.zeros(activation_geometry[:1] + (self.num_pool_rebuild_blocks,)
+                                            + activation_geometry[2:], dtype=dtype, pin_memory=pin and self.rebuild)
+        element = self.kv.element_size()
+        self.block_layer_bytes = self.kv[0].numel() * element  # one block of one layer, K and V
+        self.activation_block_layer_bytes = layout.block_size * shape.hidden_size * element
+
+    # --- views -----------------------------------------------------------------------------
+    def resident(self) -> torch.Tensor:
+        """[L, n_dev, 2, block_size, Hkv, dh] view of the resident device blocks."""
+        return self.kv[:self.staging_base].view(self.num_layers, self.num_device_blocks, *self.geometry)
+
+    def pool_layers(self) -> torch.Tensor:
+        """[L, n_kv, 2, block_size, Hkv, dh] view of the host pool."""
+        return self.pool.view(self.num_layers, self.num_pool_kv_blocks, *self.geometry)
+
+    def staging_rows(self, slot: int, count: int) -> torch.Tensor:
+        start = self.staging_base + slot * self.layout.staged_blocks_per_slot
+        return self.kv[start:start + count]
+
+    def staging_row_base(self, slot: int) -> int:
+        return self.staging_base + slot * self.layout.staged_blocks_per_slot
+
+    # --- moves between tiers ---------------------------------------------------------------
+    @staticmethod
+    def _last_per_pool_index(moves: list[BlockMove]) -> list[BlockMove]:
+        """A pool block freed and reused in one iteration: only its last (live) move matters."""
+        return list({move.pool_index: move for move in moves}.values())
+
+    def evict(self, moves: list[BlockMove]) -> int:
+        """Copy device -> pool for these moves; returns bytes that crossed the link."""
+        moves = self._last_per_pool_index(moves)
+        kv_moves = [move for move in moves if not move.rebuild]
+        rebuild_moves = [move for move in moves if move.rebuild]
+        if kv_moves:
+            devices = torch.tensor([move.device_index for move in kv_moves], device=self.device)
+            pools = torch.tensor([move.pool_index for move in kv_moves])
+            self.pool_layers()[:, pools] = self.resident()[:, devices].to("cpu")
+        if rebuild_moves:
+            devices = torch.tensor([move.device_index for move in rebuild_moves])
+            pools = torch.tensor([move.pool_index - self.num_pool_kv_blocks for move in rebuild_moves])
+            self.pool_activations[:, pools] = self.captured[:, devices]
+        return len(kv_moves) * self.num_layers * self.block_layer_bytes
+
+    def restore_kv(self, moves: list[BlockMove]) -> int:
+        """Copy pool -> device for K/V-kind moves; returns bytes that crossed the link."""
+        if not moves:
+            return 0
+        devices = torch.tensor([move.device_index for move in moves], device=self.device)
+        pools = torch.tensor([move.pool_index for move in moves])
+        self.resident()[:, devices] = self.pool_layers()[:, pools].to(self.device)
+        return len(moves) * self.num_layers * self.block_layer_bytes
+
+    def restore_activations(self, moves: list[BlockMove]) -> torch.Tensor:
+        """Activations [L, k, block_size, h] of rebuild-kind moves, also kept as the blocks' captures."""
+        devices = torch.tensor([move.device_index for move in moves])
+        pools = torch.tensor([move.pool_index - self.num_pool_kv_blocks for move in moves])
+        activations = self.pool_activations[:, pools]
+        self.captured[:, devices] = activations
+        return activations
+
+    def capture(self, layer: int, slots_cpu: torch.Tensor, hidden: torch.Tensor) -> int:
+        """Keep layer inputs of the tokens just computed (rebuild path); returns bytes to the host."""
+        self.captured[layer].view(-1, self.hidden_size).index_copy_(0, slots_cpu, hidden.to("cpu", self.captured.dtype))
+        return hidden.shape[0] * self.hidden_size * self.captured.element_size()

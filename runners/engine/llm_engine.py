@@ -1,0 +1,197 @@
+"""`LLMEngine`: requests in, tokens out, one scheduler iteration per `step()`.
+
+Builds the model (local safetensors, or seeded random weights labelled as such), the cache
+layout (staging charged against the device budget, see block_manager.py), the KV storage,
+the block manager, the scheduler and the model runner, then loops: schedule -> execute ->
+append tokens -> finish -> record `IterationStats`. Requests that cannot ever run (prompt
+longer than the context, or than what the budgets can hold) are refused at `add_request`
+with `BadInput`; in `generate` such a request comes back with finish_reason "error" and the
+others run on.
+
+Left out: detokenisation (token ids only), streaming callbacks, async serving, LoRA.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pie_cli.errors import BadInput
+from runners.engine import loader
+from runners.engine.block_manager import BlockManager, CacheLayout
+from runners.engine.config import EngineConfig
+from runners.engine.kv_cache import KVCache
+from runners.engine.model_runner import ModelRunner
+from runners.engine.models import build_model
+from runners.engine.outputs import IterationStats, RequestOutput
+from runners.engine.sampler import make_generator
+from runners.engine.sampling_params import SamplingParams
+from runners.engine.scheduler import Scheduler
+from runners.engine.sequence import Sequence, SequenceStatus
+
+
+def _weights_dir(config: EngineConfig) -> Path | None:
+    path = Path(config.model).expanduser()
+    found = path.is_dir() and loader.has_weights(path)
+    if config.random_weights is True:
+        return None
+    if config.random_weights is False and not found:
+        raise BadInput(f"'{config.model}' has no *.safetensors weights", "pass a model directory, or allow random weights")
+    return path if found else None
+
+
+def _eos_token_id(config: EngineConfig) -> set[int]:
+    path = Path(config.model).expanduser() / "config.json"
+    if not path.is_file():
+        return set()
+    value = json.loads(path.read_text()).get("eos_token_id")
+    return set(value) if isinstance(value, list) else ({value} if isinstance(value, int) else set())
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        shape = config.shape
+        self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config))
+        self.layout = CacheLayout.from_config(config, shape.num_layers)
+        self.cache = KVCache(self.layout, shape, self.model.dtype, torch.device(config.device))
+        self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.runner = ModelRunner(self.model, self.cache, self.layout)
+        self.eos_token_ids = _eos_token_id(config)
+        self.stats: list[IterationStats] = []
+        self._sequences: dict[str, Sequence] = {}
+        self._outputs: dict[str, RequestOutput] = {}
+        self._order = itertools.count()
+
+    # --- properties and knobs ----------------------------------------------------------------
+    @property
+    def num_device_blocks(self) -> int:
+        """Resident device KV blocks (the config's budget less the staging charge)."""
+        return self.layout.num_device_blocks
+
+    @property
+    def num_pool_blocks(self) -> int:
+        return self.layout.num_pool_blocks
+
+    @property
+    def pool_limit_blocks(self) -> int:
+        return self.block_manager.pool_limit_blocks
+
+    def set_pool_limit(self, num_blocks: int) -> None:
+        """Cap pool use; takes effect at the next step (blocks move back or sequences are preempted)."""
+        self.block_manager.set_pool_limit(int(num_blocks))
+
+    def check_invariants(self) -> None:
+        self.block_manager.check_invariants(self.scheduler.running + list(self.scheduler.waiting))
+
+    # --- requests ----------------------------------------------------------------------------
+    def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+        config, bs = self.config, self.config.block_size
+        if request_id in self._sequences:
+            raise BadInput(f"request id '{request_id}' is already in use")
+        if not prompt:
+            raise BadInput(f"request '{request_id}' has an empty prompt", "give at least one token id")
+        vocab = self.model.shape.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise BadInput(f"request '{request_id}': token ids must be in 0..{vocab - 1}")
+        if len(prompt) >= config.model_len:
+            raise BadInput(f"request '{request_id}': prompt of {len(prompt)} tokens leaves no room in the "
+                           f"{config.model_len}-token context", "shorten the prompt or raise max_model_len")
+        longest = min(len(prompt) + params.max_tokens, config.model_len)
+        if len(prompt) > config.max_num_batched_tokens:
+            raise BadInput(f"request '{request_id}': prompt of {len(prompt)} tokens exceeds max_num_batched_tokens "
+                           f"{config.max_num_batched_tokens}", "raise max_num_batched_tokens (prefill is not chunked)")
+        blocks = -(-longest // bs)
+        if blocks > self.layout.num_device_blocks:
+            raise BadInput(f"request '{request_id}' may need {blocks} KV blocks ({longest} tokens) but the device holds "
+                           f"{self.layout.num_device_blocks} after staging", "raise the device KV budget or shorten the request")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        prompt = [int(token) for token in prompt_token_ids]
+        self._validate(request_id, prompt, sampling_params)
+        order = next(self._order)
+        arrival = time.perf_counter() if arrival_time is None else arrival_time
+        seq = Sequence(request_id, prompt, sampling_params, arrival, order)
+        seq.generator = make_generator(sampling_params, fallback_seed=self.config.seed * 1_000_003 + order)
+        self._sequences[request_id] = seq
+        self._outputs[request_id] = RequestOutput(request_id=request_id, prompt_token_ids=prompt, arrival_time=arrival)
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> None:
+        seq = self._sequences.get(request_id)
+        if seq is None or seq.status is SequenceStatus.FINISHED:
+            return
+        self.scheduler.finish(seq, "abort")
+        output = self._outputs[request_id]
+        output.finished, output.finish_reason = True, "abort"
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        params = seq.sampling_params
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            return "stop"
+        if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.config.model_len:
+            return "length"
+        return None
+
+    def step(self) -> list[RequestOutput]:
+        began = time.perf_counter()
+        scheduled = self.scheduler.schedule()
+        if scheduled.is_empty:
+            if self.scheduler.has_unfinished():
+                raise AssertionError("scheduler made no progress with requests pending")
+            return []
+        result = self.runner.execute(scheduled)
+        now = time.perf_counter()
+        changed = []
+        for seq, token in zip(scheduled.sequences, result.tokens):
+            seq.num_computed_tokens = seq.num_tokens
+            seq.append_token(token, now)
+            output = self._outputs[seq.request_id]
+            output.output_token_ids = list(seq.output_token_ids)
+            output.first_token_time, output.token_times = seq.first_token_time, seq.token_times
+            output.num_preemptions = seq.num_preemptions
+            reason = self._finish_reason(seq, token)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+                output.finished, output.finish_reason = True, reason
+            changed.append(output)
+        for seq in scheduled.preempted:
+            self._outputs[seq.request_id].num_preemptions = seq.num_preemptions
+        manager = self.block_manager
+        self.stats.append(IterationStats(
+            step=len(self.stats), wall_s=time.perf_counter() - began, compute_s=result.compute_s, stall_s=result.stall_s,
+            h2d_bytes=result.h2d_bytes, d2h_bytes=result.d2h_bytes, num_prefill_tokens=scheduled.num_prefill_tokens,
+            num_decode_tokens=scheduled.num_decode_tokens, batch_size=len(scheduled.sequences),
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_preempted=len(scheduled.preempted), device_blocks_used=manager.device_used,
+            pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
+            rebuilt_tokens=result.rebuilt_tokens))
+        return changed
+
+    def generate(self, prompts: list[list[int]], sampling_params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
+        """Run prompts to completion; a refused prompt returns finish_reason 'error' with `error` set."""
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise BadInput(f"{len(prompts)} prompts but {len(params)} sampling params", "give one per prompt, or one for all")
+        prefix = f"gen{len(self._sequences)}-"
+        outputs: list[RequestOutput] = []
+        for index, (prompt, request_params) in enumerate(zip(prompts, params)):
+            request_id = f"{prefix}{index}"
+            try:
+                self.add_request(request_id, prompt, request_params)
+                outputs.append(self._outputs[request_id])
+            except BadInput as err:
+                outputs.append(RequestOutput(request_id=request_id, prompt_token_ids=list(prompt), finished=True,
+                                             finish_reason="error", arrival_time=time.perf_counter(), error=err.one_line()))
+        while self.has_unfinished_requests():
+            self.step()
+        return outputs

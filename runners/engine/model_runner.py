@@ -1,0 +1,217 @@
+"""One forward pass per iteration: batch tensors, the layer loop with prefetch waits, sampling.
+
+`ModelRunner.execute(scheduled)`:
+1. applies the scheduler's tier moves (restores pool -> device, then evictions device -> pool);
+2. packs the batch, prefills first: input ids, positions, `slot_mapping` (new tokens always land
+   in resident device blocks), `cu_seqlens` for prefill, and for decode one block table whose
+   entries are either a resident block or a position in the staging slot;
+3. starts the prefetcher on the batch's pooled blocks and runs the layers. Layer i's attention
+   writes the new K/V, runs prefill attention, then waits for staging slot `i % d` (rebuilding
+   K/V from activations for rebuild-kind blocks), reads through the table remapped to layer i
+   (`i * n_dev + block` or `staging_base + slot * S + position`) and releases the slot;
+4. computes logits for each sequence's last token and samples.
+
+Telemetry (`StepResult`): compute time excludes the stall; bytes are what crosses the host
+link on a GPU machine (pool copies, evictions, activation captures). Left out: CUDA graphs,
+torch.compile, chunked prefill.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from runners.engine.attention import paged_decode_attention, prefill_attention, write_kv
+from runners.engine.block_manager import BlockMove, CacheLayout
+from runners.engine.kv_cache import KVCache
+from runners.engine.prefetcher import Prefetcher
+from runners.engine.sampler import sample
+from runners.engine.scheduler import SchedulerOutput
+from runners.engine.sequence import DEVICE
+
+
+@dataclass(frozen=True)
+class StepResult:
+    tokens: list[int]  # one per scheduled sequence, prefills first
+    compute_s: float
+    stall_s: float
+    h2d_bytes: int
+    d2h_bytes: int
+    rebuilt_tokens: int
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor  # resident slot, layer 0
+    slots_cpu: torch.Tensor
+    cu_seqlens: torch.Tensor | None
+    num_prefill_tokens: int
+    logit_rows: torch.Tensor
+    decode_base: torch.Tensor | None  # [B, M]: resident block index or staging position
+    decode_pooled: torch.Tensor | None  # [B, M] 1 where the entry is staged
+    context_lens: torch.Tensor | None
+    kv_indices: list[int]
+    rebuild_indices: list[int]
+    rebuild_positions: torch.Tensor | None  # token positions of rebuild blocks, [n_rebuild * block_size]
+
+
+class ModelRunner:
+    def __init__(self, model, cache: KVCache, layout: CacheLayout):
+        self.model = model
+        self.cache = cache
+        self.layout = layout
+        self.device = cache.device
+        self.block_size = layout.block_size
+        self.num_layers = layout.num_layers
+        self.prefetcher = Prefetcher(cache) if layout.num_pool_blocks else None
+
+    def _prepare(self, scheduled: SchedulerOutput) -> Batch:
+        bs, device = self.block_size, self.device
+        ids, positions, slots, cu, rows = [], [], [], [0], []
+        for seq in scheduled.prefill:
+            tokens, start = seq.token_ids, seq.num_computed_tokens
+            table = [ref.index for ref in seq.block_table]
+            ids += tokens[start:]
+            positions += range(start, len(tokens))
+            slots += [table[p // bs] * bs + p % bs for p in range(start, len(tokens))]
+            cu.append(len(ids))
+            rows.append(len(ids) - 1)
+        num_prefill = len(ids)
+        kv_stage: dict[int, int] = {}
+        rebuild_stage: dict[int, int] = {}
+        rebuild_positions: list[int] = []
+        for seq in scheduled.decode:
+            position = seq.num_tokens - 1
+            ref = seq.block_table[position // bs]
+            ids.append(seq.token_ids[position])
+            positions.append(position)
+            slots.append(ref.index * bs + position % bs)
+            rows.append(len(ids) - 1)
+            for logical, ref in enumerate(seq.block_table):
+                if ref.tier == DEVICE:
+                    continue
+                if ref.index >= self.layout.num_pool_kv_blocks:
+                    rebuild_stage[ref.index] = len(rebuild_stage)
+                    rebuild_positions += range(logical * bs, logical * bs + bs)
+                else:
+                    kv_stage[ref.index] = len(kv_stage)
+        base = pooled = lens = None
+        if scheduled.decode:
+            width = max(len(seq.block_table) for seq in scheduled.decode)
+            base_rows, pooled_rows = [], []
+            for seq in scheduled.decode:
+                row, mask = [], []
+                for ref in seq.block_table:
+                    if ref.tier == DEVICE:
+                        row.append(ref.index)
+                        mask.append(0)
+                    elif ref.index in kv_stage:
+                        row.append(kv_stage[ref.index])
+                        mask.append(1)
+                    else:
+                        row.append(len(kv_stage) + rebuild_stage[ref.index])
+                        mask.append(1)
+                pad = width - len(row)
+                base_rows.append(row + [0] * pad)
+                pooled_rows.append(mask + [0] * pad)
+            base = torch.tensor(base_rows, dtype=torch.int64, device=device)
+            pooled = torch.tensor(pooled_rows, dtype=torch.int64, device=device)
+            lens = torch.tensor([seq.num_tokens for seq in scheduled.decode], dtype=torch.int64, device=device)
+        slots_cpu = torch.tensor(slots, dtype=torch.int64)
+        return Batch(
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=device),
+            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            slot_mapping=slots_cpu.to(device), slots_cpu=slots_cpu,
+            cu_seqlens=torch.tensor(cu, dtype=torch.int64, device=device) if scheduled.prefill else None,
+            num_prefill_tokens=num_prefill, logit_rows=torch.tensor(rows, dtype=torch.int64, device=device),
+            decode_base=base, decode_pooled=pooled, context_lens=lens,
+            kv_indices=list(kv_stage), rebuild_indices=list(rebuild_stage),
+            rebuild_positions=torch.tensor(rebuild_positions, dtype=torch.int64, device=device) if rebuild_stage else None)
+
+    def _restore(self, moves: list[BlockMove]) -> int:
+        """Pool -> device moves (the pool limit shrank); rebuild-kind blocks are recomputed here."""
+        moved = self.cache.restore_kv([move for move in moves if not move.rebuild])
+        rebuild = [move for move in moves if move.rebuild]
+        if rebuild:
+            activations = self.cache.restore_activations(rebuild)  # [L, k, bs, h]
+            positions = torch.tensor([move.position + offset for move in rebuild for offset in range(self.block_size)],
+                                     device=self.device)
+            resident = self.cache.resident()
+            devices = torch.tensor([move.device_index for move in rebuild], device=self.device)
+            for layer in range(self.num_layers):
+                inputs = activations[layer].reshape(-1, self.cache.hidden_size).to(self.device)
+                k, v = self.model.layer_kv_from_input(layer, inputs, positions)
+                resident[layer, devices, 0] = k.reshape(len(rebuild), self.block_size, *k.shape[1:]).to(resident.dtype)
+                resident[layer, devices, 1] = v.reshape(len(rebuild), self.block_size, *v.shape[1:]).to(resident.dtype)
+            moved += activations.numel() * activations.element_size()
+        return moved
+
+    def _stage(self, layer: int, batch: Batch) -> None:
+        """Wait for layer `layer`'s staged blocks; fill rebuild-kind ones from their activations."""
+        self.prefetcher.wait(layer)
+        if not batch.rebuild_indices:
+            return
+        count = len(batch.rebuild_indices)
+        activations = self.prefetcher.activations(layer).reshape(-1, self.cache.hidden_size)
+        k, v = self.model.layer_kv_from_input(layer, activations, batch.rebuild_positions)
+        slot = layer % self.layout.prefetch_depth
+        rows = self.cache.staging_rows(slot, len(batch.kv_indices) + count)[len(batch.kv_indices):]
+        rows[:, 0] = k.reshape(count, self.block_size, *k.shape[1:]).to(rows.dtype)
+        rows[:, 1] = v.reshape(count, self.block_size, *v.shape[1:]).to(rows.dtype)
+
+    def execute(self, scheduled: SchedulerOutput) -> StepResult:
+        with torch.inference_mode():
+            h2d = self._restore(scheduled.restores) if scheduled.restores else 0
+            d2h = self.cache.evict(scheduled.evictions) if scheduled.evictions else 0
+            batch = self._prepare(scheduled)
+            streaming = self.prefetcher is not None and bool(batch.kv_indices or batch.rebuild_indices)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            began = time.perf_counter()
+            if streaming:
+                h2d += self.prefetcher.start(batch.kv_indices, batch.rebuild_indices)
+            try:
+                hidden, d2h_captured = self._forward(batch, streaming)
+                logits = self.model.logits(hidden[batch.logit_rows])
+                seqs = scheduled.sequences
+                tokens = sample(logits, [seq.sampling_params for seq in seqs], [seq.generator for seq in seqs])
+            finally:
+                stall = self.prefetcher.finish() if streaming else 0.0
+            elapsed = time.perf_counter() - began
+        rebuilt = len(batch.rebuild_indices) * self.block_size if streaming else 0
+        return StepResult(tokens=tokens, compute_s=max(0.0, elapsed - stall), stall_s=stall,
+                          h2d_bytes=h2d, d2h_bytes=d2h + d2h_captured, rebuilt_tokens=rebuilt)
+
+    def _forward(self, batch: Batch, streaming: bool) -> tuple[torch.Tensor, int]:
+        model, cache, kv = self.model, self.cache, self.cache.kv
+        scale = model.attention_scale
+        tokens_per_layer = cache.num_device_blocks * self.block_size
+        prefill_tokens = batch.num_prefill_tokens
+        captured = 0
+
+        def attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            write_kv(kv, batch.slot_mapping + layer * tokens_per_layer, k, v)
+            parts = []
+            if prefill_tokens:
+                parts.append(prefill_attention(q[:prefill_tokens], k[:prefill_tokens], v[:prefill_tokens],
+                                               batch.cu_seqlens, scale))
+            if batch.decode_base is not None:
+                if streaming:
+                    self._stage(layer, batch)
+                slot_base = cache.staging_row_base(layer % max(1, self.layout.prefetch_depth))
+                offset = layer * cache.num_device_blocks
+                table = batch.decode_base + offset + batch.decode_pooled * (slot_base - offset)
+                parts.append(paged_decode_attention(q[prefill_tokens:], kv, table, batch.context_lens, scale))
+                if streaming:
+                    self.prefetcher.release(layer)
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        hidden = model.embed(batch.input_ids, batch.positions)
+        for layer in range(self.num_layers):
+            if cache.rebuild:
+                captured += cache.capture(layer, batch.slots_cpu, hidden)
+            hidden = model.layer_forward(layer, hidden, batch.positions, attention)
+        return hidden, captured

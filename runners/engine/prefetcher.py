@@ -1,0 +1,153 @@
+"""Layer-wise prefetch of pooled blocks into a ring of `d` device staging slots.
+
+Per iteration the model runner calls `start(kv_indices, rebuild_indices)` with the pool blocks
+the batch reads; a worker thread then copies, for layer i = 0, 1, ..., those blocks' layer-i
+K/V (and, for rebuild-kind blocks, layer-i input activations) into staging slot `i % d`. Before
+it reuses a slot it waits until the layer `i - d` that used the slot has released it, so copies
+for layers i+1..i+d overlap layer i's compute. The layer loop calls `wait(i)` right before
+layer i's attention (the stall is the time spent there) and `release(i)` after it.
+
+On CPU the copy is an `index_select` into the staging rows on the worker thread, and the
+slot/ready signals are `threading.Event`s. On CUDA the worker gathers into a pinned bounce
+buffer and issues the host-to-device copy on a separate copy stream, recording one CUDA event
+per layer; the compute stream waits on that event (not the host), and the stall is the GPU
+time between two timing events recorded around that wait. Slot reuse is ordered by an event
+the compute stream records after the layer's attention.
+
+Left out: copying only the blocks that changed since the previous iteration (every pooled
+block is streamed every iteration, as in Pie), more than one iteration in flight.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import torch
+
+from runners.engine.kv_cache import KVCache
+
+
+class Prefetcher:
+    def __init__(self, cache: KVCache):
+        self.cache = cache
+        self.layout = cache.layout
+        self.depth = max(1, self.layout.prefetch_depth)
+        self.num_layers = cache.num_layers
+        self.cuda = cache.device.type == "cuda"
+        slot_rows = self.layout.staged_blocks_per_slot
+        hidden = cache.hidden_size
+        self.staged_activations = torch.zeros(self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden,
+                                              dtype=cache.kv.dtype, device=cache.device)
+        if self.cuda:
+            self.copy_stream = torch.cuda.Stream(device=cache.device)
+            self.bounce = torch.zeros(self.depth, slot_rows, *cache.geometry, dtype=cache.kv.dtype, pin_memory=True)
+            self.bounce_activations = torch.zeros(self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden,
+                                                  dtype=cache.kv.dtype, pin_memory=True)
+        self._jobs: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="pie-prefetch", daemon=True)
+        self._worker.start()
+        self._active = False
+
+    # --- main thread -----------------------------------------------------------------------
+    def start(self, kv_indices: list[int], rebuild_indices: list[int]) -> int:
+        """Begin streaming this iteration's pooled blocks; returns the bytes that will cross the link."""
+        layers = self.num_layers
+        self.num_kv, self.num_rebuild = len(kv_indices), len(rebuild_indices)
+        self.ready = [threading.Event() for _ in range(layers)]
+        self.consumed = [threading.Event() for _ in range(layers)]
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.stall_s = 0.0
+        if self.cuda:
+            self.ready_events = [torch.cuda.Event() for _ in range(layers)]
+            self.consumed_events = [torch.cuda.Event() for _ in range(layers)]
+            self.stall_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        kv = torch.tensor(kv_indices, dtype=torch.int64)
+        rebuild = torch.tensor([index - self.cache.num_pool_kv_blocks for index in rebuild_indices], dtype=torch.int64)
+        self._active = True
+        self._jobs.put((kv, rebuild))
+        return layers * (self.num_kv * self.cache.block_layer_bytes
+                         + self.num_rebuild * self.cache.activation_block_layer_bytes)
+
+    def wait(self, layer: int) -> None:
+        """Block until layer `layer`'s staged blocks are in slot `layer % d` (counted as stall)."""
+        began = time.perf_counter()
+        self.ready[layer].wait()
+        if self.error is not None:
+            raise RuntimeError(f"prefetch failed: {self.error}") from self.error
+        if self.cuda:
+            before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            before.record()
+            torch.cuda.current_stream().wait_event(self.ready_events[layer])
+            after.record()
+            self.stall_events.append((before, after))
+        else:
+            self.stall_s += time.perf_counter() - began
+
+    def activations(self, layer: int) -> torch.Tensor:
+        """Staged activations [n_rebuild, block_size, h] for layer `layer` (valid after `wait`)."""
+        return self.staged_activations[layer % self.depth, :self.num_rebuild]
+
+    def release(self, layer: int) -> None:
+        if self.cuda:
+            self.consumed_events[layer].record()
+        self.consumed[layer].set()
+
+    def finish(self) -> float:
+        """End the iteration (also after a failure); returns the stall in seconds."""
+        if not self._active:
+            return 0.0
+        for event in self.consumed:  # unblock the worker if the layer loop stopped early
+            event.set()
+        self.done.wait()
+        self._active = False
+        if self.cuda:
+            torch.cuda.current_stream().synchronize()
+            return sum(before.elapsed_time(after) for before, after in self.stall_events) / 1000.0
+        return self.stall_s
+
+    # --- worker thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            kv, rebuild = self._jobs.get()
+            try:
+                with torch.inference_mode():
+                    for layer in range(self.num_layers):
+                        if self.error is None:
+                            self._copy_layer(layer, kv, rebuild)
+                        self.ready[layer].set()
+            except BaseException as err:  # noqa: BLE001 - surfaced to the main thread in wait()
+                self.error = err
+                for event in self.ready:
+                    event.set()
+            finally:
+                self.done.set()
+
+    def _copy_layer(self, layer: int, kv: torch.Tensor, rebuild: torch.Tensor) -> None:
+        slot = layer % self.depth
+        if layer >= self.depth:
+            self.consumed[layer - self.depth].wait()
+        cache = self.cache
+        if not self.cuda:
+            if self.num_kv:
+                torch.index_select(cache.pool, 0, kv + layer * cache.num_pool_kv_blocks,
+                                   out=cache.staging_rows(slot, self.num_kv))
+            if self.num_rebuild:
+                torch.index_select(cache.pool_activations[layer], 0, rebuild,
+                                   out=self.staged_activations[slot, :self.num_rebuild])
+            return
+        if layer >= self.depth:
+            self.ready_events[layer - self.depth].synchronize()  # the bounce buffer's last copy is done
+        with torch.cuda.stream(self.copy_stream):
+            if layer >= self.depth:
+                self.copy_stream.wait_event(self.consumed_events[layer - self.depth])
+            if self.num_kv:
+                bounce = self.bounce[slot, :self.num_kv]
+                torch.index_select(cache.pool, 0, kv + layer * cache.num_pool_kv_blocks, out=bounce)
+                cache.staging_rows(slot, self.num_kv).copy_(bounce, non_blocking=True)
+            if self.num_rebuild:
+                bounce = self.bounce_activations[slot, :self.num_rebuild]
+                torch.index_select(cache.pool_activations[layer], 0, rebuild, out=bounce)
+                self.staged_activations[slot, :self.num_rebuild].copy_(bounce, non_blocking=True)
+            self.ready_events[layer].record(self.copy_stream)
