@@ -33,6 +33,7 @@ from scipy import stats
 RUN_LEVEL = "run-level t-test (log values)"
 REQUEST_LEVEL = "request bootstrap (within-run noise only)"
 UNTESTED = "not tested"
+MAX_BINS = 2048
 
 
 @dataclass(frozen=True)
@@ -110,28 +111,6 @@ def _logs(values: Sequence[float]) -> np.ndarray | None:
     return np.log(array)
 
 
-def statistic_of(name: str, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
-    """mean / median / std / pNN of `values`; with `weights` (resamples x values) one result per row."""
-    if weights is None:
-        if name == "mean":
-            return float(np.mean(values))
-        if name == "std":
-            return float(np.std(values))
-        return float(np.percentile(values, _percent(name)))
-    totals = weights.sum(axis=1)
-    if name == "mean":
-        return (weights @ values) / totals
-    if name == "std":
-        mean = (weights @ values) / totals
-        return np.sqrt(np.maximum((weights @ values**2) / totals - mean**2, 0.0))
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    cumulative = np.cumsum(weights[:, order], axis=1)
-    target = cumulative[:, -1:] * (_percent(name) / 100.0)
-    positions = np.minimum((cumulative < target).sum(axis=1), len(values) - 1)
-    return sorted_values[positions]
-
-
 def _percent(name: str) -> float:
     if name == "median":
         return 50.0
@@ -166,7 +145,7 @@ def request_bootstrap_test(before: Sequence[Sequence[float]], after: Sequence[Se
 
 
 def _bootstrap_draws(groups: Sequence[Sequence[float]], statistic: str, num_resamples: int,
-                     rng: np.random.Generator, chunk: int = 200) -> np.ndarray | None:
+                     rng: np.random.Generator) -> np.ndarray | None:
     """`num_resamples` values of the statistic over requests drawn with replacement (weights, not copies)."""
     groups = [np.asarray(g, dtype=float) for g in groups if len(g) > 0]
     if len(groups) < 2:
@@ -181,15 +160,16 @@ def _bootstrap_draws(groups: Sequence[Sequence[float]], statistic: str, num_resa
         if statistic == "mean":
             return mean
         return np.sqrt(np.maximum((counts @ squares) / (counts @ lengths) - mean**2, 0.0))
-    values = np.concatenate(groups)
-    owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
-    order = np.argsort(values, kind="stable")  # sorted once, so each chunk's stable sort is linear
-    values, owner = values[order], owner[order]
-    chunk = max(1, min(chunk, 4_000_000 // len(values)))  # bound the resamples x values weight matrix
-    draws = []
-    for start in range(0, num_resamples, chunk):
-        size = min(chunk, num_resamples - start)
-        picks = rng.integers(0, len(groups), size=(size, len(groups)))
-        counts = np.stack([np.bincount(row, minlength=len(groups)) for row in picks]).astype(float)
-        draws.append(statistic_of(statistic, values, counts[:, owner]))
-    return np.concatenate(draws)
+    # Percentiles: a histogram per request over the sorted pooled values (exact up to MAX_BINS
+    # distinct values, quantile bins beyond), so a resample is `counts @ histogram`, not a copy.
+    values = np.sort(np.concatenate(groups))
+    num_bins = min(MAX_BINS, len(values))
+    edges = values[np.linspace(0, len(values) - 1, num_bins).round().astype(int)]
+    histogram = np.zeros((len(groups), num_bins))
+    for index, group in enumerate(groups):
+        np.add.at(histogram[index], np.minimum(np.searchsorted(edges, group, side="left"), num_bins - 1), 1.0)
+    counts = np.stack([np.bincount(rng.integers(0, len(groups), len(groups)), minlength=len(groups))
+                       for _ in range(num_resamples)]).astype(float)
+    cumulative = np.cumsum(counts @ histogram, axis=1)
+    target = cumulative[:, -1:] * (_percent(statistic) / 100.0)
+    return edges[np.minimum((cumulative < target).sum(axis=1), num_bins - 1)]
