@@ -47,6 +47,10 @@ app.command("compare")(compare_cmd.compare)
 from pie_cli import report_cmd  # noqa: E402
 
 app.command("report")(report_cmd.report)
+from pie_cli import bench_cmd, show_cmd  # noqa: E402
+
+app.command("bench")(bench_cmd.bench)
+app.command("show")(show_cmd.show)
 
 
 def main() -> None:

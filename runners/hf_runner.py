@@ -2,7 +2,8 @@
 
 Requests are served in static batches: whatever has arrived (up to `batch_size`, default
 `max_concurrency` or 16) is left-padded and generated greedily for the longest output in the
-batch, with EOS disabled so every request gets exactly its `output_len` tokens. Token
+batch, with EOS disabled so every request gets exactly its `output_len` tokens (after one
+untimed two-token warm-up). Token
 timestamps come from a stopping criterion called after each generated token; a batch's
 tokens share those times. A local directory with safetensors is loaded as is; a registry
 name (or a directory without weights) gets the engine loader's seeded random weights, mapped
@@ -132,6 +133,7 @@ class HFRunner:
         device = torch.device(spec.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        warmup_s = self._warm_up(hf_model, requests, pad_id, device, GenerationConfig)
         num_batches = 0
         start = time.perf_counter()
         while pending:
@@ -149,8 +151,23 @@ class HFRunner:
                 time.sleep(slowdown * (time.perf_counter() - batch_start))
         duration = time.perf_counter() - start
         peak_device = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-        return RunnerResult(duration_s=duration, config=config, telemetry={"num_batches": num_batches},
+        return RunnerResult(duration_s=duration, config=config, telemetry={"num_batches": num_batches, "warmup_s": warmup_s},
                             peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes())
+
+    @staticmethod
+    def _warm_up(hf_model: Any, requests: Sequence[BenchRequest], pad_id: int, device: Any, generation_config_cls: Any) -> float:
+        """Two untimed tokens for the first prompt, so one-time start-up costs stay out of the timings."""
+        import torch
+
+        if not requests:
+            return 0.0
+        began = time.perf_counter()
+        ids = torch.tensor([list(requests[0].prompt_token_ids)], device=device)
+        with torch.no_grad():
+            hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              generation_config=generation_config_cls(do_sample=False, max_new_tokens=2, eos_token_id=None,
+                                                                      pad_token_id=pad_id))
+        return time.perf_counter() - began
 
     @staticmethod
     def _generate(hf_model: Any, batch: list[BenchRequest], spec: RunnerSpec, pad_id: int,

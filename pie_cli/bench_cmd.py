@@ -1,0 +1,185 @@
+"""`pie bench`: run a workload on a runner, show progress, print vLLM-style metrics, store a record.
+
+Parses options into `runners.bench.BenchSettings` and renders; the work is in runners/bench.py.
+Defaults: runner pie, workload sharegpt (a labelled synthetic ShareGPT-like workload without
+--dataset-path), 64 prompts, all requests at once (request rate inf), bfloat16, device auto
+(cuda when available), seed 0, model opt-125m (seeded random weights: no download).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from pie_cli.errors import BadInput
+from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt, SeedOpt
+from pie_cli.output import Output
+from results.metrics import parse_goodput, summary_rows
+
+TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> device bytes"),
+                  ("d2h_bytes", "Device -> pool bytes"), ("peak_pool_blocks_used", "Peak pool blocks used"),
+                  ("peak_device_blocks_used", "Peak device blocks used"), ("num_preemptions", "Preemptions"),
+                  ("rebuilt_tokens", "Rebuilt tokens"))
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    return text
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"runner option '{item}' is not KEY=VALUE", "e.g. --option num_pool_blocks=256")
+        options[key.strip().replace("-", "_")] = _option_value(value.strip())
+    return options
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bench(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (see `pie models`; random weights) or a local Hugging Face directory.")] = "opt-125m",
+    workload: Annotated[str, typer.Option("--workload", "-w", help="sharegpt, alpaca, jsonl (need --dataset-path; sharegpt/alpaca fall back to labelled synthetic lengths), fixed or uniform (synthetic).")] = "sharegpt",
+    dataset_path: Annotated[Optional[Path], typer.Option("--dataset-path", help="The dataset file (never downloaded).")] = None,
+    runner: Annotated[str, typer.Option("--runner", "-r", help="pie, hf, vllm or openai.")] = "pie",
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="A `pie tune` plan for the pie runner.")] = None,
+    num_prompts: Annotated[int, typer.Option("--num-prompts", "-n", help="Requests to send.")] = 64,
+    request_rate: Annotated[float, typer.Option("--request-rate", help="Requests per second (Poisson/gamma); inf sends all at once.")] = math.inf,
+    burstiness: Annotated[float, typer.Option("--burstiness", help="Gamma shape of arrival gaps: 1 = Poisson, < 1 burstier.")] = 1.0,
+    max_concurrency: Annotated[Optional[int], typer.Option("--max-concurrency", help="At most this many requests in flight.")] = None,
+    output_len: Annotated[Optional[int], typer.Option("--output-len", help="Fix every request's output length.")] = None,
+    input_len: Annotated[Optional[int], typer.Option("--input-len", help="Prompt length for fixed/uniform workloads (default 128).")] = None,
+    range_ratio: Annotated[float, typer.Option("--range-ratio", help="uniform workload: lengths within +-this fraction.")] = 0.5,
+    goodput: Annotated[Optional[list[str]], typer.Option("--goodput", help="SLOs in ms, e.g. --goodput ttft:500 --goodput tpot:50.")] = None,
+    pool_blocks: Annotated[Optional[int], typer.Option("--pool-blocks", help="pie: KV blocks in the CPU pool (overrides the plan).")] = None,
+    device_blocks: Annotated[Optional[int], typer.Option("--device-blocks", help="pie: KV blocks on the device (overrides the plan).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Runner option KEY=VALUE (repeatable), e.g. -O max_num_seqs=32.")] = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="One record per value: e.g. request_rate=1,2,4 or pool_blocks=0,256,512.")] = None,
+    save_outputs: Annotated[bool, typer.Option("--save-outputs", help="Store generated token ids per request.")] = False,
+    label: Annotated[Optional[str], typer.Option("--label", help="A label to select runs by later.")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float16, bfloat16 or float32.")] = "bfloat16",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")] = "auto",
+    seed: SeedOpt = 0,
+    results_dir: ResultsDirOpt = DEFAULT_RESULTS_DIR,
+    json_out: JsonOpt = False,
+) -> None:
+    """Benchmark a runner on a workload; print throughput and latency like `vllm bench serve`.
+
+    Example: pie bench --workload sharegpt --dataset-path ShareGPT_V3_unfiltered_cleaned_split.json --model opt-125m --runner pie --request-rate 4
+    """
+    from planner.dtypes import canonical_dtype
+    from results.store import ResultsStore
+    from runners.arrivals import ArrivalSpec
+    from runners.bench import BenchInterrupted, BenchSettings, expand_sweep, parse_sweep, run_bench
+    from runners.registry import get_runner
+    from runners.workloads import WorkloadSpec
+
+    out = Output(json_out)
+    runner_options = parse_options(option or [])
+    for key, value in (("plan", str(plan) if plan else None), ("num_pool_blocks", pool_blocks), ("num_device_blocks", device_blocks)):
+        if value is not None:
+            runner_options[key] = value
+    get_runner(runner)  # an unknown runner fails before any work
+    settings = BenchSettings(
+        model=model, runner=runner.strip().lower(), dtype=canonical_dtype(dtype), device=resolve_device(device), seed=seed,
+        workload=WorkloadSpec(name=workload.strip().lower(), model=model, dataset_path=dataset_path, num_prompts=num_prompts,
+                              seed=seed, output_len=output_len, input_len=input_len, range_ratio=range_ratio),
+        arrivals=ArrivalSpec(request_rate=request_rate, burstiness=burstiness, seed=seed),
+        max_concurrency=max_concurrency, save_outputs=save_outputs, runner_options=runner_options,
+        goodput_slos_ms=parse_goodput(goodput or []), label=label)
+    parsed_sweep = parse_sweep(sweep) if sweep else None
+    points = expand_sweep(settings, parsed_sweep)
+    store = ResultsStore(results_dir)
+    outcomes = []
+    for point, point_settings in points:
+        try:
+            outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench))
+        except BenchInterrupted as interrupted:
+            out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
+                     f"{interrupted.record_path} (marked incomplete)")
+            raise typer.Exit(130) from None
+    if json_out:
+        payloads = [_payload(o) for o in outcomes]
+        out.json(payloads[0] if parsed_sweep is None else {"sweep_id": parsed_sweep.sweep_id, "key": parsed_sweep.key, "runs": payloads})
+        return
+    if parsed_sweep is not None:
+        _sweep_table(out, parsed_sweep, outcomes)
+
+
+def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict | None, run_bench: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=out.messages, transient=True)
+    state = {"task": None, "tokens": 0, "failed": 0}
+
+    def on_start(info: Any, config: dict, path: Path) -> None:
+        kind = "SYNTHETIC " if info.synthetic else ""
+        where = f" {point}" if point else ""
+        out.info(f"{settings.runner} runner{where}: {kind}workload {info.name} ({info.source}); {info.num_requests} requests, "
+                 f"mean {info.mean_prompt_len:.0f} prompt / {info.mean_output_len:.0f} output tokens")
+        out.info(f"tokens: {info.tokenizer}")
+        if info.num_malformed or info.num_filtered:
+            out.info(f"skipped {info.num_malformed} malformed and {info.num_filtered} filtered entries")
+        for note in info.notes:
+            out.warn(note)
+        if config.get("random_weights"):
+            out.warn(f"{settings.model}: seeded random weights (seed {settings.seed}); throughput is real, text is not")
+        out.info(f"record: {path}")
+        state["task"] = progress.add_task(f"{settings.runner} requests", total=info.num_requests, rate="0 tok/s")
+        state["start"] = time.perf_counter()
+        progress.start()
+
+    def on_done(sample: Any) -> None:
+        state["tokens"] += sample.output_len
+        state["failed"] += not sample.success
+        elapsed = max(1e-9, time.perf_counter() - state["start"])
+        failed = f", {state['failed']} failed" if state["failed"] else ""
+        progress.update(state["task"], advance=1, rate=f"{state['tokens'] / elapsed:,.0f} tok/s{failed}")
+
+    try:
+        outcome = run_bench(settings, store, on_request_done=on_done, on_start=on_start, sweep=sweep, sweep_point=point)
+    finally:
+        progress.stop()
+    _result_table(out, outcome)
+    return outcome
+
+
+def _result_table(out: Output, outcome: Any) -> None:
+    rows = [[label, value] for label, value in summary_rows(outcome.summary)]
+    for key, label in TELEMETRY_ROWS:
+        if key in outcome.telemetry:
+            rows.append([label, outcome.telemetry[key]])
+    title = "Serving Benchmark Result" + (f" ({outcome.sweep_point})" if outcome.sweep_point else "")
+    out.table(title, ["metric", "value"], rows, caption=f"run {outcome.run_id} -> {outcome.record_path}")
+
+
+def _sweep_table(out: Output, sweep: Any, outcomes: list) -> None:
+    columns = [sweep.key, "completed", "req/s", "output tok/s", "mean TTFT (ms)", "mean TPOT (ms)", "run"]
+    rows = [[o.sweep_point[sweep.key], o.summary["completed"], o.summary["request_throughput"], o.summary["output_throughput"],
+             o.summary["mean_ttft_ms"], o.summary["mean_tpot_ms"], o.run_id] for o in outcomes]
+    out.table(f"Sweep {sweep.sweep_id}", columns, rows)
+
+
+def _payload(outcome: Any) -> dict[str, Any]:
+    return {"run_id": outcome.run_id, "record_path": str(outcome.record_path), "sweep_point": outcome.sweep_point,
+            "workload": outcome.workload.to_dict(), "config": outcome.config, "summary": outcome.summary,
+            "telemetry": {k: v for k, v in outcome.telemetry.items() if k != "effective_config"}}

@@ -1,0 +1,97 @@
+"""`pie show`: list stored benchmark runs, or inspect one (header, metric table, requests).
+
+Reads the results store (results/store.py); renders only. Left out: comparing runs (`pie compare`).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt
+from pie_cli.output import Output
+from results.metrics import summary_rows, tpot_s
+
+Filter = Annotated[Optional[str], typer.Option(help="Only runs with this value.")]
+
+
+def show(
+    run: Annotated[Optional[str], typer.Argument(help="A run id (a unique prefix is enough) or a record file; omit to list runs.")] = None,
+    label: Filter = None,
+    model: Filter = None,
+    runner: Filter = None,
+    sweep_id: Annotated[Optional[str], typer.Option("--sweep-id", help="Only runs of this sweep.")] = None,
+    requests: Annotated[bool, typer.Option("--requests", help="With a run: list its requests too.")] = False,
+    results_dir: ResultsDirOpt = DEFAULT_RESULTS_DIR,
+    json_out: JsonOpt = False,
+) -> None:
+    """List stored runs (newest last), or show one run's settings and metrics.
+
+    Example: pie show --runner pie --label nightly | pie show 20260101T000000Z-pie --requests
+    """
+    from results.store import ResultsStore
+
+    out = Output(json_out)
+    store = ResultsStore(results_dir)
+    if run is None:
+        records = store.select(label=label, model=model, runner=runner, sweep_id=sweep_id)
+        _list(out, records, store)
+        return
+    record = store.load(run)
+    if json_out:
+        out.json(record.to_dict())
+        return
+    _detail(out, record, requests)
+
+
+def _list(out: Output, records: list, store: Any) -> None:
+    rows = []
+    for record in records:
+        summary, header = record.summary or {}, record.header
+        rows.append({"run_id": record.run_id, "created_at": header.created_at, "runner": header.runner, "model": header.model,
+                     "workload": header.workload.get("name"), "label": header.label,
+                     "sweep_point": header.sweep_point, "complete": record.complete, "requests": len(record.requests),
+                     "output_throughput": summary.get("output_throughput"), "mean_ttft_ms": summary.get("mean_ttft_ms"),
+                     "mean_tpot_ms": summary.get("mean_tpot_ms")})
+    if out.json_mode:
+        out.json({"results_dir": str(store.root), "runs": rows})
+        return
+    if not rows:
+        out.info(f"no runs in {store.root} (run `pie bench` to make one)")
+        return
+    out.table(f"Runs in {store.root}", ["run", "created", "runner", "model", "workload", "label", "sweep", "complete",
+                                        "requests", "output tok/s", "mean TTFT (ms)", "mean TPOT (ms)"],
+              [[r["run_id"], r["created_at"], r["runner"], r["model"], r["workload"], r["label"],
+                ", ".join(f"{k}={v}" for k, v in (r["sweep_point"] or {}).items()) or None,
+                "yes" if r["complete"] else "NO", r["requests"], r["output_throughput"], r["mean_ttft_ms"], r["mean_tpot_ms"]]
+               for r in rows])
+
+
+def _detail(out: Output, record: Any, with_requests: bool) -> None:
+    header = record.header
+    workload = header.workload
+    synthetic = " (SYNTHETIC)" if workload.get("synthetic") else ""
+    rows = [["run", record.run_id], ["file", record.source], ["created", header.created_at],
+            ["finished", record.finished_at or "NO - interrupted, incomplete"], ["runner", header.runner],
+            ["model", header.model], ["label", header.label], ["git commit", header.git_commit],
+            ["sweep", f"{header.sweep_id} {header.sweep_point}" if header.sweep_id else None],
+            ["workload", f"{workload.get('name')}{synthetic}: {workload.get('source')}"],
+            ["tokens", workload.get("tokenizer")], ["arrivals", f"{workload.get('arrivals')} rate {workload.get('request_rate') or 'inf'}"],
+            ["machine", f"{header.fingerprint.get('cpu_model')}, GPU {header.fingerprint.get('gpu_name')}"],
+            ["config", ", ".join(f"{k}={v}" for k, v in header.config.items())]]
+    out.table(f"Run {record.run_id}", ["field", "value"], rows)
+    if record.summary is not None:
+        out.table("Serving Benchmark Result", ["metric", "value"], [list(row) for row in summary_rows(record.summary)])
+        telemetry = {k: v for k, v in record.telemetry.items() if k != "effective_config"}
+        if telemetry:
+            out.table("Runner telemetry", ["field", "value"], [[k, v] for k, v in telemetry.items()])
+    else:
+        out.warn(f"run is incomplete: {len(record.requests)} request(s) finished before it stopped; no summary")
+    if with_requests:
+        out.table("Requests", ["request", "prompt", "output", "arrival (s)", "TTFT (ms)", "TPOT (ms)", "E2EL (ms)", "ok"],
+                  [[s.request_id, s.prompt_len, s.output_len, s.arrival_s, _ms(s.ttft_s), _ms(tpot_s(s)), _ms(s.e2el_s),
+                    "yes" if s.success else f"no: {s.error}"] for s in record.requests])
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0

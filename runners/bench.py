@@ -1,0 +1,194 @@
+"""Benchmark orchestration: workload -> arrivals -> runner -> record and metrics; sweeps; interrupts.
+
+`run_bench(settings, store, ...)` loads the workload, sets release times, writes the record
+header (machine fingerprint, git commit, workload description, the runner's effective
+settings), streams each finished request into the record, then writes the vLLM-named summary
+and the runner's telemetry. On Ctrl-C the record keeps the finished requests without a
+summary (it loads as incomplete) and `BenchInterrupted` says where it is.
+
+A sweep (`--sweep request_rate=1,2,4`, `--sweep pool_blocks=0,256`) expands one settings
+object into one per point; each point is a separate record under a common `sweep_id`.
+
+Left out: rendering (pie_cli/bench_cmd.py) and comparing runs (results/compare.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pie_cli.errors import BadInput, suggest
+from results.metrics import compute_metrics
+from results.record import RequestSample, RunHeader
+from results.store import ResultsStore, git_commit, new_run_id, utc_now
+from runners.arrivals import ArrivalSpec, assign_arrivals
+from runners.base import RunnerSpec
+from runners.registry import get_runner
+from runners.workloads import WorkloadInfo, WorkloadSpec, load_workload
+
+# sweep key -> where it goes: a settings field, a workload or arrival field, or a runner option
+SWEEP_TARGETS = {
+    "request_rate": ("arrivals", "request_rate", float), "burstiness": ("arrivals", "burstiness", float),
+    "max_concurrency": ("settings", "max_concurrency", int), "num_prompts": ("workload", "num_prompts", int),
+    "output_len": ("workload", "output_len", int),
+    "pool_blocks": ("options", "num_pool_blocks", int), "device_blocks": ("options", "num_device_blocks", int),
+    "num_pool_blocks": ("options", "num_pool_blocks", int), "num_device_blocks": ("options", "num_device_blocks", int),
+    "prefetch_depth": ("options", "prefetch_depth", int), "rebuild_fraction": ("options", "rebuild_fraction", float),
+    "max_num_seqs": ("options", "max_num_seqs", int), "max_num_batched_tokens": ("options", "max_num_batched_tokens", int),
+    "block_size": ("options", "block_size", int), "batch_size": ("options", "batch_size", int),
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: str
+    workload: WorkloadSpec
+    runner: str = "pie"
+    arrivals: ArrivalSpec = field(default_factory=ArrivalSpec)
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    seed: int = 0
+    max_concurrency: int | None = None
+    save_outputs: bool = False
+    runner_options: dict[str, Any] = field(default_factory=dict)
+    goodput_slos_ms: dict[str, float] = field(default_factory=dict)
+    label: str | None = None
+
+    def spec(self) -> RunnerSpec:
+        return RunnerSpec(model=self.model, dtype=self.dtype, device=self.device, seed=self.seed,
+                          save_outputs=self.save_outputs, max_concurrency=self.max_concurrency,
+                          options=dict(self.runner_options))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    key: str
+    values: tuple[Any, ...]
+    sweep_id: str
+
+
+@dataclass(frozen=True)
+class BenchOutcome:
+    record_path: Path
+    run_id: str
+    summary: dict[str, Any]
+    telemetry: dict[str, Any]
+    config: dict[str, Any]
+    workload: WorkloadInfo
+    sweep_point: dict[str, Any] | None = None
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the record at `record_path` keeps `num_requests` finished requests."""
+
+    def __init__(self, record_path: Path, num_requests: int):
+        super().__init__(f"interrupted; {num_requests} finished request(s) kept in {record_path} (marked incomplete)")
+        self.record_path = record_path
+        self.num_requests = num_requests
+
+
+def parse_sweep(text: str) -> Sweep:
+    """'pool_blocks=0,256,512' -> Sweep('pool_blocks', (0, 256, 512), new id)."""
+    key, sep, values_text = text.partition("=")
+    key = key.strip().lower().replace("-", "_")
+    if not sep or not values_text.strip():
+        raise BadInput(f"sweep '{text}' is not NAME=V1,V2,...", "e.g. --sweep request_rate=1,2,4 or --sweep pool_blocks=0,256")
+    if key not in SWEEP_TARGETS:
+        raise BadInput(f"cannot sweep '{key}'", suggest(key, SWEEP_TARGETS))
+    convert = SWEEP_TARGETS[key][2]
+    values = []
+    for item in values_text.split(","):
+        item = item.strip()
+        try:
+            values.append(float("inf") if item.lower() == "inf" and convert is float else convert(item))
+        except ValueError:
+            raise BadInput(f"sweep value '{item}' for {key} is not a {convert.__name__}", f"e.g. --sweep {key}=1,2,4") from None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Sweep(key, tuple(values), f"sweep-{stamp}-{secrets.token_hex(3)}")
+
+
+def apply_point(settings: BenchSettings, key: str, value: Any) -> BenchSettings:
+    """Settings for one sweep point (validated like the flags they replace)."""
+    where, name, _ = SWEEP_TARGETS[key]
+    if where == "arrivals":
+        return dataclasses.replace(settings, arrivals=dataclasses.replace(settings.arrivals, **{name: value}))
+    if where == "workload":
+        return dataclasses.replace(settings, workload=dataclasses.replace(settings.workload, **{name: value}))
+    if where == "settings":
+        return dataclasses.replace(settings, **{name: value})
+    return dataclasses.replace(settings, runner_options={**settings.runner_options, name: value})
+
+
+def expand_sweep(settings: BenchSettings, sweep: Sweep | None) -> list[tuple[dict[str, Any] | None, BenchSettings]]:
+    if sweep is None:
+        return [(None, settings)]
+    return [({sweep.key: value}, apply_point(settings, sweep.key, value)) for value in sweep.values]
+
+
+def machine_fingerprint(device: str) -> dict[str, Any]:
+    from profiler.fingerprint import collect_fingerprint
+
+    return collect_fingerprint(device)
+
+
+def pie_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pie")
+    except PackageNotFoundError:
+        return ""
+
+
+def _jsonable_number(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
+def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Callable[[RequestSample], None] | None = None,
+              on_start: Callable[[WorkloadInfo, dict[str, Any], Path], None] | None = None,
+              sweep: Sweep | None = None, sweep_point: dict[str, Any] | None = None) -> BenchOutcome:
+    """Run one benchmark and store its record; see the module docstring."""
+    runner = get_runner(settings.runner)
+    spec = settings.spec()
+    describe = getattr(runner, "describe", None)
+    config = describe(spec) if describe else {"model": spec.model, "dtype": spec.dtype, "device": spec.device,
+                                              "seed": spec.seed, **spec.options}
+    config = {**config, "max_concurrency": settings.max_concurrency, "save_outputs": settings.save_outputs}
+    requests, info = load_workload(settings.workload)
+    requests = assign_arrivals(requests, settings.arrivals)
+    workload = {**info.to_dict(), **settings.arrivals.describe(), "goodput_slos_ms": dict(settings.goodput_slos_ms) or None}
+    header = RunHeader(run_id=new_run_id(runner.name), created_at=utc_now(), model=settings.model, runner=runner.name,
+                       workload=workload, config={k: _jsonable_number(v) for k, v in config.items()},
+                       fingerprint=machine_fingerprint(settings.device), git_commit=git_commit(Path(__file__).parent),
+                       label=settings.label, sweep_id=sweep.sweep_id if sweep else None, sweep_point=sweep_point,
+                       pie_version=pie_version())
+    writer = store.writer(header)
+    samples: list[RequestSample] = []
+
+    def done(sample: RequestSample) -> None:
+        writer.add(sample)
+        samples.append(sample)
+        if on_request_done is not None:
+            on_request_done(sample)
+
+    if on_start is not None:
+        on_start(info, header.config, writer.path)
+    try:
+        result = runner.run(requests, spec, done)
+    except KeyboardInterrupt:
+        writer.close()
+        raise BenchInterrupted(writer.path, len(samples)) from None
+    except BaseException:
+        writer.close()  # the record stays, incomplete, with what finished
+        raise
+    summary = compute_metrics(samples, result.duration_s, settings.goodput_slos_ms or None,
+                              result.peak_device_memory_bytes, result.peak_host_memory_bytes)
+    telemetry = {**result.telemetry, "effective_config": result.config}
+    writer.finish(summary, telemetry)
+    return BenchOutcome(record_path=writer.path, run_id=header.run_id, summary=summary, telemetry=telemetry,
+                        config=result.config, workload=info, sweep_point=sweep_point)
