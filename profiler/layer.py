@@ -68,7 +68,7 @@ class GridSpec:
     def for_run(cls, quick: bool) -> "GridSpec":
         if quick:
             return cls((1, 4, 16, 64), (64, 256, 1024), (1, 4), (16, 64, 256), point_budget_s=0.3,
-                       sample_budget_s=0.3, min_repeats=3, max_repeats=7)
+                       sample_budget_s=0.3, min_repeats=3, max_repeats=15)
         return cls((1, 2, 4, 8, 16, 32, 64, 128), (32, 128, 512, 1024, 2048), (1, 2, 4, 8), (16, 64, 256, 1024),
                    point_budget_s=2.0, sample_budget_s=1.0, min_repeats=5, max_repeats=15)
 
