@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.cost_model import Prediction, Problem, Split, memory_slacks, predict, step_times
-from planner.search import enumerate_candidates
+from planner.search import batch_limit, enumerate_candidates
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,14 @@ class GridSize:
 
 
 def best_by_enumeration(problem: Problem, max_tpot_ms: float | None = None, grid: GridSize = GridSize(),
-                        max_batch_size: int | None = None) -> Prediction | None:
-    """Highest predicted throughput over the grid (None when nothing is feasible)."""
-    pairs, _ = enumerate_candidates(problem, max_batch_size)
+                        max_batch_size: int | None = None, every_batch: bool = False) -> Prediction | None:
+    """Highest predicted throughput over the grid (None when nothing is feasible).
+
+    With `every_batch`, every integer batch size up to the limit is tried, not just the
+    planner's candidate list, so the planner's batch enumeration is checked too.
+    """
+    sizes = list(range(1, batch_limit(problem, max_batch_size) + 1)) if every_batch else None
+    pairs, _ = enumerate_candidates(problem, max_batch_size, batch_sizes=sizes)
     pooled_share = np.linspace(0.0, 1.0, grid.pooled_steps + 1)
     rebuilt_share = np.linspace(0.0, 1.0, grid.rebuilt_steps + 1) if problem.costs.rebuild_allowed else np.zeros(1)
     pooled_grid, rebuilt_grid = np.meshgrid(pooled_share, rebuilt_share, indexing="ij")

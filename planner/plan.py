@@ -24,7 +24,7 @@ class EngineSettings:
     model: str
     dtype: str
     block_size: int
-    num_device_blocks: int
+    num_device_blocks: int  # device KV budget in blocks, staging included (the engine charges staging itself)
     num_pool_blocks: int
     prefetch_depth: int
     rebuild_fraction: float

@@ -80,9 +80,10 @@ def settings_for(request: TuneRequest, problem: Problem, prediction: Prediction)
     block = problem.block_bytes
     split = prediction.split
     pooled = split.copied_kv_bytes + split.rebuilt_kv_bytes
+    # The engine takes the device KV budget including staging and charges staging against it itself.
     return EngineSettings(
         model=request.model, dtype=request.dtype, block_size=request.budgets.block_size,
-        num_device_blocks=max(1, int(split.device_kv_bytes // block)),
+        num_device_blocks=max(1, int((split.device_kv_bytes + split.staging_bytes) // block)),
         num_pool_blocks=int(math.ceil(pooled / block - 1e-9)) if pooled > 0 else 0,
         prefetch_depth=prediction.prefetch_depth,
         rebuild_fraction=round(split.rebuilt_kv_bytes / pooled, 4) if pooled > 0 else 0.0,

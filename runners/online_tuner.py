@@ -1,0 +1,133 @@
+"""`pie tune --online`: run a plan on the Pie engine and let the hill-climber size the pool live.
+
+The engine runs a closed-loop synthetic workload (the plan's mean prompt and output lengths,
+random token ids, labelled synthetic): `num_prompts` requests stay in flight, a finished one
+is replaced at once, so every window sees the same steady load. For each pool size the
+climber proposes, the glue sets `engine.set_pool_limit`, discards `warmup_steps` iterations,
+then measures `window_steps` iterations: output tokens per second of wall time, stall
+fraction, and mean queue length, and feeds them to `HillClimber.observe`.
+Left out: the climbing policy (planner/hill_climber.py) and rendering beyond one line per move.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from pie_cli.errors import BadInput
+from planner.hill_climber import ClimberConfig, HillClimber, Measurement, Move
+from planner.plan import Plan
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    num_prompts: int = 64  # requests in flight
+    window_steps: int = 8  # iterations measured per pool size
+    warmup_steps: int = 2  # iterations discarded after each change
+    seed: int = 0
+    max_moves: int = 12
+    noise_fraction: float = 0.05
+    max_stall_fraction: float = 0.10
+    pool_headroom: float = 2.0  # pool capacity = this x the plan's pool (the climber may grow into it)
+    device: str = "cpu"
+    input_len: int | None = None  # default: the plan's mean prompt length
+    output_len: int | None = None  # default: the plan's mean output length
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 1 or self.window_steps < 1 or self.warmup_steps < 0 or self.max_moves < 1:
+            raise BadInput("--num-prompts, --window-steps and the move budget must be at least 1")
+        if self.pool_headroom < 1:
+            raise BadInput(f"pool headroom must be >= 1, got {self.pool_headroom}")
+
+
+class ClosedLoop:
+    """Keeps `num_prompts` synthetic requests in flight on an engine."""
+
+    def __init__(self, engine, vocab_size: int, input_len: int, output_len: int, num_prompts: int, seed: int):
+        from runners.engine.sampling_params import SamplingParams
+
+        self.engine, self.vocab_size, self.input_len = engine, vocab_size, input_len
+        self.params = SamplingParams(max_tokens=output_len, ignore_eos=True)
+        self.rng = np.random.default_rng(seed)
+        self.count = 0
+        for _ in range(num_prompts):
+            self._add()
+
+    def _add(self) -> None:
+        prompt = self.rng.integers(0, self.vocab_size, self.input_len).tolist()
+        self.engine.add_request(f"online-{self.count}", prompt, self.params)
+        self.count += 1
+
+    def step(self):
+        outputs = self.engine.step()
+        for output in outputs:
+            if output.finished:
+                self._add()
+        return self.engine.stats[-1]
+
+
+def measure_window(loop: ClosedLoop, pool_blocks: int, settings: OnlineSettings) -> Measurement:
+    """Set the pool limit, warm up, and measure one window of iterations."""
+    loop.engine.set_pool_limit(pool_blocks)
+    for _ in range(settings.warmup_steps):
+        loop.step()
+    stats = [loop.step() for _ in range(settings.window_steps)]
+    wall = sum(s.wall_s for s in stats)
+    tokens = sum(s.batch_size for s in stats)
+    busy = sum(s.compute_s + s.stall_s for s in stats)
+    return Measurement(pool_blocks=pool_blocks, throughput_tok_s=tokens / wall if wall > 0 else 0.0,
+                       stall_fraction=sum(s.stall_s for s in stats) / busy if busy > 0 else 0.0,
+                       queue_length=sum(s.num_waiting for s in stats) / len(stats))
+
+
+def build_engine(plan: Plan, settings: OnlineSettings, pool_capacity: int):
+    from runners.engine.config import EngineConfig
+    from runners.engine.llm_engine import LLMEngine
+
+    kwargs = {**plan.settings.engine_kwargs(), "num_pool_blocks": pool_capacity, "device": settings.device,
+              "seed": settings.seed}
+    if pool_capacity == 0:
+        kwargs["rebuild_fraction"] = 0.0
+    return LLMEngine(EngineConfig(**kwargs))
+
+
+def pool_capacity_for(plan: Plan, settings: OnlineSettings) -> int:
+    start = plan.settings.num_pool_blocks
+    return max(start + 1, int(math.ceil(start * settings.pool_headroom)), 4)
+
+
+def run_online(plan: Plan, settings: OnlineSettings, out=None, on_move: Callable[[Move], None] | None = None) -> Plan:
+    """Climb from the plan's pool size on a running engine; return the plan with the measured best."""
+    capacity = pool_capacity_for(plan, settings)
+    engine = build_engine(plan, settings, capacity)
+    input_len = settings.input_len or max(1, round(plan.workload["mean_input_tokens"]))
+    output_len = settings.output_len or max(1, round(plan.workload["mean_output_tokens"]))
+    loop = ClosedLoop(engine, engine.model.shape.vocab_size, input_len, output_len, settings.num_prompts, settings.seed)
+    climber = HillClimber(ClimberConfig(initial_blocks=plan.settings.num_pool_blocks, max_blocks=capacity,
+                                        max_moves=settings.max_moves, noise_fraction=settings.noise_fraction,
+                                        max_stall_fraction=settings.max_stall_fraction))
+    if out is not None:
+        out.info(f"online: {plan.model} on {settings.device}, closed loop of {settings.num_prompts} synthetic requests "
+                 f"({input_len} prompt / {output_len} output tokens), pool capacity {capacity} blocks, "
+                 f"{settings.window_steps} iterations per move")
+    measured_at: dict[int, list[float]] = {}
+    while not climber.stopped:
+        measurement = measure_window(loop, climber.propose(), settings)
+        measured_at.setdefault(measurement.pool_blocks, []).append(measurement.throughput_tok_s)
+        move = climber.observe(measurement)
+        if on_move is not None:
+            on_move(move)
+        if out is not None:
+            out.info(f"  move {move.index:2d}: pool {move.pool_blocks:5d} blocks  {move.throughput_tok_s:8.1f} tok/s  "
+                     f"stall {move.stall_fraction:5.1%}  -> keep {move.best_blocks} ({move.note})")
+    best = climber.best_blocks
+    online = {"start_pool_blocks": plan.settings.num_pool_blocks, "pool_capacity_blocks": capacity,
+              "best_pool_blocks": best, "best_output_tok_s": float(np.mean(measured_at.get(best, [0.0]))),
+              "num_moves": len(climber.moves) - 1, "moves": [dataclasses.asdict(m) for m in climber.moves],
+              "workload": {"synthetic": True, "input_len": input_len, "output_len": output_len,
+                           "num_prompts": settings.num_prompts},
+              "window_steps": settings.window_steps, "device": settings.device}
+    return plan.with_online(online, dataclasses.replace(plan.settings, num_pool_blocks=best))
