@@ -158,7 +158,8 @@ def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict |
     try:
         outcome = run_bench(settings, store, on_request_done=on_done, on_start=on_start, sweep=sweep, sweep_point=point)
     finally:
-        progress.stop()
+        if state["task"] is not None:
+            progress.stop()
     _result_table(out, outcome)
     return outcome
 
