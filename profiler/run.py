@@ -146,7 +146,9 @@ def run_profile(request: ProfileRequest, progress: Progress | None = None) -> Ha
     notes.extend(link_notes)
 
     progress.start("memory bandwidth and FLOP/s", 1)
-    copy_size = min(default_copy_size(device, request.quick), max(sweep.sizes_bytes))
+    copy_size = default_copy_size(device, request.quick)
+    while copy_size > 16 * 1024 * 1024 and 2 * copy_size > free_device_bytes(device) // 4:
+        copy_size //= 2  # source and destination within a quarter of free memory
     matmul_shape = default_matmul_shape(device, shape.hidden_size if shape else None)
     memory = measure_memory(device, dtype, copy_size, matmul_shape, repeats=7 if request.quick else 11)
     progress.advance(f"memory {memory.memory_bandwidth_gbps:.1f} GB/s, matmul {memory.matmul_tflops:.2f} TFLOP/s")
