@@ -97,7 +97,10 @@ class PieRunner:
     def describe(self, spec: RunnerSpec) -> dict[str, Any]:
         """The effective engine settings, before anything runs (bad options and plans fail here)."""
         config = engine_config_from_spec(spec)
+        from runners.engine.block_manager import CacheLayout
         from runners.engine.loader import has_weights
+
+        CacheLayout.from_config(config, config.shape.num_layers)  # budgets that cannot hold the staging fail here
 
         path = Path(spec.model).expanduser()
         described = dataclasses.asdict(config)

@@ -133,6 +133,7 @@ def test_plan_configures_the_engine(model_dir, tmp_path, monkeypatch, capsys):
     (["--goodput", "ttft"], "NAME:MILLISECONDS"),
     (["--option", "nonsense"], "KEY=VALUE"),
     (["--option", "num_pol_blocks=3"], "unknown option"),
+    (["--device-blocks", "4", "--pool-blocks", "8"], "after staging"),
     (["--workload", "jsonl"], "needs --dataset-path"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, model_dir, tmp_path, monkeypatch, capsys):

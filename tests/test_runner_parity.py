@@ -1,0 +1,85 @@
+"""With greedy decoding and --save-outputs, the pie and hf runners produce the same token ids.
+
+Tiny seeded models saved to tmp dirs: OPT with weights (pool off and on), Llama with weights,
+and an OPT directory without weights (both runners then use the loader's seeded random weights).
+"""
+import json
+import sys
+
+import pytest
+import torch
+
+from bench_helpers import tiny_opt_dir
+from pie_cli.app import main
+from results.store import load_record
+
+WORKLOAD = ["--workload", "uniform", "--input-len", "20", "--output-len", "12", "--range-ratio", "0.5", "-n", "8",
+            "--dtype", "float32", "--save-outputs"]
+
+
+def bench(args, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["pie", "bench", *map(str, args), "--json"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capsys.readouterr()
+    assert info.value.code in (0, None), err
+    payload = json.loads(out)
+    return payload, load_record(payload["record_path"])
+
+
+def outputs(record):
+    assert record.complete and all(s.success for s in record.requests)
+    return {s.request_id: s.output_token_ids for s in record.requests}
+
+
+def tiny_llama_dir(directory):
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=101, hidden_size=48, num_hidden_layers=2, intermediate_size=80,
+                                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                                      rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def opt_dir(tmp_path_factory):
+    return tiny_opt_dir(tmp_path_factory.mktemp("parity") / "opt")
+
+
+@pytest.mark.parametrize("pool", [None, ["--option", "block_size=4", "--device-blocks", "60", "--pool-blocks", "48"]],
+                         ids=["no-pool", "cpu-pool"])
+def test_pie_matches_hf_on_tiny_opt(pool, opt_dir, tmp_path, monkeypatch, capsys):
+    _, reference = bench(["-m", opt_dir, "--runner", "hf", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
+    payload, record = bench(["-m", opt_dir, "--runner", "pie", *WORKLOAD, *(pool or []), "--results-dir", tmp_path],
+                            monkeypatch, capsys)
+    assert outputs(record) == outputs(reference)
+    assert all(len(ids) == s.output_len for s in record.requests for ids in [s.output_token_ids])
+    if pool:
+        # 8 requests of up to 48 tokens in 4-token blocks exceed the 12 resident device blocks (60 less 48 staging)
+        assert payload["config"]["num_pool_blocks"] == 48
+        assert payload["telemetry"]["peak_pool_blocks_used"] > 0 and payload["telemetry"]["h2d_bytes"] > 0
+
+
+def test_pie_matches_hf_on_tiny_llama(tmp_path, monkeypatch, capsys):
+    model = tiny_llama_dir(tmp_path / "llama")
+    _, reference = bench(["-m", model, "--runner", "hf", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
+    _, record = bench(["-m", model, "--runner", "pie", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
+    assert outputs(record) == outputs(reference)
+
+
+def test_seeded_random_weights_match_without_safetensors(opt_dir, tmp_path, monkeypatch, capsys):
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((opt_dir / "config.json").read_text())
+    hf_payload, reference = bench(["-m", config_only, "--runner", "hf", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
+    pie_payload, record = bench(["-m", config_only, "--runner", "pie", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
+    assert hf_payload["config"]["random_weights"] and pie_payload["config"]["random_weights"]
+    assert outputs(record) == outputs(reference)
+    _, with_weights = bench(["-m", opt_dir, "--runner", "pie", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
+    assert outputs(with_weights) != outputs(record)  # the random weights are not the saved ones
