@@ -105,6 +105,8 @@ def bench(
         arrivals=ArrivalSpec(request_rate=request_rate, burstiness=burstiness, seed=seed),
         max_concurrency=max_concurrency, save_outputs=save_outputs, runner_options=runner_options,
         goodput_slos_ms=parse_goodput(goodput or []), label=label)
+    if math.isinf(request_rate) and burstiness != 1.0 and not (sweep or "").startswith("request_rate"):
+        out.warn("--burstiness has no effect without --request-rate: every request is released at once")
     parsed_sweep = parse_sweep(sweep) if sweep else None
     points = expand_sweep(settings, parsed_sweep)
     store = ResultsStore(results_dir)

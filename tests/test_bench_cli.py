@@ -165,7 +165,7 @@ def test_injected_slowdown_sleeps_after_each_step(model_dir, monkeypatch):
         pie_runner.PieRunner().run(requests, RunnerSpec(str(model_dir), dtype="float32"), lambda sample: None)
 
 
-def test_sigint_leaves_an_incomplete_record_with_finished_requests(model_dir, tmp_path):
+def test_sigint_leaves_an_incomplete_record_with_finished_requests(model_dir, tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     command = [sys.executable, "-m", "pie_cli.app", "bench", "-m", str(model_dir), "--workload", "fixed", "--input-len", "8",
                "--output-len", "4", "-n", "400", "--request-rate", "20", "--dtype", "float32", "--results-dir", str(results)]
@@ -192,3 +192,7 @@ def test_sigint_leaves_an_incomplete_record_with_finished_requests(model_dir, tm
     assert not record.complete and 3 <= len(record.requests) < 400
     assert all(s.success and s.output_len == 4 for s in record.requests)
     assert ResultsStore(results).records()[0].run_id == record.run_id
+    code, out, err = run_pie(["show", record.run_id, "--results-dir", results], monkeypatch, capsys)
+    assert code in (0, None) and "interrupted, incomplete" in out and "incomplete" in err
+    code, out, _ = run_pie(["show", "--results-dir", results, "--json"], monkeypatch, capsys)
+    assert json.loads(out)["runs"][0]["complete"] is False
