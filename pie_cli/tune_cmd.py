@@ -61,12 +61,44 @@ def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dty
         return preset(hardware)
     if profile:
         return from_profile(HardwareProfile.load(profile), source=f"profile '{profile}'")
+    saved = saved_profile(model, dtype)
+    if saved is not None:
+        out.info(f"no --hardware or --profile: using {saved}, this machine's saved profile for {model} "
+                 "(pass --profile or --hardware to choose)")
+        return from_profile(HardwareProfile.load(saved), source=f"profile '{saved}'")
+    from pie_cli.profile_cmd import default_profile_path
     from profiler.run import ProfileRequest, run_profile
 
-    out.info(f"no --hardware or --profile: running a quick profile of this machine for {model} "
-             "(save one with `pie profile --quick` and pass --profile to skip this)")
+    out.info(f"no --hardware or --profile: running a quick profile of this machine for {model} (once; it is saved)")
     measured = run_profile(ProfileRequest(device="cpu", dtype=dtype, model=model, quick=True))
+    path = measured.save(default_profile_path(measured))
+    out.info(f"profile saved to {path}")
     return from_profile(measured, source="quick profile")
+
+
+def saved_profile(model: str, dtype: str | None) -> Path | None:
+    """The newest profile in .pie/profiles taken on this host (by hostname hash) for this model and dtype."""
+    from pie_cli.options import DEFAULT_PROFILES_DIR
+    from planner.dtypes import canonical_dtype
+    from profiler.fingerprint import hostname_hash
+
+    if not DEFAULT_PROFILES_DIR.is_dir():
+        return None
+    wanted_dtype = canonical_dtype(dtype) if dtype else None
+    matches = []
+    for path in DEFAULT_PROFILES_DIR.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(data, dict) or data.get("model") != model or not data.get("decode_fit"):
+            continue
+        if (data.get("fingerprint") or {}).get("hostname_sha256") != hostname_hash():
+            continue
+        if wanted_dtype and data.get("dtype") != wanted_dtype:
+            continue
+        matches.append((data.get("created_at", ""), path))
+    return max(matches)[1] if matches else None
 
 
 def workload_stats(workload: str, model: str):

@@ -77,3 +77,17 @@ def test_profile_for_another_model_or_schema_is_rejected(tmp_path, capsys, monke
     synthetic_profile("opt-125m", schema_version=99).save(old)
     code, _, err = run(["--model", "opt-125m", "--profile", str(old)], capsys, monkeypatch)
     assert code == 2 and "schema version" in err
+
+
+def test_default_uses_this_hosts_saved_profile(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from profiler.fingerprint import hostname_hash
+
+    profile = synthetic_profile("opt-125m")
+    profile = dataclasses.replace(profile, fingerprint={**profile.fingerprint, "hostname_sha256": hostname_hash()})
+    profile.save(tmp_path / ".pie" / "profiles" / "this-host-opt-125m-bfloat16.json")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["--model", "opt-125m", "--gpu-memory", "2", "--cpu-memory", "2", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "saved profile" in err and json.loads(out)["hardware"]["source"] == "profile"

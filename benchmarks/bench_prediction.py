@@ -1,0 +1,129 @@
+"""Prediction against reality: cost-model throughput from a profile of this machine vs the Pie engine.
+
+For three engine configurations (no pool at two batch limits, and a pooled one whose device
+budget holds about half the batch's KV) the cost model predicts output throughput from a
+`pie profile` of this machine, and the engine measures it: `2 x batch` requests of fixed
+length (random token ids, greedy, ignore_eos) run to completion after a warm-up, throughput =
+output tokens / wall time. Writes docs/results/prediction.json with each prediction, each
+measurement and the relative error. Run it under `flock /tmp/pie-heavy.lock`.
+
+Run: flock /tmp/pie-heavy.lock python benchmarks/bench_prediction.py --profile PROFILE.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from planner.budgets import Budgets, WorkloadStats
+from planner.cost_model import Problem, Split, model_costs, predict
+from planner.hardware import from_profile
+from planner.shapes import resolve_model
+from profiler.hardware_profile import HardwareProfile
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch_size: int
+    device_share: float  # share of the batch's peak KV that the device budget holds (>= 1: no pool)
+    prefetch_depth: int = 2
+
+
+CASES = (Case("no pool, batch 16", 16, 1.5), Case("no pool, batch 48", 48, 1.5), Case("pool, batch 48", 48, 0.55))
+
+
+def engine_config(model: str, dtype: str, case: Case, input_len: int, output_len: int, block_size: int = 16):
+    from runners.engine.config import EngineConfig
+
+    shape = resolve_model(model)
+    blocks_per_seq = -(-(input_len + output_len) // block_size)
+    need_blocks = case.batch_size * blocks_per_seq
+    device_blocks = int(need_blocks * case.device_share)
+    pool_blocks = 0 if case.device_share >= 1 else need_blocks - device_blocks + case.batch_size
+    staging = -(-case.prefetch_depth * pool_blocks // shape.num_layers) if pool_blocks else 0
+    return EngineConfig(model=model, dtype=dtype, block_size=block_size, num_device_blocks=device_blocks + staging,
+                        num_pool_blocks=pool_blocks, prefetch_depth=case.prefetch_depth, max_num_seqs=case.batch_size,
+                        max_num_batched_tokens=max(2048, case.batch_size * input_len), seed=0)
+
+
+def predicted(profile: HardwareProfile, config, case: Case, input_len: int, output_len: int):
+    shape = resolve_model(config.model)
+    hardware = from_profile(profile)
+    block_bytes = shape.kv_bytes_per_token(config.dtype) * config.block_size
+    workload = WorkloadStats("fixed", input_len, output_len, synthetic=True)
+    budgets = Budgets(hardware.device_memory_bytes // 4, hardware.host_memory_bytes // 4, block_size=config.block_size,
+                      max_num_batched_tokens=config.max_num_batched_tokens)
+    problem = Problem(shape, config.dtype, model_costs(shape, hardware, config.dtype), budgets, workload)
+    need = problem.kv_need_bytes(case.batch_size)
+    staging_blocks = -(-config.prefetch_depth * config.num_pool_blocks // shape.num_layers) if config.num_pool_blocks else 0
+    resident = (config.num_device_blocks - staging_blocks) * block_bytes
+    pooled = max(0.0, need - resident)
+    split = Split(need - pooled, pooled, 0.0, staging_blocks * block_bytes)
+    return predict(problem, case.batch_size, config.prefetch_depth, split)
+
+
+def measure(config, case: Case, input_len: int, output_len: int) -> dict:
+    from runners.engine.llm_engine import LLMEngine
+    from runners.engine.sampling_params import SamplingParams
+
+    engine = LLMEngine(config)
+    rng = np.random.default_rng(0)
+    vocab = engine.model.shape.vocab_size
+    engine.generate([rng.integers(0, vocab, input_len).tolist() for _ in range(4)], SamplingParams(max_tokens=8, ignore_eos=True))
+    first = len(engine.stats)
+    prompts = [rng.integers(0, vocab, input_len).tolist() for _ in range(2 * case.batch_size)]
+    start = time.perf_counter()
+    outputs = engine.generate(prompts, SamplingParams(max_tokens=output_len, ignore_eos=True))
+    wall = time.perf_counter() - start
+    stats = engine.stats[first:]
+    tokens = sum(len(o.output_token_ids) for o in outputs)
+    busy = sum(s.compute_s + s.stall_s for s in stats)
+    return {"output_tok_s": tokens / wall, "wall_s": wall, "output_tokens": tokens, "num_steps": len(stats),
+            "stall_fraction": sum(s.stall_s for s in stats) / busy if busy else 0.0,
+            "max_pool_blocks_used": max(s.pool_blocks_used for s in stats),
+            "max_batch_size": max(s.batch_size for s in stats), "preemptions": sum(s.num_preempted for s in stats),
+            "mean_decode_step_ms": 1e3 * float(np.median([s.wall_s for s in stats if s.num_prefill_tokens == 0]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", type=Path, required=True, help="a `pie profile` of this machine for --model")
+    parser.add_argument("--model", default="opt-125m")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/prediction.json"))
+    args = parser.parse_args()
+    profile = HardwareProfile.load(args.profile)
+    rows = []
+    for case in CASES:
+        config = engine_config(args.model, profile.dtype, case, args.input_len, args.output_len)
+        prediction = predicted(profile, config, case, args.input_len, args.output_len)
+        measured = measure(config, case, args.input_len, args.output_len)
+        error = prediction.output_tok_s / measured["output_tok_s"] - 1
+        rows.append({"case": asdict(case), "engine": {k: v for k, v in asdict(config).items() if k != "random_weights"},
+                     "predicted_output_tok_s": prediction.output_tok_s, "predicted_decode_step_ms": prediction.decode_step_s * 1e3,
+                     "predicted_stall_ms_per_step": prediction.stall_step_s * 1e3, "measured": measured, "relative_error": error})
+        print(f"{case.name:20s} predicted {prediction.output_tok_s:8.1f} tok/s  measured {measured['output_tok_s']:8.1f} tok/s  "
+              f"error {error:+.1%}  (decode step predicted {prediction.decode_step_s * 1e3:.1f} ms, measured median "
+              f"{measured['mean_decode_step_ms']:.1f} ms)")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "prediction", "created_at": datetime.now(timezone.utc).isoformat(),
+                                    "git_commit": commit, "machine": platform.platform(), "profile": str(args.profile),
+                                    "profile_created_at": profile.created_at, "model": args.model,
+                                    "input_len": args.input_len, "output_len": args.output_len,
+                                    "max_abs_relative_error": max(abs(r["relative_error"]) for r in rows), "rows": rows},
+                                   indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
