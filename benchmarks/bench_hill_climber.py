@@ -1,0 +1,131 @@
+"""Hill-climber: synthetic unimodal curves with noise, and online on the Pie engine on this CPU.
+
+Synthetic: seeded curves that rise linearly to a best pool size and fall past it (a stall
+cliff), measured with multiplicative noise (uniform within +-5%, and Gaussian sigma 5%); the
+climber starts 0.5x..1.5x from the best. Reported: moves used, and how close the final size is
+to the best, as throughput share and as pool-size distance.
+
+Online (with --profile): a plan for a small model (opt-125m by default) under a device budget
+that holds only part of the batch; a static sweep of pool limits on one engine, then the
+climber from the plan's pool size on a fresh engine, both with the same closed-loop workload
+and window; finally the climber's choice and the sweep's best are re-measured back to back.
+Writes docs/results/hill_climber.json. Run the online part under `flock /tmp/pie-heavy.lock`.
+
+Run: flock /tmp/pie-heavy.lock python benchmarks/bench_hill_climber.py --profile PROFILE.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from planner.hill_climber import ClimberConfig, Measurement, climb
+
+
+def peaked(best_blocks: int, rise: float, fall: float, peak: float = 1000.0):
+    def throughput(blocks: int) -> float:
+        if blocks <= best_blocks:
+            return peak * (1 - rise * (best_blocks - blocks) / best_blocks)
+        return max(0.0, peak * (1 - fall * (blocks - best_blocks) / best_blocks))
+    return throughput
+
+
+def synthetic(num_curves: int, noise: float, kind: str, seed: int = 0) -> dict:
+    moves, shares, distances = [], [], []
+    for index in range(num_curves):
+        rng = np.random.default_rng(seed + index)
+        best = int(rng.integers(50, 2000))
+        curve = peaked(best, rng.uniform(0.3, 0.8), rng.uniform(0.5, 2.0))
+        start = int(best * rng.uniform(0.5, 1.5))
+
+        def measure(blocks: int) -> Measurement:
+            factor = rng.uniform(-noise, noise) if kind == "uniform" else rng.normal(0.0, noise)
+            return Measurement(blocks, curve(blocks) * (1 + factor), 0.0)
+
+        run = climb(ClimberConfig(start, 3 * best, noise_fraction=noise), measure)
+        final = run[-1].best_blocks
+        moves.append(len(run) - 1)
+        shares.append(curve(final) / curve(best))
+        distances.append(abs(final - best) / best)
+    shares, distances = np.array(shares), np.array(distances)
+    return {"noise": noise, "noise_kind": kind, "num_curves": num_curves, "max_moves": int(max(moves)),
+            "mean_moves": float(np.mean(moves)), "share_within_5pct_throughput": float((shares >= 0.95).mean()),
+            "share_within_5pct_pool_size": float((distances <= 0.05).mean()), "min_throughput_share": float(shares.min()),
+            "median_pool_distance": float(np.median(distances))}
+
+
+def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) -> dict:
+    from planner.budgets import Budgets, WorkloadStats
+    from planner.hardware import from_profile
+    from planner.shapes import resolve_model
+    from planner.tune import TuneRequest, make_plan
+    from profiler.hardware_profile import HardwareProfile
+    from runners.online_tuner import ClosedLoop, OnlineSettings, build_engine, measure_window, pool_capacity_for, run_online
+
+    profile = HardwareProfile.load(profile_path)
+    hardware = from_profile(profile)
+    shape = resolve_model(model)
+    weights = shape.weight_bytes(profile.dtype)
+    budgets = Budgets(int((weights + 160 * 2**20) / 0.95), 2**30, max_num_batched_tokens=2048)
+    plan = make_plan(TuneRequest(shape=shape, model=model, dtype=profile.dtype, hardware=hardware, budgets=budgets,
+                                 workload=WorkloadStats("synthetic-fixed", 128, 128, synthetic=True), max_batch_size=64))
+    settings = OnlineSettings(num_prompts=num_prompts, window_steps=window_steps)
+    capacity = pool_capacity_for(plan, settings)
+    engine = build_engine(plan, settings, capacity)
+    loop = ClosedLoop(engine, shape.vocab_size, 128, 128, settings.num_prompts, settings.seed)
+    sizes = sorted({int(round(x)) for x in np.linspace(0, capacity, 7)} | {plan.settings.num_pool_blocks})
+    sweep = {}
+    for blocks in sizes:
+        sweep[blocks] = dataclasses.asdict(measure_window(loop, blocks, settings))
+        print(f"sweep: pool {blocks:5d} blocks  {sweep[blocks]['throughput_tok_s']:8.1f} tok/s  stall {sweep[blocks]['stall_fraction']:.1%}")
+    tuned = run_online(plan, settings, on_move=lambda m: print(
+        f"move {m.index:2d}: pool {m.pool_blocks:5d}  {m.throughput_tok_s:8.1f} tok/s  stall {m.stall_fraction:.1%}  -> {m.best_blocks} ({m.note})"))
+    best_static = max(sweep, key=lambda b: sweep[b]["throughput_tok_s"])
+    chosen = tuned.online["best_pool_blocks"]
+    recheck = {}
+    long_window = dataclasses.replace(settings, window_steps=2 * window_steps)
+    for _ in range(2):  # interleaved, twice, on the sweep's engine
+        for blocks in (best_static, chosen):
+            recheck.setdefault(blocks, []).append(measure_window(loop, blocks, long_window).throughput_tok_s)
+    static_tok_s, chosen_tok_s = float(np.mean(recheck[best_static])), float(np.mean(recheck[chosen]))
+    return {"model": model, "profile": str(profile_path), "plan_pool_blocks": plan.settings.num_pool_blocks,
+            "plan_device_blocks": plan.settings.num_device_blocks, "plan_max_num_seqs": plan.settings.max_num_seqs,
+            "plan_predicted_output_tok_s": plan.predicted.output_tok_s, "pool_capacity_blocks": capacity,
+            "sweep": {str(k): v for k, v in sweep.items()}, "best_static_pool_blocks": best_static,
+            "climber_pool_blocks": chosen, "climber_moves": tuned.online["num_moves"], "moves": tuned.online["moves"],
+            "recheck_output_tok_s": {"best_static": recheck[best_static], "climber": recheck[chosen]},
+            "climber_over_best_static": chosen_tok_s / static_tok_s,
+            "pool_distance_blocks": abs(chosen - best_static), "window_steps": window_steps, "num_prompts": num_prompts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", type=Path, help="a `pie profile` of this machine for --model (enables the online part)")
+    parser.add_argument("--model", default="opt-125m")
+    parser.add_argument("--window-steps", type=int, default=16)
+    parser.add_argument("--num-prompts", type=int, default=96)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/hill_climber.json"))
+    args = parser.parse_args()
+    result = {"benchmark": "hill_climber", "created_at": datetime.now(timezone.utc).isoformat(),
+              "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+              "machine": platform.platform(),
+              "synthetic": [synthetic(200, 0.05, "uniform"), synthetic(200, 0.05, "gaussian"), synthetic(200, 0.0, "uniform")]}
+    for row in result["synthetic"]:
+        print(json.dumps(row))
+    if args.profile:
+        result["online"] = online(args.profile, args.model, args.window_steps, args.num_prompts)
+        print(f"online: climber {result['online']['climber_pool_blocks']} blocks vs best static "
+              f"{result['online']['best_static_pool_blocks']}: {result['online']['climber_over_best_static']:.3f}x throughput")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
