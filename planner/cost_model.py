@@ -235,9 +235,11 @@ def predict(problem: Problem, batch_size: int, depth: int, split: Split) -> Pred
 
 
 def candidate_batch_sizes(max_batch: int) -> list[int]:
-    """Batch limits to try: every size to 8, then steps of about 12% (FlexGen-style enumeration)."""
+    """Batch limits to try: every size to 8, then steps of about 12%, and the limit itself (FlexGen-style)."""
     sizes, b = [], 1
     while b <= max_batch:
         sizes.append(b)
         b = b + 1 if b < 8 else max(b + 1, int(math.ceil(b * 1.12)))
+    if sizes and sizes[-1] != max_batch:
+        sizes.append(max_batch)
     return sizes

@@ -1,6 +1,8 @@
 """`pie tune --online`: run a plan on the Pie engine and let the hill-climber size the pool live.
 
-The engine runs a closed-loop synthetic workload (the plan's mean prompt and output lengths,
+The pool's capacity is the plan's pool times `pool_headroom` (the climber may grow into it);
+the staging for that extra capacity is added to the planned device blocks, so the resident
+device KV stays as planned. The engine runs a closed-loop synthetic workload (the plan's mean prompt and output lengths,
 random token ids, labelled synthetic): `num_prompts` requests stay in flight, a finished one
 is replaced at once, so every window sees the same steady load. For each pool size the
 climber proposes, the glue sets `engine.set_pool_limit`, discards `warmup_steps` iterations,
@@ -20,6 +22,7 @@ import numpy as np
 from pie_cli.errors import BadInput
 from planner.hill_climber import ClimberConfig, HillClimber, Measurement, Move
 from planner.plan import Plan
+from planner.shapes import resolve_model
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,14 @@ def build_engine(plan: Plan, settings: OnlineSettings, pool_capacity: int):
     from runners.engine.config import EngineConfig
     from runners.engine.llm_engine import LLMEngine
 
-    kwargs = {**plan.settings.engine_kwargs(), "num_pool_blocks": pool_capacity, "device": settings.device,
-              "seed": settings.seed}
+    planned = plan.settings
+    # Staging is sized to the pool's capacity; the headroom the climber may grow into gets its
+    # staging on top of the planned device blocks, so resident device KV stays as planned.
+    layers = resolve_model(planned.model).num_layers
+    extra_staging = (math.ceil(planned.prefetch_depth * pool_capacity / layers)
+                     - math.ceil(planned.prefetch_depth * planned.num_pool_blocks / layers))
+    kwargs = {**planned.engine_kwargs(), "num_pool_blocks": pool_capacity, "device": settings.device,
+              "seed": settings.seed, "num_device_blocks": planned.num_device_blocks + max(0, extra_staging)}
     if pool_capacity == 0:
         kwargs["rebuild_fraction"] = 0.0
     return LLMEngine(EngineConfig(**kwargs))
