@@ -7,7 +7,7 @@ Left out: finding the plan (search.py) and rendering (the CLI).
 from __future__ import annotations
 
 from planner.cost_model import Prediction, Problem
-from planner.search import SearchResult
+from planner.search import TIE_FRACTION, SearchResult
 
 GIB = 1024**3
 MIB = 1024**2
@@ -57,6 +57,11 @@ def batch_sentence(problem: Problem, result: SearchResult, max_tpot_ms: float | 
         return "batch cap", (f"batch-capped: batch {best.batch_size} is the largest allowed (--max-num-seqs or "
                              f"max_num_batched_tokens {problem.budgets.max_num_batched_tokens})")
     nxt = min(larger, key=lambda p: (p.batch_size, -p.output_tok_s))
+    flat = [p for p in larger if p.output_tok_s >= best.output_tok_s * (1 - TIE_FRACTION)]
+    if flat:
+        top = max(flat, key=lambda p: p.output_tok_s)
+        return "flat", (f"throughput is flat beyond batch {best.batch_size}: batch {top.batch_size} predicts "
+                        f"{top.output_tok_s:,.0f} tok/s, within {TIE_FRACTION:.1%}, so the smaller pool and batch are kept")
     rebuilds_more = nxt.split.rebuilt_kv_bytes > best.split.rebuilt_kv_bytes * 1.001 + 1.0
     if nxt.stall_step_s > best.stall_step_s * 1.05 + 1e-6 or rebuilds_more or nxt.copy_layer_s >= 0.98 * nxt.compute_layer_s:
         copy_ms, compute_ms = _copy_compute_ms(problem, nxt)
