@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pie_cli.errors import BadInput, suggest
+from profiler.sizes import format_bytes
 from planner.shapes import ModelShape
 
 GIB = 1024**3
@@ -26,9 +27,9 @@ class Budgets:
 
     def __post_init__(self) -> None:
         if self.device_memory_bytes <= 0:
-            raise BadInput(f"--gpu-memory must be positive, got {self.device_memory_bytes / GIB:.3g} GiB")
+            raise BadInput(f"--gpu-memory must be positive, got {self.device_memory_bytes} bytes")
         if self.host_memory_bytes < 0:
-            raise BadInput(f"--cpu-memory must be >= 0, got {self.host_memory_bytes / GIB:.3g} GiB")
+            raise BadInput(f"--cpu-memory must be >= 0, got {self.host_memory_bytes} bytes")
         if not 0 <= self.fragmentation_fraction < 1:
             raise BadInput(f"fragmentation fraction must be in [0, 1), got {self.fragmentation_fraction}")
         if self.block_size < 1 or self.max_num_batched_tokens < 1:
@@ -60,9 +61,9 @@ def check_weights_fit(shape: ModelShape, weight_bytes: int, budgets: Budgets) ->
     """A model whose weights exceed the device budget cannot be planned (say by how much)."""
     usable = budgets.usable_device_bytes()
     if weight_bytes > usable:
-        raise BadInput(f"{shape.name} weights need {weight_bytes / GIB:.1f} GiB but the device budget leaves "
-                       f"{usable / GIB:.1f} GiB after {budgets.fragmentation_fraction:.0%} headroom "
-                       f"(short by {(weight_bytes - usable) / GIB:.1f} GiB)",
+        raise BadInput(f"{shape.name} weights need {format_bytes(weight_bytes)} but the device budget leaves "
+                       f"{format_bytes(usable)} after {budgets.fragmentation_fraction:.0%} headroom "
+                       f"(short by {format_bytes(weight_bytes - usable)})",
                        "raise --gpu-memory, pick a larger device, or a smaller model")
 
 

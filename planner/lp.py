@@ -148,8 +148,10 @@ def _value(variable: pulp.LpVariable) -> float:
 
 
 def _read_block(problem: Problem, block: _Block) -> CandidateSolution:
-    copied, rebuilt, staging = _value(block.copied_kv), _value(block.rebuilt_kv), _value(block.staging)
-    # Device KV does not cost time, so the LP may leave device memory idle: give it all to device KV.
+    copied, rebuilt = _value(block.copied_kv), _value(block.rebuilt_kv)
+    # Staging and device KV cost no time, so the LP may leave them anywhere feasible: take the least
+    # staging the depth needs, and give the rest of device memory to device KV.
+    staging = block.depth * (copied + problem.costs.activation_ratio * rebuilt) / problem.costs.num_layers
     device = max(_value(block.device_kv), problem.device_free_bytes(block.batch_size) - staging)
     binding = tuple(name for name, c in block.constraints.items()
                     if name not in ("capacity", "tail blocks") and abs(c.slack or 0.0) < 1e-6)

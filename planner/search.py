@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from pie_cli.errors import BadInput
+from profiler.sizes import format_bytes
 from planner.cost_model import Prediction, Problem, candidate_batch_sizes, predict
 from planner.lp import CandidateSolution, solve_candidates
 
@@ -66,14 +67,15 @@ def search(problem: Problem, max_tpot_ms: float | None = None, max_batch_size: i
     pairs, infeasible = enumerate_candidates(problem, max_batch_size)
     if not pairs:
         free = problem.device_free_bytes(1)
-        raise BadInput(f"not even one sequence fits: after weights ({problem.costs.weight_bytes / GIB:.1f} GiB) and "
-                       f"activations the device budget leaves {free / GIB:.2f} GiB, one sequence needs "
-                       f"{problem.kv_need_bytes(1) / GIB:.2f} GiB of KV", "raise --gpu-memory or --cpu-memory")
+        raise BadInput(f"not even one sequence fits: after weights ({format_bytes(problem.costs.weight_bytes)}) and "
+                       f"activations the device budget leaves {format_bytes(free)}, one sequence needs "
+                       f"{format_bytes(problem.kv_need_bytes(1))} of KV", "raise --gpu-memory or --cpu-memory")
     coarse = _solve(problem, pairs, max_tpot_ms)
     # Refine: every batch size between the best coarse candidate's neighbours, in a second LP.
     sizes = sorted({b for b, _ in pairs})
     position = sizes.index(coarse.best.batch_size)
-    low, high = sizes[max(0, position - 1)], sizes[min(len(sizes) - 1, position + 1)]
+    low = sizes[max(0, position - 1)]
+    high = sizes[position + 1] if position + 1 < len(sizes) else (infeasible or sizes[-1])
     between = [b for b in range(low + 1, high) if b not in sizes]
     if len(between) > MAX_REFINE_SIZES:
         between = sorted({between[round(i * (len(between) - 1) / (MAX_REFINE_SIZES - 1))] for i in range(MAX_REFINE_SIZES)})
