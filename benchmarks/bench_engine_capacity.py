@@ -1,0 +1,111 @@
+"""Capacity effect: a device KV budget that fits ~4 running sequences, with and without the CPU pool.
+
+Same model and workload as bench_engine_transparency.py (OPT-125m-shaped random bf16 weights,
+64 ShareGPT-like requests, all at once, `max_num_seqs` 32). Two series, one table of output
+tok/s against the number of sequences that actually ran (mean over iterations):
+
+- `pool`: the device budget stays at ~4 average sequences' worth of blocks (staging included:
+  a pool of P blocks at depth d takes ceil(d * P / L) of it) and the pool grows, letting more
+  sequences run; the largest pool leaves the device just enough resident blocks for the
+  longest request (prefill is not chunked) plus one tail block per running sequence.
+- `device`: no pool, the device budget itself grows (what more device memory would buy).
+
+The headline ratio is the best `pool` point over the `pool`-series point with no pool at the
+same device budget. Writes docs/results/engine_capacity_<machine>.json. Run it alone:
+`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_capacity.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_engine_transparency import BLOCK_SIZE, machine, machine_name, make_requests, run_once  # noqa: E402
+from runners.engine.config import EngineConfig  # noqa: E402
+
+
+def mean_running(result_stats: list) -> float:
+    return statistics.fmean(stat.num_running for stat in result_stats) if result_stats else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-num-seqs", type=int, default=32)
+    parser.add_argument("--device-seqs", type=float, default=4.0, help="device budget in average sequences")
+    parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--pool-points", type=int, default=3, help="pool sizes between 0 and the largest")
+    parser.add_argument("--device-series", default="8,16", help="no-pool device budgets, in average sequences")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    base = EngineConfig(model="opt-125m", dtype="bfloat16", device=args.device, block_size=BLOCK_SIZE,
+                        max_num_seqs=args.max_num_seqs, random_weights=True, seed=args.seed)
+    requests = make_requests(args.requests, args.seed, base.shape.vocab_size)
+    blocks = [-(-(len(prompt) + output) // BLOCK_SIZE) for prompt, output in requests]
+    mean_blocks = statistics.fmean(blocks)
+    budget = int(round(args.device_seqs * mean_blocks))
+    layers = base.shape.num_layers
+    # Resident blocks must keep the longest request whole plus a tail block for every other running sequence.
+    floor = max(blocks) + args.max_num_seqs
+    largest_pool = (budget - floor) * layers // args.depth
+    if largest_pool <= 0:
+        raise SystemExit(f"device budget {budget} blocks leaves no room for a pool (needs > {floor} resident)")
+    pools = [0] + [largest_pool * (i + 1) // args.pool_points for i in range(args.pool_points)]
+    points = [("pool", budget, pool) for pool in pools]
+    points += [("device", int(round(float(seqs) * mean_blocks)), 0) for seqs in args.device_series.split(",") if seqs]
+
+    rows = []
+    for series, device_blocks, pool in points:
+        config = base.replace(num_device_blocks=device_blocks, num_pool_blocks=pool,
+                              prefetch_depth=args.depth if pool else base.prefetch_depth)
+        result, engine = run_once(config, requests)
+        stats = engine.stats[-result["iterations"]:]
+        result.update(series=series, num_device_blocks=device_blocks, num_pool_blocks=pool,
+                      resident_device_blocks=engine.num_device_blocks, mean_running=mean_running(stats))
+        rows.append(result)
+        print(f"{series} device {device_blocks} pool {pool}: {result['output_tok_s']:.1f} out tok/s, "
+              f"mean running {result['mean_running']:.1f}, wall {result['wall_s']:.1f} s", file=sys.stderr)
+        del engine
+
+    print(f"\nCapacity, {args.requests} requests, mean request {mean_blocks:.1f} blocks, device budget "
+          f"{budget} blocks (~{args.device_seqs:g} sequences), depth {args.depth}")
+    print(f"{'series':<8} {'device blk':>10} {'resident':>9} {'pool blk':>9} {'mean run':>9} {'peak run':>9} "
+          f"{'out tok/s':>10} {'stall %':>8} {'preempt':>8}")
+    for row in rows:
+        print(f"{row['series']:<8} {row['num_device_blocks']:>10} {row['resident_device_blocks']:>9} "
+              f"{row['num_pool_blocks']:>9} {row['mean_running']:>9.1f} {row['peak_running']:>9} "
+              f"{row['output_tok_s']:>10.1f} {row['stall_fraction'] * 100:>8.2f} {row['num_preempted']:>8}")
+    pool_rows = [row for row in rows if row["series"] == "pool"]
+    best = max(pool_rows[1:], key=lambda row: row["output_tok_s"])
+    ratio = best["output_tok_s"] / pool_rows[0]["output_tok_s"]
+    print(f"\nratio best pool / pool off at the same device budget: {ratio:.2f}  (target >= 1.4); "
+          f"mean running {pool_rows[0]['mean_running']:.1f} -> {best['mean_running']:.1f}")
+    fingerprint = machine()
+    for row in rows:
+        row.pop("first_tokens", None)
+    record = {
+        "benchmark": "engine_capacity", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": fingerprint, "model": "opt-125m (random bf16 weights)",
+        "workload": {"requests": args.requests, "seed": args.seed, "prompt_range": [16, 512], "output_range": [32, 256],
+                     "arrivals": "all at once", "synthetic": True},
+        "device_budget_blocks": budget, "mean_request_blocks": mean_blocks, "prefetch_depth": args.depth,
+        "max_num_seqs": args.max_num_seqs, "rows": rows, "ratio_best_pool_over_off": ratio,
+    }
+    out = args.out or REPO / "docs" / "results" / f"engine_capacity_{machine_name(fingerprint)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=str))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
