@@ -193,3 +193,19 @@ def test_randomized_long_run_keeps_invariants_and_data(seed):
         manager.check_invariants(scheduler.running + list(scheduler.waiting))
     assert {seq.request_id: len(seq.output_token_ids) for seq in finished} == expected
     assert manager.device_used == 0 and manager.pool_used == 0
+
+
+def test_recompute_longer_than_token_budget_runs_alone():
+    scheduler, manager = make(num_device_blocks=12, num_pool_blocks=0, max_num_seqs=4, budget=16)
+    for i in range(2):
+        scheduler.add(Sequence(f"r{i}", list(range(14)), SamplingParams(max_tokens=16), 0.0, i))
+    storage, finished, rng = FakeStorage(), [], random.Random(5)
+    preempted = 0
+    for _ in range(200):
+        if not scheduler.has_unfinished():
+            break
+        out = run_step(scheduler, storage, finished, rng)
+        preempted += len(out.preempted)
+        assert not out.is_empty
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+    assert preempted and len(finished) == 2

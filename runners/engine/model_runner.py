@@ -86,7 +86,7 @@ class ModelRunner:
         for seq in scheduled.decode:
             position = seq.num_tokens - 1
             ref = seq.block_table[position // bs]
-            ids.append(seq.token_ids[position])
+            ids.append(seq.last_token_id)
             positions.append(position)
             slots.append(ref.index * bs + position % bs)
             rows.append(len(ids) - 1)

@@ -10,7 +10,8 @@ Each `schedule()` returns one iteration's work:
    the device has none free, full blocks of running sequences move to the pool (`evictions`);
    when the pool is full too, the newest running sequence is preempted.
 3. Prefill: waiting requests (preempted ones first) are admitted whole while `max_num_seqs`,
-   the token budget and the two tiers allow; admission may evict others' blocks to the pool
+   the token budget and the two tiers allow (a preempted sequence whose recompute exceeds the
+   token budget is admitted alone); admission may evict others' blocks to the pool
    (this is how the pool lets more sequences run than the device alone holds) but never preempts.
 
 Victims for eviction: the running sequence with the most evictable device blocks gives its
@@ -102,8 +103,8 @@ class Scheduler:
             budget -= 1
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if seq.num_new_tokens > budget:
-                break
+            if seq.num_new_tokens > budget and not out.is_empty:
+                break  # a recomputed sequence longer than the budget runs alone
             need = seq.num_missing_blocks(self.block_size)
             if not self._make_room(need, out):
                 break

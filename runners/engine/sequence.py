@@ -59,6 +59,10 @@ class Sequence:
         return self.prompt_token_ids + self.output_token_ids
 
     @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    @property
     def num_new_tokens(self) -> int:
         """Tokens this sequence feeds the next forward pass: all uncomputed ones."""
         return self.num_tokens - self.num_computed_tokens
