@@ -10,6 +10,12 @@ a memcpy (`link_is_memcpy=True` in the profile, and the CLI says so). "Pinned" t
 page-locked (`mlock`) host buffer, which is what pinning is on the host; when the kernel
 refuses the lock the buffer stays ordinary and a note says so.
 
+The host side plays the KV pool, which is far larger than any cache: every transfer size
+cycles through consecutive slices of one host buffer as large as the sweep's largest size, so
+a 64 KiB copy reads memory, not a cache line it wrote a microsecond ago (without this, small
+copies on a CPU-only machine measure the L2/L3 cache instead of the pool). The device side is
+one buffer per size (a staging slot, reused).
+
 "Both at once" runs an H2D and a D2H copy of the same size concurrently (two threads, each
 with its own CUDA stream on a GPU) and reports the sum of both directions.
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,31 +138,44 @@ class _HostBuffers:
         self.buffers.clear()
 
 
-def _copy_functions(device: str, host: list, dev: list, direction: str) -> Callable[[], None]:
+def _slices(buffer, size_bytes: int) -> Callable[[], object]:
+    """A function returning the next `size_bytes` slice of `buffer`, cycling over all of it."""
+    count = max(1, buffer.numel() // size_bytes)
+    return itertools.cycle([buffer[i * size_bytes:(i + 1) * size_bytes] for i in range(count)]).__next__
+
+
+def _copy_function(device: str, host: list, dev: list, direction: str) -> Callable[[], None]:
     """A no-argument function doing one transfer (or one of each direction at once)."""
     import torch
 
     on_cuda = device.startswith("cuda")
+    size = dev[0].numel()
+    next_source, next_destination = _slices(host[0], size), _slices(host[1], size)
     if direction == "h2d":
-        return lambda: dev[0].copy_(host[0], non_blocking=on_cuda)
+        return lambda: dev[0].copy_(next_source(), non_blocking=on_cuda)
     if direction == "d2h":
-        return lambda: host[1].copy_(dev[1], non_blocking=on_cuda)
+        return lambda: next_destination().copy_(dev[1], non_blocking=on_cuda)
 
     streams = [torch.cuda.Stream(), torch.cuda.Stream()] if on_cuda else [None, None]
-    pairs = [(dev[0], host[0]), (host[1], dev[1])]
 
     def run_one(index: int, calls: int) -> None:
-        destination, source = pairs[index]
         if streams[index] is not None:
+            torch.cuda.set_device(dev[0].device)  # a new thread starts on device 0
             with torch.cuda.stream(streams[index]):
                 for _ in range(calls):
-                    destination.copy_(source, non_blocking=True)
+                    if index == 0:
+                        dev[0].copy_(next_source(), non_blocking=True)
+                    else:
+                        next_destination().copy_(dev[1], non_blocking=True)
                 streams[index].synchronize()
         else:
             for _ in range(calls):
-                destination.copy_(source)
+                if index == 0:
+                    dev[0].copy_(next_source())
+                else:
+                    next_destination().copy_(dev[1])
 
-    copies = bidirectional_copies_per_call(dev[0].numel())
+    copies = bidirectional_copies_per_call(size)
 
     def both_at_once() -> None:
         worker = threading.Thread(target=run_one, args=(1, copies))
@@ -177,19 +197,16 @@ def measure_link(device: str, sweep: LinkSweep, progress: ProgressFn | None = No
 
     samples: list[BandwidthSample] = []
     notes: list[str] = []
-    for size in sweep.sizes_bytes:
-        dev = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(2)]
-        for buffer in dev:
-            buffer.fill_(2)
-        for kind in sweep.host_memory_kinds:
-            host = _HostBuffers(size, kind, device)
-            if host.lock_refused and not any("mlock" in n for n in notes):
-                notes.append("the kernel refused to page-lock (mlock) host buffers: 'pinned' rows used ordinary memory")
-            try:
+    pool_bytes = max(sweep.sizes_bytes)
+    for kind in sweep.host_memory_kinds:
+        host = _HostBuffers(pool_bytes, kind, device)
+        if host.lock_refused:
+            notes.append("the kernel refused to page-lock (mlock) host buffers: 'pinned' rows used ordinary memory")
+        try:
+            for size in sweep.sizes_bytes:
+                dev = [torch.empty(size, dtype=torch.uint8, device=device).fill_(2) for _ in range(2)]
                 for direction in sweep.directions:
-                    copy = _copy_functions(device, host.buffers, dev, direction)
-                    copy()  # first call outside the calibration probe: faults, stream creation
-                    synchronize(device)
+                    copy = _copy_function(device, host.buffers, dev, direction)
                     calls = calls_for_duration(copy, device, sweep.target_sample_s)
                     timing = time_call(copy, device=device, repeats=sweep.repeats, warmup=sweep.warmup,
                                        calls_per_sample=calls)
@@ -200,7 +217,9 @@ def measure_link(device: str, sweep: LinkSweep, progress: ProgressFn | None = No
                                                    p10_gbps=p10, p90_gbps=p90))
                     if progress:
                         progress(f"link {direction} {kind} {format_bytes(size)}: {median:.1f} GB/s")
-            finally:
-                host.close()
-        del dev
+                del dev
+        finally:
+            host.close()
+    order = {(d, k): i for i, (d, k) in enumerate((d, k) for d in sweep.directions for k in sweep.host_memory_kinds)}
+    samples.sort(key=lambda s: (s.size_bytes, order[(s.direction, s.host_memory)]))
     return tuple(samples), tuple(notes)
