@@ -83,10 +83,10 @@ class Runner(Protocol):
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult: ...
 
 
-def sample_from_token_times(request: BenchRequest, release_time: float,
+def sample_from_token_times(request: BenchRequest, run_start: float, release_time: float,
                             token_times: Sequence[float], output_token_ids: Sequence[int] | None,
                             save_outputs: bool) -> RequestSample:
-    """A successful sample from absolute clock times (`release_time` and `token_times` on one clock).
+    """A successful sample from absolute clock times (`run_start`, `release_time`, `token_times` on one clock).
 
     TTFT = first token - release, E2EL = last token - release, ITL = gaps between tokens
     (vLLM's client-side definitions; release is when the runner handed the request over).
@@ -94,6 +94,7 @@ def sample_from_token_times(request: BenchRequest, release_time: float,
     if not token_times:
         return failed_sample(request, "no tokens were generated")
     times = list(token_times)
+    assert run_start <= release_time <= times[0], "release must follow the run start and precede the first token"
     return RequestSample(
         request_id=request.request_id, prompt_len=request.prompt_len, output_len=len(times),
         arrival_s=request.arrival_s, ttft_s=times[0] - release_time, e2el_s=times[-1] - release_time,

@@ -145,7 +145,7 @@ class HFRunner:
             while pending and len(batch) < config["batch_size"] and pending[0].arrival_s <= time.perf_counter() - start:
                 batch.append(pending.popleft())
             batch_start = time.perf_counter()
-            self._generate(hf_model, batch, spec, pad_id, device, on_request_done, GenerationConfig, StoppingCriteriaList)
+            self._generate(hf_model, batch, spec, pad_id, start, device, on_request_done, GenerationConfig, StoppingCriteriaList)
             num_batches += 1
             if slowdown:
                 time.sleep(slowdown * (time.perf_counter() - batch_start))
@@ -170,7 +170,7 @@ class HFRunner:
         return time.perf_counter() - began
 
     @staticmethod
-    def _generate(hf_model: Any, batch: list[BenchRequest], spec: RunnerSpec, pad_id: int,
+    def _generate(hf_model: Any, batch: list[BenchRequest], spec: RunnerSpec, pad_id: int, start: float,
                   device: Any, on_request_done: RequestDone, generation_config_cls: Any, criteria_cls: Any) -> None:
         import torch
 
@@ -183,7 +183,7 @@ class HFRunner:
         clock = _TokenClock()
         settings = generation_config_cls(do_sample=False, max_new_tokens=max(r.output_len for r in batch),
                                          eos_token_id=None, pad_token_id=pad_id)
-        release = time.perf_counter()
+        batch_release = time.perf_counter()
         try:
             with torch.no_grad():
                 generated = hf_model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
@@ -195,5 +195,8 @@ class HFRunner:
         new_tokens = generated[:, width:].tolist()
         for row, request in enumerate(batch):
             n = request.output_len
-            on_request_done(sample_from_token_times(request, release, clock.times[:n], new_tokens[row][:n],
+            # TTFT counts from arrival (waiting for a batch is server-side queueing, as in vLLM's serving bench),
+            # or from the batch start when --max-concurrency held the request back on the client side.
+            sent = start + request.arrival_s if spec.max_concurrency is None else max(start + request.arrival_s, batch_release)
+            on_request_done(sample_from_token_times(request, start, sent, clock.times[:n], new_tokens[row][:n],
                                                     spec.save_outputs))

@@ -15,6 +15,7 @@ the plan's settings. Left out: adaptive pool sizing during a bench (that is `pie
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -72,6 +73,7 @@ def summarize_stats(stats: Sequence[Any], duration_s: float) -> dict[str, Any]:
         "num_preemptions": sum(s.num_preempted for s in stats),
         "rebuilt_tokens": sum(s.rebuilt_tokens for s in stats),
         "mean_batch_size": sum(s.batch_size for s in stats) / len(stats) if stats else 0.0,
+        "max_batch_size": max((s.batch_size for s in stats), default=0),
         "num_prefill_tokens": sum(s.num_prefill_tokens for s in stats),
         "num_decode_tokens": sum(s.num_decode_tokens for s in stats),
     }
@@ -126,12 +128,16 @@ class PieRunner:
         slowdown = injected_slowdown_fraction()
         pending = deque(sorted(requests, key=lambda r: r.arrival_s))
         in_flight: dict[str, tuple[BenchRequest, float]] = {}
+        held: set[str] = set()  # arrived while max_concurrency requests were in flight
         limit = spec.max_concurrency
         start = time.perf_counter()
         while pending or in_flight:
             while pending and pending[0].arrival_s <= time.perf_counter() - start and (limit is None or len(in_flight) < limit):
                 request = pending.popleft()
-                release = time.perf_counter()
+                # A request is sent at its arrival time; waiting for the next step is server-side queueing and
+                # counts in TTFT (as in vLLM's serving bench). Held back by --max-concurrency, it is sent when a
+                # slot frees, which is now.
+                release = time.perf_counter() if request.request_id in held else start + request.arrival_s
                 params = SamplingParams(max_tokens=request.output_len, temperature=0.0, ignore_eos=True)
                 try:
                     engine.add_request(request.request_id, list(request.prompt_token_ids), params, arrival_time=release)
@@ -145,6 +151,9 @@ class PieRunner:
                 continue
             step_start = time.perf_counter()
             outputs = engine.step()
+            if limit is not None and len(in_flight) >= limit:  # every slot was busy through this step
+                now = time.perf_counter() - start
+                held.update(r.request_id for r in itertools.takewhile(lambda r: r.arrival_s <= now, pending))
             for output in outputs:
                 if not output.finished or output.request_id not in in_flight:
                     continue
@@ -152,11 +161,11 @@ class PieRunner:
                 if output.finish_reason in ("error", "abort") or output.error:
                     on_request_done(failed_sample(request, output.error or f"finished with {output.finish_reason}"))
                 else:
-                    on_request_done(sample_from_token_times(request, release, output.token_times,
+                    on_request_done(sample_from_token_times(request, start, release, output.token_times,
                                                             output.output_token_ids, spec.save_outputs))
             if slowdown:
                 time.sleep(slowdown * (time.perf_counter() - step_start))
         duration = time.perf_counter() - start
         peak_device = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-        return RunnerResult(duration_s=duration, config=described, telemetry={**summarize_stats(engine.stats[first_step:], duration), "warmup_s": warmup_s},
-                            peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes())
+        telemetry = {**summarize_stats(engine.stats[first_step:], duration), "warmup_s": warmup_s}
+        return RunnerResult(duration_s=duration, config=described, telemetry=telemetry, peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes())

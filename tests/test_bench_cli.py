@@ -147,6 +147,32 @@ def test_bad_input_is_one_line_exit_2(args, message, model_dir, tmp_path, monkey
     assert not list((tmp_path / "r").glob("*.jsonl"))  # nothing half-written for bad input
 
 
+@pytest.mark.parametrize("runner", ["pie", "hf"])
+def test_max_concurrency_is_honoured(runner, model_dir, tmp_path, monkeypatch, capsys):
+    code, out, err = run_pie(["bench", "-m", model_dir, *SMALL, "--runner", runner, "--max-concurrency", "2",
+                              "--results-dir", tmp_path, "--json"], monkeypatch, capsys)
+    assert code in (0, None), err
+    payload = json.loads(out)
+    assert payload["summary"]["completed"] == 6
+    if runner == "pie":
+        assert payload["telemetry"]["max_batch_size"] == 2
+    else:
+        assert payload["config"]["batch_size"] == 2 and payload["telemetry"]["num_batches"] == 3
+
+
+def test_ttft_counts_queueing_from_arrival(model_dir):
+    """All requests arrive at 0 and wait for one engine with max_num_seqs=1: later ones have larger TTFT."""
+    from runners.base import RunnerSpec
+    from runners.pie_runner import PieRunner
+    from runners.workloads import WorkloadSpec, load_workload
+
+    requests, _ = load_workload(WorkloadSpec("fixed", str(model_dir), num_prompts=3, input_len=8, output_len=3))
+    samples = []
+    PieRunner().run(requests, RunnerSpec(str(model_dir), dtype="float32", options={"max_num_seqs": 1}), samples.append)
+    ttfts = [s.ttft_s for s in sorted(samples, key=lambda s: s.request_id)]
+    assert ttfts[0] < ttfts[1] < ttfts[2] and ttfts[2] > samples[0].e2el_s
+
+
 def test_injected_slowdown_sleeps_after_each_step(model_dir, monkeypatch):
     from runners import pie_runner
     from runners.base import RunnerSpec
