@@ -94,6 +94,12 @@ def _size(size: int) -> str:
 
 
 def _render_layer(out: Output, profile: HardwareProfile) -> None:
+    from profiler.fit import holdout_mask
+
+    held_out = {}
+    for phase in ("decode", "prefill"):
+        timings = [t for t in profile.layer_timings if t.phase == phase]
+        held_out.update({id(t): m for t, m in zip(timings, holdout_mask(timings))})
     rows = []
     for timing in profile.layer_timings:
         if timing.phase == "decode" and profile.decode_fit:
@@ -105,11 +111,12 @@ def _render_layer(out: Output, profile: HardwareProfile) -> None:
             predicted = None
         error = abs(predicted - timing.median_s) / timing.median_s * 100 if predicted else None
         rows.append([timing.phase, timing.batch_size, timing.context_len, timing.median_s * 1e3, timing.p10_s * 1e3,
-                     timing.p90_s * 1e3, predicted * 1e3 if predicted else None, error])
+                     timing.p90_s * 1e3, predicted * 1e3 if predicted else None, error,
+                     "yes" if held_out.get(id(timing)) else ""])
     kernel = profile.extra.get("decode_kernel")
     out.table(f"One {profile.model} layer of the Pie engine ({profile.dtype}, seeded random weights"
               + (f", decode kernel: {kernel})" if kernel else ")"),
-              ["phase", "batch", "context", "median ms", "p10 ms", "p90 ms", "fitted ms", "error %"], rows)
+              ["phase", "batch", "context", "median ms", "p10 ms", "p90 ms", "fitted ms", "error %", "held out"], rows)
     fit_rows = []
     if profile.decode_fit:
         fit = profile.decode_fit
@@ -118,9 +125,11 @@ def _render_layer(out: Output, profile: HardwareProfile) -> None:
                          fit.median_rel_error * 100, fit.max_rel_error * 100, f"{fit.num_fit_points}/{fit.num_holdout_points}"])
     if profile.prefill_fit:
         fit = profile.prefill_fit
+        held_out_prefill = [(t, held_out[id(t)]) for t in profile.layer_timings if t.phase == "prefill"]
         fit_rows.append(["prefill: fixed + per_token·n + per_token_sq·Σlen²",
                          f"{fit.fixed_s * 1e3:.3g} ms + {fit.per_token_s * 1e6:.3g} µs·n + {fit.per_token_sq_s * 1e9:.3g} ns·Σlen²",
-                         fit.median_rel_error * 100, (profile.extra.get("prefill_max_rel_error") or 0) * 100, None])
+                         fit.median_rel_error * 100, (profile.extra.get("prefill_max_rel_error") or 0) * 100,
+                         f"{sum(not m for t, m in held_out_prefill)}/{sum(m for t, m in held_out_prefill)}"])
     if fit_rows:
         out.table("Fitted layer cost model (errors on held-out grid points)",
                   ["model", "coefficients", "median error %", "max error %", "fit/held-out points"], fit_rows)
