@@ -138,7 +138,8 @@ def run_profile(request: ProfileRequest, progress: Progress | None = None) -> Ha
     on_cuda = device.startswith("cuda")
     if not on_cuda:
         notes.append("CPU-only machine: the link is a memcpy between two host buffers (link_is_memcpy); "
-                     "'pinned' host buffers are page-locked with mlock; sizes that fit in the CPU caches copy at cache speed")
+                     "'pinned' host buffers are page-locked with mlock; each size cycles through a host buffer as large as "
+                     "the largest size, so small copies read memory rather than a warm cache")
 
     fingerprint = collect_fingerprint(device)
     progress.start("link bandwidth", sweep.num_points)
