@@ -35,8 +35,8 @@ from results.compare import CompareOptions, Side, compare, resolve_side  # noqa:
 from results.rules import parse_rules  # noqa: E402
 from results.store import ResultsStore  # noqa: E402
 
-DEFAULT_BENCH = ("pie bench --model {model} --runner {runner} --workload synthetic --num-prompts {num_prompts} "
-                 "--seed 0 --results-dir {results_dir} --label {label}")
+DEFAULT_BENCH = ("pie bench --model {model} --runner {runner} --workload uniform --input-len 32 --output-len 32 "
+                 "--num-prompts {num_prompts} --seed 0 --results-dir {results_dir} --label {label} --json")
 DEFAULT_RULES = ("output_throughput:-5%", "p99_ttft_ms:+10%")
 
 

@@ -2,12 +2,12 @@
 
 Two tests, chosen by how much evidence each side has:
 
-- **Run level** (`run_level_test`), when at least one side has repeated runs: a t-test on the
-  log of the per-run values (Welch when both sides have two or more runs; Student's pooled test
-  when one side has a single run, borrowing the other side's spread). The unit of evidence is a
-  whole run, so the run-to-run noise of a shared machine (another job starting, frequency
-  scaling, cache state) is inside the variance the test sees; under the null the false-positive
-  rate is the nominal alpha. Logs make the test about ratios, which is what thresholds speak.
+- **Run level** (`run_level_test`), when at least one side has repeated runs: Student's t-test
+  on the log of the per-run values (pooled variance; a single run on one side borrows the other
+  side's spread). The unit of evidence is a whole run, so the run-to-run noise of a shared
+  machine (another job starting, frequency scaling, cache state) is inside the variance the
+  test sees; under the null the false-positive rate is the nominal alpha. Logs make the test
+  about ratios, which is what thresholds speak.
 - **Request level** (`request_bootstrap_test`), when each side is one run: a cluster bootstrap
   over requests (resample whole requests, recompute the statistic, e.g. p99 of TTFT; ITL values
   travel with their request, so within-request correlation is kept). It sees only within-run
@@ -18,8 +18,8 @@ Throughput is one number per run, so with one run per side it is not significanc
 all: a bootstrap over requests with a fixed run duration only measures the workload's
 composition (identical in an A/A pair), which would call every timing wobble significant.
 
-Left out: multiple-comparison corrections (the threshold that follows the test is the main guard
-against the many metrics compared) and sequential testing.
+Left out: sequential testing, and corrections across the many metrics of a table (results/compare.py
+applies Bonferroni across the metrics that carry rules; the threshold after the test guards the rest).
 """
 from __future__ import annotations
 
@@ -67,27 +67,23 @@ def untested(reason: str = UNTESTED, alpha: float = 0.05) -> TestResult:
 
 
 def run_level_test(before: Sequence[float], after: Sequence[float], alpha: float = 0.05) -> TestResult:
-    """t-test on log per-run values; needs one side with two or more runs and all values > 0."""
+    """Student's two-sample t-test on log per-run values (pooled variance); needs 3+ runs, all > 0.
+
+    The null hypothesis is "same configuration, same machine": both sides then come from one
+    distribution, so their variances are equal and the pooled test is exact (Welch's correction
+    would only cost power: with 2-3 runs per side its degrees of freedom can fall to 1).
+    """
     log_before = _logs(before)
     log_after = _logs(after)
     if log_before is None or log_after is None:
         return untested("not tested (values not all positive)", alpha)
     n_before, n_after = len(log_before), len(log_after)
-    if n_before + n_after < 3 or min(n_before, n_after) < 1:
+    if n_before + n_after < 3:
         return untested("not tested (1 run per side)", alpha)
     difference = float(log_after.mean() - log_before.mean())
-    var_before = float(log_before.var(ddof=1)) if n_before > 1 else None
-    var_after = float(log_after.var(ddof=1)) if n_after > 1 else None
-    if var_before is not None and var_after is not None:  # Welch
-        se_squared = var_before / n_before + var_after / n_after
-        numerator = se_squared**2
-        denominator = ((var_before / n_before) ** 2 / (n_before - 1) if n_before > 1 else 0.0) + \
-                      ((var_after / n_after) ** 2 / (n_after - 1) if n_after > 1 else 0.0)
-        dof = numerator / denominator if denominator > 0 else float(n_before + n_after - 2)
-    else:  # one side has a single run: pooled variance from the side with repeats
-        pooled = var_before if var_before is not None else var_after
-        se_squared = pooled * (1 / n_before + 1 / n_after)
-        dof = float(n_before + n_after - 2)
+    squares = float(((log_before - log_before.mean()) ** 2).sum() + ((log_after - log_after.mean()) ** 2).sum())
+    dof = float(n_before + n_after - 2)
+    se_squared = squares / dof * (1 / n_before + 1 / n_after)
     return _t_result(difference, se_squared, dof, alpha)
 
 

@@ -18,13 +18,22 @@ def _side(store, paths, name):
     return Side(name, tuple(load_record(p) for p in paths))
 
 
-def test_run_level_test_matches_welch_on_logs():
+def test_run_level_test_matches_student_t_on_logs():
     before, after = [100.0, 104.0, 98.0], [90.0, 93.0, 91.5]
     result = sig.run_level_test(before, after)
-    expected = stats.ttest_ind(np.log(after), np.log(before), equal_var=False)
+    expected = stats.ttest_ind(np.log(after), np.log(before), equal_var=True)
     assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9)
     assert result.ratio_low < math.exp(np.log(after).mean() - np.log(before).mean()) < result.ratio_high
     assert result.significant
+    single = sig.run_level_test([100.0], [80.0, 81.0, 79.0])
+    assert single.p_value == pytest.approx(stats.ttest_ind(np.log([80.0, 81.0, 79.0]), np.log([100.0])).pvalue)
+
+
+def test_run_level_false_positive_rate_is_alpha_under_the_null():
+    rng = np.random.default_rng(7)
+    draws = rng.lognormal(0, 0.1, size=(4000, 6))
+    rejected = sum(sig.run_level_test(row[:3], row[3:]).significant for row in draws)
+    assert 0.035 < rejected / 4000 < 0.065
 
 
 def test_run_level_edge_cases():
