@@ -86,7 +86,15 @@ def measure(config, case: Case, input_len: int, output_len: int) -> dict:
     stats = engine.stats[first:]
     tokens = sum(len(o.output_token_ids) for o in outputs)
     busy = sum(s.compute_s + s.stall_s for s in stats)
+    prefill = [s for s in stats if s.num_prefill_tokens > 0]
+    decode = [s for s in stats if s.num_prefill_tokens == 0]
     return {"output_tok_s": tokens / wall, "wall_s": wall, "output_tokens": tokens, "num_steps": len(stats),
+            "steps_wall_s": sum(s.wall_s for s in stats), "prefill_steps": len(prefill),
+            "prefill_steps_wall_s": sum(s.wall_s for s in prefill), "decode_steps_wall_s": sum(s.wall_s for s in decode),
+            "decode_compute_s": sum(s.compute_s for s in decode), "decode_stall_s": sum(s.stall_s for s in decode),
+            "median_decode_h2d_bytes": float(np.median([s.h2d_bytes for s in decode])) if decode else 0.0,
+            "median_decode_batch": float(np.median([s.batch_size for s in decode])) if decode else 0.0,
+            "slowest_steps": sorted(((round(s.wall_s * 1e3, 1), i, s.num_prefill_tokens) for i, s in enumerate(stats)), reverse=True)[:6],
             "stall_fraction": sum(s.stall_s for s in stats) / busy if busy else 0.0,
             "max_pool_blocks_used": max(s.pool_blocks_used for s in stats),
             "max_batch_size": max(s.batch_size for s in stats), "preemptions": sum(s.num_preempted for s in stats),
@@ -114,6 +122,7 @@ def main() -> None:
         print(f"{case.name:20s} predicted {prediction.output_tok_s:8.1f} tok/s  measured {measured['output_tok_s']:8.1f} tok/s  "
               f"error {error:+.1%}  (decode step predicted {prediction.decode_step_s * 1e3:.1f} ms, measured median "
               f"{measured['mean_decode_step_ms']:.1f} ms)")
+        print("   ", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in measured.items()}))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "prediction", "created_at": datetime.now(timezone.utc).isoformat(),

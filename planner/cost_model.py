@@ -7,8 +7,10 @@ and splits the KV bytes into G (on the device), C (pooled, copied back each step
 as layer-input activations, rebuilt with the K/V projections) and S (device staging).
 Per layer, copies of the pooled bytes overlap compute through `d` slots, so the layer period is
 `max(compute, copy, (compute + copy) / d)` and a decode step costs `copy + L * period + head`.
-Everything here is linear in (G, C, R, S) for a fixed (b, d) except the max, which the LP
-writes as three inequalities. Left out: solving (lp.py), words (explain.py).
+On a CPU-only machine the "link" is a memcpy on the same cores and memory bus as the compute,
+so copies are not overlapped (the period is compute + copy whatever the depth). Everything
+here is linear in (G, C, R, S) for a fixed (b, d) except the max, which the LP writes as
+three inequalities. Left out: solving (lp.py), words (explain.py).
 """
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ class ModelCosts:
     prefill_per_token_sq_s: float  # per layer, times sum of squared prompt lengths
     link_bytes_per_s: float
     source: str  # "fitted" | "roofline"
+    copies_overlap: bool = True  # False on a CPU-only machine: the "link" is a memcpy on the same cores
+
+    def overlap_depth(self, depth: int) -> int:
+        """Depth that hides copies: the prefetch depth, or 1 (copy, then compute) where copies cannot overlap."""
+        return depth if self.copies_overlap else 1
 
 
 def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelCosts:
@@ -58,7 +65,7 @@ def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelC
     common = dict(num_layers=shape.num_layers, kv_bytes_per_token_layer=kv_layer,
                   activation_ratio=shape.hidden_size / (2 * shape.kv_dim),
                   rebuild_allowed=shape.rebuild_saves_bytes, weight_bytes=shape.weight_bytes(dtype),
-                  link_bytes_per_s=hardware.link_h2d_gbps * GB)
+                  link_bytes_per_s=hardware.link_h2d_gbps * GB, copies_overlap=not hardware.link_is_memcpy)
     fit = hardware.decode_fit
     if fit is None:
         flops_per_s = hardware.matmul_tflops * 1e12
@@ -201,7 +208,7 @@ def step_times(problem: Problem, batch_size: int, depth: int, c, r) -> tuple:
     rebuilt_tokens_layer = r / (costs.kv_bytes_per_token_layer * num_layers)
     compute = problem.compute_layer_base_s(batch_size) + costs.rebuild_per_token_s * rebuilt_tokens_layer
     copy = (c + costs.activation_ratio * r) / num_layers / costs.link_bytes_per_s
-    period = np.maximum(np.maximum(compute, copy), (compute + copy) / depth)
+    period = np.maximum(np.maximum(compute, copy), (compute + copy) / costs.overlap_depth(depth))
     return compute, copy, period, copy + num_layers * period
 
 

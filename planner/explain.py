@@ -29,6 +29,10 @@ def link_sentence(problem: Problem, best: Prediction) -> tuple[str, str]:
     if best.pooled_bytes <= 0:
         return "device-only", (f"no pool: the batch's KV ({_bytes(problem.kv_need_bytes(best.batch_size))}) fits in device "
                                f"memory, so nothing crosses the link")
+    if not problem.costs.copies_overlap:
+        return "link-bound", (f"memcpy pool: on a CPU-only machine the copies share the cores, so pooled bytes per decode "
+                              f"step ({_bytes(best.streamed_bytes_per_step)}) add {copy_ms:.1f} ms at {gbps:.0f} GB/s to "
+                              f"{compute_ms:.1f} ms of compute")
     if best.copy_layer_s > best.compute_layer_s or best.stall_step_s > best.copy_layer_s * 1.01 + 1e-9:
         return "link-bound", (f"link-bound: pooled bytes per decode step ({_bytes(best.streamed_bytes_per_step)}) need "
                               f"{copy_ms:.1f} ms at {gbps:.0f} GB/s; compute hides {compute_ms:.1f} ms, so each step "

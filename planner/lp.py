@@ -98,7 +98,7 @@ def _time_constraints(problem: Problem, b: int, d: int, v: dict) -> dict:
     compute, copy = _time_terms(problem, b, v)
     return {"compute-bound": v["period_ms"] >= compute,
             "link-bound": v["period_ms"] >= copy,
-            "prefetch depth": d * v["period_ms"] >= compute + copy}
+            "prefetch depth": problem.costs.overlap_depth(d) * v["period_ms"] >= compute + copy}
 
 
 def _objective(problem: Problem, b: int, v: dict):
