@@ -3,7 +3,9 @@
 It starts at the plan's pool size, proposes a move of `step` blocks, and keeps the move when
 measured throughput rises while the stall fraction stays under a threshold; a rejected move
 reverses the direction and halves the step. A candidate whose throughput differs from the
-kept size's by less than the noise fraction is measured once more and judged on the average. Two accepted moves in a row double the step, so a
+kept size's by less than the noise fraction is measured once more and judged on the average;
+before stopping, the kept size and the runner-up (best mean among the other measured sizes)
+are measured once more and the higher mean is kept, which undoes most lucky single readings. Two accepted moves in a row double the step, so a
 poor start is left quickly. It stops when the step falls below one block (per layer, the
 engine's unit) or below a small fraction of the pool, and re-arms (step back to its initial
 size) when, after stopping, the stall or the queue length shifts. Given the same sequence of
@@ -30,6 +32,7 @@ class ClimberConfig:
     rearm_queue_change: float = 0.5  # relative change of queue length (at least 2 requests) that re-arms
     noise_fraction: float = 0.0  # a difference within this share of throughput is measured once more
     max_moves: int = 12  # measurements after the start; the climber stops at the best kept size
+    confirm: bool = True  # spend the last two moves re-measuring the kept size and the runner-up
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_blocks <= self.initial_blocks <= self.max_blocks:
@@ -82,6 +85,8 @@ class HillClimber:
         self.streak = 0  # accepted moves in a row
         self.reference: Measurement | None = None  # conditions when it stopped, for re-arming
         self.held: Measurement | None = None  # a candidate within noise, judged after it is measured again
+        self.history: dict[int, list[Measurement]] = {}  # every measurement of this climb, by pool size
+        self.confirming: list[int] = []  # sizes still to re-measure before stopping
 
     @property
     def best_blocks(self) -> int:
@@ -89,7 +94,13 @@ class HillClimber:
 
     def propose(self) -> int:
         """Pool size to run next (the kept size while stopped)."""
-        return self.best_blocks if self.stopped else self.pending
+        if self.stopped:
+            return self.best_blocks
+        return self.confirming[0] if self.confirming else self.pending
+
+    @property
+    def _climb_budget(self) -> int:
+        return self.config.max_moves - (2 if self.config.confirm else 0)
 
     def _clamp(self, blocks: int) -> int:
         return max(self.config.min_blocks, min(self.config.max_blocks, blocks))
@@ -109,6 +120,9 @@ class HillClimber:
     def observe(self, measured: Measurement) -> Move:
         if self.stopped:
             return self._observe_stopped(measured)
+        self.history.setdefault(measured.pool_blocks, []).append(measured)
+        if self.confirming:
+            return self._observe_confirming(measured)
         if self.best is None:
             self.best = measured
             accepted, note = True, "start"
@@ -118,7 +132,7 @@ class HillClimber:
             accepted, note = self._judge(measured)
             note = "measured twice; " + note
         elif (abs(measured.throughput_tok_s - self.best.throughput_tok_s) < self.config.noise_fraction * self.best.throughput_tok_s
-              and len(self.moves) < self.config.max_moves):
+              and len(self.moves) < self._climb_budget):
             self.held = measured
             move = Move(len(self.moves), measured.pool_blocks, measured.throughput_tok_s, measured.stall_fraction,
                         False, self.best_blocks, self.step, "within noise: measuring it again")
@@ -126,16 +140,45 @@ class HillClimber:
             return move
         else:
             accepted, note = self._judge(measured)
-        out_of_moves = len(self.moves) >= self.config.max_moves
+        out_of_moves = len(self.moves) >= self._climb_budget
         candidate = self._next_candidate() if self.step >= self._resolution() and not out_of_moves else None
         if candidate is None:
-            self.stopped, self.reference = True, measured if accepted else self.best
-            note += ("; stopped (out of moves)" if out_of_moves else
-                     "; stopped (step below one block)" if self.step < self.config.min_step_blocks else "; stopped (step below resolution)")
+            reason = ("out of moves" if out_of_moves else
+                      "step below one block" if self.step < self.config.min_step_blocks else "step below resolution")
+            runner_up = self._runner_up()
+            if self.config.confirm and runner_up is not None and len(self.moves) + 2 <= self.config.max_moves:
+                self.confirming = [self.best_blocks, runner_up]
+                note += f"; {reason}: re-measuring {self.best_blocks} and runner-up {runner_up}"
+            else:
+                self.stopped, self.reference = True, self.best
+                note += f"; stopped ({reason})"
         else:
             self.pending = candidate
         move = Move(len(self.moves), measured.pool_blocks, measured.throughput_tok_s, measured.stall_fraction,
                     accepted, self.best_blocks, self.step, note)
+        self.moves.append(move)
+        return move
+
+    def _runner_up(self) -> int | None:
+        """The measured size with the best mean throughput other than the kept one."""
+        others = [(sum(m.throughput_tok_s for m in ms) / len(ms), size) for size, ms in self.history.items()
+                  if size != self.best_blocks]
+        return max(others)[1] if others else None
+
+    def _observe_confirming(self, measured: Measurement) -> Move:
+        """Re-measurements before stopping: keep whichever of the two has the higher mean."""
+        self.confirming.pop(0)
+        note = "confirming"
+        if not self.confirming:
+            kept = self.best_blocks
+            means = {size: _average(self.history[size]) for size in (kept, self._runner_up() or kept)}
+            winner = max(means.values(), key=lambda m: (m.throughput_tok_s, -abs(m.pool_blocks - kept)))
+            calm = winner.stall_fraction <= self.config.max_stall_fraction
+            self.best = winner if calm else means[kept]
+            self.stopped, self.reference = True, self.best
+            note = f"confirmed {self.best.pool_blocks} on the mean of {len(self.history[self.best.pool_blocks])} measurements; stopped"
+        move = Move(len(self.moves), measured.pool_blocks, measured.throughput_tok_s, measured.stall_fraction,
+                    False, self.best_blocks, self.step, note)
         self.moves.append(move)
         return move
 
@@ -170,6 +213,7 @@ class HillClimber:
             # A longer queue asks for capacity; a higher stall asks for a smaller pool.
             self.direction = -1 if measured.stall_fraction > reference.stall_fraction + self.config.rearm_stall_change else 1
             self.best = measured
+            self.history = {measured.pool_blocks: [measured]}
             self.pending = self._next_candidate() or self.best_blocks
             note = "re-armed: " + ("stall shifted" if stall_shift else "queue length shifted")
         move = Move(len(self.moves), measured.pool_blocks, measured.throughput_tok_s, measured.stall_fraction,

@@ -66,7 +66,7 @@ def test_a_move_that_stalls_too_much_is_rejected():
 
 
 def test_stops_below_one_block_and_rearms_on_a_queue_jump():
-    climber = HillClimber(ClimberConfig(4, 8, initial_step_blocks=1, relative_resolution=0.0))
+    climber = HillClimber(ClimberConfig(4, 8, initial_step_blocks=1, relative_resolution=0.0, confirm=False))
     climber.observe(Measurement(4, 100.0, 0.0, queue_length=2))
     climber.observe(Measurement(5, 90.0, 0.0, queue_length=2))  # worse: reverse, step 1 -> 0: stop
     assert climber.stopped and climber.best_blocks == 4
@@ -75,6 +75,17 @@ def test_stops_below_one_block_and_rearms_on_a_queue_jump():
     rearmed = climber.observe(Measurement(4, 100.0, 0.0, queue_length=20))
     assert not climber.stopped and rearmed.note.startswith("re-armed")
     assert climber.propose() == 5  # a longer queue asks for more pool
+
+
+def test_confirmation_undoes_a_lucky_reading():
+    climber = HillClimber(ClimberConfig(100, 400, initial_step_blocks=50, relative_resolution=0.3, max_moves=6))
+    readings = {100: [500.0], 150: [560.0, 480.0], 200: [450.0], 125: [540.0, 540.0]}  # 150 read high once, then low
+    while not climber.stopped:
+        size = climber.propose()
+        climber.observe(Measurement(size, readings[size].pop(0), 0.0))
+    notes = [m.note for m in climber.moves]
+    assert any("runner-up" in note for note in notes)
+    assert climber.best_blocks == 125 and len(climber.moves) - 1 <= 6
 
 
 def test_bad_configs_are_bad_input():
