@@ -130,6 +130,17 @@ def expand_sweep(settings: BenchSettings, sweep: Sweep | None) -> list[tuple[dic
     return [({sweep.key: value}, apply_point(settings, sweep.key, value)) for value in sweep.values]
 
 
+def check_device(device: str) -> None:
+    """A CUDA device asked for on a machine without one is bad input, found before any record is written."""
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise BadInput(f"unknown device '{device}'", "use cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput(f"device '{device}' asked for, but CUDA is not available", "use --device cpu (or auto)")
+
+
 def machine_fingerprint(device: str) -> dict[str, Any]:
     from profiler.fingerprint import collect_fingerprint
 
@@ -154,6 +165,7 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
               sweep: Sweep | None = None, sweep_point: dict[str, Any] | None = None) -> BenchOutcome:
     """Run one benchmark and store its record; see the module docstring."""
     runner = get_runner(settings.runner)
+    check_device(settings.device)
     spec = settings.spec()
     describe = getattr(runner, "describe", None)
     config = describe(spec) if describe else {"model": spec.model, "dtype": spec.dtype, "device": spec.device,

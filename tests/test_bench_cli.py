@@ -135,6 +135,7 @@ def test_plan_configures_the_engine(model_dir, tmp_path, monkeypatch, capsys):
     (["--option", "num_pol_blocks=3"], "unknown option"),
     (["--device-blocks", "4", "--pool-blocks", "8"], "after staging"),
     (["--workload", "jsonl"], "needs --dataset-path"),
+    (["--device", "tpu"], "unknown device"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, model_dir, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken.json"

@@ -83,3 +83,15 @@ def test_seeded_random_weights_match_without_safetensors(opt_dir, tmp_path, monk
     assert outputs(record) == outputs(reference)
     _, with_weights = bench(["-m", opt_dir, "--runner", "pie", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
     assert outputs(with_weights) != outputs(record)  # the random weights are not the saved ones
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pie_matches_hf_on_cuda(opt_dir, tmp_path, monkeypatch, capsys):
+    pool = ["--option", "block_size=4", "--device-blocks", "60", "--pool-blocks", "48"]
+    _, reference = bench(["-m", opt_dir, "--runner", "hf", "--device", "cuda", *WORKLOAD, "--results-dir", tmp_path],
+                         monkeypatch, capsys)
+    payload, record = bench(["-m", opt_dir, "--runner", "pie", "--device", "cuda", *WORKLOAD, *pool, "--results-dir", tmp_path],
+                            monkeypatch, capsys)
+    assert outputs(record) == outputs(reference)
+    assert payload["summary"]["peak_device_memory_bytes"] > 0 and payload["telemetry"]["h2d_bytes"] > 0
