@@ -1,8 +1,9 @@
-"""What every workload loader shares: its settings, what it reports, and vLLM's length filter.
+"""What every workload loader shares: its settings, what it reports, vLLM's length filter, file reading.
 
 `WorkloadSpec` is what the CLI asks for; `WorkloadInfo` describes what was loaded (stored in
 the record's workload field and shown by `pie bench`); `LengthFilter` is vLLM's ShareGPT
-filter (prompt 4..1024 tokens, prompt + output <= 2048), tightened to the model's max length.
+filter (prompt 4..1024 tokens, prompt + output <= 2048), tightened to the model's max length;
+`take_requests` tokenizes text entries in order until enough pass the filter.
 
 Left out: reading any particular file format (one module per format).
 """
