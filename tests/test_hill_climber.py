@@ -78,7 +78,7 @@ def test_stops_below_one_block_and_rearms_on_a_queue_jump():
 
 
 def test_confirmation_undoes_a_lucky_reading():
-    climber = HillClimber(ClimberConfig(100, 400, initial_step_blocks=50, relative_resolution=0.3, max_moves=6))
+    climber = HillClimber(ClimberConfig(100, 400, initial_step_blocks=50, relative_resolution=0.1, max_moves=6))
     readings = {100: [500.0], 150: [560.0, 480.0], 200: [450.0], 125: [540.0, 540.0]}  # 150 read high once, then low
     while not climber.stopped:
         size = climber.propose()
