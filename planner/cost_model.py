@@ -81,7 +81,6 @@ def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelC
     kv_ratio = kv_layer / fit.kv_bytes_per_token_layer
     # Achieved FLOP/s of the fitted layer, used for the parts the fit does not cover (head, rebuild).
     flops_per_s = fit.layer_flops_per_token / fit.per_token_s if fit.per_token_s > 0 else hardware.matmul_tflops * 1e12
-    bytes_per_s = hardware.memory_bandwidth_gbps * GB
     prefill = hardware.prefill_fit
     if prefill is not None:
         prefill_terms = dict(prefill_fixed_s=prefill.fixed_s * weight_ratio, prefill_per_token_s=prefill.per_token_s * flops_ratio,
@@ -89,10 +88,13 @@ def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelC
     else:
         prefill_terms = dict(prefill_fixed_s=0.0, prefill_per_token_s=layer_flops / flops_per_s,
                              prefill_per_token_sq_s=2 * shape.hidden_size / flops_per_s)
+    # The lm_head is a matmul like the layer's, so it is priced by the same fit: its fixed part
+    # scales with weight bytes, its per-token part with FLOPs.
     return ModelCosts(**common, decode_fixed_s=fit.fixed_s * weight_ratio, decode_per_token_s=fit.per_token_s * flops_ratio,
                       decode_per_kv_token_s=fit.per_kv_token_s * kv_ratio,
                       rebuild_per_token_s=4 * shape.hidden_size * shape.kv_dim / flops_per_s,
-                      head_fixed_s=head_params * p / bytes_per_s, head_per_token_s=2 * head_params / flops_per_s,
+                      head_fixed_s=fit.fixed_s * head_params * p / fit.layer_weight_bytes,
+                      head_per_token_s=fit.per_token_s * 2 * head_params / fit.layer_flops_per_token,
                       **prefill_terms, source="fitted")
 
 
