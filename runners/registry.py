@@ -14,6 +14,8 @@ RUNNERS: dict[str, str] = {
     "pie": "runners.pie_runner:PieRunner",
     "hf": "runners.hf_runner:HFRunner",
     # --- vllm / openai runners (runners/vllm_runner.py, runners/openai_runner.py) ---
+    "vllm": "runners.vllm_runner:VllmRunner",
+    "openai": "runners.openai_runner:OpenAIRunner",
 }
 
 
