@@ -265,7 +265,7 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
     if len({r.metric for r in rules}) > 1:
         notes.append(f"rows with a rule are tested at alpha/{len({r.metric for r in rules})} = {rule_alpha:.3g} "
                      "(Bonferroni), so all rules together keep a false-positive rate of at most alpha")
-    headline, findings = build_verdict(table, rules, fired)
+    headline, findings = build_verdict(table, rules, fired, options.threshold_pct)
     return Comparison(table, before, after, tuple(rules), fired, tuple(warnings), tuple(notes), headline,
                       tuple(findings), options)
 
@@ -277,7 +277,7 @@ def _notes(before: Side, after: Side) -> list[str]:
     return [f"run-level test: {len(before.records)} vs {len(after.records)} runs, t-test on log per-run values"]
 
 
-def describe_change(row: dict[str, Any]) -> str:
+def describe_change(row: dict[str, Any], threshold_pct: float = 5.0) -> str:
     """'fell 7.1% (significant, p=0.003)' / 'unchanged (+1.2%, not significant)' for one frame row."""
     metric, change = row["metric"], row["change_pct"]
     if change is None or (isinstance(change, float) and np.isnan(change)):
@@ -288,16 +288,19 @@ def describe_change(row: dict[str, Any]) -> str:
     p_text = "p<0.001" if row["p_value"] < 0.001 else f"p={row['p_value']:.3f}"
     if row["significant"]:
         return f"{metric} {moved} (significant, {p_text})"
-    return f"{metric} unchanged ({change:+.1f}%, not significant, {p_text})"
+    if abs(change) < threshold_pct:
+        return f"{metric} unchanged ({change:+.1f}%, not significant, {p_text})"
+    return f"{metric} {moved} but within noise (not significant, {p_text})"
 
 
 KEY_METRICS = ("output_throughput", "p99_ttft_ms", "mean_tpot_ms")
 
 
-def build_verdict(table: pd.DataFrame, rules: tuple[Rule, ...], fired: tuple[str, ...]) -> tuple[str, list[str]]:
+def build_verdict(table: pd.DataFrame, rules: tuple[Rule, ...], fired: tuple[str, ...],
+                  threshold_pct: float = 5.0) -> tuple[str, list[str]]:
     by_metric = {row["metric"]: row for row in table.to_dict(orient="records")} if len(table) else {}
     named = list(dict.fromkeys([r.metric for r in rules] or [m for m in KEY_METRICS if m in by_metric]))
-    parts = [describe_change(by_metric[m]) for m in named if m in by_metric]
+    parts = [describe_change(by_metric[m], threshold_pct) for m in named if m in by_metric]
     if fired:
         head = f"REGRESSION: rule{'s' if len(fired) > 1 else ''} {', '.join(fired)} fired"
     elif rules:

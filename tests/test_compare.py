@@ -112,6 +112,7 @@ def test_improvement_is_marked_better_and_no_rule_fires(tmp_path):
     rows = result.frame.set_index("metric")
     assert rows.loc["output_throughput", "mark"] == "-" and rows.loc["mean_ttft_ms", "mark"] == "-"
     assert not result.regression and result.verdict.startswith("OK")
+    assert "output_throughput rose" in result.verdict and "p99_ttft_ms" in result.verdict
     assert result.to_dict()["rows"][0]["metric"]
 
 
