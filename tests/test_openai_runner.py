@@ -1,0 +1,242 @@
+"""The openai runner against a tiny fake SSE server on 127.0.0.1: parsing, timing, failures, limits."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pie_cli.errors import BadInput
+from runners.base import BenchRequest, RunnerSpec
+from runners.openai_runner import OpenAIRunner
+from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
+from runners.registry import get_runner
+
+HTTP_500, SLOW, STREAM_ERROR, TEXT_ONLY = 9001, 9002, 9003, 9004  # first prompt token picks a behaviour
+TOKEN_GAP_S = 0.004
+
+
+class FakeServer:
+    """Serves /v1/models and a streamed /v1/completions; records bodies and peak concurrency."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        self.received_at: dict[int, float] = {}
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                if self.path != "/v1/models":
+                    self.send_error(404)
+                    return
+                payload = json.dumps({"data": [{"id": "tiny-model"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.bodies.append(body)
+                    server.in_flight += 1
+                    server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+                    prompt = body["prompt"]
+                    key = prompt[0] if isinstance(prompt, list) else 0
+                    if isinstance(prompt, list) and len(prompt) > 1:
+                        server.received_at[prompt[1]] = time.perf_counter()
+                try:
+                    self.respond(body, key)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def respond(self, body, key):
+                if key == HTTP_500:
+                    self.send_error(500, "boom")
+                    return
+                if key == SLOW:
+                    time.sleep(1.0)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                if key == STREAM_ERROR:
+                    self.event({"error": {"message": "out of blocks", "code": 500}})
+                    return
+                for i in range(body["max_tokens"]):
+                    choice = {"index": 0, "text": f"w{i} ", "finish_reason": None}
+                    if key != TEXT_ONLY and body.get("return_token_ids"):
+                        choice["token_ids"] = [100 + i]
+                    self.event({"choices": [choice]})
+                    time.sleep(TOKEN_GAP_S)
+                self.event({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+                self.event({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]),
+                                                     "completion_tokens": body["max_tokens"]}})
+                self.wfile.write(b"data: [DONE]\n\n")
+
+            def event(self, payload):
+                self.wfile.write(b": keep-alive\n\n" + f"data: {json.dumps(payload)}\n\n".encode())
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    with FakeServer() as fake:
+        yield fake
+
+
+def request(index, first_token=5, output_len=4, arrival_s=0.0, prompt=None):
+    return BenchRequest(request_id=f"r{index}", prompt=prompt, prompt_token_ids=(first_token, index, 7, 8),
+                        output_len=output_len, arrival_s=arrival_s)
+
+
+def run(requests, url, max_concurrency=None, save_outputs=True, **options):
+    samples = []
+    spec = RunnerSpec(model="tiny-model", save_outputs=save_outputs, max_concurrency=max_concurrency,
+                      options={"base_url": url, **options})
+    result = OpenAIRunner().run(requests, spec, samples.append)
+    return {s.request_id: s for s in samples}, result
+
+
+def test_stream_state_counts_tokens_and_usage():
+    state = StreamState()
+    state.feed({"choices": [{"text": "a", "token_ids": [5]}]}, 1.0)
+    state.feed({"choices": [{"text": "bc", "token_ids": [6, 7]}]}, 1.5)
+    state.feed({"choices": [{"text": "", "finish_reason": "length"}]}, 1.6)
+    state.feed({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}, 1.7)
+    sample = state.to_sample(request(0, output_len=3), release_time=0.5, save_outputs=True)
+    assert sample.success and sample.output_len == 3 and sample.output_token_ids == (5, 6, 7)
+    assert sample.ttft_s == pytest.approx(0.5) and sample.e2el_s == pytest.approx(1.0)
+    assert sample.itl_s == pytest.approx((0.5, 0.0))
+    assert state.finish_reason == "length" and state.text == "abc"
+
+
+def test_stream_state_text_fallback_error_and_empty():
+    state = StreamState()
+    for i, at in enumerate((1.0, 1.2, 1.5)):
+        state.feed({"choices": [{"text": f"t{i}"}]}, at)
+    state.feed({"choices": [{"text": ""}]}, 1.6)  # empty text is not a token
+    sample = state.to_sample(request(0, output_len=3), release_time=0.0, save_outputs=True)
+    assert sample.output_len == 3 and sample.itl_s == pytest.approx((0.2, 0.3)) and sample.output_token_ids is None
+    broken = StreamState()
+    broken.feed({"error": {"message": "out of blocks"}}, 1.0)
+    failed = broken.to_sample(request(1), 0.0, False)
+    assert not failed.success and "out of blocks" in failed.error and failed.output_len == 0
+    assert "no tokens" in StreamState().to_sample(request(2), 0.0, False).error
+
+
+def test_completion_body_forces_exact_greedy_output():
+    settings = OpenAISettings(base_url="http://h:1")
+    body = completion_body(settings, "m", request(3, output_len=9))
+    assert body["prompt"] == [5, 3, 7, 8] and body["max_tokens"] == body["min_tokens"] == 9
+    assert body["ignore_eos"] is True and body["temperature"] == 0 and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True} and body["return_token_ids"] is True
+    plain = completion_body(OpenAISettings(base_url="http://h:1", vllm_extras=False, prompt_format="text"), "m",
+                            request(3, prompt="hello there"))
+    assert plain["prompt"] == "hello there" and "min_tokens" not in plain and "ignore_eos" not in plain
+    with pytest.raises(BadInput, match="no text"):
+        completion_body(OpenAISettings(base_url="http://h:1", prompt_format="text"), "m", request(4))
+
+
+def test_settings_errors_and_secrets():
+    def spec(**options):
+        return RunnerSpec(model="m", options=options)
+
+    with pytest.raises(BadInput, match="needs the option base_url"):
+        OpenAISettings.from_spec(spec(), {})
+    with pytest.raises(BadInput, match="base_ur") as unknown:
+        OpenAISettings.from_spec(spec(base_ur="http://x"), {})
+    assert "base_url" in unknown.value.hint
+    with pytest.raises(BadInput, match="not an http"):
+        OpenAISettings.from_spec(spec(base_url="localhost:8000"), {})
+    with pytest.raises(BadInput, match="prompt_format"):
+        OpenAISettings.from_spec(spec(base_url="http://x", prompt_format="chat"), {})
+    with pytest.raises(BadInput, match="not a float"):
+        OpenAISettings.from_spec(spec(base_url="http://x", request_timeout_s="soon"), {})
+    settings = OpenAISettings.from_spec(spec(base_url="http://x/v1/", vllm_extras="false"), {"OPENAI_API_KEY": "sk-1"})
+    assert settings.completions_url == "http://x/v1/completions" and settings.vllm_extras is False
+    assert settings.headers() == {"Authorization": "Bearer sk-1"}
+    assert "sk-1" not in json.dumps(settings.to_config()) and settings.to_config()["api_key_set"] is True
+    assert settings.resolve_model_name("m", ["served"]) == "served"
+    assert settings.resolve_model_name("m", []) == "m"
+    with pytest.raises(BadInput, match="serves a, b, not 'm'") as ambiguous:
+        settings.resolve_model_name("m", ["a", "b"])
+    assert "model_name" in ambiguous.value.hint
+
+
+def test_registry_knows_the_runners():
+    assert isinstance(get_runner("openai"), OpenAIRunner)
+    with pytest.raises(BadInput, match="opena") as unknown:
+        get_runner("opena")
+    assert "openai" in unknown.value.hint
+
+
+def test_run_times_every_token_and_counts_failures(server):
+    requests = [request(0), request(1, output_len=6), request(2, first_token=HTTP_500),
+                request(3, first_token=STREAM_ERROR), request(4, first_token=TEXT_ONLY, output_len=5),
+                request(5, first_token=SLOW)]
+    samples, result = run(requests, server.url, request_timeout_s=0.5)
+    assert set(samples) == {f"r{i}" for i in range(6)}
+    for rid in ("r0", "r1", "r4"):
+        sample = samples[rid]
+        assert sample.success and 0 < sample.ttft_s <= sample.e2el_s
+        assert len(sample.itl_s) == sample.output_len - 1
+        assert sample.e2el_s >= TOKEN_GAP_S * (sample.output_len - 1)
+    assert samples["r0"].output_len == 4 and samples["r0"].output_token_ids == (100, 101, 102, 103)
+    assert samples["r1"].output_len == 6 and samples["r4"].output_len == 5
+    assert samples["r4"].output_token_ids is None  # the server sent text only
+    assert "HTTP 500" in samples["r2"].error and not samples["r2"].success
+    assert "out of blocks" in samples["r3"].error
+    assert "timed out" in samples["r5"].error
+    assert result.telemetry["num_failed"] == 3 and result.config["model_name"] == "tiny-model"
+    assert 0 < result.duration_s < 5
+    assert all(body["model"] == "tiny-model" and body["min_tokens"] == body["max_tokens"] for body in server.bodies)
+
+
+def test_run_honours_max_concurrency_and_arrivals(server):
+    requests = [request(i, output_len=8) for i in range(6)] + [request(6, output_len=2, arrival_s=0.4)]
+    samples, _ = run(requests, server.url, max_concurrency=2, save_outputs=False)
+    assert all(s.success for s in samples.values()) and len(samples) == 7
+    assert server.peak_in_flight <= 2
+    received = server.received_at
+    assert received[6] - min(received[i] for i in range(6)) >= 0.39  # released no earlier than its arrival
+    assert samples["r6"].arrival_s == 0.4 and samples["r0"].output_token_ids is None
+
+
+def test_unreachable_endpoint_is_bad_input_naming_the_url():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    settings = OpenAISettings(base_url=url, connect_attempts=2, connect_retry_s=0.05)
+    started = time.perf_counter()
+    with pytest.raises(BadInput, match=f"cannot reach {url}/v1/models after 2 attempts"):
+        probe_endpoint(settings)
+    assert time.perf_counter() - started < 5
+    with pytest.raises(BadInput, match="cannot reach"):
+        run([request(0)], url, connect_attempts=1)
