@@ -30,3 +30,14 @@ def test_workflow_is_valid_and_compares_with_rules(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 3 and capsys.readouterr().out.startswith("### :x: pie compare: REGRESSION")
+
+
+def test_workflow_bench_command_uses_real_pie_bench_options(monkeypatch, capsys):
+    """`--help` after the arguments: click rejects unknown options before printing help."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    command = shlex.split(workflow["env"]["BENCH"]) + ["--label", "main"]
+    assert command[:2] == ["pie", "bench"]
+    monkeypatch.setattr(sys, "argv", command + ["--help"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0, capsys.readouterr().err
