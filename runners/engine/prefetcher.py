@@ -109,6 +109,10 @@ class Prefetcher:
 
     # --- worker thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        if not self.cuda:
+            # The copy is memory-bound; one OpenMP thread here (thread-local setting) keeps the copy
+            # thread from oversubscribing the cores the layer loop computes on.
+            torch.set_num_threads(1)
         while True:
             kv, rebuild = self._jobs.get()
             try:
