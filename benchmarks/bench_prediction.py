@@ -4,14 +4,18 @@ For three engine configurations (no pool at two batch limits, and a pooled one w
 budget holds about half the batch's KV) the cost model predicts output throughput from a
 `pie profile` of this machine, and the engine measures it: `2 x batch` requests of fixed
 length (random token ids, greedy, ignore_eos) run to completion after a warm-up, throughput =
-output tokens / wall time. Writes docs/results/prediction.json with each prediction, each
-measurement and the relative error. Run it under `flock /tmp/pie-heavy.lock`.
+output tokens / wall time. Two predictions per case: from the profile alone, and from the
+profile plus an engine calibration measured on three other configurations (batch 4 and 24
+without pool: the engine's per-step overhead outside the layers and lm_head, fixed + per
+sequence; batch 24 pooled: the engine's effective pooled copy rate). Writes
+docs/results/prediction.json with each prediction, each measurement and the relative error. Run it under `flock /tmp/pie-heavy.lock`.
 
 Run: flock /tmp/pie-heavy.lock python benchmarks/bench_prediction.py --profile PROFILE.json
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import subprocess
@@ -38,6 +42,10 @@ class Case:
 
 
 CASES = (Case("no pool, batch 16", 16, 1.5), Case("no pool, batch 48", 48, 1.5), Case("pool, batch 48", 48, 0.55))
+# Calibration runs, distinct from the cases: engine overhead per step (two batch sizes, no pool)
+# and the engine's effective pooled copy rate (one pooled run).
+CALIBRATION = (Case("calibration, batch 4", 4, 1.5), Case("calibration, batch 24", 24, 1.5),
+               Case("calibration, pool, batch 24", 24, 0.55))
 
 
 def engine_config(model: str, dtype: str, case: Case, input_len: int, output_len: int, block_size: int = 16):
@@ -56,7 +64,7 @@ def engine_config(model: str, dtype: str, case: Case, input_len: int, output_len
 
 def predicted(profile: HardwareProfile, config, case: Case, input_len: int, output_len: int):
     shape = resolve_model(config.model)
-    hardware = from_profile(profile)
+    hardware = from_profile(profile)  # reads the calibration from profile.extra when present
     block_bytes = shape.kv_bytes_per_token(config.dtype) * config.block_size
     workload = WorkloadStats("fixed", input_len, output_len, synthetic=True)
     budgets = Budgets(hardware.device_memory_bytes // 4, hardware.host_memory_bytes // 4, block_size=config.block_size,
@@ -101,6 +109,34 @@ def measure(config, case: Case, input_len: int, output_len: int) -> dict:
             "mean_decode_step_ms": 1e3 * float(np.median([s.wall_s for s in stats if s.num_prefill_tokens == 0]))}
 
 
+def calibrate(profile: HardwareProfile, model: str, input_len: int, output_len: int) -> tuple[dict, list]:
+    """Measure the engine's per-step overhead (fixed + per sequence) and its pooled copy rate."""
+    residuals, runs = [], []
+    for case in CALIBRATION[:2]:
+        config = engine_config(model, profile.dtype, case, input_len, output_len)
+        measured = measure(config, case, input_len, output_len)
+        model_step_ms = predicted(profile, config, case, input_len, output_len).decode_step_s * 1e3
+        residuals.append((case.batch_size, measured["mean_decode_step_ms"] - model_step_ms))
+        runs.append({"case": asdict(case), "measured": measured, "model_decode_step_ms": model_step_ms})
+    (b1, r1), (b2, r2) = residuals
+    per_seq_ms = max(0.0, (r2 - r1) / (b2 - b1))
+    fixed_ms = max(0.0, r1 - per_seq_ms * b1)
+    overhead = {"fixed_s": fixed_ms / 1e3, "per_seq_s": per_seq_ms / 1e3}
+    calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
+    case = CALIBRATION[2]
+    config = engine_config(model, profile.dtype, case, input_len, output_len)
+    measured = measure(config, case, input_len, output_len)
+    no_pool = dataclasses.replace(case, device_share=1.5)
+    without_copy = predicted(calibrated, engine_config(model, profile.dtype, no_pool, input_len, output_len), no_pool,
+                             input_len, output_len)
+    copy_ms = max(1e-3, measured["mean_decode_step_ms"] - without_copy.decode_step_s * 1e3)
+    layers = resolve_model(model).num_layers
+    # The cost model charges (L + 1) / L of the streamed bytes per step where copies do not overlap.
+    overhead["pooled_copy_gbps"] = measured["median_decode_h2d_bytes"] * (layers + 1) / layers / (copy_ms / 1e3) / 1e9
+    runs.append({"case": asdict(case), "measured": measured, "copy_ms_per_step": copy_ms})
+    return overhead, runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path, required=True, help="a `pie profile` of this machine for --model")
@@ -110,18 +146,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/prediction.json"))
     args = parser.parse_args()
     profile = HardwareProfile.load(args.profile)
+    overhead, calibration_runs = calibrate(profile, args.model, args.input_len, args.output_len)
+    print(f"calibration (engine runs distinct from the cases): {overhead}")
+    calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
     rows = []
     for case in CASES:
         config = engine_config(args.model, profile.dtype, case, args.input_len, args.output_len)
-        prediction = predicted(profile, config, case, args.input_len, args.output_len)
+        raw = predicted(profile, config, case, args.input_len, args.output_len)
+        prediction = predicted(calibrated, config, case, args.input_len, args.output_len)
         measured = measure(config, case, args.input_len, args.output_len)
         error = prediction.output_tok_s / measured["output_tok_s"] - 1
+        raw_error = raw.output_tok_s / measured["output_tok_s"] - 1
         rows.append({"case": asdict(case), "engine": {k: v for k, v in asdict(config).items() if k != "random_weights"},
                      "predicted_output_tok_s": prediction.output_tok_s, "predicted_decode_step_ms": prediction.decode_step_s * 1e3,
-                     "predicted_stall_ms_per_step": prediction.stall_step_s * 1e3, "measured": measured, "relative_error": error})
-        print(f"{case.name:20s} predicted {prediction.output_tok_s:8.1f} tok/s  measured {measured['output_tok_s']:8.1f} tok/s  "
-              f"error {error:+.1%}  (decode step predicted {prediction.decode_step_s * 1e3:.1f} ms, measured median "
-              f"{measured['mean_decode_step_ms']:.1f} ms)")
+                     "predicted_stall_ms_per_step": prediction.stall_step_s * 1e3, "measured": measured, "relative_error": error,
+                     "profile_only_output_tok_s": raw.output_tok_s, "profile_only_relative_error": raw_error})
+        print(f"{case.name:20s} predicted {prediction.output_tok_s:8.1f} tok/s (profile only {raw.output_tok_s:8.1f})  "
+              f"measured {measured['output_tok_s']:8.1f} tok/s  error {error:+.1%} (profile only {raw_error:+.1%})  "
+              f"(decode step predicted {prediction.decode_step_s * 1e3:.1f} ms, measured median {measured['mean_decode_step_ms']:.1f} ms)")
         print("   ", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in measured.items()}))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +171,7 @@ def main() -> None:
                                     "git_commit": commit, "machine": platform.platform(), "profile": str(args.profile),
                                     "profile_created_at": profile.created_at, "model": args.model,
                                     "input_len": args.input_len, "output_len": args.output_len,
+                                    "calibration": {"engine_iteration_overhead": overhead, "runs": calibration_runs},
                                     "max_abs_relative_error": max(abs(r["relative_error"]) for r in rows), "rows": rows},
                                    indent=2))
     print(f"wrote {args.out}")

@@ -49,6 +49,8 @@ class ModelCosts:
     link_bytes_per_s: float
     source: str  # "fitted" | "roofline"
     copies_overlap: bool = True  # False on a CPU-only machine: the "link" is a memcpy on the same cores
+    iteration_fixed_s: float = 0.0  # engine work per step outside layers and lm_head (measured, else 0)
+    iteration_per_seq_s: float = 0.0
 
     def overlap_depth(self, depth: int) -> int:
         """Depth that hides copies: the prefetch depth, or 1 (copy, then compute) where copies cannot overlap."""
@@ -65,7 +67,8 @@ def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelC
     common = dict(num_layers=shape.num_layers, kv_bytes_per_token_layer=kv_layer,
                   activation_ratio=shape.hidden_size / (2 * shape.kv_dim),
                   rebuild_allowed=shape.rebuild_saves_bytes, weight_bytes=shape.weight_bytes(dtype),
-                  link_bytes_per_s=hardware.link_h2d_gbps * GB, copies_overlap=not hardware.link_is_memcpy)
+                  link_bytes_per_s=hardware.link_h2d_gbps * GB, copies_overlap=not hardware.link_is_memcpy,
+                  iteration_fixed_s=hardware.iteration_fixed_s, iteration_per_seq_s=hardware.iteration_per_seq_s)
     fit = hardware.decode_fit
     if fit is None:
         flops_per_s = hardware.matmul_tflops * 1e12
@@ -138,7 +141,9 @@ class Problem:
         return c.decode_fixed_s + c.decode_per_token_s * batch_size + c.decode_per_kv_token_s * batch_size * self.workload.mean_context_tokens
 
     def head_s(self, batch_size: int) -> float:
-        return self.costs.head_fixed_s + self.costs.head_per_token_s * batch_size
+        """Per decode step outside the layers: the lm_head, plus measured engine overhead if any."""
+        c = self.costs
+        return c.head_fixed_s + c.iteration_fixed_s + (c.head_per_token_s + c.iteration_per_seq_s) * batch_size
 
     def prefill_request_s(self) -> float:
         """Prefill of one mean-length prompt over all layers (the fixed part shared by a chunk of prompts)."""

@@ -35,6 +35,10 @@ class HardwareSpec:
     profiled_model: str | None = None
     profile_dtype: str | None = None
     link_is_memcpy: bool = False  # CPU-only machine: the "link" is a host memcpy
+    # Engine work outside the layers and lm_head (scheduling, block tables, sampling), per decode
+    # step: fixed + per sequence. Measured by an engine calibration run (0 when not measured).
+    iteration_fixed_s: float = 0.0
+    iteration_per_seq_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.source not in ("preset", "profile"):
@@ -128,6 +132,8 @@ def from_profile(profile: HardwareProfile, source: str = "profile") -> HardwareS
     if profile.decode_fit is None:
         raise BadInput(f"{source} has no per-layer decode fit", "re-run `pie profile --model NAME` so layers are timed")
     fingerprint = profile.fingerprint or {}
+    # Written by an engine calibration, if any: per-step overhead and the engine's pooled copy rate.
+    overhead = (profile.extra or {}).get("engine_iteration_overhead", {})
     host_bytes = _first_int(fingerprint, ("ram_bytes", "memory_bytes", "host_memory_bytes", "total_memory_bytes")) \
         or physical_host_memory_bytes()
     if profile.device.startswith("cuda"):
@@ -140,7 +146,9 @@ def from_profile(profile: HardwareProfile, source: str = "profile") -> HardwareS
         name=profile.device_name or profile.device, source="profile",
         label=f"measured profile of {profile.device_name or profile.device} ({profile.created_at})",
         device="cuda" if profile.device.startswith("cuda") else "cpu",
-        device_memory_bytes=device_bytes, host_memory_bytes=host_bytes, link_h2d_gbps=sustained_link_gbps(profile),
+        device_memory_bytes=device_bytes, host_memory_bytes=host_bytes,
+        link_h2d_gbps=float(overhead.get("pooled_copy_gbps") or sustained_link_gbps(profile)),
         memory_bandwidth_gbps=profile.memory_bandwidth_gbps, matmul_tflops=profile.matmul_tflops,
         decode_fit=profile.decode_fit, prefill_fit=profile.prefill_fit, profiled_model=profile.model,
-        profile_dtype=profile.dtype, link_is_memcpy=profile.link_is_memcpy)
+        profile_dtype=profile.dtype, link_is_memcpy=profile.link_is_memcpy,
+        iteration_fixed_s=float(overhead.get("fixed_s", 0.0)), iteration_per_seq_s=float(overhead.get("per_seq_s", 0.0)))
