@@ -1,6 +1,7 @@
 """`pie tune --online`: run a plan on the Pie engine and let the hill-climber size the pool live.
 
-The pool's capacity is the plan's pool times `pool_headroom` (the climber may grow into it);
+The pool's capacity is the plan's pool times `pool_headroom`, and at least the device tier's
+size within the host budget (the climber may grow into it);
 the staging for that extra capacity is added to the planned device blocks, so the resident
 device KV stays as planned. The engine runs a closed-loop synthetic workload (the plan's mean prompt and output lengths,
 random token ids, labelled synthetic): `num_prompts` requests stay in flight, a finished one
@@ -104,8 +105,12 @@ def build_engine(plan: Plan, settings: OnlineSettings, pool_capacity: int):
 
 
 def pool_capacity_for(plan: Plan, settings: OnlineSettings) -> int:
+    """Blocks of pool to allocate: room above the plan's pool, and at least the device tier's size
+    (within the host budget) so a plan that pooled little can still be climbed from."""
     start = plan.settings.num_pool_blocks
-    return max(start + 1, int(math.ceil(start * settings.pool_headroom)), 4)
+    block_bytes = resolve_model(plan.settings.model).kv_bytes_per_token(plan.dtype) * plan.settings.block_size
+    host_blocks = int(plan.budgets["host_memory_bytes"] // block_bytes)
+    return max(start + 1, int(math.ceil(start * settings.pool_headroom)), min(host_blocks, plan.settings.num_device_blocks), 4)
 
 
 def run_online(plan: Plan, settings: OnlineSettings, out=None, on_move: Callable[[Move], None] | None = None) -> Plan:
