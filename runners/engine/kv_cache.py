@@ -40,11 +40,11 @@ class KVCache:
         self.pool = torch.zeros(layout.num_layers * self.num_pool_kv_blocks, *self.geometry, dtype=dtype,
                                 pin_memory=pin)
         self.rebuild = self.num_pool_rebuild_blocks > 0
-        activation_geometry = (layout.num_layers, 0, layout.block_size, shape.hidden_size)
-        self.captured = torch.zeros(activation_geometry[:1] + (self.num_device_blocks if self.rebuild else 0,)
-                                    + activation_geometry[2:], dtype=dtype, pin_memory=pin and self.rebuild)
-        self.pool_activations = torch.zeros(activation_geometry[:1] + (self.num_pool_rebuild_blocks,)
-                                            + activation_geometry[2:], dtype=dtype, pin_memory=pin and self.rebuild)
+        captured_blocks = self.num_device_blocks if self.rebuild else 0
+        self.captured = torch.zeros(layout.num_layers, captured_blocks, layout.block_size, shape.hidden_size,
+                                    dtype=dtype, pin_memory=pin and self.rebuild)
+        self.pool_activations = torch.zeros(layout.num_layers, self.num_pool_rebuild_blocks, layout.block_size,
+                                            shape.hidden_size, dtype=dtype, pin_memory=pin and self.rebuild)
         element = self.kv.element_size()
         self.block_layer_bytes = self.kv[0].numel() * element  # one block of one layer, K and V
         self.activation_block_layer_bytes = layout.block_size * shape.hidden_size * element

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from runners.engine.block_manager import BlockManager, BlockMove
-from runners.engine.sequence import POOL, Sequence, SequenceStatus
+from runners.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass
@@ -153,6 +153,3 @@ class Scheduler:
                 out.restores.append(self.blocks.restore(holder, holder.pooled_blocks()[-1]))
             else:
                 self._preempt(self.running[-1], out)
-
-    def pooled_block_count(self) -> int:
-        return sum(1 for seq in self.running for ref in seq.block_table if ref.tier == POOL)
