@@ -10,9 +10,12 @@ the cost model is fitted to exactly what the engine will run. Building one layer
 embedding is built too, since the engine's model owns it; the other 47 layers are not).
 
 Grid points are chosen from a roofline estimate made with the measured memory bandwidth and
-FLOP/s: points estimated above the per-point time budget, or whose KV cache would not fit in
-a quarter of free memory, are dropped, so big layers get a smaller grid. Block tables are a
-seeded permutation of the cache's blocks (a fragmented cache, as in a running engine).
+FLOP/s: points whose KV cache would not fit in a quarter of free memory are dropped, and so
+are points estimated above the per-point time budget unless that would leave fewer than a
+minimum grid (then the cheapest, up to ten budgets, are kept), so big layers get a smaller grid.
+Points are timed round-robin (`time_interleaved`) so interference from other processes lands
+on the whole grid rather than bending the fit. Block tables are a seeded permutation of the
+cache's blocks (a fragmented cache, as in a running engine).
 
 Left out: the embedding and lm_head (the planner accounts for them separately), the pool and
 prefetch (the engine's runner measures stalls), and sampling.
@@ -63,6 +66,16 @@ class GridSpec:
     max_repeats: int = 9
     min_decode_points: int = 9  # a 3 x 3 grid: 6 to fit 3 coefficients, 3 held out
     min_prefill_points: int = 6
+
+    def __post_init__(self) -> None:
+        for name in ("decode_batch_sizes", "decode_context_lens", "prefill_batch_sizes", "prefill_context_lens"):
+            values = getattr(self, name)
+            if not values or min(values) < 1:
+                raise BadInput(f"grid {name} must be non-empty positive integers, got {values}")
+        if self.point_budget_s <= 0 or self.sample_budget_s <= 0:
+            raise BadInput(f"grid time budgets must be positive, got {self.point_budget_s}, {self.sample_budget_s}")
+        if not 1 <= self.min_repeats <= self.max_repeats:
+            raise BadInput(f"need 1 <= min_repeats <= max_repeats, got {self.min_repeats}, {self.max_repeats}")
 
     @classmethod
     def for_run(cls, quick: bool) -> "GridSpec":

@@ -110,3 +110,14 @@ def test_opt_30b_builds_one_layer_not_the_model():
     assert peak_bytes < 8 * GIB  # the whole model is about 60 GB in bf16
     out = bench.decode_call(batch_size=1, context_len=16)()
     assert out.shape == (1, 7168)
+
+
+@pytest.mark.parametrize("changes", [{"decode_batch_sizes": ()}, {"prefill_context_lens": (0, 16)},
+                                     {"point_budget_s": 0.0}, {"min_repeats": 5, "max_repeats": 3}])
+def test_grid_spec_validates(changes):
+    import dataclasses
+
+    from pie_cli.errors import BadInput
+
+    with pytest.raises(BadInput):
+        dataclasses.replace(GridSpec.for_run(True), **changes)
