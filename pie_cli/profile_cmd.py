@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.errors import BadInput
+from pie_cli.errors import BadInput, RuntimeFailure
 from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
 from profiler.hardware_profile import HardwareProfile
@@ -164,3 +164,7 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     if json_out:
         out.json({"path": str(path), "profile": result.to_dict()})
     render(out, result, path)
+    if "layer_error" in result.extra:
+        raise RuntimeFailure(f"timing the layer failed ({result.extra['layer_error']}); "
+                             f"the link and memory figures were saved to {path}",
+                             "pass --no-layer to skip the layer, or try a smaller --model")

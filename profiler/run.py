@@ -121,17 +121,28 @@ def peak_rss_bytes() -> int:
 
 
 def run_profile(request: ProfileRequest, progress: Progress | None = None) -> HardwareProfile:
-    """Measure everything the request asks for and return the profile (not saved)."""
+    """Measure everything the request asks for and return the profile (not saved).
+
+    torch's thread count is set for the run and restored afterwards. If timing the layer fails,
+    the link and memory figures are still returned, with the failure in `extra["layer_error"]`.
+    """
     import torch
 
-    from profiler import layer as layer_module
-    from profiler.fit import fit_decode, fit_prefill
-    from profiler.memory import default_copy_size, default_matmul_shape, measure_memory
-
-    progress = progress or NoProgress()
-    started = time.perf_counter()
+    threads_before = torch.get_num_threads()
     if request.threads is not None:
         torch.set_num_threads(request.threads)
+    try:
+        return _measure(request, progress or NoProgress())
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _measure(request: ProfileRequest, progress: Progress) -> HardwareProfile:
+    import torch
+
+    from profiler.memory import default_copy_size, default_matmul_shape, measure_memory
+
+    started = time.perf_counter()
     sweep, notes = request.link_sweep()
     notes = list(request.notes) + list(notes)
     device, dtype, shape = request.device, request.dtype, request.shape
@@ -154,38 +165,18 @@ def run_profile(request: ProfileRequest, progress: Progress | None = None) -> Ha
     memory = measure_memory(device, dtype, copy_size, matmul_shape, repeats=7 if request.quick else 11)
     progress.advance(f"memory {memory.memory_bandwidth_gbps:.1f} GB/s, matmul {memory.matmul_tflops:.2f} TFLOP/s")
 
-    layer_timings: tuple = ()
-    decode_fit = prefill_fit = None
     extra: dict = {"threads": torch.get_num_threads(), "seed": request.seed,
                    "memory_copy_size_bytes": copy_size, "memory_copy_samples_s": list(memory.copy_timing.samples_s),
                    "matmul_shape": list(matmul_shape), "matmul_samples_s": list(memory.matmul_timing.samples_s)}
+    layer_timings, decode_fit, prefill_fit = (), None, None
     if shape is not None:
-        spec = layer_module.GridSpec.for_run(request.quick)
-        roofline = layer_module.Roofline(memory.memory_bandwidth_gbps, memory.matmul_tflops)
-        progress.start(f"building one {shape.name} layer (seeded random weights)", 1)
-        layer_timings, extra["decode_kernel"] = layer_module.measure_layer(
-            shape, dtype, device, spec, roofline, seed=request.seed, progress=progress.advance,
-            on_built=lambda count: progress.start(f"{shape.name} layer: prefill and decode grid", count))
-        notes.append(f"per-layer times are one {shape.name} layer of the Pie engine with seeded random weights")
-        noisy = [t for t in layer_timings if (t.p90_s - t.p10_s) / t.median_s > NOISY_SPREAD]
-        if noisy:
-            notes.append(f"{len(noisy)} of {len(layer_timings)} layer timings varied by more than {NOISY_SPREAD:.0%} "
-                         "(p10..p90): other processes were likely using the machine"
-                         + ("; try --threads 1 or a quieter moment" if torch.get_num_threads() > 1 else "; try a quieter moment"))
-        progress.start("fitting the cost model", 1)
         try:
-            decode_fit, decode_result = fit_decode(layer_timings, shape.layer_weight_bytes(dtype),
-                                                   shape.layer_flops_per_token(), shape.kv_bytes_per_token_per_layer(dtype))
-            extra["decode_holdout_rel_errors"] = list(decode_result.holdout_errors)
-        except PieError as err:
-            notes.append(f"no decode fit: {err.one_line()}")
-        try:
-            prefill_fit, prefill_result = fit_prefill(layer_timings)
-            extra["prefill_holdout_rel_errors"] = list(prefill_result.holdout_errors)
-            extra["prefill_max_rel_error"] = prefill_result.max_rel_error
-        except PieError as err:
-            notes.append(f"no prefill fit: {err.one_line()}")
-        progress.advance("fit done")
+            layer_timings, decode_fit, prefill_fit = _measure_layer(shape, request, memory, progress, notes, extra)
+        except (MemoryError, RuntimeError, ImportError, PieError) as err:  # keep the link and memory figures
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            message = err.one_line() if isinstance(err, PieError) else f"{type(err).__name__}: {first_line}"
+            extra["layer_error"] = message
+            notes.append(f"timing the {shape.name} layer failed: {message}")
     if on_cuda:
         extra["peak_device_bytes"] = int(torch.cuda.max_memory_allocated())
     extra["peak_rss_bytes"] = peak_rss_bytes()
@@ -198,3 +189,41 @@ def run_profile(request: ProfileRequest, progress: Progress | None = None) -> Ha
         model=shape.name if shape else None, model_shape=shape.to_dict() if shape else None,
         layer_timings=layer_timings, decode_fit=decode_fit, prefill_fit=prefill_fit, quick=request.quick,
         notes=tuple(notes), extra=extra)
+
+
+def _measure_layer(shape: ModelShape, request: ProfileRequest, memory, progress: Progress, notes: list[str], extra: dict):
+    """Time one engine layer over the grid and fit the cost model; notes and extra are filled in place."""
+    import torch
+
+    from profiler import layer as layer_module
+    from profiler.fit import fit_decode, fit_prefill
+
+    dtype, device = request.dtype, request.device
+    spec = layer_module.GridSpec.for_run(request.quick)
+    roofline = layer_module.Roofline(memory.memory_bandwidth_gbps, memory.matmul_tflops)
+    progress.start(f"building one {shape.name} layer (seeded random weights)", 1)
+    layer_timings, extra["decode_kernel"] = layer_module.measure_layer(
+        shape, dtype, device, spec, roofline, seed=request.seed, progress=progress.advance,
+        on_built=lambda count: progress.start(f"{shape.name} layer: prefill and decode grid", count))
+    notes.append(f"per-layer times are one {shape.name} layer of the Pie engine with seeded random weights")
+    noisy = [t for t in layer_timings if (t.p90_s - t.p10_s) / t.median_s > NOISY_SPREAD]
+    if noisy:
+        notes.append(f"{len(noisy)} of {len(layer_timings)} layer timings varied by more than {NOISY_SPREAD:.0%} "
+                     "(p10..p90): other processes were likely using the machine"
+                     + ("; try --threads 1 or a quieter moment" if torch.get_num_threads() > 1 else "; try a quieter moment"))
+    progress.start("fitting the cost model", 1)
+    decode_fit = prefill_fit = None
+    try:
+        decode_fit, decode_result = fit_decode(layer_timings, shape.layer_weight_bytes(dtype),
+                                               shape.layer_flops_per_token(), shape.kv_bytes_per_token_per_layer(dtype))
+        extra["decode_holdout_rel_errors"] = list(decode_result.holdout_errors)
+    except PieError as err:
+        notes.append(f"no decode fit: {err.one_line()}")
+    try:
+        prefill_fit, prefill_result = fit_prefill(layer_timings)
+        extra["prefill_holdout_rel_errors"] = list(prefill_result.holdout_errors)
+        extra["prefill_max_rel_error"] = prefill_result.max_rel_error
+    except PieError as err:
+        notes.append(f"no prefill fit: {err.one_line()}")
+    progress.advance("fit done")
+    return layer_timings, decode_fit, prefill_fit

@@ -126,3 +126,14 @@ def test_quick_opt_125m_run_shows_fit_and_saves(monkeypatch, capsys, tmp_path):
     assert code in (0, None), err
     assert "Fitted layer cost model" in out and "decode" in out
     assert f"profile saved to {path}" in err.replace("\n", "")
+
+
+def test_layer_failure_saves_what_was_measured_and_exits_1(monkeypatch, capsys, tmp_path):
+    import profiler.layer as layer_module
+
+    monkeypatch.setattr(layer_module, "measure_layer", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no room")))
+    path = tmp_path / "p.json"
+    code, out, err = run_main(monkeypatch, capsys, "--quick", "--max-size", "64KiB", "--threads", "1", "--output", str(path))
+    assert code == 1
+    assert path.is_file() and json.loads(path.read_text())["link"]
+    assert err.strip().splitlines()[-1].startswith("error: timing the layer failed (MemoryError: no room)")

@@ -122,3 +122,18 @@ def test_load_rejects_a_bad_sample(tmp_path, link_profile):
     good["link"][0]["direction"] = "sideways"
     with pytest.raises(BadInput, match="direction"):
         HardwareProfile.load(_write(tmp_path, good))
+
+
+def test_a_failing_layer_keeps_link_and_memory_figures(monkeypatch):
+    import profiler.layer as layer_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory while building the layer\nsecond line of a torch message")
+
+    monkeypatch.setattr(layer_module, "measure_layer", broken)
+    before = torch.get_num_threads()
+    profile = run_profile(ProfileRequest(model="opt-125m", quick=True, max_size_bytes=64 * KIB, threads=1))
+    assert torch.get_num_threads() == before  # restored after the run
+    assert profile.extra["layer_error"] == "RuntimeError: out of memory while building the layer"
+    assert profile.link and profile.memory_bandwidth_gbps > 0 and profile.decode_fit is None
+    assert any("layer failed" in note for note in profile.notes)
