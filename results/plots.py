@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -69,6 +70,14 @@ def _cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered, np.arange(1, len(ordered) + 1) / len(ordered)
 
 
+def _log_axis(axis: plt.Axes, span: float) -> None:
+    """Log x axis with plain-number labels at 1-2-5 steps (1 step over wide spans), no minor labels."""
+    axis.set_xscale("log")
+    axis.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 300 else (1.0,)))
+    axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def latency_cdf_figure(samples: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
     """`samples[series][quantity]` holds per-request values in ms for quantity ttft, tpot, e2el."""
     panels = (("ttft", "TTFT (ms)", "Time to first token"), ("tpot", "TPOT (ms/token)", "Time per output token"),
@@ -88,7 +97,7 @@ def latency_cdf_figure(samples: Mapping[str, Mapping[str, Sequence[float]]]) -> 
             highs.append(x[-1])
             drawn += 1
         if drawn and max(highs) / max(min(lows), 1e-9) > 20:
-            axis.set_xscale("log")
+            _log_axis(axis, max(highs) / max(min(lows), 1e-9))
         axis.set_xlabel(label)
         axis.set_ylabel("fraction of requests")
         axis.set_ylim(0, 1.02)
