@@ -29,7 +29,7 @@ from planner.tune import TuneRequest, make_plan, problem_for
 GB = 10**9
 MODELS = ("opt-6.7b", "opt-13b", "opt-30b", "llama-3-8b", "llama-2-13b", "qwen2.5-7b", "mistral-7b")
 PRESETS = ("h100-pcie", "h200", "a100-pcie", "gh200", "l4")
-BUDGETS = ((1.0, 64), (0.6, 256), (0.8, 32))  # (share of device memory, host GB)
+BUDGETS = ((1.0, 64), (0.6, 256), (0.8, 32), (0.45, 128))  # (share of device memory, host GB)
 WORKLOADS = ("sharegpt", "alpaca")
 
 
@@ -90,7 +90,9 @@ def main() -> None:
             print(f"{model:12s} {hardware:9s} dev {device_share:.1f} host {host_gb:4d} tpot<={bound or 0:7.1f}  "
                   f"lp {lp_tok_s:9.1f}  enum {rows[-1]['exhaustive_output_tok_s'] or 0:9.1f}  ratio {rows[-1]['ratio'] or 0:.4f}")
     ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+    pooled = [r["ratio"] for r in rows if r["ratio"] is not None and r["pooled_fraction"] > 0.01]
     summary = {"num_instances": len(ratios), "num_skipped": len(skipped), "min_ratio": min(ratios),
+               "num_with_pool_over_1pct": len(pooled), "min_ratio_with_pool": min(pooled) if pooled else None,
                "num_at_least_99pct": sum(r >= 0.99 for r in ratios),
                "max_plan_wall_s": max(r["plan_wall_s"] for r in rows),
                "max_lp_solve_ms": max(r["lp_solve_ms_max"] for r in rows),
