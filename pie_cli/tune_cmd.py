@@ -22,12 +22,12 @@ _SIZE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 _UNITS = {"": GIB, "gib": GIB, "g": 1e9, "gb": 1e9, "mib": 1024**2, "mb": 1e6, "tib": 1024**4, "tb": 1e12}
 
 HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="A datasheet preset: h100-pcie, h200, a100-pcie, gh200, l4 (figures to replace with a `pie profile`).")]
-ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="A HardwareProfile JSON from `pie profile` [default: a quick profile of this machine].")]
-GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Device memory budget, e.g. 80GB or 70GiB (a bare number is GiB) [default: all device memory; a quarter of RAM on a CPU].")]
-CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (a bare number is GiB) [default: half of host memory; a quarter of RAM on a CPU].")]
+ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="A HardwareProfile JSON from `pie profile` (default: a quick profile of this machine).")]
+GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Device memory budget, e.g. 80GB or 70GiB (a bare number is GiB) (default: all device memory; a quarter of RAM on a CPU).")]
+CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (a bare number is GiB) (default: half of host memory; a quarter of RAM on a CPU).")]
 WorkloadOpt = Annotated[str, typer.Option("--workload", help="sharegpt or alpaca (published mean lengths), or a workload FILE (ShareGPT/Alpaca JSON or JSONL).")]
 MaxTpotOpt = Annotated[Optional[float], typer.Option("--max-tpot-ms", help="Latency bound: the plan's predicted time per output token must not exceed this.")]
-TuneDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16 or float32 [default: the profile's, float16 for presets].")]
+TuneDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16 or float32 (default: the profile's, float16 for presets).")]
 BlockSizeOpt = Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")]
 MaxBatchedOpt = Annotated[int, typer.Option("--max-num-batched-tokens", help="Tokens per engine iteration (prefill chunks + decodes).")]
 MaxSeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", help="Cap on the batch limit the planner may choose.")]
