@@ -22,7 +22,7 @@ _SIZE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 _UNITS = {"": GIB, "gib": GIB, "g": 1e9, "gb": 1e9, "mib": 1024**2, "mb": 1e6, "tib": 1024**4, "tb": 1e12}
 
 HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="A datasheet preset: h100-pcie, h200, a100-pcie, gh200, l4 (figures to replace with a `pie profile`).")]
-ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="A HardwareProfile JSON from `pie profile` (default: a quick profile of this machine).")]
+ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="A HardwareProfile JSON from `pie profile` (default: this host's saved profile for the model, else a quick profile, which is saved).")]
 GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Device memory budget, e.g. 80GB or 70GiB (a bare number is GiB) (default: all device memory; a quarter of RAM on a CPU).")]
 CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (a bare number is GiB) (default: half of host memory; a quarter of RAM on a CPU).")]
 WorkloadOpt = Annotated[str, typer.Option("--workload", help="sharegpt or alpaca (published mean lengths), or a workload FILE (ShareGPT/Alpaca JSON or JSONL).")]
