@@ -7,6 +7,9 @@ PIE_TEST_INJECT_SLOWDOWN=<fraction> (the runner sleeps that fraction of each ste
 the throughput rule must fire on every pair. The same runs are also compared one against one
 (k-th base run vs k-th new run) to show what a single run per side can and cannot tell.
 
+Each run uses one OpenMP thread by default (`--threads`): on a shared 2-core machine two threads
+against another job's threads made some runs 10-20x slower, noise no test can see through.
+
 Usage (heavy; take the shared lock):
   flock /tmp/pie-heavy.lock python benchmarks/bench_compare_aa.py --pairs 20 --ab-pairs 10
   python benchmarks/bench_compare_aa.py --analyze-only --results-dir .pie/compare_aa/<stamp>
@@ -46,6 +49,8 @@ def bench(template: str, label: str, args: argparse.Namespace, slowdown: float |
                               results_dir=args.results_dir, label=label)
     env = dict(os.environ)
     env.pop("PIE_TEST_INJECT_SLOWDOWN", None)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)  # no OpenMP oversubscription against other jobs
     if slowdown:
         env["PIE_TEST_INJECT_SLOWDOWN"] = str(slowdown)
     for attempt in range(2):
@@ -139,6 +144,9 @@ def main() -> int:
     parser.add_argument("--runner", default="pie")
     parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--bench", default=DEFAULT_BENCH, help="command template for one run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP_NUM_THREADS for each run (0: inherit). On a shared 2-core machine, 2 threads "
+                             "against another job's threads made some runs 10-20x slower (spinning OpenMP barriers)")
     parser.add_argument("--rule", action="append", dest="rules", help="rules (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--results-dir", type=Path,
@@ -152,7 +160,7 @@ def main() -> int:
     summary = {"command": " ".join([Path(sys.executable).name] + sys.argv), "started_at": started,
                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "results_dir": str(args.results_dir), "bench_template": args.bench, "model": args.model,
-               "runner": args.runner, "num_prompts": args.num_prompts, "runs_per_side": args.runs_per_side,
+               "runner": args.runner, "num_prompts": args.num_prompts, "runs_per_side": args.runs_per_side, "omp_num_threads": args.threads,
                "slowdown": args.slowdown, "rules": [r.text for r in rules], "alpha": args.alpha,
                "run_wall_s": {k: {"mean": statistics.fmean(v), "num_runs": len(v)} for k, v in wall.items() if v}}
     summary.update(analyze(args, rules))
