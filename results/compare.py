@@ -146,14 +146,15 @@ def direction(metric: str) -> int:
     return 0
 
 
-def run_metrics(record: RunRecord) -> dict[str, float]:
-    """Numeric summary metrics of one run, plus top-level numeric telemetry (stall, link bytes)."""
-    values = {}
-    for source in (record.telemetry or {}, record.summary or {}):
-        for key, value in source.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                values[key] = float(value)
-    return values
+def _numbers(source: dict[str, Any] | None) -> dict[str, float]:
+    return {key: float(value) for key, value in (source or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+def run_metrics(record: RunRecord, telemetry_keys: set[str] | None = None) -> dict[str, float]:
+    """Numeric summary metrics of one run, plus the numeric telemetry named in `telemetry_keys`."""
+    telemetry = {k: v for k, v in _numbers(record.telemetry).items() if telemetry_keys is None or k in telemetry_keys}
+    return {**telemetry, **_numbers(record.summary)}
 
 
 def request_values(record: RunRecord, quantity: str) -> list[list[float]]:
@@ -231,7 +232,9 @@ def _mark(metric: str, before: float, after: float, ratio: float | None, signifi
 
 def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: CompareOptions = CompareOptions()) -> Comparison:
     warnings = check_comparable(before, after, options.force)
-    per_run = {name: pd.DataFrame([run_metrics(r) for r in side.records]) for name, side in
+    # Runner telemetry (stall, link bytes, steps) is compared only where every run carries it.
+    telemetry_keys = set.intersection(*(set(_numbers(r.telemetry)) for r in before.records + after.records))
+    per_run = {name: pd.DataFrame([run_metrics(r, telemetry_keys) for r in side.records]) for name, side in
                (("before", before), ("after", after))}
     means = [per_run[name].mean(numeric_only=True).rename(name).rename_axis("metric").reset_index()
              for name in ("before", "after")]

@@ -160,3 +160,14 @@ def test_resolve_side_selectors_and_errors(tmp_path):
 def test_direction():
     assert direction("output_throughput") == 1 and direction("p99_ttft_ms") == -1
     assert direction("failed") == -1 and direction("completed") == 1 and direction("num_thing") == 0
+
+
+def test_runner_telemetry_compared_only_when_both_sides_have_it(tmp_path):
+    store = ResultsStore(tmp_path)
+    pie = _side(store, [write_run(store, seed=1, telemetry={"stall_fraction": 0.1, "num_steps": 40})], "a")
+    hf = _side(store, [write_run(store, seed=2, runner="hf", telemetry={"num_batches": 3})], "b")
+    pie_again = _side(store, [write_run(store, seed=3, telemetry={"stall_fraction": 0.2, "num_steps": 40})], "c")
+    metrics = set(compare(pie, hf).frame["metric"])
+    assert "output_throughput" in metrics and not {"stall_fraction", "num_batches", "num_steps"} & metrics
+    rows = compare(pie, pie_again).frame.set_index("metric")
+    assert rows.loc["stall_fraction", "change_pct"] == pytest.approx(100.0)
