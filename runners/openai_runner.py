@@ -12,7 +12,8 @@ request yields exactly `output_len` tokens, and `return_token_ids` so each chunk
 server's token counts. A server without these falls back to one token per non-empty text chunk.
 
 Options (`RunnerSpec.options`): `base_url` (required, e.g. http://127.0.0.1:8000), `model_name`
-(served name; default: the spec's model, or the one model the server lists), `prompt_format`
+(served name; default: the spec's model, or the one model the server lists), `warmup` (default
+true: the first prompt is sent once, untimed, as `vllm bench serve` does), `prompt_format`
 (`token_ids` or `text`), `request_timeout_s`, `connect_attempts`, `connect_retry_s`,
 `max_connections`, `vllm_extras`, `api_key` (default: $OPENAI_API_KEY; never stored).
 
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pie_cli.errors import BadInput
+from pie_cli.errors import BadInput, RuntimeFailure
 from results.record import RequestSample
 from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, peak_host_memory_bytes
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
@@ -73,6 +74,20 @@ async def _send(session: Any, settings: OpenAISettings, model_name: str, request
     return state.to_sample(request, release_time, save_outputs), time.perf_counter()
 
 
+async def _warm_up(settings: OpenAISettings, model_name: str, request: BenchRequest) -> None:
+    """Send the workload's first prompt for two tokens before timing anything (as `vllm bench serve`
+    does), so a wrong model name or endpoint fails at once and one-time server costs stay out."""
+    import aiohttp
+
+    warm = BenchRequest(request_id="pie-warmup", prompt=request.prompt, prompt_token_ids=request.prompt_token_ids,
+                        output_len=min(2, request.output_len))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.request_timeout_s)) as session:
+        sample, _ = await _send(session, settings, model_name, warm, False, time.perf_counter())
+    if not sample.success:
+        raise RuntimeFailure(f"the warm-up request to {settings.completions_url} failed: {sample.error}",
+                             "check the option model_name and the server log; -O warmup=false skips this check")
+
+
 async def _run_all(requests: Sequence[BenchRequest], spec: RunnerSpec, settings: OpenAISettings, model_name: str,
                    on_request_done: RequestDone) -> list[_Outcome]:
     import aiohttp
@@ -106,10 +121,16 @@ async def _run_all(requests: Sequence[BenchRequest], spec: RunnerSpec, settings:
 class OpenAIRunner:
     name = "openai"
 
+    def describe(self, spec: RunnerSpec) -> dict[str, Any]:
+        """The settings this run will use (never the API key), checked before any work."""
+        return {"model": spec.model, **OpenAISettings.from_spec(spec, os.environ).to_config()}
+
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
         settings = OpenAISettings.from_spec(spec, os.environ)
         served = probe_endpoint(settings)  # BadInput naming the URL when it cannot be reached
         model_name = settings.resolve_model_name(spec.model, served)
+        if settings.warmup and requests:
+            asyncio.run(_warm_up(settings, model_name, min(requests, key=lambda r: r.arrival_s)))
         try:
             outcomes = asyncio.run(_run_all(requests, spec, settings, model_name, on_request_done))
         except RuntimeError as err:

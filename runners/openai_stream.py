@@ -27,7 +27,7 @@ from runners.base import BenchRequest, RunnerSpec, failed_sample
 PROMPT_FORMATS = ("token_ids", "text")
 _OPTIONS: dict[str, type] = {"base_url": str, "model_name": str, "prompt_format": str, "request_timeout_s": float,
                              "connect_attempts": int, "connect_retry_s": float, "max_connections": int,
-                             "vllm_extras": bool, "api_key": str}
+                             "vllm_extras": bool, "api_key": str, "warmup": bool}
 
 
 def _parse(name: str, kind: type, value: Any) -> Any:
@@ -52,6 +52,7 @@ class OpenAISettings:
     connect_retry_s: float = 1.0
     max_connections: int | None = None  # default: max_concurrency, else 256
     vllm_extras: bool = True
+    warmup: bool = True
     api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,7 +108,7 @@ class OpenAISettings:
     def to_config(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "completions_url": self.completions_url,
                 "prompt_format": self.prompt_format, "request_timeout_s": self.request_timeout_s,
-                "max_connections": self.max_connections, "vllm_extras": self.vllm_extras,
+                "max_connections": self.max_connections, "vllm_extras": self.vllm_extras, "warmup": self.warmup,
                 "api_key_set": bool(self.api_key)}
 
 

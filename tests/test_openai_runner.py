@@ -240,3 +240,12 @@ def test_unreachable_endpoint_is_bad_input_naming_the_url():
     assert time.perf_counter() - started < 5
     with pytest.raises(BadInput, match="cannot reach"):
         run([request(0)], url, connect_attempts=1)
+
+
+def test_failed_warm_up_stops_before_timing(server):
+    from pie_cli.errors import RuntimeFailure
+
+    with pytest.raises(RuntimeFailure, match="warm-up request to .*/v1/completions failed: HTTP 500"):
+        run([request(0, first_token=HTTP_500), request(1)], server.url)
+    samples, _ = run([request(0, first_token=HTTP_500), request(1)], server.url, warmup="false")
+    assert not samples["r0"].success and samples["r1"].success
