@@ -140,6 +140,13 @@ def request_bootstrap_test(before: Sequence[Sequence[float]], after: Sequence[Se
     return TestResult(REQUEST_LEVEL, p_value, math.exp(low), math.exp(high), alpha)
 
 
+def _resample_counts(rng: np.random.Generator, num_groups: int, num_resamples: int) -> np.ndarray:
+    """How often each request is drawn in each resample (resamples x requests), one draw call."""
+    picks = rng.integers(0, num_groups, size=(num_resamples, num_groups))
+    flat = (picks + np.arange(num_resamples)[:, None] * num_groups).ravel()
+    return np.bincount(flat, minlength=num_resamples * num_groups).reshape(num_resamples, num_groups).astype(float)
+
+
 def _bootstrap_draws(groups: Sequence[Sequence[float]], statistic: str, num_resamples: int,
                      rng: np.random.Generator) -> np.ndarray | None:
     """`num_resamples` values of the statistic over requests drawn with replacement (weights, not copies)."""
@@ -150,8 +157,7 @@ def _bootstrap_draws(groups: Sequence[Sequence[float]], statistic: str, num_resa
         lengths = np.array([len(g) for g in groups], dtype=float)
         sums = np.array([g.sum() for g in groups])
         squares = np.array([(g**2).sum() for g in groups])
-        counts = np.stack([np.bincount(rng.integers(0, len(groups), len(groups)), minlength=len(groups))
-                           for _ in range(num_resamples)]).astype(float)
+        counts = _resample_counts(rng, len(groups), num_resamples)
         mean = (counts @ sums) / (counts @ lengths)
         if statistic == "mean":
             return mean
@@ -164,8 +170,7 @@ def _bootstrap_draws(groups: Sequence[Sequence[float]], statistic: str, num_resa
     histogram = np.zeros((len(groups), num_bins))
     for index, group in enumerate(groups):
         np.add.at(histogram[index], np.minimum(np.searchsorted(edges, group, side="left"), num_bins - 1), 1.0)
-    counts = np.stack([np.bincount(rng.integers(0, len(groups), len(groups)), minlength=len(groups))
-                       for _ in range(num_resamples)]).astype(float)
+    counts = _resample_counts(rng, len(groups), num_resamples)
     cumulative = np.cumsum(counts @ histogram, axis=1)
     target = cumulative[:, -1:] * (_percent(statistic) / 100.0)
     return edges[np.minimum((cumulative < target).sum(axis=1), num_bins - 1)]
