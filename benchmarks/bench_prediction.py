@@ -78,14 +78,23 @@ def predicted(profile: HardwareProfile, config, case: Case, input_len: int, outp
     return predict(problem, case.batch_size, config.prefetch_depth, split)
 
 
-def measure(config, case: Case, input_len: int, output_len: int) -> dict:
+def warm_engine(config, input_len: int):
     from runners.engine.llm_engine import LLMEngine
     from runners.engine.sampling_params import SamplingParams
 
     engine = LLMEngine(config)
     rng = np.random.default_rng(0)
+    engine.generate([rng.integers(0, engine.model.shape.vocab_size, input_len).tolist() for _ in range(4)],
+                    SamplingParams(max_tokens=8, ignore_eos=True))
+    return engine
+
+
+def run_once(engine, case: Case, input_len: int, output_len: int, seed: int) -> dict:
+    """`2 x batch` fixed-length requests to completion on a warm engine."""
+    from runners.engine.sampling_params import SamplingParams
+
+    rng = np.random.default_rng(seed)
     vocab = engine.model.shape.vocab_size
-    engine.generate([rng.integers(0, vocab, input_len).tolist() for _ in range(4)], SamplingParams(max_tokens=8, ignore_eos=True))
     first = len(engine.stats)
     prompts = [rng.integers(0, vocab, input_len).tolist() for _ in range(2 * case.batch_size)]
     start = time.perf_counter()
@@ -97,43 +106,59 @@ def measure(config, case: Case, input_len: int, output_len: int) -> dict:
     prefill = [s for s in stats if s.num_prefill_tokens > 0]
     decode = [s for s in stats if s.num_prefill_tokens == 0]
     return {"output_tok_s": tokens / wall, "wall_s": wall, "output_tokens": tokens, "num_steps": len(stats),
-            "steps_wall_s": sum(s.wall_s for s in stats), "prefill_steps": len(prefill),
-            "prefill_steps_wall_s": sum(s.wall_s for s in prefill), "decode_steps_wall_s": sum(s.wall_s for s in decode),
-            "decode_compute_s": sum(s.compute_s for s in decode), "decode_stall_s": sum(s.stall_s for s in decode),
+            "prefill_steps": len(prefill), "prefill_steps_wall_s": sum(s.wall_s for s in prefill),
+            "decode_steps_wall_s": sum(s.wall_s for s in decode), "decode_stall_s": sum(s.stall_s for s in decode),
             "median_decode_h2d_bytes": float(np.median([s.h2d_bytes for s in decode])) if decode else 0.0,
-            "median_decode_batch": float(np.median([s.batch_size for s in decode])) if decode else 0.0,
-            "slowest_steps": sorted(((round(s.wall_s * 1e3, 1), i, s.num_prefill_tokens) for i, s in enumerate(stats)), reverse=True)[:6],
+            "slowest_steps_ms": sorted((round(s.wall_s * 1e3, 1) for s in stats), reverse=True)[:4],
             "stall_fraction": sum(s.stall_s for s in stats) / busy if busy else 0.0,
             "max_pool_blocks_used": max(s.pool_blocks_used for s in stats),
             "max_batch_size": max(s.batch_size for s in stats), "preemptions": sum(s.num_preempted for s in stats),
-            "mean_decode_step_ms": 1e3 * float(np.median([s.wall_s for s in stats if s.num_prefill_tokens == 0]))}
+            "median_decode_step_ms": 1e3 * float(np.median([s.wall_s for s in decode]))}
 
 
-def calibrate(profile: HardwareProfile, model: str, input_len: int, output_len: int) -> tuple[dict, list]:
-    """Measure the engine's per-step overhead (fixed + per sequence) and its pooled copy rate."""
+def measure_all(configs: dict, input_len: int, output_len: int, repeats: int) -> dict:
+    """Every case `repeats` times, interleaved, on warm engines; the median run per case and all samples.
+
+    The machine is shared: a run another process disturbs is slow by seconds, so the median of
+    interleaved repeats is reported, with every sample kept.
+    """
+    engines = {name: warm_engine(config, input_len) for name, (config, _) in configs.items()}
+    samples: dict[str, list[dict]] = {name: [] for name in configs}
+    for repeat in range(repeats):
+        for name, (_, case) in configs.items():
+            samples[name].append(run_once(engines[name], case, input_len, output_len, seed=repeat + 1))
+    result = {}
+    for name, runs in samples.items():
+        ordered = sorted(runs, key=lambda r: r["output_tok_s"])
+        median = ordered[len(ordered) // 2]
+        result[name] = {**median, "samples_output_tok_s": [r["output_tok_s"] for r in runs],
+                        "samples_median_decode_step_ms": [r["median_decode_step_ms"] for r in runs]}
+    return result
+
+
+def calibrate(profile: HardwareProfile, model: str, input_len: int, output_len: int, measured: dict) -> tuple[dict, list]:
+    """The engine's per-step overhead (fixed + per sequence) and its pooled copy rate, from the calibration runs."""
     residuals, runs = [], []
     for case in CALIBRATION[:2]:
         config = engine_config(model, profile.dtype, case, input_len, output_len)
-        measured = measure(config, case, input_len, output_len)
         model_step_ms = predicted(profile, config, case, input_len, output_len).decode_step_s * 1e3
-        residuals.append((case.batch_size, measured["mean_decode_step_ms"] - model_step_ms))
-        runs.append({"case": asdict(case), "measured": measured, "model_decode_step_ms": model_step_ms})
+        residuals.append((case.batch_size, measured[case.name]["median_decode_step_ms"] - model_step_ms))
+        runs.append({"case": asdict(case), "measured": measured[case.name], "model_decode_step_ms": model_step_ms})
     (b1, r1), (b2, r2) = residuals
     per_seq_ms = max(0.0, (r2 - r1) / (b2 - b1))
     fixed_ms = max(0.0, r1 - per_seq_ms * b1)
     overhead = {"fixed_s": fixed_ms / 1e3, "per_seq_s": per_seq_ms / 1e3}
     calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
     case = CALIBRATION[2]
-    config = engine_config(model, profile.dtype, case, input_len, output_len)
-    measured = measure(config, case, input_len, output_len)
+    pooled_run = measured[case.name]
     no_pool = dataclasses.replace(case, device_share=1.5)
     without_copy = predicted(calibrated, engine_config(model, profile.dtype, no_pool, input_len, output_len), no_pool,
                              input_len, output_len)
-    copy_ms = max(1e-3, measured["mean_decode_step_ms"] - without_copy.decode_step_s * 1e3)
+    copy_ms = max(1e-3, pooled_run["median_decode_step_ms"] - without_copy.decode_step_s * 1e3)
     layers = resolve_model(model).num_layers
     # The cost model charges (L + 1) / L of the streamed bytes per step where copies do not overlap.
-    overhead["pooled_copy_gbps"] = measured["median_decode_h2d_bytes"] * (layers + 1) / layers / (copy_ms / 1e3) / 1e9
-    runs.append({"case": asdict(case), "measured": measured, "copy_ms_per_step": copy_ms})
+    overhead["pooled_copy_gbps"] = pooled_run["median_decode_h2d_bytes"] * (layers + 1) / layers / (copy_ms / 1e3) / 1e9
+    runs.append({"case": asdict(case), "measured": pooled_run, "copy_ms_per_step": copy_ms})
     return overhead, runs
 
 
@@ -143,10 +168,14 @@ def main() -> None:
     parser.add_argument("--model", default="opt-125m")
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration (median reported)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/prediction.json"))
     args = parser.parse_args()
     profile = HardwareProfile.load(args.profile)
-    overhead, calibration_runs = calibrate(profile, args.model, args.input_len, args.output_len)
+    configs = {case.name: (engine_config(args.model, profile.dtype, case, args.input_len, args.output_len), case)
+               for case in CALIBRATION + CASES}
+    measured_all = measure_all(configs, args.input_len, args.output_len, args.repeats)
+    overhead, calibration_runs = calibrate(profile, args.model, args.input_len, args.output_len, measured_all)
     print(f"calibration (engine runs distinct from the cases): {overhead}")
     calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
     rows = []
@@ -154,16 +183,17 @@ def main() -> None:
         config = engine_config(args.model, profile.dtype, case, args.input_len, args.output_len)
         raw = predicted(profile, config, case, args.input_len, args.output_len)
         prediction = predicted(calibrated, config, case, args.input_len, args.output_len)
-        measured = measure(config, case, args.input_len, args.output_len)
+        measured = measured_all[case.name]
         error = prediction.output_tok_s / measured["output_tok_s"] - 1
         raw_error = raw.output_tok_s / measured["output_tok_s"] - 1
         rows.append({"case": asdict(case), "engine": {k: v for k, v in asdict(config).items() if k != "random_weights"},
                      "predicted_output_tok_s": prediction.output_tok_s, "predicted_decode_step_ms": prediction.decode_step_s * 1e3,
                      "predicted_stall_ms_per_step": prediction.stall_step_s * 1e3, "measured": measured, "relative_error": error,
-                     "profile_only_output_tok_s": raw.output_tok_s, "profile_only_relative_error": raw_error})
+                     "profile_only_output_tok_s": raw.output_tok_s, "profile_only_relative_error": raw_error,
+                     "prediction_violations": list(prediction.violations)})
         print(f"{case.name:20s} predicted {prediction.output_tok_s:8.1f} tok/s (profile only {raw.output_tok_s:8.1f})  "
               f"measured {measured['output_tok_s']:8.1f} tok/s  error {error:+.1%} (profile only {raw_error:+.1%})  "
-              f"(decode step predicted {prediction.decode_step_s * 1e3:.1f} ms, measured median {measured['mean_decode_step_ms']:.1f} ms)")
+              f"(decode step predicted {prediction.decode_step_s * 1e3:.1f} ms, measured median {measured['median_decode_step_ms']:.1f} ms)")
         print("   ", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in measured.items()}))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
