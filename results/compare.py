@@ -41,6 +41,7 @@ class Side:
 
     reference: str
     records: tuple[RunRecord, ...]
+    skipped_incomplete: tuple[str, ...] = ()  # run ids a selector matched but that did not finish
 
     def __post_init__(self) -> None:
         if not self.records:
@@ -125,7 +126,7 @@ def resolve_side(reference: str, store: ResultsStore) -> Side:
             raise BadInput(f"{found} for selector '{reference}' in {store.root} "
                            f"({len(store.paths())} record file(s) searched)",
                            "check the label/model/runner/commit with `pie show`, or pass --results-dir")
-        return Side(reference, complete)
+        return Side(reference, complete, tuple(r.run_id for r in matched if not r.complete))
     records = []
     for part in [p.strip() for p in reference.split(",") if p.strip()]:
         record = store.load(part)
@@ -232,6 +233,8 @@ def _mark(metric: str, before: float, after: float, ratio: float | None, signifi
 
 def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: CompareOptions = CompareOptions()) -> Comparison:
     warnings = check_comparable(before, after, options.force)
+    warnings += [f"{side.reference}: ignored {len(side.skipped_incomplete)} incomplete run(s) "
+                 f"({', '.join(side.skipped_incomplete)})" for side in (before, after) if side.skipped_incomplete]
     # Runner telemetry (stall, link bytes, steps) is compared only where every run carries it.
     telemetry_keys = set.intersection(*(set(_numbers(r.telemetry)) for r in before.records + after.records))
     per_run = {name: pd.DataFrame([run_metrics(r, telemetry_keys) for r in side.records]) for name, side in

@@ -147,10 +147,14 @@ def test_resolve_side_selectors_and_errors(tmp_path):
     assert len(resolve_side("label=main", store).records) == 3
     assert len(resolve_side("label=main,runner=pie,model=opt-125m", store).records) == 3
     assert resolve_side(str(path), store).run_ids == [load_record(path).run_id]
-    with pytest.raises(BadInput, match="no runs match for selector 'label=nope'.*5 record file"):
+    with pytest.raises(BadInput, match="no runs match for selector 'label=nope'.*5 record file"):  # before #6 is written
         resolve_side("label=nope", store)
     with pytest.raises(BadInput, match="incomplete"):
         resolve_side("label=broken", store)
+    write_run(store, seed=11, label="main", finish=False)
+    main = resolve_side("label=main", store)
+    assert len(main.records) == 3 and len(main.skipped_incomplete) == 1
+    assert any("ignored 1 incomplete run" in w for w in compare(main, main).warnings)
     with pytest.raises(BadInput, match="cannot read selector"):
         parse_selector("colour=blue")
     assert parse_selector("commit=abc,sweep=s1") == {"git_commit": "abc", "sweep_id": "s1"}
