@@ -79,6 +79,7 @@ def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) 
     capacity = pool_capacity_for(plan, settings)
     engine = build_engine(plan, settings, capacity)
     loop = ClosedLoop(engine, shape.vocab_size, 128, 128, settings.num_prompts, settings.seed)
+    loop.settle(128)
     sizes = sorted({int(round(x)) for x in np.linspace(0, capacity, 7)} | {plan.settings.num_pool_blocks})
     sweep = {}
     for blocks in sizes:

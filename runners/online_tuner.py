@@ -8,7 +8,9 @@ random token ids, labelled synthetic): `num_prompts` requests stay in flight, a 
 is replaced at once, so every window sees the same steady load. For each pool size the
 climber proposes, the glue sets `engine.set_pool_limit`, discards `warmup_steps` iterations,
 then measures `window_steps` iterations: output tokens per second of wall time, stall
-fraction, and mean queue length, and feeds them to `HillClimber.observe`.
+fraction, and mean queue length, and feeds them to `HillClimber.observe`. Lengths vary around the
+plan's means, and the loop first settles for a mean output length of iterations, so the
+windows see a steady state rather than the start-up burst.
 Left out: the climbing policy (planner/hill_climber.py) and rendering beyond one line per move.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ class OnlineSettings:
     device: str = "cpu"
     input_len: int | None = None  # default: the plan's mean prompt length
     output_len: int | None = None  # default: the plan's mean output length
+    settle_steps: int | None = None  # iterations run before the first measurement (default: the mean output length)
 
     def __post_init__(self) -> None:
         if self.num_prompts < 1 or self.window_steps < 1 or self.warmup_steps < 0 or self.max_moves < 1:
@@ -48,22 +51,36 @@ class OnlineSettings:
 
 
 class ClosedLoop:
-    """Keeps `num_prompts` synthetic requests in flight on an engine."""
+    """Keeps `num_prompts` synthetic requests in flight on an engine.
+
+    Lengths are drawn uniformly from half to one and a half times the means (seeded), so
+    requests finish at different steps and every window sees a steady mix of prefills and
+    decodes instead of synchronised waves.
+    """
 
     def __init__(self, engine, vocab_size: int, input_len: int, output_len: int, num_prompts: int, seed: int):
-        from runners.engine.sampling_params import SamplingParams
-
-        self.engine, self.vocab_size, self.input_len = engine, vocab_size, input_len
-        self.params = SamplingParams(max_tokens=output_len, ignore_eos=True)
+        self.engine, self.vocab_size = engine, vocab_size
+        self.input_len, self.output_len = input_len, output_len
         self.rng = np.random.default_rng(seed)
         self.count = 0
         for _ in range(num_prompts):
             self._add()
 
+    def _length(self, mean: int) -> int:
+        return int(self.rng.integers(max(1, mean // 2), max(2, mean + mean // 2 + 1)))
+
     def _add(self) -> None:
-        prompt = self.rng.integers(0, self.vocab_size, self.input_len).tolist()
-        self.engine.add_request(f"online-{self.count}", prompt, self.params)
+        from runners.engine.sampling_params import SamplingParams
+
+        prompt = self.rng.integers(0, self.vocab_size, self._length(self.input_len)).tolist()
+        params = SamplingParams(max_tokens=self._length(self.output_len), ignore_eos=True)
+        self.engine.add_request(f"online-{self.count}", prompt, params)
         self.count += 1
+
+    def settle(self, num_steps: int) -> None:
+        """Run without measuring until the start-up burst of prefills has passed."""
+        for _ in range(num_steps):
+            self.step()
 
     def step(self):
         outputs = self.engine.step()
@@ -120,6 +137,8 @@ def run_online(plan: Plan, settings: OnlineSettings, out=None, on_move: Callable
     input_len = settings.input_len or max(1, round(plan.workload["mean_input_tokens"]))
     output_len = settings.output_len or max(1, round(plan.workload["mean_output_tokens"]))
     loop = ClosedLoop(engine, engine.model.shape.vocab_size, input_len, output_len, settings.num_prompts, settings.seed)
+    engine.set_pool_limit(plan.settings.num_pool_blocks)
+    loop.settle(settings.settle_steps if settings.settle_steps is not None else output_len)
     climber = HillClimber(ClimberConfig(initial_blocks=plan.settings.num_pool_blocks, max_blocks=capacity,
                                         max_moves=settings.max_moves, noise_fraction=settings.noise_fraction,
                                         max_stall_fraction=settings.max_stall_fraction))

@@ -35,7 +35,8 @@ def test_online_climb_on_the_engine_returns_the_measured_best(tmp_path):
     assert plan.settings.num_pool_blocks > 0, plan.explanation
     seen = []
     start = time.perf_counter()
-    tuned = run_online(plan, OnlineSettings(num_prompts=16, window_steps=3, warmup_steps=1, max_moves=4), on_move=seen.append)
+    tuned = run_online(plan, OnlineSettings(num_prompts=16, window_steps=3, warmup_steps=1, max_moves=4, settle_steps=4),
+                       on_move=seen.append)
     assert time.perf_counter() - start < 60
     online = tuned.online
     assert 1 <= online["num_moves"] <= 4 and len(seen) == online["num_moves"] + 1
