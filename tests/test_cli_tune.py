@@ -91,3 +91,13 @@ def test_default_uses_this_hosts_saved_profile(tmp_path, capsys, monkeypatch):
     code, out, err = run(["--model", "opt-125m", "--gpu-memory", "2", "--cpu-memory", "2", "--json"], capsys, monkeypatch)
     assert code == 0, err
     assert "saved profile" in err and json.loads(out)["hardware"]["source"] == "profile"
+
+
+def test_workload_file_gives_measured_lengths(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps({"prompt_token_ids": list(range(1, 21 + i)), "output_len": 50 + 2 * i}) + "\n"
+                            for i in range(5)))
+    code, out, err = run(["--model", "opt-30b", "--hardware", "h100-pcie", "--workload", str(path), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    workload = json.loads(out)["workload"]
+    assert workload["mean_input_tokens"] == 22 and workload["mean_output_tokens"] == 54 and not workload["synthetic"]
