@@ -155,6 +155,9 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
     gpu_bytes, cpu_bytes = parse_budget(gpu_memory, "--gpu-memory"), parse_budget(cpu_memory, "--cpu-memory")
     if max_tpot_ms is not None and max_tpot_ms <= 0:
         raise BadInput(f"--max-tpot-ms must be positive, got {max_tpot_ms:g}")
+    if online and hardware:
+        raise BadInput(f"--online runs the engine on this machine, but --hardware {hardware} plans for another one",
+                       "drop --hardware (a profile of this machine is used) or pass --profile of this machine")
     stats = workload_stats(workload, model)
     hw = resolve_hardware(hardware, profile, model, dtype, out)
     dtype = canonical_dtype(dtype or hw.profile_dtype or ("bfloat16" if hw.device == "cpu" else "float16"))
@@ -170,7 +173,8 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
     if online:
         from runners.online_tuner import OnlineSettings, run_online
 
-        plan = run_online(plan, OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed), out)
+        plan = run_online(plan, OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed,
+                                               device=hw.device), out)
     if output:
         plan.save(output)
         out.info(f"plan written to {output}")

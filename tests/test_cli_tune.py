@@ -61,6 +61,7 @@ def test_measured_profile_is_used(tmp_path, capsys, monkeypatch):
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--max-tpot-ms", "0.5"], "best achievable"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--workload", "nosuch"], "unknown workload"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--profile", "x.json"], "both given"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--online"], "--online runs the engine on this machine"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(argv, expected, capsys, monkeypatch):
     code, out, err = run(argv, capsys, monkeypatch)
