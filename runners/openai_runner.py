@@ -69,7 +69,7 @@ async def _send(session: Any, settings: OpenAISettings, model_name: str, request
                     break
     except asyncio.TimeoutError:
         return failed_sample(request, f"timed out after {settings.request_timeout_s:g} s"), time.perf_counter()
-    except (aiohttp.ClientError, json.JSONDecodeError, UnicodeError) as err:
+    except (aiohttp.ClientError, ValueError) as err:  # JSON and line-length errors are ValueErrors
         return failed_sample(request, f"{type(err).__name__}: {err}"), time.perf_counter()
     return state.to_sample(request, release_time, save_outputs), time.perf_counter()
 
@@ -127,6 +127,9 @@ class OpenAIRunner:
 
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
         settings = OpenAISettings.from_spec(spec, os.environ)
+        if settings.prompt_format == "text" and any(r.prompt is None for r in requests):
+            raise BadInput("prompt_format=text, but the workload has requests without text",
+                           "use prompt_format=token_ids, or a workload read from a text dataset")
         served = probe_endpoint(settings)  # BadInput naming the URL when it cannot be reached
         model_name = settings.resolve_model_name(spec.model, served)
         if settings.warmup and requests:

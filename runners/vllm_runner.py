@@ -140,6 +140,7 @@ class _VllmEngine:
 
     def __init__(self, settings: VllmSettings, model_dir: Path, dummy_weights: bool):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # per-tensor dtype warnings drown the progress bar
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for `--json` data
         try:
             from vllm import EngineArgs, SamplingParams
             from vllm.sampling_params import RequestOutputKind

@@ -249,3 +249,11 @@ def test_failed_warm_up_stops_before_timing(server):
         run([request(0, first_token=HTTP_500), request(1)], server.url)
     samples, _ = run([request(0, first_token=HTTP_500), request(1)], server.url, warmup="false")
     assert not samples["r0"].success and samples["r1"].success
+
+
+def test_text_prompts_need_text_before_anything_is_sent(server):
+    with pytest.raises(BadInput, match="without text"):
+        run([request(0, prompt="a b c"), request(1)], server.url, prompt_format="text")
+    assert server.bodies == []
+    samples, _ = run([request(0, prompt="a b c")], server.url, prompt_format="text")
+    assert samples["r0"].success and server.bodies[-1]["prompt"] == "a b c"
