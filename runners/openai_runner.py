@@ -122,8 +122,11 @@ class OpenAIRunner:
     name = "openai"
 
     def describe(self, spec: RunnerSpec) -> dict[str, Any]:
-        """The settings this run will use (never the API key), checked before any work."""
-        return {"model": spec.model, **OpenAISettings.from_spec(spec, os.environ).to_config()}
+        """The settings this run will use (never the API key), checked before any work: an unreachable
+        endpoint fails here, before a record is opened."""
+        settings = OpenAISettings.from_spec(spec, os.environ)
+        served = probe_endpoint(settings)
+        return {"model": spec.model, **settings.to_config(), "model_name": settings.resolve_model_name(spec.model, served)}
 
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
         settings = OpenAISettings.from_spec(spec, os.environ)

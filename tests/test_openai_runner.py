@@ -257,3 +257,11 @@ def test_text_prompts_need_text_before_anything_is_sent(server):
     assert server.bodies == []
     samples, _ = run([request(0, prompt="a b c")], server.url, prompt_format="text")
     assert samples["r0"].success and server.bodies[-1]["prompt"] == "a b c"
+
+
+def test_describe_checks_the_endpoint_before_a_record_is_opened(server):
+    runner = OpenAIRunner()
+    config = runner.describe(RunnerSpec(model="other", options={"base_url": server.url, "api_key": "sk-secret"}))
+    assert config["model_name"] == "tiny-model" and "sk-secret" not in json.dumps(config)
+    with pytest.raises(BadInput, match="cannot reach"):
+        runner.describe(RunnerSpec(model="m", options={"base_url": "http://127.0.0.1:9", "connect_attempts": 1}))
