@@ -219,3 +219,16 @@ def test_vllm_runner_real_run_matches_pie_runner_counts(tiny_model, tmp_path):
                                                                          sample.arrival_s)
     assert [label for label, _ in summary_rows(pie_run["summary"])] == [label for label, _ in summary_rows(summary)]
     assert all(not (isinstance(v, float) and math.isnan(v)) for _, v in summary_rows(summary))
+
+
+def test_process_tree_peak_counts_children():
+    from runners.vllm_setup import process_tree_peak_rss_bytes
+
+    alone = process_tree_peak_rss_bytes()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        assert process_tree_peak_rss_bytes() > alone + 2**20  # a Python child holds a few MiB
+    finally:
+        child.kill()
+        child.wait()
