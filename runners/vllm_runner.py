@@ -161,6 +161,7 @@ class _VllmEngine:
         cache = self.engine.vllm_config.cache_config
         self.num_kv_blocks = cache.num_gpu_blocks
         self.block_size = cache.block_size
+        self.max_model_len = int(self.engine.vllm_config.model_config.max_model_len)
 
     def add(self, request: BenchRequest) -> None:
         params = self._sampling_params(max_tokens=request.output_len, min_tokens=request.output_len,
@@ -194,10 +195,15 @@ def _warm_up(engine: _VllmEngine, requests: Sequence[BenchRequest]) -> None:
     if not requests:
         return
     source = requests[0].prompt_token_ids
-    tokens = tuple(source[i % len(source)] for i in range(WARMUP_PROMPT_TOKENS))
-    engine.add(BenchRequest(request_id="pie-warmup", prompt=None, prompt_token_ids=tokens, output_len=2))
-    while engine.has_unfinished():
-        engine.step()
+    length = max(1, min(WARMUP_PROMPT_TOKENS, engine.max_model_len - 2))
+    tokens = tuple(source[i % len(source)] for i in range(length))
+    try:
+        engine.add(BenchRequest(request_id="pie-warmup", prompt=None, prompt_token_ids=tokens, output_len=2))
+        while engine.has_unfinished():
+            engine.step()
+    except Exception as err:  # noqa: BLE001 - vLLM's engine errors have many types
+        raise RuntimeFailure(f"vllm failed during its warm-up request: {err}",
+                             "see docs/vllm-cpu.md; PIE_DEBUG=1 shows the traceback") from err
 
 
 class VllmRunner:
