@@ -305,3 +305,18 @@ def test_sampler_greedy_temperature_and_top_p():
     assert cold_draws.count(0) >= 95 and warm_draws.count(0) < 60
     with pytest.raises(ValueError, match="no generator"):
         sample(logits[:1], [hot], [None])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_kernels_match_cpu():
+    torch.manual_seed(0)
+    cache = torch.randn(40, 2, 4, 2, 16)
+    table = torch.randperm(40)[:30].view(3, 10)
+    lens = torch.tensor([5, 40, 17])
+    q = torch.randn(3, 8, 16)
+    expected = paged_decode_attention(q, cache, table, lens, 0.25)
+    got = paged_decode_attention(q.cuda(), cache.cuda(), table.cuda(), lens.cuda(), 0.25)
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+    model = build_model(REGISTRY["opt-125m"], "float32", "cuda", num_layers=1)
+    assert model.device.type == "cuda"
