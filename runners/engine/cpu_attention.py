@@ -13,7 +13,7 @@ CPU has them (bf16 products, fp32 sums, as a bf16 GEMM); softmax and p·v are in
 spread over OpenMP threads (the libgomp torch already loaded, so one thread pool).
 
 The library is compiled on first use into `~/.cache/pie/kernels/` (or `$PIE_KERNEL_CACHE`) with
-`cc -O3 -march=native -fopenmp` and loaded with ctypes; `load()` returns None when no compiler
+`cc -O3 -march=native -mprefer-vector-width=512 -fopenmp` and loaded with ctypes; `load()` returns None when no compiler
 works, and `runners.engine.attention` then uses its PyTorch path and says so in `kernel_name()`.
 
 Left out: fp16 caches (PyTorch path), CUDA (PyTorch path), prefill (matmul-bound; PyTorch).
@@ -137,6 +137,7 @@ DEFINE_KERNEL(paged_decode_bf16, uint16_t, dot_bf16, axpy_bf16, f32_to_bf16)
 DEFINE_KERNEL(paged_decode_f32, float, dot_f32, axpy_f32, f32_identity)
 """
 
+_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-shared")
 _FUNCTIONS = {torch.bfloat16: "paged_decode_bf16", torch.float32: "paged_decode_f32"}
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
@@ -154,7 +155,7 @@ def _build(target: Path) -> None:
         source = Path(work) / "paged_decode.c"
         source.write_text(_SOURCE)
         built = Path(work) / target.name
-        subprocess.run([compiler, "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", str(source), "-o", str(built), "-lm"],
+        subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built), "-lm"],
                        check=True, capture_output=True, text=True, timeout=120)
         os.replace(built, target)  # atomic: a concurrent builder never sees half a file
 
@@ -165,7 +166,7 @@ def load() -> ctypes.CDLL | None:
     if _tried:
         return _library
     _tried = True
-    digest = hashlib.sha256((_SOURCE + os.uname().machine).encode()).hexdigest()[:16]
+    digest = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + os.uname().machine).encode()).hexdigest()[:16]
     target = _cache_dir() / f"paged_decode_{digest}.so"
     try:
         if not target.exists():
