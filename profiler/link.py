@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pie_cli.errors import BadInput
 from profiler.hardware_profile import HOST_MEMORY_KINDS, LINK_DIRECTIONS, BandwidthSample
 from profiler.sizes import KIB, MIB, GIB, format_bytes
-from profiler.timing import calls_for_duration, synchronize, time_call
+from profiler.timing import calls_for_duration, time_interleaved
 
 MIN_SIZE_BYTES = 64 * KIB
-BUFFERS_PER_SIZE = 4  # two host buffers and two device buffers (both directions at once)
+BUFFERS_PER_SIZE = 4  # two host buffers, and two device buffers per size (all sizes alive at once: < 2.7x the largest)
 BIDIRECTIONAL_BYTES_PER_CALL = 64 * MIB
 ProgressFn = Callable[[str], None]
 
@@ -192,7 +192,12 @@ def bidirectional_copies_per_call(size_bytes: int) -> int:
 
 
 def measure_link(device: str, sweep: LinkSweep, progress: ProgressFn | None = None) -> tuple[tuple[BandwidthSample, ...], tuple[str, ...]]:
-    """Time every (size, direction, host memory kind) of the sweep; returns samples and notes."""
+    """Time every (size, direction, host memory kind) of the sweep; returns samples and notes.
+
+    For each host memory kind, all sizes and directions are timed round-robin
+    (`time_interleaved`), so a burst of interference from other processes spreads over the
+    whole sweep instead of wiping out the sizes that happened to be running.
+    """
     import torch
 
     samples: list[BandwidthSample] = []
@@ -203,21 +208,24 @@ def measure_link(device: str, sweep: LinkSweep, progress: ProgressFn | None = No
         if host.lock_refused:
             notes.append("the kernel refused to page-lock (mlock) host buffers: 'pinned' rows used ordinary memory")
         try:
+            points, copies, calls = [], [], []
             for size in sweep.sizes_bytes:
                 dev = [torch.empty(size, dtype=torch.uint8, device=device).fill_(2) for _ in range(2)]
                 for direction in sweep.directions:
                     copy = _copy_function(device, host.buffers, dev, direction)
-                    calls = calls_for_duration(copy, device, sweep.target_sample_s)
-                    timing = time_call(copy, device=device, repeats=sweep.repeats, warmup=sweep.warmup,
-                                       calls_per_sample=calls)
-                    moved = size if direction != "bidirectional" else 2 * size * bidirectional_copies_per_call(size)
-                    median, p10, p90 = timing.rate(moved / 1e9)
-                    samples.append(BandwidthSample(direction=direction, host_memory=kind, size_bytes=size,
-                                                   samples_s=timing.samples_s, median_gbps=median,
-                                                   p10_gbps=p10, p90_gbps=p90))
-                    if progress:
-                        progress(f"link {direction} {kind} {format_bytes(size)}: {median:.1f} GB/s")
-                del dev
+                    points.append((size, direction))
+                    copies.append(copy)
+                    calls.append(calls_for_duration(copy, device, sweep.target_sample_s))
+            timings = time_interleaved(copies, device=device, repeats=[sweep.repeats] * len(copies),
+                                       warmup=sweep.warmup, calls_per_sample=calls)
+            del copies
+            for (size, direction), timing in zip(points, timings):
+                moved = size if direction != "bidirectional" else 2 * size * bidirectional_copies_per_call(size)
+                median, p10, p90 = timing.rate(moved / 1e9)
+                samples.append(BandwidthSample(direction=direction, host_memory=kind, size_bytes=size,
+                                               samples_s=timing.samples_s, median_gbps=median, p10_gbps=p10, p90_gbps=p90))
+                if progress:
+                    progress(f"link {direction} {kind} {format_bytes(size)}: {median:.1f} GB/s")
         finally:
             host.close()
     order = {(d, k): i for i, (d, k) in enumerate((d, k) for d in sweep.directions for k in sweep.host_memory_kinds)}

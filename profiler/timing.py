@@ -129,11 +129,13 @@ def time_call(fn: Callable[[], object], device: str = "cpu", repeats: int = 7, w
 
 
 def time_interleaved(fns: list[Callable[[], object]], device: str = "cpu", repeats: list[int] | None = None,
-                     warmup: int = 1) -> list[Timing]:
+                     warmup: int = 1, calls_per_sample: list[int] | None = None) -> list[Timing]:
     """Warm each function up, then take samples round-robin: round r times every fn with repeats > r."""
     repeats = repeats if repeats is not None else [7] * len(fns)
-    if len(repeats) != len(fns) or any(r < 1 for r in repeats) or warmup < 0:
-        raise ValueError(f"need one repeat count >= 1 per function and warmup >= 0, got {repeats}, {warmup}")
+    calls = calls_per_sample if calls_per_sample is not None else [1] * len(fns)
+    if len(repeats) != len(fns) or len(calls) != len(fns) or any(r < 1 for r in repeats) or any(c < 1 for c in calls) or warmup < 0:
+        raise ValueError(f"need one repeat count >= 1 and one call count >= 1 per function and warmup >= 0, "
+                         f"got {repeats}, {calls}, {warmup}")
     sample = _cuda_sample if device.startswith("cuda") else _cpu_sample
     for fn in fns:
         for _ in range(warmup):
@@ -143,6 +145,6 @@ def time_interleaved(fns: list[Callable[[], object]], device: str = "cpu", repea
     for round_index in range(max(repeats, default=0)):
         for index, fn in enumerate(fns):
             if round_index < repeats[index]:
-                samples[index].append(sample(fn, 1))
+                samples[index].append(sample(fn, calls[index]))
     synchronize(device)
-    return [Timing(samples_s=tuple(s), calls_per_sample=1, warmup_calls=warmup) for s in samples]
+    return [Timing(samples_s=tuple(s), calls_per_sample=c, warmup_calls=warmup) for s, c in zip(samples, calls)]

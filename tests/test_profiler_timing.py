@@ -58,6 +58,19 @@ def test_time_interleaved_runs_in_rounds():
     assert [len(t.samples_s) for t in timings] == [3, 1]
     with pytest.raises(ValueError):
         time_interleaved([lambda: None], repeats=[0])
+    with pytest.raises(ValueError):
+        time_interleaved([lambda: None], repeats=[1], calls_per_sample=[0])
+
+
+def test_time_interleaved_batches_calls_per_sample():
+    counts = [0, 0]
+
+    def bump(index):
+        counts[index] += 1
+
+    timings = time_interleaved([lambda: bump(0), lambda: bump(1)], repeats=[2, 3], warmup=0, calls_per_sample=[5, 1])
+    assert counts == [10, 3]
+    assert [t.calls_per_sample for t in timings] == [5, 1]
 
 
 @pytest.mark.parametrize("text, expected", [("64KiB", 64 * KIB), ("256 MiB", 256 * MIB), ("1GiB", GIB),
