@@ -36,7 +36,6 @@ from profiler.sizes import KIB, MIB, GIB, format_bytes
 from profiler.timing import calls_for_duration, time_interleaved
 
 MIN_SIZE_BYTES = 64 * KIB
-BUFFERS_PER_SIZE = 4  # two host buffers, and two device buffers per size (all sizes alive at once: < 2.7x the largest)
 BIDIRECTIONAL_BYTES_PER_CALL = 64 * MIB
 ProgressFn = Callable[[str], None]
 
@@ -70,7 +69,8 @@ class LinkSweep:
 
     @property
     def peak_bytes(self) -> int:
-        return BUFFERS_PER_SIZE * max(self.sizes_bytes)
+        """Two host buffers of the largest size, and two device buffers per size (all alive at once)."""
+        return 2 * max(self.sizes_bytes) + 2 * sum(self.sizes_bytes)
 
 
 def sweep_sizes(max_size_bytes: int, quick: bool) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from planner.dtypes import canonical_dtype
 from planner.shapes import ModelShape, resolve_model
 from profiler.fingerprint import collect_fingerprint, cpu_model
 from profiler.hardware_profile import HardwareProfile
-from profiler.link import BUFFERS_PER_SIZE, LinkSweep, default_max_size, measure_link, sweep_sizes
+from profiler.link import LinkSweep, default_max_size, measure_link, sweep_sizes
 from profiler.sizes import format_bytes, free_device_bytes, free_host_bytes
 
 DEVICES = ("cpu", "cuda")
@@ -90,19 +90,21 @@ class ProfileRequest:
         notes: list[str] = []
 
         def need(size: int) -> tuple[int, int]:
-            """(host, device) bytes for one size; on the CPU all four buffers are host memory."""
-            return (2 * size, 2 * size) if on_cuda else (BUFFERS_PER_SIZE * size, 0)
+            """(host, device) bytes of a sweep up to `size`: two host buffers of that size, two device buffers per size."""
+            device_bytes = 2 * sum(sweep_sizes(size, self.quick))
+            return (2 * size, device_bytes) if on_cuda else (2 * size + device_bytes, 0)
 
         if self.max_size_bytes is not None:
+            sweep_sizes(self.max_size_bytes, self.quick)  # below 64 KiB: its own one-line error
             host, device = need(self.max_size_bytes)
             if host > free_host:
                 raise BadInput(f"--max-size {format_bytes(self.max_size_bytes)} needs {format_bytes(host)} of host memory "
-                               f"({BUFFERS_PER_SIZE} buffers, both directions at once) but only {format_bytes(free_host)} is free",
-                               f"give --max-size of at most {format_bytes(free_host // BUFFERS_PER_SIZE)}")
+                               f"(the sweep keeps two host and two device buffers per size) but only {format_bytes(free_host)} is free",
+                               f"give --max-size of at most {format_bytes(free_host // 5)}")
             if device > free_device:
                 raise BadInput(f"--max-size {format_bytes(self.max_size_bytes)} needs {format_bytes(device)} of device memory "
                                f"but only {format_bytes(free_device)} is free on {self.device}",
-                               f"give --max-size of at most {format_bytes(free_device // 2)}")
+                               f"give --max-size of at most {format_bytes(free_device // 3)}")
             max_size = self.max_size_bytes
         else:
             max_size = default_max_size(self.quick)

@@ -20,7 +20,7 @@ def test_sweep_sizes_cover_64kib_to_max():
 def test_link_sweep_validates():
     sweep = LinkSweep(sizes_bytes=(64 * KIB, MIB))
     assert sweep.num_points == 2 * len(LINK_DIRECTIONS) * len(HOST_MEMORY_KINDS)
-    assert sweep.peak_bytes == 4 * MIB
+    assert sweep.peak_bytes == 2 * MIB + 2 * (64 * KIB + MIB)
     with pytest.raises(BadInput):
         LinkSweep(sizes_bytes=())
     with pytest.raises(BadInput, match="direction"):
