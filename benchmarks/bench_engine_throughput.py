@@ -224,59 +224,80 @@ def main() -> None:
     if args.vllm_child:
         vllm_child(*args.vllm_child)
         return
-    prompt_range = tuple(int(x) for x in args.prompt_len.split("-"))
-    output_range = tuple(int(x) for x in args.output_len.split("-"))
+    try:
+        prompt_range = tuple(int(x) for x in args.prompt_len.split("-"))
+        output_range = tuple(int(x) for x in args.output_len.split("-"))
+    except ValueError:
+        parser.error(f"--prompt-len/--output-len take MIN-MAX, got {args.prompt_len!r} / {args.output_len!r}")
+    if len(prompt_range) != 2 or len(output_range) != 2 or min(prompt_range + output_range) < 1:
+        parser.error("--prompt-len/--output-len take MIN-MAX with MIN >= 1")
     runners = [r.strip() for r in args.runners.split(",") if r.strip()]
     unknown = set(runners) - {"pie", "pie-kernels", "vllm", "hf"}
     if unknown:
         parser.error(f"unknown runner(s) {sorted(unknown)}")
     requests = make_requests(args.num_requests, args.seed, 50272, prompt_range, output_range)
     results: list[RunnerStats] = []
+    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="pie-bench-") as work_dir:
         work = Path(work_dir)
         model_dir = save_model(work / "opt-125m-random", args.seed)
         for runner in runners:
             print(f"running {runner} ...", file=sys.stderr, flush=True)
             load_before = os.getloadavg()[0]
-            if runner == "pie":
-                stats = run_pie_engine(model_dir, requests, args.seed)
-            elif runner == "pie-kernels":
-                stats = RunnerStats("pie-kernels", **run_kernel_loop(model_dir, [(r.prompt_token_ids, r.output_len) for r in requests]))
-            elif runner == "vllm":
-                stats = run_vllm(model_dir, requests, args.vllm_kv_cache_gib, work)
-            else:
-                stats = run_hf(model_dir, requests, args.hf_batch_size)
+            try:
+                if runner == "pie":
+                    stats = run_pie_engine(model_dir, requests, args.seed)
+                elif runner == "pie-kernels":
+                    stats = RunnerStats("pie-kernels", **run_kernel_loop(model_dir, [(r.prompt_token_ids, r.output_len) for r in requests]))
+                elif runner == "vllm":
+                    stats = run_vllm(model_dir, requests, args.vllm_kv_cache_gib, work)
+                else:
+                    stats = run_hf(model_dir, requests, args.hf_batch_size)
+            except Exception as err:  # noqa: BLE001 - one failed runner must not lose the others' measurements
+                errors[runner] = f"{type(err).__name__}: {err}"
+                print(f"  {runner} failed: {errors[runner]}", file=sys.stderr, flush=True)
+                continue
             # Other work on the machine skews a runner's time; keep the 1-minute load around each run.
             stats.details["load_avg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             print(f"  {runner}: {stats.output_tok_s:.1f} output tok/s, {stats.wall_s:.2f} s", file=sys.stderr, flush=True)
             results.append(stats)
+            write_report(args, requests, results, errors)
+    write_report(args, requests, results, errors, show=True)
+
+
+def write_report(args, requests: list[Request], results: list[RunnerStats], errors: dict[str, str], show: bool = False) -> None:
+    """Print (when `show`) and write the JSON report; called after every runner so nothing measured is lost."""
     by_name = {r.runner: r for r in results}
-    print(f"\n{'runner':<12} {'output tok/s':>13} {'total tok/s':>12} {'wall s':>8} {'startup s':>10}")
-    for r in results:
-        print(f"{r.runner:<12} {r.output_tok_s:>13.1f} {r.total_tok_s:>12.1f} {r.wall_s:>8.2f} {r.startup_s:>10.1f}")
     ratios = {f"{a}/{b}": by_name[a].output_tok_s / by_name[b].output_tok_s
               for a in ("pie", "pie-kernels") for b in ("vllm", "hf") if a in by_name and b in by_name}
     agreements = {f"{a}~{b}": agreement(by_name[a].outputs, by_name[b].outputs)
                   for a in ("pie", "pie-kernels") for b in ("vllm", "hf") if a in by_name and b in by_name}
-    for name, value in ratios.items():
-        print(f"output tok/s ratio {name}: {value:.2f}")
-    for name, value in agreements.items():
-        print(f"greedy token agreement {name}: {value:.1%}")
+    if show:
+        print(f"\n{'runner':<12} {'output tok/s':>13} {'total tok/s':>12} {'wall s':>8} {'startup s':>10}")
+        for r in results:
+            print(f"{r.runner:<12} {r.output_tok_s:>13.1f} {r.total_tok_s:>12.1f} {r.wall_s:>8.2f} {r.startup_s:>10.1f}")
+        for name, value in ratios.items():
+            print(f"output tok/s ratio {name}: {value:.2f}")
+        for name, value in agreements.items():
+            print(f"greedy token agreement {name}: {value:.1%}")
+        for name, error in errors.items():
+            print(f"{name} failed: {error}")
     report = {
         "benchmark": "engine_throughput_cpu", "machine": fingerprint(),
-        "workload": {"num_requests": args.num_requests, "seed": args.seed, "prompt_len_range": prompt_range,
-                     "output_len_range": output_range, "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),
+        "workload": {"num_requests": len(requests), "seed": args.seed, "prompt_len_range": args.prompt_len,
+                     "output_len_range": args.output_len, "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),
                      "output_tokens": sum(r.output_len for r in requests), "arrivals": "all at once",
                      "model": "opt-125m shape, seeded random bf16 weights (transformers save_pretrained)"},
         "results": [{"runner": r.runner, "output_throughput_tok_s": r.output_tok_s, "total_token_throughput_tok_s": r.total_tok_s,
                      "wall_s": r.wall_s, "startup_s": r.startup_s, "output_tokens": r.output_tokens,
                      "prompt_tokens": r.prompt_tokens, "details": r.details} for r in results],
-        "ratios_output_throughput": ratios, "greedy_token_agreement": agreements,
+        "errors": errors, "ratios_output_throughput": ratios, "greedy_token_agreement": agreements,
         "command": "flock /tmp/pie-heavy.lock python benchmarks/bench_engine_throughput.py " + " ".join(sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    if show:
+        print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

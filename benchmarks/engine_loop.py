@@ -39,10 +39,10 @@ class Timer:
 
 
 def run_kernel_loop(model_dir: Path, requests: list[tuple[list[int], int]], block_size: int = 16,
-                    max_batched_tokens: int = 2048, seed: int = 0) -> dict:
+                    max_batched_tokens: int = 2048, seed: int = 0, dtype: str = "bfloat16") -> dict:
     started = time.perf_counter()
     shape = load_shape_from_dir(Path(model_dir))
-    model = build_model(shape, "bfloat16", "cpu", weights_dir=Path(model_dir))
+    model = build_model(shape, dtype, "cpu", weights_dir=Path(model_dir))
     blocks_needed = [-(-(len(prompt) + output_len) // block_size) for prompt, output_len in requests]
     blocks_per_layer = sum(blocks_needed)
     kv_cache = torch.zeros(model.num_layers * blocks_per_layer, 2, block_size, shape.num_kv_heads, shape.head_dim,
