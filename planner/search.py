@@ -117,9 +117,10 @@ def _solve(problem: Problem, pairs: list[tuple[int, int]], max_tpot_ms: float | 
     if required and not feasible:
         raise BadInput("no candidate batch fits the memory budgets", "raise --gpu-memory or --cpu-memory")
     if required and not within:
-        fastest = min(p.tpot_ms for p, _ in feasible)
-        raise BadInput(f"--max-tpot-ms {max_tpot_ms:g} cannot be met: the best achievable is {fastest:.2f} ms per token "
-                       f"(batch 1) on this hardware and budget", f"use --max-tpot-ms {fastest * 1.05:.2f} or more")
+        fastest = min((p for p, _ in feasible), key=lambda p: p.tpot_ms)
+        raise BadInput(f"--max-tpot-ms {max_tpot_ms:g} cannot be met: the best achievable is {fastest.tpot_ms:.2f} ms per "
+                       f"token (batch {fastest.batch_size}) on this hardware and budget",
+                       f"use --max-tpot-ms {fastest.tpot_ms * 1.05:.2f} or more")
     best, binding = _pick([(p, s.binding) for p, s in within]) if within else (None, ())
     return SearchResult(best=best, best_binding=binding, predictions=tuple(p for p, _ in feasible),
                         infeasible_batch=None, latency_rejected=rejected, lp_solve_s=result.solve_s,
