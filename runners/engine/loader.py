@@ -135,10 +135,10 @@ def random_weights(shape: ModelShape, dtype: str, device: str, seed: int = 0,
     for name, size in expected_tensors(shape, num_layers).items():
         is_norm = "norm" in name
         if name.endswith(".bias"):
-            tensor = torch.zeros(size)
+            tensor = torch.zeros(size, dtype=target)
         elif is_norm:
-            tensor = torch.ones(size)
-        else:
-            tensor = torch.empty(size).normal_(0.0, 0.02, generator=generator)
-        weights[name] = tensor.to(device=device, dtype=target)
+            tensor = torch.ones(size, dtype=target)
+        else:  # drawn in the target dtype: no fp32 copy of a 1-GB embedding on the way
+            tensor = torch.empty(size, dtype=target).normal_(0.0, 0.02, generator=generator)
+        weights[name] = tensor.to(device=device)
     return weights
