@@ -257,7 +257,10 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
             result = sig.untested("not tested (missing or zero base)", alpha)
         else:
             result = _test(metric, before, after, before_runs, after_runs, options, alpha)
-        fired = [r.text for r in matching if r.fires(ratio, result.significant, options.allow_untested)]
+        # Rules trust only run-level tests: a within-run test cannot see run-to-run noise (requests
+        # that share one prefill batch have identical TTFTs, so any shift looks "significant").
+        rule_significant = result.significant if result.method == sig.RUN_LEVEL else None
+        fired = [r.text for r in matching if r.fires(ratio, rule_significant, options.allow_untested)]
         rows.append({"metric": metric, "direction": direction(metric), "before": before_value, "after": after_value,
                      "ratio": ratio, "change_pct": None if ratio is None else (ratio - 1) * 100,
                      "ci_low": result.ratio_low, "ci_high": result.ratio_high, "p_value": result.p_value,
@@ -278,8 +281,9 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
 
 def _notes(before: Side, after: Side) -> list[str]:
     if len(before.records) == 1 and len(after.records) == 1:
-        return ["1 run per side: throughput is not significance-tested and latency is tested against "
-                "within-run noise only; repeat runs (several per side) for a run-level test"]
+        return ["1 run per side: the verdict is not significance-tested against run-to-run noise (throughput "
+                "untested; latency p-values come from a bootstrap over requests, within-run noise only) and "
+                "rules fire only with --fail-untested; repeat runs (several per side) for a run-level test"]
     return [f"run-level test: {len(before.records)} vs {len(after.records)} runs, t-test on log per-run values"]
 
 
@@ -292,6 +296,8 @@ def describe_change(row: dict[str, Any], threshold_pct: float = 5.0) -> str:
     if row["significant"] is None:
         return f"{metric} {moved} (not significance-tested: {row['test'].removeprefix('not tested ').strip('()')})"
     p_text = "p<0.001" if row["p_value"] < 0.001 else f"p={row['p_value']:.3f}"
+    if row["test"] == sig.REQUEST_LEVEL:
+        return f"{metric} {moved} (not significance-tested against run-to-run noise: 1 run per side; within-run {p_text})"
     if row["significant"]:
         return f"{metric} {moved} (significant, {p_text})"
     if abs(change) < threshold_pct:

@@ -3,7 +3,7 @@
 A rule names a metric and a signed threshold in percent. `-5%` fires when the metric fell by
 5% or more, `+10%` when it rose by 10% or more. A rule fires only on a significant change past
 its threshold (significance first, then threshold, as asv does); a change that was not tested
-(one run per side for a run-level metric) fires only when the caller allows untested changes.
+against run-to-run noise (one run per side) fires only when the caller allows untested changes.
 
 Left out: absolute thresholds (`p99_ttft_ms:+50ms`) and rules over several metrics.
 """

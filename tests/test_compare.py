@@ -99,8 +99,10 @@ def test_single_run_per_side_is_labelled_untested(tmp_path):
     assert "output_throughput:-5%" not in result.fired
     assert "not significance-tested" in result.verdict and "1 run per side" in result.notes[0]
     assert rows.loc["mean_tpot_ms", "test"] == sig.REQUEST_LEVEL and rows.loc["mean_tpot_ms", "significant"]
+    assert "p99_ttft_ms:+10%" not in result.fired  # request-level significance never fires a rule
+    assert "not significance-tested against run-to-run noise" in result.verdict
     forced = compare(base, slow, RULES, CompareOptions(allow_untested=True))
-    assert "output_throughput:-5%" in forced.fired
+    assert {"output_throughput:-5%", "p99_ttft_ms:+10%"} <= set(forced.fired)
 
 
 def test_improvement_is_marked_better_and_no_rule_fires(tmp_path):
