@@ -78,10 +78,12 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
 
 
 def _number(value: object) -> float | None:
+    """A finite sweep value, or None (e.g. request_rate=inf cannot sit on a numeric axis)."""
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _sweep_figures(runs: pd.DataFrame, notes: list[str]) -> list[Figure]:

@@ -76,3 +76,12 @@ def test_report_cli(tmp_path, monkeypatch, capsys):
     assert code == 2 and err.count("\n") == 1 and "label=missing" in err
     code, _, err = run_pie(["report", "label=sweep", "--format", "pdf", "--results-dir", store.root], monkeypatch, capsys)
     assert code == 2 and "unknown format" in err
+
+
+def test_request_rate_sweep_skips_infinite_rate(tmp_path):
+    store = ResultsStore(tmp_path)
+    for seed, rate in enumerate((1, 2, 4, "inf")):
+        write_run(store, seed=seed, runner="hf", sweep_id="rates", sweep_point={"request_rate": rate}, num_requests=12)
+    report = build_report(store.records(), selection="sweep=rates")
+    assert report.figures[0].name == "sweep_request_rate"
+    assert report.runs["sweep_value"].isna().sum() == 1
