@@ -43,7 +43,7 @@ def _weights_dir(config: EngineConfig) -> Path | None:
     return path if found else None
 
 
-def _eos_token_id(config: EngineConfig) -> set[int]:
+def _eos_token_ids(config: EngineConfig) -> set[int]:
     path = Path(config.model).expanduser() / "config.json"
     if not path.is_file():
         return set()
@@ -61,7 +61,7 @@ class LLMEngine:
         self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
         self.scheduler = Scheduler(config, self.block_manager)
         self.runner = ModelRunner(self.model, self.cache, self.layout)
-        self.eos_token_ids = _eos_token_id(config)
+        self.eos_token_ids = _eos_token_ids(config)
         self.stats: list[IterationStats] = []
         self._sequences: dict[str, Sequence] = {}
         self._outputs: dict[str, RequestOutput] = {}
