@@ -194,3 +194,13 @@ def test_cuda_pool_matches_transformers(tiny_models, references, family, setting
     assert tokens == references[family]
     assert sum(stat.h2d_bytes for stat in engine.stats) > 0
     assert all(stat.stall_s >= 0.0 for stat in engine.stats)
+
+
+def test_stop_token_ends_a_request_early(tiny_models, references):
+    model, path = tiny_models["llama"]
+    engine = LLMEngine(EngineConfig(model=str(path), dtype="float32", block_size=4, num_device_blocks=64))
+    prompt, expected = prompts_for(model.config.vocab_size)[0], references["llama"][0]
+    stop = expected[3]
+    (output,) = engine.generate([prompt], SamplingParams(max_tokens=MAX_TOKENS, stop_token_ids=(stop,)))
+    assert output.finish_reason == "stop"
+    assert output.output_token_ids == expected[:expected.index(stop) + 1]
