@@ -202,7 +202,9 @@ def main() -> None:
                                     "profile_created_at": profile.created_at, "model": args.model,
                                     "input_len": args.input_len, "output_len": args.output_len,
                                     "calibration": {"engine_iteration_overhead": overhead, "runs": calibration_runs},
-                                    "max_abs_relative_error": max(abs(r["relative_error"]) for r in rows), "rows": rows},
+                                    "max_abs_relative_error": max(abs(r["relative_error"]) for r in rows),
+                                    "max_abs_profile_only_error": max(abs(r["profile_only_relative_error"]) for r in rows),
+                                    "rows": rows},
                                    indent=2))
     print(f"wrote {args.out}")
 
