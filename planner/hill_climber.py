@@ -123,6 +123,7 @@ class HillClimber:
         self.history.setdefault(measured.pool_blocks, []).append(measured)
         if self.confirming:
             return self._observe_confirming(measured)
+        raw = measured  # what this move measured; a judged average may replace `measured` below
         if self.best is None:
             self.best = measured
             accepted, note = True, "start"
@@ -130,7 +131,7 @@ class HillClimber:
             # The candidate measured a second time: judge the average of both.
             measured, self.held = _average([self.held, measured]), None
             accepted, note = self._judge(measured)
-            note = "measured twice; " + note
+            note = f"measured twice, mean {measured.throughput_tok_s:.1f}; " + note
         elif (abs(measured.throughput_tok_s - self.best.throughput_tok_s) < self.config.noise_fraction * self.best.throughput_tok_s
               and len(self.moves) < self._climb_budget):
             self.held = measured
@@ -154,7 +155,7 @@ class HillClimber:
                 note += f"; stopped ({reason})"
         else:
             self.pending = candidate
-        move = Move(len(self.moves), measured.pool_blocks, measured.throughput_tok_s, measured.stall_fraction,
+        move = Move(len(self.moves), raw.pool_blocks, raw.throughput_tok_s, raw.stall_fraction,
                     accepted, self.best_blocks, self.step, note)
         self.moves.append(move)
         return move
