@@ -1,4 +1,4 @@
-"""Attention kernels over the engine's flat paged KV cache, in plain PyTorch.
+"""Attention kernels over the engine's flat paged KV cache: a C decode kernel on the CPU, PyTorch otherwise.
 
 Layout (docs/engine-interfaces.md): `kv_cache[num_total_blocks, 2, block_size, Hkv, dh]`;
 a slot is `block * block_size + offset`; block tables hold global block indices, so device
@@ -15,7 +15,8 @@ may be any value (they are clamped and masked by `context_lens`).
   `softmax(q·kᵀ)·v` explicitly (fp32 softmax) rather than through bf16
   `scaled_dot_product_attention`, which was about 3x slower on these machines.
   `kernel_name(q, kv_cache)` says which path a call takes.
-- `prefill_attention` is causal attention within each sequence of a packed batch.
+- `prefill_attention` is causal attention within each sequence of a packed batch (fp32 math on
+  the CPU, where bf16 matmuls over the permuted views measured about 2x slower).
 
 Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi,
 chunked prefill against cached context (prefill sees only the tokens it is given).
