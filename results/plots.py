@@ -73,7 +73,7 @@ def _cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _log_axis(axis: plt.Axes, span: float) -> None:
     """Log x axis with plain-number labels at 1-2-5 steps (1 step over wide spans), no minor labels."""
     axis.set_xscale("log")
-    axis.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 300 else (1.0,)))
+    axis.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 30 else (1.0,)))
     axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axis.xaxis.set_minor_formatter(ticker.NullFormatter())
 
