@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from results.store import load_record
 from runners.base import BenchRequest, RunnerSpec
 from runners.openai_runner import OpenAIRunner
 
@@ -147,7 +148,7 @@ def test_text_prompts_and_a_failed_request_counted(served):
 
 def test_pie_bench_openai_end_to_end(served, tmp_path):
     command = [sys.executable, "-m", "pie_cli.app", "bench", "--model", str(served["model_dir"]), "--workload",
-               "uniform", "--input-len", "24", "--output-len", "6", "-n", "6", "--request-rate", "50",
+               "fixed", "--input-len", "24", "--output-len", "6", "-n", "6", "--request-rate", "50",
                "--runner", "openai", "-O", f"base_url={served['url']}", "--results-dir", str(tmp_path),
                "--device", "cpu", "--json"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -155,5 +156,7 @@ def test_pie_bench_openai_end_to_end(served, tmp_path):
     payload = json.loads(done.stdout)
     summary = payload["summary"]
     assert summary["completed"] == 6 and summary["failed"] == 0 and summary["total_output_tokens"] == 36
-    assert 0 < summary["mean_ttft_ms"] <= summary["mean_e2el_ms"]
+    assert 0 < summary["mean_ttft_ms"] <= summary["mean_e2el_ms"] and summary["total_input_tokens"] == 6 * 24
+    record = load_record(Path(payload["record_path"]))
+    assert all(len(s.itl_s) == s.output_len - 1 == 5 for s in record.requests)
     assert payload["config"]["model_name"] == "tiny"
