@@ -238,6 +238,7 @@ def main() -> None:
     requests = make_requests(args.num_requests, args.seed, 50272, prompt_range, output_range)
     results: list[RunnerStats] = []
     errors: dict[str, str] = {}
+    machine = fingerprint()  # taken before the runs: the commit and time the measurement started from
     with tempfile.TemporaryDirectory(prefix="pie-bench-") as work_dir:
         work = Path(work_dir)
         model_dir = save_model(work / "opt-125m-random", args.seed)
@@ -261,11 +262,11 @@ def main() -> None:
             stats.details["load_avg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             print(f"  {runner}: {stats.output_tok_s:.1f} output tok/s, {stats.wall_s:.2f} s", file=sys.stderr, flush=True)
             results.append(stats)
-            write_report(args, requests, results, errors)
-    write_report(args, requests, results, errors, show=True)
+            write_report(args, machine, requests, results, errors)
+    write_report(args, machine, requests, results, errors, show=True)
 
 
-def write_report(args, requests: list[Request], results: list[RunnerStats], errors: dict[str, str], show: bool = False) -> None:
+def write_report(args, machine: dict, requests: list[Request], results: list[RunnerStats], errors: dict[str, str], show: bool = False) -> None:
     """Print (when `show`) and write the JSON report; called after every runner so nothing measured is lost."""
     by_name = {r.runner: r for r in results}
     ratios = {f"{a}/{b}": by_name[a].output_tok_s / by_name[b].output_tok_s
@@ -283,7 +284,7 @@ def write_report(args, requests: list[Request], results: list[RunnerStats], erro
         for name, error in errors.items():
             print(f"{name} failed: {error}")
     report = {
-        "benchmark": "engine_throughput_cpu", "machine": fingerprint(),
+        "benchmark": "engine_throughput_cpu", "machine": machine,
         "workload": {"num_requests": len(requests), "seed": args.seed, "prompt_len_range": args.prompt_len,
                      "output_len_range": args.output_len, "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),
                      "output_tokens": sum(r.output_len for r in requests), "arrivals": "all at once",
