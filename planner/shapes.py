@@ -35,6 +35,7 @@ class ModelShape:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     sliding_window: int | None = None
+    rope_scaling: str | None = None  # e.g. "llama3" for Llama 3.1; the Pie engine does not implement it
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -149,8 +150,8 @@ REGISTRY: dict[str, ModelShape] = {s.name: s for s in [
     _llama("llama-2-70b", 8192, 80, 64, 8, 28672, 32000, 4096, norm_eps=1e-5),
     _llama("llama-3-8b", 4096, 32, 32, 8, 14336, 128256, 8192, rope_theta=500000.0),
     _llama("llama-3-70b", 8192, 80, 64, 8, 28672, 128256, 8192, rope_theta=500000.0),
-    _llama("llama-3.1-8b", 4096, 32, 32, 8, 14336, 128256, 131072, rope_theta=500000.0),
-    _llama("llama-3.1-70b", 8192, 80, 64, 8, 28672, 128256, 131072, rope_theta=500000.0),
+    _llama("llama-3.1-8b", 4096, 32, 32, 8, 14336, 128256, 131072, rope_theta=500000.0, rope_scaling="llama3"),
+    _llama("llama-3.1-70b", 8192, 80, 64, 8, 28672, 128256, 131072, rope_theta=500000.0, rope_scaling="llama3"),
     _llama("mistral-7b", 4096, 32, 32, 8, 14336, 32000, 32768, family="mistral", sliding_window=4096),
     _llama("qwen2.5-7b", 3584, 28, 28, 4, 18944, 152064, 32768, family="qwen2", qkv_bias=True,
            rope_theta=1000000.0, norm_eps=1e-6),
@@ -182,11 +183,18 @@ def shape_from_hf_config(config: dict, name: str) -> ModelShape:
                 qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
                 rope_theta=float(config.get("rope_theta", 10000.0)),
                 norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-                sliding_window=config.get("sliding_window") if config.get("use_sliding_window", model_type == "mistral") else None)
+                sliding_window=config.get("sliding_window") if config.get("use_sliding_window", model_type == "mistral") else None,
+                rope_scaling=_rope_scaling_type(config.get("rope_scaling")))
     except KeyError as missing:
         raise BadInput(f"{name}: config.json lacks {missing}", "is this a complete Hugging Face model directory?") from None
     raise BadInput(f"{name}: model_type '{model_type}' is not supported",
                    "supported: opt, llama, mistral, qwen2")
+
+
+def _rope_scaling_type(rope_scaling: dict | None) -> str | None:
+    if not rope_scaling:
+        return None
+    return str(rope_scaling.get("rope_type") or rope_scaling.get("type") or "unknown")
 
 
 def load_shape_from_dir(path: Path) -> ModelShape:

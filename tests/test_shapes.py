@@ -65,3 +65,13 @@ def test_unsupported_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(BadInput, match="gpt2"):
         resolve_model(str(tmp_path))
+
+
+def test_engine_refuses_what_it_does_not_implement():
+    from runners.engine.config import EngineConfig
+
+    with pytest.raises(BadInput, match="RoPE scaling"):
+        EngineConfig(model="llama-3.1-8b")
+    with pytest.raises(BadInput, match="sliding-window"):
+        EngineConfig(model="mistral-7b")
+    assert EngineConfig(model="mistral-7b", max_model_len=4096).model_len == 4096

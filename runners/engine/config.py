@@ -48,6 +48,14 @@ class EngineConfig:
             raise BadInput(f"rebuild_fraction must be in [0, 1], got {self.rebuild_fraction}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise BadInput("max_num_seqs and max_num_batched_tokens must be at least 1")
+        shape = self.shape
+        if shape.rope_scaling:
+            raise BadInput(f"{shape.name} uses '{shape.rope_scaling}' RoPE scaling, which the Pie engine does not implement",
+                           "use a model without rope_scaling (e.g. llama-3-8b), or the vllm runner")
+        if shape.sliding_window and self.model_len > shape.sliding_window:
+            raise BadInput(f"{shape.name} uses sliding-window attention ({shape.sliding_window} tokens), which the Pie engine "
+                           f"does not implement; max_model_len {self.model_len} exceeds the window",
+                           f"set max_model_len to at most {shape.sliding_window} (attention within the window is exact)")
         if self.rebuild_fraction > 0 and not self.shape.rebuild_saves_bytes:
             raise BadInput(f"rebuild_fraction {self.rebuild_fraction} saves nothing for {self.shape.name}: "
                            f"hidden {self.shape.hidden_size} >= 2 * kv_heads * head_dim {2 * self.shape.kv_dim}",
