@@ -27,30 +27,20 @@ app = typer.Typer(
 def _root() -> None:
     """pie: measure the link and the layers, plan the KV pool, run it, and compare runs.
 
-    Examples: pie profile --quick --model opt-125m | pie models
+    Examples: pie profile --quick | pie tune --model opt-30b --hardware gh200 | pie bench --model opt-125m
     """
 
 
-# --- command registration: one line per command module -------------------------------
-from pie_cli import models_cmd  # noqa: E402
-
-app.command("models")(models_cmd.models)
-from pie_cli import tune_cmd  # noqa: E402
-
-app.command("tune")(tune_cmd.tune)
-from pie_cli import profile_cmd  # noqa: E402
+# --- command registration, in the order a user works: measure, plan, run, inspect, compare -------
+from pie_cli import bench_cmd, compare_cmd, models_cmd, profile_cmd, report_cmd, show_cmd, tune_cmd  # noqa: E402
 
 app.command("profile")(profile_cmd.profile)
-from pie_cli import compare_cmd  # noqa: E402
-
-app.command("compare")(compare_cmd.compare)
-from pie_cli import report_cmd  # noqa: E402
-
-app.command("report")(report_cmd.report)
-from pie_cli import bench_cmd, show_cmd  # noqa: E402
-
+app.command("tune")(tune_cmd.tune)
 app.command("bench")(bench_cmd.bench)
 app.command("show")(show_cmd.show)
+app.command("compare")(compare_cmd.compare)
+app.command("report")(report_cmd.report)
+app.command("models")(models_cmd.models)
 
 
 def main() -> None:

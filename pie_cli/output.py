@@ -76,6 +76,8 @@ def format_cell(value: Any) -> str:
         magnitude = abs(value)
         if magnitude == 0:
             return "0"
+        if magnitude >= 100_000:
+            return f"{value:,.0f}"
         if magnitude >= 100:
             return f"{value:,.1f}"
         if magnitude >= 1:
