@@ -11,21 +11,13 @@ from pathlib import Path
 import pytest
 
 from bench_helpers import tiny_opt_dir, write_sharegpt
-from pie_cli.app import main
+from cli_helpers import run_pie
 from results.frames import requests_frame, runs_frame
 from results.metrics import summary_rows
 from results.store import ResultsStore, load_record
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--workload", "fixed", "--input-len", "12", "--output-len", "6", "-n", "6", "--dtype", "float32"]
-
-
-def run_pie(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["pie", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,13 @@
 import json
 import subprocess
-import sys
 
 import pytest
 
 from compare_synthetic import write_run
-from pie_cli.app import main
+from cli_helpers import run_pie
 from results.store import ResultsStore
 
 RULES = ["--fail-on", "output_throughput:-5%", "--fail-on", "p99_ttft_ms:+10%"]
-
-
-def run_pie(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["pie", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 @pytest.fixture()

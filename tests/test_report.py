@@ -1,12 +1,10 @@
 import io
 import json
-import sys
 
 import matplotlib.image
-import pytest
 
 from compare_synthetic import write_run
-from pie_cli.app import main
+from cli_helpers import run_pie
 from results.report import build_report, render_html, write_report
 from results.store import ResultsStore
 
@@ -54,14 +52,6 @@ def test_markdown_report_writes_png_files(tmp_path):
     text = written[0].read_text()
     assert "![Latency distributions per runner](r_files/latency_cdf.png)" in text
     assert all(p.exists() and p.stat().st_size > 10_000 for p in written[1:]) and len(written) == 4
-
-
-def run_pie(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["pie", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def test_report_cli(tmp_path, monkeypatch, capsys):
