@@ -149,6 +149,8 @@ class LLMEngine:
             if self.scheduler.has_unfinished():
                 raise AssertionError("scheduler made no progress with requests pending")
             return []
+        # Token counts before the sequences advance (after it every sequence has one new token).
+        num_prefill_tokens, num_decode_tokens = scheduled.num_prefill_tokens, scheduled.num_decode_tokens
         result = self.runner.execute(scheduled)
         now = time.perf_counter()
         changed = []
@@ -169,8 +171,8 @@ class LLMEngine:
         manager = self.block_manager
         self.stats.append(IterationStats(
             step=len(self.stats), wall_s=time.perf_counter() - began, compute_s=result.compute_s, stall_s=result.stall_s,
-            h2d_bytes=result.h2d_bytes, d2h_bytes=result.d2h_bytes, num_prefill_tokens=scheduled.num_prefill_tokens,
-            num_decode_tokens=scheduled.num_decode_tokens, batch_size=len(scheduled.sequences),
+            h2d_bytes=result.h2d_bytes, d2h_bytes=result.d2h_bytes, num_prefill_tokens=num_prefill_tokens,
+            num_decode_tokens=num_decode_tokens, batch_size=len(scheduled.sequences),
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
             num_preempted=len(scheduled.preempted), device_blocks_used=manager.device_used,
             pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
