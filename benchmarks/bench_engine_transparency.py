@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from profiler.fingerprint import collect_fingerprint  # noqa: E402
 from runners.engine.config import EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.engine.sampling_params import SamplingParams  # noqa: E402
@@ -47,20 +47,11 @@ def peak_blocks(requests: list[tuple[list[int], int]]) -> int:
 
 
 def machine() -> dict:
-    try:
-        from profiler.fingerprint import collect_fingerprint
-
-        return collect_fingerprint("cpu")
-    except Exception:  # noqa: BLE001 - the fingerprint module belongs to the profiler; fall back to basics
-        import os
-
-        return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+    return collect_fingerprint("cpu")
 
 
 def machine_name(fingerprint: dict) -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() and fingerprint.get("gpu") else "cpu"
+    return "cuda" if fingerprint.get("gpu_name") else "cpu"
 
 
 def run_once(config: EngineConfig, requests: list[tuple[list[int], int]], engine: LLMEngine | None = None) -> tuple[dict, LLMEngine]:
