@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pie_cli.errors import BadInput
+from profiler.json_files import write_json_atomic
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -89,12 +90,7 @@ class Plan:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "plan") -> "Plan":
