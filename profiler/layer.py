@@ -199,12 +199,7 @@ class LayerBench:
             write_kv(kv_cache, slot_mapping, k, v)
             return paged_decode_attention(q, kv_cache, block_tables, context_lens, scale)
 
-        flat_positions = positions.reshape(-1)
-
-        def step():
-            with torch.inference_mode():
-                return self.model.layer_forward(0, hidden, flat_positions, attention)
-        return step
+        return self._layer_step(hidden, positions, attention)
 
     def prefill_call(self, batch_size: int, prompt_len: int) -> Callable[[], object]:
         """One prefill of the layer: `batch_size` prompts of `prompt_len` tokens packed together."""
@@ -223,7 +218,11 @@ class LayerBench:
             write_kv(kv_cache, slot_mapping, k, v)
             return prefill_attention(q, k, v, cu_seqlens, scale)
 
-        flat_positions = positions.reshape(-1)
+        return self._layer_step(hidden, positions, attention)
+
+    def _layer_step(self, hidden, positions, attention) -> Callable[[], object]:
+        """The timed call: one forward of the layer through the given attention."""
+        torch, flat_positions = self.torch, positions.reshape(-1)
 
         def step():
             with torch.inference_mode():
