@@ -150,9 +150,13 @@ class LayerBench:
     def __init__(self, shape: ModelShape, dtype: str, device: str, seed: int = 0):
         import torch
 
+        from runners.engine import host_memory
         from runners.engine.models import build_model  # lazy: the engine's layer is the one timed
 
         self.shape, self.dtype, self.device, self.seed = shape, dtype, device, seed
+        self.host_memory = host_memory
+        if torch.device(device).type == "cpu":
+            host_memory.keep_freed_memory()  # as the engine does: steps reuse warm heap pages
         self.model = build_model(shape, dtype, device, seed=seed, num_layers=1)
         self.torch = torch
 
@@ -171,7 +175,10 @@ class LayerBench:
         blocks_per_sequence = math.ceil(tokens_per_sequence / BLOCK_SIZE)
         num_blocks = batch_size * blocks_per_sequence
         shape = (num_blocks, 2, BLOCK_SIZE, self.shape.num_kv_heads, self.shape.head_dim)
-        kv_cache = torch.empty(shape, dtype=self.model.dtype, device=self.device).fill_(0.01)
+        if torch.device(self.device).type == "cpu":  # on 2 MiB pages, as the engine's cache (host_memory.py)
+            kv_cache = self.host_memory.zeros(shape, self.model.dtype).fill_(0.01)
+        else:
+            kv_cache = torch.empty(shape, dtype=self.model.dtype, device=self.device).fill_(0.01)
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(num_blocks, generator=generator).to(self.device)
         return kv_cache, order.view(batch_size, blocks_per_sequence)

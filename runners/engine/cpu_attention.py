@@ -36,7 +36,7 @@ _SOURCE = r"""
 #include <stdlib.h>
 #include <math.h>
 #include <string.h>
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -67,6 +67,56 @@ static inline float dot_bf16(const uint16_t* q, const uint16_t* k, int64_t n) {
     return dot;
 #endif
 }
+/* exp(x) for 16 lanes: 2^(x log2 e) split into 2^n * 2^f, |f| <= 1/2, 2^f by its degree-6
+   Taylor polynomial (relative error ~2e-7, fp32 rounding), then scaled by 2^n. */
+#if defined(__AVX512F__)
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.540353039e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.333355815e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129108e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265070e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471806e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* The largest of s[0..n) and `peak`. */
+static inline float block_max(const float* s, int64_t n, float peak) {
+#if defined(__AVX512F__)
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const float top = _mm512_mask_reduce_max_ps(m, _mm512_maskz_loadu_ps(m, s + j));
+        peak = top > peak ? top : peak;
+    }
+#else
+    for (int64_t j = 0; j < n; j++) peak = s[j] > peak ? s[j] : peak;
+#endif
+    return peak;
+}
+
+/* s[j] <- exp(s[j] - peak) for j < n; returns their sum. */
+static inline float exp_sum(float* s, int64_t n, float peak) {
+    float total = 0.0f;
+#if defined(__AVX512F__)
+    const __m512 shift = _mm512_set1_ps(peak);
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), shift));
+        _mm512_mask_storeu_ps(s + j, m, e);
+        total += _mm512_mask_reduce_add_ps(m, e);
+    }
+#else
+    for (int64_t j = 0; j < n; j++) { s[j] = expf(s[j] - peak); total += s[j]; }
+#endif
+    return total;
+}
+
 static inline void axpy_bf16(float* acc, float p, const uint16_t* v, int64_t n) {
     #pragma omp simd
     for (int64_t d = 0; d < n; d++) acc[d] += p * bf16_to_f32(v[d]);
@@ -136,11 +186,9 @@ void NAME(const T* q, const T* cache, const int64_t* tables, const int64_t* lens
                 }                                                                                     \
                 for (int64_t h = h0; h < h1; h++) {                                                   \
                     float* s = scores + h * block_size;                                               \
-                    float peak = run_max[h];                                                          \
-                    for (int64_t j = 0; j < n; j++) peak = s[j] > peak ? s[j] : peak;                 \
+                    const float peak = block_max(s, n, run_max[h]);                                   \
                     const float correction = expf(run_max[h] - peak);                                 \
-                    float total = run_sum[h] * correction;                                            \
-                    for (int64_t j = 0; j < n; j++) { s[j] = expf(s[j] - peak); total += s[j]; }      \
+                    const float total = run_sum[h] * correction + exp_sum(s, n, peak);                \
                     run_max[h] = peak; run_sum[h] = total;                                            \
                     if (correction != 1.0f) {                                                         \
                         float* a = acc + h * head_dim;                                                \

@@ -4,7 +4,8 @@
   resident blocks are rows `i * n_dev ... (i + 1) * n_dev - 1`; staging slot `j` is rows
   `L * n_dev + j * S ...` (docs/engine-interfaces.md), so kernels read resident and staged
   blocks through one remapped block table.
-- `pool`: `[L * n_kv, 2, block_size, Hkv, dh]` in host memory (pinned on CUDA), the same block
+- `pool`: `[L * n_kv, 2, block_size, Hkv, dh]` in host memory (pinned on CUDA; on 2 MiB pages when
+  the engine runs on the CPU, like `kv`: host_memory.py), the same block
   geometry; layer `i`'s pool block `p` is row `i * n_kv + p`.
 - Rebuild path (KVPR, only when the layout has activation blocks): `captured[L, n_dev, block_size, h]`
   holds each resident device block's layer inputs (written by the layer loop), and
@@ -19,7 +20,15 @@ from __future__ import annotations
 import torch
 
 from planner.shapes import ModelShape
+from runners.engine import host_memory
 from runners.engine.block_manager import BlockMove, CacheLayout
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """Pinned host memory on CUDA machines; CPU tensors on 2 MiB pages (host_memory.py)."""
+    if device.type == "cpu" and not pin:
+        return host_memory.zeros(shape, dtype)
+    return torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin)
 
 
 class KVCache:
@@ -36,15 +45,15 @@ class KVCache:
         self.geometry = (2, layout.block_size, shape.num_kv_heads, shape.head_dim)
         pin = device.type == "cuda"
         total = self.staging_base + layout.prefetch_depth * layout.staged_blocks_per_slot
-        self.kv = torch.zeros(total, *self.geometry, dtype=dtype, device=device)
-        self.pool = torch.zeros(layout.num_layers * self.num_pool_kv_blocks, *self.geometry, dtype=dtype,
-                                pin_memory=pin)
+        cpu = torch.device("cpu")
+        self.kv = _zeros((total, *self.geometry), dtype, device)
+        self.pool = _zeros((layout.num_layers * self.num_pool_kv_blocks, *self.geometry), dtype, cpu, pin)
         self.rebuild = self.num_pool_rebuild_blocks > 0
         captured_blocks = self.num_device_blocks if self.rebuild else 0
-        self.captured = torch.zeros(layout.num_layers, captured_blocks, layout.block_size, shape.hidden_size,
-                                    dtype=dtype, pin_memory=pin and self.rebuild)
-        self.pool_activations = torch.zeros(layout.num_layers, self.num_pool_rebuild_blocks, layout.block_size,
-                                            shape.hidden_size, dtype=dtype, pin_memory=pin and self.rebuild)
+        self.captured = _zeros((layout.num_layers, captured_blocks, layout.block_size, shape.hidden_size), dtype, cpu,
+                               pin and self.rebuild)
+        self.pool_activations = _zeros((layout.num_layers, self.num_pool_rebuild_blocks, layout.block_size,
+                                        shape.hidden_size), dtype, cpu, pin and self.rebuild)
         element = self.kv.element_size()
         self.block_layer_bytes = self.kv[0].numel() * element  # one block of one layer, K and V
         self.activation_block_layer_bytes = layout.block_size * shape.hidden_size * element

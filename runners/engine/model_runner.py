@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from runners.engine import host_memory
 from runners.engine.attention import paged_decode_attention, prefill_attention, write_kv
 from runners.engine.block_manager import BlockMove, CacheLayout
 from runners.engine.kv_cache import KVCache
@@ -67,6 +68,8 @@ class ModelRunner:
         self.block_size = layout.block_size
         self.num_layers = layout.num_layers
         self.prefetcher = Prefetcher(cache) if layout.num_pool_blocks else None
+        if self.device.type == "cpu":
+            host_memory.keep_freed_memory()  # each step's activation buffers reuse warm heap pages
 
     def _prepare(self, scheduled: SchedulerOutput) -> Batch:
         bs, device = self.block_size, self.device

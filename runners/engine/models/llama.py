@@ -2,7 +2,8 @@
 
 RMSNorm (computed in fp32, as Hugging Face does), rotary embeddings in the rotate-half
 convention, grouped-query attention (Hkv <= Hq), SwiGLU MLP, optional q/k/v biases (Qwen2),
-tied or separate lm_head. q/k/v and gate/up are fused into one GEMM each at build time.
+tied or separate lm_head. q/k/v and gate/up are fused into one GEMM each at build time, and
+every GEMM goes through `Linear` (models/linear.py: weights prepacked for oneDNN on the CPU).
 The attention is a callback the engine supplies, so K arrives at the cache already rotated.
 
 Left out: rope scaling (Llama 3.1 long context), Mistral's sliding window (the kernels do not
@@ -17,15 +18,15 @@ import torch.nn.functional as F
 
 from planner.shapes import ModelShape
 from runners.engine.models.common import Attention
+from runners.engine.models.linear import Linear
 
 
 @dataclass(frozen=True)
 class LlamaLayer:
-    qkv_weight: torch.Tensor  # [h + 2 * kv_dim, h]
-    qkv_bias: torch.Tensor | None
-    o_weight: torch.Tensor
-    gate_up_weight: torch.Tensor  # [2 * ffn, h]
-    down_weight: torch.Tensor
+    qkv: Linear  # [h + 2 * kv_dim, h], bias for Qwen2
+    o: Linear
+    gate_up: Linear  # [2 * ffn, h]
+    down: Linear
     input_norm_weight: torch.Tensor
     post_norm_weight: torch.Tensor
 
@@ -34,11 +35,11 @@ def layer_from_weights(weights: dict[str, torch.Tensor], index: int, qkv_bias: b
     p = f"layers.{index}."
     attn = p + "self_attn."
     return LlamaLayer(
-        qkv_weight=torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
-        qkv_bias=torch.cat([weights[f"{attn}{n}_proj.bias"] for n in "qkv"]) if qkv_bias else None,
-        o_weight=weights[attn + "o_proj.weight"],
-        gate_up_weight=torch.cat([weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]]),
-        down_weight=weights[p + "mlp.down_proj.weight"],
+        qkv=Linear(torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
+                   torch.cat([weights[f"{attn}{n}_proj.bias"] for n in "qkv"]) if qkv_bias else None),
+        o=Linear(weights[attn + "o_proj.weight"]),
+        gate_up=Linear(torch.cat([weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]])),
+        down=Linear(weights[p + "mlp.down_proj.weight"]),
         input_norm_weight=weights[p + "input_layernorm.weight"],
         post_norm_weight=weights[p + "post_attention_layernorm.weight"])
 
@@ -66,8 +67,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def project_qkv(layer: LlamaLayer, shape: ModelShape, x: torch.Tensor, positions: torch.Tensor):
     """Normed input -> q[T, Hq, dh], k[T, Hkv, dh] (both rotated), v[T, Hkv, dh]."""
     tokens, head_dim = x.shape[0], shape.head_dim
-    qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias)
-    q, k, v = qkv.split([shape.hidden_size, shape.kv_dim, shape.kv_dim], dim=-1)
+    q, k, v = layer.qkv(x).split([shape.hidden_size, shape.kv_dim, shape.kv_dim], dim=-1)
     cos, sin = rope_cos_sin(positions, head_dim, shape.rope_theta)
     q = apply_rope(q.reshape(tokens, shape.num_heads, head_dim), cos, sin)
     k = apply_rope(k.reshape(tokens, shape.num_kv_heads, head_dim), cos, sin)
@@ -78,9 +78,9 @@ def layer_forward(layer: LlamaLayer, shape: ModelShape, index: int, hidden: torc
                   positions: torch.Tensor, attention: Attention) -> torch.Tensor:
     q, k, v = project_qkv(layer, shape, rms_norm(hidden, layer.input_norm_weight, shape.norm_eps), positions)
     out = attention(index, q, k, v)
-    hidden = hidden + F.linear(out.reshape(hidden.shape[0], shape.hidden_size), layer.o_weight)
-    gate, up = F.linear(rms_norm(hidden, layer.post_norm_weight, shape.norm_eps), layer.gate_up_weight).chunk(2, dim=-1)
-    return hidden + F.linear(F.silu(gate) * up, layer.down_weight)
+    hidden = hidden + layer.o(out.reshape(hidden.shape[0], shape.hidden_size))
+    gate, up = layer.gate_up(rms_norm(hidden, layer.post_norm_weight, shape.norm_eps)).chunk(2, dim=-1)
+    return hidden + layer.down(F.silu(gate) * up)
 
 
 def layer_kv_from_input(layer: LlamaLayer, shape: ModelShape, layer_input: torch.Tensor,
@@ -88,8 +88,7 @@ def layer_kv_from_input(layer: LlamaLayer, shape: ModelShape, layer_input: torch
     """K (rotated) and V of a layer recomputed from its stored input activations."""
     tokens, head_dim, h, kv = layer_input.shape[0], shape.head_dim, shape.hidden_size, shape.kv_dim
     x = rms_norm(layer_input, layer.input_norm_weight, shape.norm_eps)
-    bias = layer.qkv_bias[h:] if layer.qkv_bias is not None else None
-    k, v = F.linear(x, layer.qkv_weight[h:], bias).split(kv, dim=-1)
+    k, v = layer.qkv(x)[:, h:].split(kv, dim=-1)  # the q part is wasted; rebuilds are a small share of tokens
     cos, sin = rope_cos_sin(positions, head_dim, shape.rope_theta)
     k = apply_rope(k.reshape(tokens, shape.num_kv_heads, head_dim), cos, sin)
     return k, v.reshape(tokens, shape.num_kv_heads, head_dim)
@@ -104,7 +103,7 @@ class LlamaModel:
         self.attention_scale = shape.head_dim ** -0.5
         self.embed_tokens = weights["embed_tokens.weight"]
         self.norm_weight = weights["norm.weight"]
-        self.lm_head = weights.get("lm_head.weight", self.embed_tokens)
+        self.lm_head = Linear(weights.get("lm_head.weight", self.embed_tokens))
         self.layers = [layer_from_weights(weights, i, shape.qkv_bias) for i in range(num_layers)]
         self.dtype = self.embed_tokens.dtype
         self.device = self.embed_tokens.device
@@ -119,4 +118,4 @@ class LlamaModel:
         return layer_kv_from_input(self.layers[index], self.shape, layer_input, positions)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(rms_norm(hidden, self.norm_weight, self.shape.norm_eps), self.lm_head)
+        return self.lm_head(rms_norm(hidden, self.norm_weight, self.shape.norm_eps))

@@ -3,7 +3,8 @@
 Pre-norm (`do_layer_norm_before`, every size but opt-350m) and post-norm layers, learned
 positions with OPT's offset of 2, ReLU MLP, optional project_in/project_out when
 `word_embed_proj_dim` differs from hidden, logits through the tied token embedding.
-q, k and v are fused into one GEMM at build time. The attention itself is a callback the
+q, k and v are fused into one GEMM at build time; every GEMM goes through `Linear`
+(models/linear.py: weights prepacked for oneDNN on the CPU, with fc1's ReLU fused). The attention itself is a callback the
 engine supplies (docs/engine-interfaces.md), so this file holds no KV cache.
 
 Left out: dropout, OPT's `enable_bias=False` and `layer_norm_elementwise_affine=False` variants.
@@ -17,22 +18,19 @@ import torch.nn.functional as F
 
 from planner.shapes import ModelShape
 from runners.engine.models.common import Attention
+from runners.engine.models.linear import Linear
 
 _POSITION_OFFSET = 2
 
 
 @dataclass(frozen=True)
 class OPTLayer:
-    qkv_weight: torch.Tensor  # [3h, h]: q, k, v stacked
-    qkv_bias: torch.Tensor
-    out_weight: torch.Tensor
-    out_bias: torch.Tensor
+    qkv: Linear  # [3h, h]: q, k, v stacked
+    out: Linear
     attn_norm_weight: torch.Tensor
     attn_norm_bias: torch.Tensor
-    fc1_weight: torch.Tensor
-    fc1_bias: torch.Tensor
-    fc2_weight: torch.Tensor
-    fc2_bias: torch.Tensor
+    fc1: Linear
+    fc2: Linear
     mlp_norm_weight: torch.Tensor
     mlp_norm_bias: torch.Tensor
 
@@ -41,12 +39,12 @@ def layer_from_weights(weights: dict[str, torch.Tensor], index: int) -> OPTLayer
     p = f"layers.{index}."
     attn = p + "self_attn."
     return OPTLayer(
-        qkv_weight=torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
-        qkv_bias=torch.cat([weights[f"{attn}{n}_proj.bias"] for n in "qkv"]),
-        out_weight=weights[attn + "out_proj.weight"], out_bias=weights[attn + "out_proj.bias"],
+        qkv=Linear(torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
+                   torch.cat([weights[f"{attn}{n}_proj.bias"] for n in "qkv"])),
+        out=Linear(weights[attn + "out_proj.weight"], weights[attn + "out_proj.bias"]),
         attn_norm_weight=weights[p + "self_attn_layer_norm.weight"], attn_norm_bias=weights[p + "self_attn_layer_norm.bias"],
-        fc1_weight=weights[p + "fc1.weight"], fc1_bias=weights[p + "fc1.bias"],
-        fc2_weight=weights[p + "fc2.weight"], fc2_bias=weights[p + "fc2.bias"],
+        fc1=Linear(weights[p + "fc1.weight"], weights[p + "fc1.bias"]),
+        fc2=Linear(weights[p + "fc2.weight"], weights[p + "fc2.bias"]),
         mlp_norm_weight=weights[p + "final_layer_norm.weight"], mlp_norm_bias=weights[p + "final_layer_norm.bias"])
 
 
@@ -58,14 +56,13 @@ def attention_block(layer: OPTLayer, shape: ModelShape, index: int, x: torch.Ten
     """x is the (already normed, for pre-norm) input; returns the out-projected attention output."""
     tokens = x.shape[0]
     h, heads, head_dim = shape.hidden_size, shape.num_heads, shape.head_dim
-    qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias)
-    q, k, v = qkv.split(h, dim=-1)
+    q, k, v = layer.qkv(x).split(h, dim=-1)
     out = attention(index, q.view(tokens, heads, head_dim), k.view(tokens, heads, head_dim), v.view(tokens, heads, head_dim))
-    return F.linear(out.reshape(tokens, h), layer.out_weight, layer.out_bias)
+    return layer.out(out.reshape(tokens, h))
 
 
 def mlp_block(layer: OPTLayer, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(F.relu(F.linear(x, layer.fc1_weight, layer.fc1_bias)), layer.fc2_weight, layer.fc2_bias)
+    return layer.fc2(layer.fc1(x, relu=True))
 
 
 def layer_forward(layer: OPTLayer, shape: ModelShape, index: int, hidden: torch.Tensor, attention: Attention) -> torch.Tensor:
@@ -83,8 +80,7 @@ def layer_kv_from_input(layer: OPTLayer, shape: ModelShape, layer_input: torch.T
     x = layer_input
     if shape.do_layer_norm_before:
         x = layer_norm(x, layer.attn_norm_weight, layer.attn_norm_bias, shape.norm_eps)
-    kv = F.linear(x, layer.qkv_weight[h:], layer.qkv_bias[h:])
-    k, v = kv.split(h, dim=-1)
+    k, v = layer.qkv(x)[:, h:].split(h, dim=-1)  # the q third is wasted; rebuilds are a small share of tokens
     tokens = x.shape[0]
     return k.reshape(tokens, heads, head_dim), v.reshape(tokens, heads, head_dim)
 
@@ -98,18 +94,19 @@ class OPTModel:
         self.attention_scale = shape.head_dim ** -0.5
         self.embed_tokens = weights["embed_tokens.weight"]
         self.embed_positions = weights["embed_positions.weight"]
-        self.project_in = weights.get("project_in.weight")
-        self.project_out = weights.get("project_out.weight")
+        self.project_in = Linear(weights["project_in.weight"]) if "project_in.weight" in weights else None
+        self.project_out = Linear(weights["project_out.weight"]) if "project_out.weight" in weights else None
         self.final_norm_weight = weights.get("final_layer_norm.weight")
         self.final_norm_bias = weights.get("final_layer_norm.bias")
         self.layers = [layer_from_weights(weights, i) for i in range(num_layers)]
+        self.lm_head = Linear(self.embed_tokens)  # tied; a prepacked copy when packing applies
         self.dtype = self.embed_tokens.dtype
         self.device = self.embed_tokens.device
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = F.embedding(input_ids, self.embed_tokens)
         if self.project_in is not None:
-            x = F.linear(x, self.project_in)
+            x = self.project_in(x)
         return x + F.embedding(positions + _POSITION_OFFSET, self.embed_positions)
 
     def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
@@ -122,5 +119,5 @@ class OPTModel:
         if self.final_norm_weight is not None:
             hidden = layer_norm(hidden, self.final_norm_weight, self.final_norm_bias, self.shape.norm_eps)
         if self.project_out is not None:
-            hidden = F.linear(hidden, self.project_out)
-        return F.linear(hidden, self.embed_tokens)
+            hidden = self.project_out(hidden)
+        return self.lm_head(hidden)
