@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import itertools
 import math
 
 import pytest
@@ -215,14 +216,14 @@ def test_decode_buckets_cover_every_sequence_with_bounded_padding():
         assert max(lens[i] for i in indices) <= 1.5 * max(16, min(lens[i] for i in indices))
 
 
-def test_prefill_attention_is_causal_per_sequence():
+@pytest.mark.parametrize("lens", [[5, 1, 12], [64, 65, 200, 3]])  # within one query chunk; across chunk edges
+def test_prefill_attention_is_causal_per_sequence(lens):
     torch.manual_seed(0)
-    lens = [5, 1, 12]
     q = torch.randn(sum(lens), 6, 8)
     k, v = torch.randn(sum(lens), 3, 8), torch.randn(sum(lens), 3, 8)
-    cu = torch.tensor([0, 5, 6, 18])
+    cu = torch.tensor([0, *itertools.accumulate(lens)])
     out = prefill_attention(q, k, v, cu, 0.3)
-    for start, end in [(0, 5), (5, 6), (6, 18)]:
+    for start, end in zip(cu.tolist()[:-1], cu.tolist()[1:]):
         expected = naive_attention(q[start:end], k[start:end], v[start:end], 0.3, causal=True)
         torch.testing.assert_close(out[start:end].double(), expected, atol=1e-5, rtol=1e-5)
 

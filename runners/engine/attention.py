@@ -122,27 +122,51 @@ def paged_decode_attention_torch(q: torch.Tensor, kv_cache: torch.Tensor, block_
     return out
 
 
+# Query rows per chunk in prefill attention: each chunk only multiplies the keys up to its last
+# row (about half the FLOPs of a full causal square), and 64-row score tiles stay in cache.
+# Measured on this CPU, one thread, OPT-125m heads, 264 tokens: 1.9 ms against 5.7 ms for one
+# masked square per sequence; 512 tokens: 5.9 against 14.4 ms.
+_PREFILL_CHUNK = 64
+_causal_bias: dict[torch.device, torch.Tensor] = {}
+
+
+def _causal_bias_for(length: int, device: torch.device) -> torch.Tensor:
+    """[n, n] additive mask (0 on and below the diagonal, -inf above), n >= length, cached per device."""
+    bias = _causal_bias.get(device)
+    if bias is None or bias.shape[0] < length:
+        size = max(length, 2 * (bias.shape[0] if bias is not None else 256))
+        bias = torch.full((size, size), float("-inf"), device=device).triu_(1)
+        _causal_bias[device] = bias
+    return bias
+
+
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                       scale: float) -> torch.Tensor:
-    """Causal attention within each packed sequence: q[T, Hq, dh], k/v[T, Hkv, dh] -> [T, Hq, dh]."""
+    """Causal attention within each packed sequence: q[T, Hq, dh], k/v[T, Hkv, dh] -> [T, Hq, dh].
+
+    fp32 math on the CPU (bf16 matmuls over these views measured about 2x slower there); per
+    sequence, query rows in chunks of 64 against the keys up to the chunk's end, the scale and
+    the causal mask fused into one `baddbmm`.
+    """
     total, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[1]
-    group = num_heads // num_kv_heads
+    group = num_heads // k.shape[1]
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
-    # fp32 on the CPU: bf16 matmuls over these permuted views measured about 2x slower there.
     compute = torch.float32 if q.device.type == "cpu" else q.dtype
+    bias = _causal_bias_for(max(end - start for start, end in zip(bounds[:-1], bounds[1:])), q.device).to(compute)
     for start, end in zip(bounds[:-1], bounds[1:]):
         length = end - start
         if length == 0:
             continue
-        query = q[start:end].to(compute).view(length, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)  # [Hkv, g, t, dh]
-        key = k[start:end].to(compute).permute(1, 0, 2)[:, None]  # [Hkv, 1, t, dh]
-        value = v[start:end].to(compute).permute(1, 0, 2)[:, None]
-        scores = torch.matmul(query, key.transpose(-1, -2)).float().mul_(scale)  # [Hkv, g, t, t]
-        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
-        scores.masked_fill_(causal, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(compute)
-        attended = torch.matmul(probs, value).permute(2, 0, 1, 3).reshape(length, num_heads, head_dim)
-        out[start:end] = attended.to(q.dtype)
+        query = q[start:end].to(compute).permute(1, 0, 2)  # [Hq, t, dh]
+        key = k[start:end].to(compute)
+        value = v[start:end].to(compute)
+        if group > 1:  # GQA: each KV head serves `group` query heads
+            key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+        key, value = key.permute(1, 2, 0), value.permute(1, 0, 2)  # [Hq, dh, t], [Hq, t, dh]
+        for row in range(0, length, _PREFILL_CHUNK):
+            stop = min(length, row + _PREFILL_CHUNK)
+            scores = torch.baddbmm(bias[row:stop, :stop], query[:, row:stop], key[:, :, :stop], alpha=scale)
+            attended = torch.bmm(torch.softmax(scores, dim=-1), value[:, :stop])  # [Hq, rows, dh]
+            out[start + row:start + stop] = attended.permute(1, 0, 2).to(q.dtype)
     return out
