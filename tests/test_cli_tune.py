@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pytest
 
@@ -24,10 +23,9 @@ def run(argv, capsys, monkeypatch):
 
 
 def test_plan_table_names_the_binding_constraint(capsys, monkeypatch):
-    start = time.perf_counter()
+    # How long it takes (< 2 s) is benchmarks/bench_tune_speed.py's to measure, not a unit test's.
     code, out, err = run(["--model", "opt-30b", "--hardware", "h100-pcie"], capsys, monkeypatch)
     assert code == 0, err
-    assert time.perf_counter() - start < 2.0
     assert "with pool" in out and "no pool" in out and "datasheet" in out
     assert "link-bound" in out and "GB/s" in out
 

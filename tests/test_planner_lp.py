@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -46,14 +45,11 @@ def test_rebuild_only_where_it_saves_bytes():
     assert gqa.split.rebuilt_kv_bytes == 0
 
 
-def test_opt_30b_plans_are_fast_and_pool_more_on_gh200():
-    plans = {}
-    for hardware in ("h100-pcie", "gh200"):
-        start = time.perf_counter()
-        plans[hardware] = make_plan(_request(hardware=hardware))
-        assert time.perf_counter() - start < 2.0
-        slowest = min(make_plan(_request(hardware=hardware)).solver["lp_solve_ms_max"] for _ in range(3))
-        assert slowest < 100.0
+def test_opt_30b_plans_pool_more_on_gh200():
+    # Their speed (< 2 s a plan, < 100 ms a CBC solve) is measured by benchmarks/bench_tune_speed.py.
+    plans = {hardware: make_plan(_request(hardware=hardware)) for hardware in ("h100-pcie", "gh200")}
+    for plan in plans.values():
+        assert plan.solver["lp_solve_ms_max"] > 0  # the solver's own timing is recorded in the plan
     assert plans["gh200"].predicted.pooled_fraction > plans["h100-pcie"].predicted.pooled_fraction
     for plan in plans.values():
         assert plan.binding, plan.explanation
