@@ -3,7 +3,8 @@
 Synthetic: seeded curves that rise linearly to a best pool size and fall past it (a stall
 cliff), measured with multiplicative noise (uniform within +-5%, and Gaussian sigma 5%); the
 climber starts 0.5x..1.5x from the best. Reported: moves used, and how close the final size is
-to the best, as throughput share and as pool-size distance.
+to the best, as throughput share and as pool-size distance. Issue 4's target: within 5% of the
+best pool size in <= 12 moves (share_within_5pct_pool_size, max_moves).
 
 Online (with --profile): a plan for a small model (opt-125m by default) under a device budget
 that holds only part of the batch; a static sweep of pool limits on one engine, then the
@@ -99,7 +100,9 @@ def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) 
             "plan_device_blocks": plan.settings.num_device_blocks, "plan_max_num_seqs": plan.settings.max_num_seqs,
             "plan_predicted_output_tok_s": plan.predicted.output_tok_s, "pool_capacity_blocks": capacity,
             "sweep": {str(k): v for k, v in sweep.items()}, "best_static_pool_blocks": best_static,
-            "climber_pool_blocks": chosen, "climber_moves": tuned.online["num_moves"], "moves": tuned.online["moves"],
+            "climber_pool_blocks": chosen, "climber_moves": tuned.online["num_moves"],
+            "climber_fit": tuned.online["fit"], "climber_pool_source": tuned.online["best_output_tok_s_source"],
+            "moves": tuned.online["moves"],
             "recheck_output_tok_s": {"best_static": recheck[best_static], "climber": recheck[chosen]},
             "climber_over_best_static": chosen_tok_s / static_tok_s,
             "pool_distance_blocks": abs(chosen - best_static), "window_steps": window_steps, "num_prompts": num_prompts}

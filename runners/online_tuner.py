@@ -8,7 +8,9 @@ random token ids, labelled synthetic): `num_prompts` requests stay in flight, a 
 is replaced at once, so every window sees the same steady load. For each pool size the
 climber proposes, the glue sets `engine.set_pool_limit`, discards `warmup_steps` iterations,
 then measures `window_steps` iterations: output tokens per second of wall time, stall
-fraction, and mean queue length, and feeds them to `HillClimber.observe`. Lengths vary around the
+fraction, and mean queue length, and feeds them to `HillClimber.observe`. The kept size is the
+climber's choice from a fit of all its readings; where that is the fitted peak between two measured
+sizes, the reported throughput is the fit's (`best_output_tok_s_source`). Lengths vary around the
 plan's means, and the loop first settles for a mean output length of iterations, so the
 windows see a steady state rather than the start-up burst.
 Left out: the climbing policy (planner/hill_climber.py) and rendering beyond one line per move.
@@ -157,8 +159,14 @@ def run_online(plan: Plan, settings: OnlineSettings, out=None, on_move: Callable
             out.info(f"  move {move.index:2d}: pool {move.pool_blocks:5d} blocks  {move.throughput_tok_s:8.1f} tok/s  "
                      f"stall {move.stall_fraction:5.1%}  -> keep {move.best_blocks} ({move.note})")
     best = climber.best_blocks
+    # The kept size may be the fitted peak between two measured sizes: then its throughput is the fit's.
+    best_tok_s = float(np.mean(measured_at[best])) if best in measured_at else climber.best.throughput_tok_s
+    fit = climber.fit
     online = {"start_pool_blocks": plan.settings.num_pool_blocks, "pool_capacity_blocks": capacity,
-              "best_pool_blocks": best, "best_output_tok_s": float(np.mean(measured_at.get(best, [0.0]))),
+              "best_pool_blocks": best, "best_output_tok_s": best_tok_s,
+              "best_output_tok_s_source": "measured" if best in measured_at else "fit",
+              "fit": None if fit is None else {"peak_blocks": fit.peak, "apex_tok_s": fit.apex_tok_s,
+                                               "rise_tok_s_per_block": fit.rise, "fall_tok_s_per_block": fit.fall},
               "num_moves": len(climber.moves) - 1, "moves": [dataclasses.asdict(m) for m in climber.moves],
               "workload": {"synthetic": True, "input_len": input_len, "output_len": output_len,
                            "num_prompts": settings.num_prompts},
