@@ -304,7 +304,7 @@ class HillClimber:
                     where = "the calm measured size the fit rates highest; sizes nearer the peak stall"
                     self.stall_edge = self._stall_edge(size, [s for s in sizes if s not in calm])
                 return kept, f"fit: {fit.describe()}, keeps {size} ({where})"
-            return self._fallback(means, calm, f"fit: {fit.describe()}, but every size stalls")
+            return self._fallback(means, calm, f"fit: {fit.describe()}")
         reason = (f"fit ill-posed ({len(means)} sizes)" if len(means) < 4 else
                   "fit ill-posed (no concave tent: all points on one side)")
         return self._fallback(means, calm, reason)

@@ -126,6 +126,9 @@ def test_the_kept_size_never_stalls_and_stays_in_bounds_and_measured_range():
     assert min(measured) <= climber.best_blocks <= max(measured)
     assert any("halfway to the stalling" in m.note for m in climber.moves)
     assert all(300 <= m.pool_blocks <= 2000 for m in climber.moves)
+    every = climb(ClimberConfig(600, 2000), lambda b: Measurement(b, curve(b), 0.2 + 0.1 * abs(b - 500) / 500))
+    assert every[-1].best_blocks == min((m.stall_fraction, m.pool_blocks) for m in every)[1]  # the least stalled
+    assert "every size stalls" in every[-1].note
     bounded = climb(ClimberConfig(600, 1000, min_blocks=400), lambda b: Measurement(b, peaked(1500)(b), 0.0))
     assert all(400 <= m.pool_blocks <= 1000 for m in bounded) and bounded[-1].best_blocks == 1000
 
