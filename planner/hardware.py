@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput, suggest
+from pie_cli.errors import BadInput
 from profiler.hardware_profile import DecodeLayerFit, HardwareProfile, PrefillLayerFit
 
 GB = 1e9

@@ -6,7 +6,7 @@ import pytest
 from pie_cli.errors import BadInput
 from profiler.hardware_profile import SCHEMA_VERSION, HardwareProfile
 from profiler.run import ProfileRequest, default_dtype, run_profile
-from profiler.sizes import KIB, MIB, free_host_bytes
+from profiler.sizes import KIB, MIB
 
 torch = pytest.importorskip("torch")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
