@@ -7,7 +7,9 @@ ignored. The engine runs the same requests at the same batch (all 64 running):
 - `pool-off`: the device budget holds every block; this run also measures the KV in use at the peak;
 - `pool-<share>` for each of `--pool-shares` (default 0.5, 0.25, 0.1): the pool holds that share of
   the peak KV, the resident device blocks the rest (plus 5 % slack and the staging charge), and
-  every pooled block is streamed back layer by layer each iteration (prefetch depth `--depth`).
+  every pooled block is streamed back layer by layer each iteration (prefetch depth `--depth`);
+- on a CPU, each pool also with the copy thread (`pool-<share>-thread`, `--copy-workers`), the GPU's
+  discipline, beside the default team copy (runners/engine/prefetcher.py).
 
 Each configuration runs `--repeats` times, interleaved, after a warm-up that is not timed.
 Reports output tok/s (median and spread), each pool's ratio to pool-off (medians), the stall
@@ -29,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from profiler.fingerprint import collect_fingerprint  # noqa: E402
-from runners.engine.config import EngineConfig  # noqa: E402
+from runners.engine.config import COPY_WORKERS, EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.engine.sampling_params import SamplingParams  # noqa: E402
 
@@ -96,12 +98,12 @@ def summarize(runs: list[dict]) -> dict:
 
 def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
     print(f"\n{title}")
-    print(f"{'config':<12} {'out tok/s (median)':>18} {'spread':>16} {'running':>8} {'pool blk':>9} "
+    print(f"{'config':<18} {'out tok/s (median)':>18} {'spread':>16} {'running':>8} {'pool blk':>9} "
           f"{'stall %':>8} {'H2D GB':>8} {'preempt':>8}")
     for name, summary in rows:
         run = summary["runs"][0]
         stall = statistics.median(r["stall_fraction"] for r in summary["runs"]) * 100
-        print(f"{name:<12} {summary['median_output_tok_s']:>18.1f} "
+        print(f"{name:<18} {summary['median_output_tok_s']:>18.1f} "
               f"{summary['min_output_tok_s']:>7.1f}-{summary['max_output_tok_s']:<8.1f} {run['peak_running']:>8} "
               f"{run['peak_pool_blocks']:>9} {stall:>8.2f} {run['h2d_bytes'] / 1e9:>8.2f} {run['num_preempted']:>8}")
 
@@ -114,6 +116,8 @@ def main() -> None:
     parser.add_argument("--pool-shares", default="0.5,0.25,0.1", help="shares of the peak KV held in the pool")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--copy-workers", default=None,
+                        help="comma-separated copy workers to measure (default: every one the device has)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -139,13 +143,15 @@ def main() -> None:
     margin = in_use // 20  # resident slack so admission order stays the same as with the pool off
     shares = [float(share) for share in args.pool_shares.split(",")]
     pools = {}
+    workers = args.copy_workers.split(",") if args.copy_workers else list(COPY_WORKERS[args.device.split(":")[0]])
     for share in shares:
-        name = f"pool-{share:g}"
-        pooled = int(in_use * share)
-        staging = -(-args.depth * pooled // layers)
-        configs[name] = base.replace(num_device_blocks=in_use - pooled + margin + staging, num_pool_blocks=pooled,
-                                     prefetch_depth=args.depth)
-        engines[name], runs[name], pools[name] = None, [], pooled
+        for worker in workers:
+            name = f"pool-{share:g}" + ("" if worker == workers[0] else f"-{worker}")
+            pooled = int(in_use * share)
+            staging = -(-args.depth * pooled // layers)
+            configs[name] = base.replace(num_device_blocks=in_use - pooled + margin + staging, num_pool_blocks=pooled,
+                                         prefetch_depth=args.depth, copy_worker=worker)
+            engines[name], runs[name], pools[name] = None, [], pooled
     names = list(configs)
     order = names[1:] + [name for i in range(1, args.repeats) for name in (reversed(names) if i % 2 else names)]
     for name in order:
@@ -163,7 +169,8 @@ def main() -> None:
               f"ratio to pool-off {ratios[name]:.3f}, stall fraction {stall[name] * 100:.2f} %")
     headline = f"pool-{0.5:g}"
     if headline in ratios:
-        print(f"\nratio pool-0.5 / pool-off (median output tok/s): {ratios[headline]:.3f}  (target >= 0.9)")
+        print(f"\nratio pool-0.5 / pool-off (median output tok/s, {configs[headline].copy_worker} copy): "
+              f"{ratios[headline]:.3f}  (target >= 0.9)")
     print(f"greedy tokens identical across configurations: {same_tokens}")
     fingerprint = machine()
     record = {

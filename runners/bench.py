@@ -38,7 +38,8 @@ SWEEP_TARGETS = {
     "output_len": ("workload", "output_len", int),
     "pool_blocks": ("options", "num_pool_blocks", int), "device_blocks": ("options", "num_device_blocks", int),
     "num_pool_blocks": ("options", "num_pool_blocks", int), "num_device_blocks": ("options", "num_device_blocks", int),
-    "prefetch_depth": ("options", "prefetch_depth", int), "rebuild_fraction": ("options", "rebuild_fraction", float),
+    "prefetch_depth": ("options", "prefetch_depth", int), "copy_worker": ("options", "copy_worker", str),
+    "rebuild_fraction": ("options", "rebuild_fraction", float),
     "max_num_seqs": ("options", "max_num_seqs", int), "max_num_batched_tokens": ("options", "max_num_batched_tokens", int),
     "block_size": ("options", "block_size", int), "batch_size": ("options", "batch_size", int),
 }

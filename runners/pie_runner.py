@@ -27,8 +27,8 @@ from planner.shapes import resolve_model
 from runners.base import (BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, injected_slowdown_fraction,
                           peak_host_memory_bytes, sample_from_token_times)
 
-ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetch_depth", "rebuild_fraction",
-                  "max_num_batched_tokens", "max_num_seqs", "max_model_len")
+ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetch_depth", "copy_worker",
+                  "rebuild_fraction", "max_num_batched_tokens", "max_num_seqs", "max_model_len")
 
 
 def _same_model(plan_model: str, model: str) -> bool:

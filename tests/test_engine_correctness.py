@@ -85,6 +85,9 @@ CASES = {
     "pool_half_depth3": dict(num_device_blocks=38, num_pool_blocks=24, prefetch_depth=3),
     "preemption": dict(num_device_blocks=16, num_pool_blocks=0),
     "preemption_with_pool": dict(num_device_blocks=20, num_pool_blocks=8, prefetch_depth=2),
+    # The CPU default copies with the layer loop's own threads ("team"); the copy thread too:
+    "pool_half_depth1_thread": dict(num_device_blocks=26, num_pool_blocks=24, prefetch_depth=1, copy_worker="thread"),
+    "pool_half_depth3_thread": dict(num_device_blocks=38, num_pool_blocks=24, prefetch_depth=3, copy_worker="thread"),
 }
 
 
@@ -104,10 +107,11 @@ def test_greedy_matches_transformers(tiny_models, references, family, case):
         assert preempted > 0
 
 
-def test_rebuild_fraction_half_matches_transformers(tiny_models, references):
+@pytest.mark.parametrize("worker", ["team", "thread"])
+def test_rebuild_fraction_half_matches_transformers(tiny_models, references, worker):
     model, path = tiny_models["opt"]
     tokens, engine = run_engine(path, model.config.vocab_size, num_device_blocks=38, num_pool_blocks=24,
-                                prefetch_depth=2, rebuild_fraction=0.5)
+                                prefetch_depth=2, rebuild_fraction=0.5, copy_worker=worker)
     assert tokens == references["opt"]
     assert sum(stat.rebuilt_tokens for stat in engine.stats) > 0
     assert engine.block_manager.layout.num_pool_rebuild_blocks == 12
@@ -135,7 +139,7 @@ def test_shrinking_pool_limit_keeps_outputs(tiny_models, references):
     assert [outputs[str(i)].output_token_ids for i in range(6)] == references["opt"]
 
 
-def _prefetch_roundtrip(device: str, depth: int) -> None:
+def _prefetch_roundtrip(device: str, depth: int, worker: str) -> None:
     """Every layer's staged slot holds exactly that layer's pool rows when `wait` returns."""
     from runners.engine.block_manager import CacheLayout
     from runners.engine.kv_cache import KVCache
@@ -150,7 +154,7 @@ def _prefetch_roundtrip(device: str, depth: int) -> None:
     torch.manual_seed(0)
     cache.pool.copy_(torch.randn_like(cache.pool))
     cache.pool_activations.copy_(torch.randn_like(cache.pool_activations))
-    prefetcher = Prefetcher(cache)
+    prefetcher = Prefetcher(cache, worker)
     kv_indices = [5, 0, 17, 3]
     rebuild_indices = [layout.num_pool_kv_blocks + 4, layout.num_pool_kv_blocks + 1]
     for _ in range(2):  # two iterations reuse the worker and the slots
@@ -169,16 +173,17 @@ def _prefetch_roundtrip(device: str, depth: int) -> None:
     assert streamed == shape.num_layers * (4 * cache.block_layer_bytes + 2 * cache.activation_block_layer_bytes)
 
 
+@pytest.mark.parametrize("worker", ["team", "thread"])
 @pytest.mark.parametrize("depth", [1, 3])
-def test_prefetcher_stages_every_layer_cpu(depth):
-    _prefetch_roundtrip("cpu", depth)
+def test_prefetcher_stages_every_layer_cpu(depth, worker):
+    _prefetch_roundtrip("cpu", depth, worker)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("depth", [1, 3])
 def test_prefetcher_stages_every_layer_cuda(depth):
-    _prefetch_roundtrip("cuda", depth)
+    _prefetch_roundtrip("cuda", depth, "stream")
 
 
 @pytest.mark.gpu

@@ -58,6 +58,7 @@ def test_budget_too_small_for_one_sequence(opt_dir):
 @pytest.mark.parametrize("settings, message", [
     (dict(dtype="float8"), "unknown dtype"),
     (dict(device="tpu"), "unknown device"),
+    (dict(copy_worker="stream"), "copy_worker 'stream' does not exist on cpu"),
     (dict(block_size=6), "power of two"),
     (dict(rebuild_fraction=1.5), "rebuild_fraction"),
 ])

@@ -13,6 +13,8 @@ from planner.dtypes import canonical_dtype
 from planner.shapes import ModelShape, resolve_model
 
 DEVICES = ("cpu", "cuda")
+# Who copies pooled blocks into staging, per device type; the first is the default (prefetcher.py).
+COPY_WORKERS = {"cpu": ("team", "thread"), "cuda": ("stream",)}
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class EngineConfig:
     num_device_blocks: int = 1024  # KV blocks on the device (per layer, same count every layer)
     num_pool_blocks: int = 0  # KV blocks in the CPU pool (0 = pool off)
     prefetch_depth: int = 2  # staging slots: copies for layers i+1..i+d overlap layer i
+    copy_worker: str | None = None  # who copies pooled blocks: cpu "team" | "thread", cuda "stream"; None: the first
     rebuild_fraction: float = 0.0  # share of pooled context kept as activations and rebuilt (KVPR)
     max_num_batched_tokens: int = 2048  # per iteration (prefill chunks + decode tokens)
     max_num_seqs: int = 64  # running sequences at once
@@ -44,6 +47,12 @@ class EngineConfig:
             raise BadInput(f"num_pool_blocks must be >= 0, got {self.num_pool_blocks}")
         if self.prefetch_depth < 1:
             raise BadInput(f"prefetch_depth must be at least 1, got {self.prefetch_depth}")
+        workers = COPY_WORKERS[self.device.split(":")[0]]
+        if self.copy_worker is None:
+            object.__setattr__(self, "copy_worker", workers[0])
+        elif self.copy_worker not in workers:
+            raise BadInput(f"copy_worker '{self.copy_worker}' does not exist on {self.device}",
+                           f"use one of: {', '.join(workers)}")
         if not 0.0 <= self.rebuild_fraction <= 1.0:
             raise BadInput(f"rebuild_fraction must be in [0, 1], got {self.rebuild_fraction}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:

@@ -60,7 +60,7 @@ class LLMEngine:
         self.cache = KVCache(self.layout, shape, self.model.dtype, torch.device(config.device))
         self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(self.model, self.cache, self.layout)
+        self.runner = ModelRunner(self.model, self.cache, self.layout, config.copy_worker)
         self.eos_token_ids = _eos_token_ids(config)
         self.stats: list[IterationStats] = []
         self._sequences: dict[str, Sequence] = {}

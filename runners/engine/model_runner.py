@@ -60,14 +60,14 @@ class Batch:
 
 
 class ModelRunner:
-    def __init__(self, model, cache: KVCache, layout: CacheLayout):
+    def __init__(self, model, cache: KVCache, layout: CacheLayout, copy_worker: str):
         self.model = model
         self.cache = cache
         self.layout = layout
         self.device = cache.device
         self.block_size = layout.block_size
         self.num_layers = layout.num_layers
-        self.prefetcher = Prefetcher(cache) if layout.num_pool_blocks else None
+        self.prefetcher = Prefetcher(cache, copy_worker) if layout.num_pool_blocks else None
         if self.device.type == "cpu":
             host_memory.keep_freed_memory()  # each step's activation buffers reuse warm heap pages
 

@@ -1,18 +1,24 @@
 """Layer-wise prefetch of pooled blocks into a ring of `d` device staging slots.
 
 Per iteration the model runner calls `start(kv_indices, rebuild_indices)` with the pool blocks
-the batch reads; a worker thread then copies, for layer i = 0, 1, ..., those blocks' layer-i
-K/V (and, for rebuild-kind blocks, layer-i input activations) into staging slot `i % d`. Before
-it reuses a slot it waits until the layer `i - d` that used the slot has released it, so copies
-for layers i+1..i+d overlap layer i's compute. The layer loop calls `wait(i)` right before
-layer i's attention (the stall is the time spent there) and `release(i)` after it.
+the batch reads; then, for layer i = 0, 1, ..., those blocks' layer-i K/V (and, for
+rebuild-kind blocks, layer-i input activations) are copied into staging slot `i % d`. The layer
+loop calls `wait(i)` right before layer i's attention (the stall is the time spent there) and
+`release(i)` after it. Who copies (`EngineConfig.copy_worker`):
 
-On CPU the copy is an `index_select` into the staging rows on the worker thread, and the
-slot/ready signals are `threading.Event`s. On CUDA the worker gathers into a pinned bounce
-buffer and issues the host-to-device copy on a separate copy stream, recording one CUDA event
-per layer; the compute stream waits on that event (not the host), and the stall is the GPU
-time between two timing events recorded around that wait. Slot reuse is ordered by an event
-the compute stream records after the layer's attention.
+- `stream` (CUDA): a worker thread gathers into a pinned bounce buffer and issues the
+  host-to-device copy on a separate copy stream, recording one CUDA event per layer; the compute
+  stream waits on that event (not the host), and the stall is the GPU time between two timing
+  events recorded around that wait. Slot reuse is ordered by an event the compute stream records
+  after the layer's attention, so copies for layers i+1..i+d overlap layer i's compute.
+- `thread` (CPU): the same discipline with a copy thread, an `index_select` into the staging
+  rows, and `threading.Event`s; before it reuses a slot it waits until layer `i - d` released it.
+- `team` (CPU, the default there): `wait(i)` itself gathers layer i's blocks with the layer
+  loop's own OpenMP threads, right before the attention that reads them. On a CPU the "link" is
+  a memcpy on the cores and memory bus the compute uses, so a copy thread cannot hide behind
+  compute: it takes a core from a two-thread team that then waits on it at every barrier
+  (measured: 0.77x pool-off with half the KV pooled, against 0.89x for the team copy, whose
+  whole copy time is counted as stall; docs/engine-cpu-performance.md).
 
 Left out: copying only the blocks that changed since the previous iteration (every pooled
 block is streamed every iteration, as in Pie), more than one iteration in flight.
@@ -29,8 +35,9 @@ from runners.engine.kv_cache import KVCache
 
 
 class Prefetcher:
-    def __init__(self, cache: KVCache):
+    def __init__(self, cache: KVCache, worker: str):
         self.cache = cache
+        self.team = worker == "team"
         self.layout = cache.layout
         self.depth = max(1, self.layout.prefetch_depth)
         self.num_layers = cache.num_layers
@@ -45,8 +52,9 @@ class Prefetcher:
             self.bounce_activations = torch.zeros(self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden,
                                                   dtype=cache.kv.dtype, pin_memory=True)
         self._jobs: queue.Queue = queue.Queue()
-        self._worker = threading.Thread(target=self._run, name="pie-prefetch", daemon=True)
-        self._worker.start()
+        if not self.team:
+            self._worker = threading.Thread(target=self._run, name="pie-prefetch", daemon=True)
+            self._worker.start()
         self._active = False
 
     # --- main thread -----------------------------------------------------------------------
@@ -66,13 +74,20 @@ class Prefetcher:
         kv = torch.tensor(kv_indices, dtype=torch.int64)
         rebuild = torch.tensor([index - self.cache.num_pool_kv_blocks for index in rebuild_indices], dtype=torch.int64)
         self._active = True
-        self._jobs.put((kv, rebuild))
+        if self.team:
+            self._team_job = (kv, rebuild)
+            self.done.set()
+        else:
+            self._jobs.put((kv, rebuild))
         return layers * (self.num_kv * self.cache.block_layer_bytes
                          + self.num_rebuild * self.cache.activation_block_layer_bytes)
 
     def wait(self, layer: int) -> None:
         """Block until layer `layer`'s staged blocks are in slot `layer % d` (counted as stall)."""
         began = time.perf_counter()
+        if self.team:
+            self._copy_layer(layer, *self._team_job)  # slot reuse is ordered: layer - d was released
+            self.ready[layer].set()
         self.ready[layer].wait()
         if self.error is not None:
             raise RuntimeError(f"prefetch failed: {self.error}") from self.error
