@@ -44,3 +44,5 @@ def test_online_climb_on_the_engine_returns_the_measured_best(tmp_path):
     assert tuned.settings.num_pool_blocks == online["best_pool_blocks"] == seen[-1].best_blocks
     assert online["best_output_tok_s"] > 0 and online["workload"]["synthetic"]
     assert 0 <= online["best_pool_blocks"] <= online["pool_capacity_blocks"]
+    # The CPU's default team copy cannot overlap compute: its stall is the copy, so no stall limit applies.
+    assert online["copy_worker"] == "team" and online["max_stall_fraction"] == 1.0

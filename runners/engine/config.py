@@ -75,6 +75,11 @@ class EngineConfig:
         return resolve_model(self.model)
 
     @property
+    def copies_overlap(self) -> bool:
+        """Whether pool copies can run beside compute; the team copy is part of the layer loop."""
+        return self.copy_worker != "team"
+
+    @property
     def model_len(self) -> int:
         return self.max_model_len or self.shape.max_positions
 
