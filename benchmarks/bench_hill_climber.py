@@ -10,7 +10,8 @@ it either side (three each), tent-fitted (share_within_5pct_pool_size_oracle). N
 beat that placement by much, so it shows what the noise alone allows.
 
 Online (with --profile): a plan for a small model (opt-125m by default) under a device budget
-that holds only part of the batch; a static sweep of pool limits on one engine, then the
+that holds only part of the batch; a static sweep of pool limits on one engine (seven sizes from
+0 to the capacity, then quarter and half steps around the best of those), then the
 climber from the plan's pool size on a fresh engine, both with the same closed-loop workload
 and window; finally the climber's choice and the sweep's best are re-measured back to back.
 Writes docs/results/hill_climber.json. Run the online part under `flock /tmp/pie-heavy.lock`.
@@ -92,11 +93,21 @@ def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) 
     engine = build_engine(plan, settings, capacity)
     loop = ClosedLoop(engine, shape.vocab_size, 128, 128, settings.num_prompts, settings.seed)
     loop.settle(128)
-    sizes = sorted({int(round(x)) for x in np.linspace(0, capacity, 7)} | {plan.settings.num_pool_blocks})
+    coarse = sorted({int(round(x)) for x in np.linspace(0, capacity, 7)} | {plan.settings.num_pool_blocks})
     sweep = {}
-    for blocks in sizes:
-        sweep[blocks] = dataclasses.asdict(measure_window(loop, blocks, settings))
-        print(f"sweep: pool {blocks:5d} blocks  {sweep[blocks]['throughput_tok_s']:8.1f} tok/s  stall {sweep[blocks]['stall_fraction']:.1%}")
+
+    def sweep_at(sizes) -> None:
+        for blocks in sizes:
+            if blocks not in sweep:
+                sweep[blocks] = dataclasses.asdict(measure_window(loop, blocks, settings))
+                print(f"sweep: pool {blocks:5d} blocks  {sweep[blocks]['throughput_tok_s']:8.1f} tok/s  "
+                      f"stall {sweep[blocks]['stall_fraction']:.1%}")
+
+    sweep_at(coarse)
+    # Then a finer grid around the coarse best (quarter and half steps), so the reference is not the grid's.
+    step = capacity / 6
+    center = max(sweep, key=lambda b: sweep[b]["throughput_tok_s"])
+    sweep_at(sorted({min(capacity, max(0, int(round(center + f * step)))) for f in (-0.5, -0.25, 0.25, 0.5)}))
     tuned = run_online(plan, settings, on_move=lambda m: print(
         f"move {m.index:2d}: pool {m.pool_blocks:5d}  {m.throughput_tok_s:8.1f} tok/s  stall {m.stall_fraction:.1%}  -> {m.best_blocks} ({m.note})"))
     best_static = max(sweep, key=lambda b: sweep[b]["throughput_tok_s"])
