@@ -33,11 +33,36 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 
 step "pytest"
-$PY -m pytest "$@"
+report=$(mktemp -t pie-pytest-XXXXXX.xml)
+trap 'rm -f "$report"' EXIT
+$PY -m pytest --junitxml="$report" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
-  # pytest's "no tests collected": not a failure of the code, but say so loudly.
-  echo "pytest collected no tests (exit 5); check the selection" >&2
+  if [ "$#" -eq 0 ]; then
+    # The whole suite collected nothing: the tests are broken or missing, not green.
+    echo "pytest collected no tests from the whole suite; check tests/ and pyproject's testpaths" >&2
+    exit 1
+  fi
+  # A selection (-k, a path) that matched nothing is not a failure of the code; say so loudly.
+  echo "pytest collected no tests for the selection '$*' (exit 5, reported as 0)" >&2
   exit 0
 fi
+# A green run must have run tests, not skipped them: count what ran from pytest's own report.
+$PY - "$report" "$rc" "$#" <<'PYEOF' || exit 1
+import os, sys, xml.etree.ElementTree as ET
+report, rc, num_args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if not os.path.getsize(report):  # a --junitxml of the caller's own took the report
+    sys.exit(f"pytest wrote no report to {report}, so the tests that ran cannot be counted; "
+             "drop --junitxml from the arguments") if rc == 0 else sys.exit(0)
+suites = ET.parse(report).getroot()
+suites = [suites] if suites.tag == "testsuite" else list(suites)
+total = sum(int(s.get("tests", 0)) for s in suites)
+skipped = sum(int(s.get("skipped", 0)) for s in suites)
+ran = total - skipped
+print(f"pytest ran {ran} of {total} collected tests ({skipped} skipped), exit {rc}", file=sys.stderr)
+if rc == 0 and ran == 0:
+    sys.exit("a green run that ran no test is not a pass: every collected test skipped")
+if rc == 0 and num_args == 0 and skipped > 0.1 * total:
+    sys.exit(f"{skipped} of {total} tests skipped (more than 10%): an install step failed; see the skip reasons above")
+PYEOF
 exit "$rc"
