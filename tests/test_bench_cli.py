@@ -128,6 +128,7 @@ def test_plan_configures_the_engine(model_dir, tmp_path, monkeypatch, capsys):
     (["--device-blocks", "4", "--pool-blocks", "8"], "after staging"),
     (["--workload", "jsonl"], "needs --dataset-path"),
     (["--device", "tpu"], "unknown device"),
+    (["--option", "copy_worker=stream", "--pool-blocks", "8"], "copy_worker 'stream' does not exist on cpu"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, model_dir, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken.json"
