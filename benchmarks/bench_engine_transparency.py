@@ -7,7 +7,9 @@ ignored. The engine runs the same requests at the same batch (all 64 running):
 - `pool-off`: the device budget holds every block; this run also measures the KV in use at the peak;
 - `pool-<share>` for each of `--pool-shares` (default 0.5, 0.25, 0.1): the pool holds that share of
   the peak KV, the resident device blocks the rest (plus 5 % slack and the staging charge), and
-  every pooled block is streamed back layer by layer each iteration (prefetch depth `--depth`);
+  every pooled block is streamed back layer by layer each iteration (prefetch depth `--depth`).
+  As requests finish, the engine moves pooled blocks back to the freed device blocks, so the
+  pooled share falls after the peak; its mean over iterations is reported (`pooled %`);
 - on a CPU, each pool also with the copy thread (`pool-<share>-thread`, `--copy-workers`), the GPU's
   discipline, beside the default team copy (runners/engine/prefetcher.py).
 
@@ -82,6 +84,9 @@ def run_once(config: EngineConfig, requests: list[tuple[list[int], int]], engine
         "d2h_bytes": sum(stat.d2h_bytes for stat in stats),
         "peak_running": max(stat.num_running for stat in stats),
         "peak_pool_blocks": max(stat.pool_blocks_used for stat in stats),
+        # The KV's pooled share per iteration, averaged: pooled blocks move back once the device has room.
+        "mean_pooled_share": statistics.fmean(stat.pool_blocks_used / max(1, stat.pool_blocks_used + stat.device_blocks_used)
+                                              for stat in stats),
         "peak_device_blocks": max(stat.device_blocks_used for stat in stats),
         "num_preempted": sum(stat.num_preempted for stat in stats),
         "iterations": len(stats),
@@ -99,13 +104,14 @@ def summarize(runs: list[dict]) -> dict:
 def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
     print(f"\n{title}")
     print(f"{'config':<18} {'out tok/s (median)':>18} {'spread':>16} {'running':>8} {'pool blk':>9} "
-          f"{'stall %':>8} {'H2D GB':>8} {'preempt':>8}")
+          f"{'pooled %':>9} {'stall %':>8} {'H2D GB':>8} {'preempt':>8}")
     for name, summary in rows:
         run = summary["runs"][0]
         stall = statistics.median(r["stall_fraction"] for r in summary["runs"]) * 100
         print(f"{name:<18} {summary['median_output_tok_s']:>18.1f} "
               f"{summary['min_output_tok_s']:>7.1f}-{summary['max_output_tok_s']:<8.1f} {run['peak_running']:>8} "
-              f"{run['peak_pool_blocks']:>9} {stall:>8.2f} {run['h2d_bytes'] / 1e9:>8.2f} {run['num_preempted']:>8}")
+              f"{run['peak_pool_blocks']:>9} {run['mean_pooled_share'] * 100:>9.1f} {stall:>8.2f} "
+              f"{run['h2d_bytes'] / 1e9:>8.2f} {run['num_preempted']:>8}")
 
 
 def main() -> None:

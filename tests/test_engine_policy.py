@@ -209,3 +209,24 @@ def test_recompute_longer_than_token_budget_runs_alone():
         assert not out.is_empty
         manager.check_invariants(scheduler.running + list(scheduler.waiting))
     assert preempted and len(finished) == 2
+
+
+def test_pooled_blocks_return_to_the_device_when_it_has_room():
+    """Short requests finish and free device blocks; the long ones' pooled blocks move back, data intact."""
+    scheduler, manager = make(num_device_blocks=24, num_pool_blocks=32, max_num_seqs=8)
+    for i in range(8):
+        scheduler.add(Sequence(f"r{i}", list(range(15)), SamplingParams(max_tokens=20 if i < 2 else 4), 0.0, i))
+    storage, finished, rng = FakeStorage(), [], random.Random(2)
+    peak_pooled, restored, steps_with_two_left = 0, 0, 0
+    while scheduler.has_unfinished():
+        steps_with_two_left += len(finished) == 6
+        out = run_step(scheduler, storage, finished, rng)
+        restored += len(out.restores)
+        if out.restores:
+            assert not out.evictions and not scheduler.waiting
+            assert manager.num_free_device >= len(scheduler.running)  # room kept for the next step's growth
+        peak_pooled = max(peak_pooled, manager.pool_used)
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+        if steps_with_two_left:  # only the two long ones left: 2 x 9 blocks + 2 spare fit the 21 device blocks
+            assert manager.pool_used == 0
+    assert peak_pooled > 0 and restored > 0 and len(finished) == 8

@@ -13,6 +13,9 @@ Each `schedule()` returns one iteration's work:
    the token budget and the two tiers allow (a preempted sequence whose recompute exceeds the
    token budget is admitted alone); admission may evict others' blocks to the pool
    (this is how the pool lets more sequences run than the device alone holds) but never preempts.
+4. Promotion: when nobody waits and this iteration neither evicted nor preempted, pooled blocks
+   move back to free device blocks (`restores`) beyond one free block per running sequence, so a
+   pool only streams while the device is short of room (sequences finishing free device blocks).
 
 Victims for eviction: the running sequence with the most evictable device blocks gives its
 oldest one. Every pooled block belongs to a running sequence and is streamed each iteration,
@@ -114,7 +117,23 @@ class Scheduler:
             self.running.append(seq)
             out.prefill.append(seq)
             budget -= seq.num_new_tokens
+        if not self.waiting and not out.evictions and not out.preempted:
+            self._promote(out)
         return out
+
+    def _promote(self, out: SchedulerOutput) -> None:
+        """Move pooled blocks back to free device blocks, keeping one free block per running sequence
+        for the next iteration's growth. A pooled block is streamed every iteration; a restored one is
+        copied once. Sequences with the most tokens left to generate come first (they gain the most)."""
+        room = self.blocks.num_free_device - len(self.running)
+        if room < 1 or not self.blocks.pool_used:
+            return
+        for seq in sorted(self.running, key=lambda s: (-s.num_tokens_left, s.order)):
+            for logical in seq.pooled_blocks():
+                if room < 1:
+                    return
+                out.restores.append(self.blocks.restore(seq, logical))
+                room -= 1
 
     def _make_room(self, need: int, out: SchedulerOutput) -> bool:
         """Evict full blocks to the pool until `need` device blocks are free; False if impossible."""

@@ -68,6 +68,11 @@ class Sequence:
         return self.num_tokens - self.num_computed_tokens
 
     @property
+    def num_tokens_left(self) -> int:
+        """Tokens still to generate at most (the request's max_tokens less its outputs)."""
+        return max(0, self.sampling_params.max_tokens - len(self.output_token_ids))
+
+    @property
     def is_prefill(self) -> bool:
         return self.num_computed_tokens == 0
 
