@@ -135,7 +135,8 @@ class ModelRunner:
             rebuild_positions=torch.tensor(rebuild_positions, dtype=torch.int64, device=device) if rebuild_stage else None)
 
     def _restore(self, moves: list[BlockMove]) -> int:
-        """Pool -> device moves (the pool limit shrank); rebuild-kind blocks are recomputed here."""
+        """Pool -> device moves (the pool limit shrank, or the device has room again); rebuild-kind
+        blocks are recomputed here."""
         moved = self.cache.restore_kv([move for move in moves if not move.rebuild])
         rebuild = [move for move in moves if move.rebuild]
         if rebuild:
