@@ -17,7 +17,6 @@ same device budget. Writes docs/results/engine_capacity_<machine>.json. Run it a
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine_transparency import BLOCK_SIZE, machine, machine_name, make_requests, run_once  # noqa: E402
+from bench_engine_transparency import BLOCK_SIZE, machine, make_requests, run_once, write_record  # noqa: E402
 from runners.engine.config import EngineConfig  # noqa: E402
 
 
@@ -101,10 +100,7 @@ def main() -> None:
         "device_budget_blocks": budget, "mean_request_blocks": mean_blocks, "prefetch_depth": args.depth,
         "max_num_seqs": args.max_num_seqs, "rows": rows, "ratio_best_pool_over_off": ratio,
     }
-    out = args.out or REPO / "docs" / "results" / f"engine_capacity_{machine_name(fingerprint)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str))
-    print(f"wrote {out}", file=sys.stderr)
+    write_record(record, "engine_capacity", args.out)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,20 @@ def machine_name(fingerprint: dict) -> str:
     return "cuda" if fingerprint.get("gpu_name") else "cpu"
 
 
+def mean_pooled_share(stats: list) -> float:
+    """The KV's pooled share per iteration, averaged (pooled blocks move back once the device has room)."""
+    return statistics.fmean(stat.pool_blocks_used / max(1, stat.pool_blocks_used + stat.device_blocks_used)
+                            for stat in stats)
+
+
+def write_record(record: dict, stem: str, out: Path | None) -> None:
+    """Write a benchmark's JSON to `out`, else docs/results/<stem>_<machine>.json, and say where."""
+    out = out or REPO / "docs" / "results" / f"{stem}_{machine_name(record['machine'])}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=str))
+    print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}", file=sys.stderr)
+
+
 def run_once(config: EngineConfig, requests: list[tuple[list[int], int]], engine: LLMEngine | None = None) -> tuple[dict, LLMEngine]:
     """Run all requests at once; returns measured figures (the engine is reused between repeats)."""
     engine = engine or LLMEngine(config)
@@ -84,9 +98,7 @@ def run_once(config: EngineConfig, requests: list[tuple[list[int], int]], engine
         "d2h_bytes": sum(stat.d2h_bytes for stat in stats),
         "peak_running": max(stat.num_running for stat in stats),
         "peak_pool_blocks": max(stat.pool_blocks_used for stat in stats),
-        # The KV's pooled share per iteration, averaged: pooled blocks move back once the device has room.
-        "mean_pooled_share": statistics.fmean(stat.pool_blocks_used / max(1, stat.pool_blocks_used + stat.device_blocks_used)
-                                              for stat in stats),
+        "mean_pooled_share": mean_pooled_share(stats),
         "peak_device_blocks": max(stat.device_blocks_used for stat in stats),
         "num_preempted": sum(stat.num_preempted for stat in stats),
         "iterations": len(stats),
@@ -188,10 +200,7 @@ def main() -> None:
         "peak_kv_in_use_blocks": in_use, "pool_blocks": pools, "stall_fraction": stall,
         "results": summaries, "ratio_to_pool_off": ratios, "same_greedy_tokens": same_tokens,
     }
-    out = args.out or REPO / "docs" / "results" / f"engine_transparency_{machine_name(fingerprint)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str))
-    print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}", file=sys.stderr)
+    write_record(record, "engine_transparency", args.out)
 
 
 if __name__ == "__main__":

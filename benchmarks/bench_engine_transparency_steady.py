@@ -22,7 +22,6 @@ docs/results/engine_transparency_steady_<machine>.json. Run it alone:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine_transparency import BLOCK_SIZE, machine, machine_name  # noqa: E402
+from bench_engine_transparency import BLOCK_SIZE, machine, mean_pooled_share, write_record  # noqa: E402
 from runners.engine.config import COPY_WORKERS, EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.online_tuner import ClosedLoop  # noqa: E402
@@ -53,8 +52,7 @@ def run_window(config: EngineConfig, args: argparse.Namespace) -> dict:
         "wall_s": wall_s, "output_tokens": output_tokens, "output_tok_s": output_tokens / wall_s,
         "stall_fraction": stall_s / busy_s if busy_s else 0.0,
         "kv_in_use_blocks": max(stat.device_blocks_used + stat.pool_blocks_used for stat in stats),
-        "mean_pooled_share": statistics.fmean(stat.pool_blocks_used / max(1, stat.pool_blocks_used + stat.device_blocks_used)
-                                              for stat in stats),
+        "mean_pooled_share": mean_pooled_share(stats),
         "mean_running": statistics.fmean(stat.num_running for stat in stats),
         "h2d_bytes": sum(stat.h2d_bytes for stat in stats),
         "num_preempted": sum(stat.num_preempted for stat in stats),
@@ -113,10 +111,7 @@ def main() -> None:
               "configs": {name: vars(config) for name, config in configs.items()}, "runs": runs,
               "median_output_tok_s": median,
               "ratio_to_pool_off": {name: median[name] / median["pool-off"] for name in names[1:]}}
-    out = args.out or REPO / "docs" / "results" / f"engine_transparency_steady_{machine_name(fingerprint)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, default=str))
-    print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}", file=sys.stderr)
+    write_record(record, "engine_transparency_steady", args.out)
 
 
 if __name__ == "__main__":

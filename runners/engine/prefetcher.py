@@ -85,12 +85,12 @@ class Prefetcher:
     def wait(self, layer: int) -> None:
         """Block until layer `layer`'s staged blocks are in slot `layer % d` (counted as stall)."""
         began = time.perf_counter()
-        if self.team:
-            self._copy_layer(layer, *self._team_job)  # slot reuse is ordered: layer - d was released
-            self.ready[layer].set()
-        self.ready[layer].wait()
-        if self.error is not None:
-            raise RuntimeError(f"prefetch failed: {self.error}") from self.error
+        if self.team:  # the layer loop copies; layer - d released the slot before this call
+            self._copy_layer(layer, *self._team_job)
+        else:
+            self.ready[layer].wait()
+            if self.error is not None:
+                raise RuntimeError(f"prefetch failed: {self.error}") from self.error
         if self.cuda:
             before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             before.record()
