@@ -117,6 +117,51 @@ def test_rebuild_fraction_half_matches_transformers(tiny_models, references, wor
     assert engine.block_manager.layout.num_pool_rebuild_blocks == 12
 
 
+def _record_chunks(engine: LLMEngine) -> dict[str, int]:
+    """Count, as the engine schedules, prefill chunks after a sequence's first and those whose prefix is pooled."""
+    counts = {"later_chunks": 0, "over_pooled_prefix": 0}
+    schedule = engine.scheduler.schedule
+
+    def recording():
+        out = schedule()
+        for seq in out.prefill:
+            if seq.num_computed_tokens:
+                counts["later_chunks"] += 1
+                counts["over_pooled_prefix"] += bool(seq.pooled_blocks())
+        return out
+
+    engine.scheduler.schedule = recording
+    return counts
+
+
+CHUNKED = {
+    # A token budget of 7 splits every prompt longer than that into chunks (and shares it with decodes).
+    "no_pool": dict(num_device_blocks=64, num_pool_blocks=0),
+    # Earlier chunks' full blocks are pooled while later chunks attend over them through staging.
+    "pool_depth1": dict(num_device_blocks=18, num_pool_blocks=24, prefetch_depth=1),
+    "pool_depth3_thread": dict(num_device_blocks=30, num_pool_blocks=24, prefetch_depth=3, copy_worker="thread"),
+    "preemption": dict(num_device_blocks=16, num_pool_blocks=0),
+}
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+@pytest.mark.parametrize("case", list(CHUNKED))
+def test_chunked_prefill_matches_transformers(tiny_models, references, family, case):
+    model, path = tiny_models[family]
+    config = EngineConfig(model=str(path), dtype="float32", block_size=4, max_num_seqs=6, max_num_batched_tokens=7,
+                          **CHUNKED[case])
+    engine = LLMEngine(config)
+    counts = _record_chunks(engine)
+    outputs = engine.generate(prompts_for(model.config.vocab_size), SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
+    assert [output.output_token_ids for output in outputs] == references[family]
+    assert counts["later_chunks"] >= 6
+    assert all(stat.num_prefill_tokens + stat.num_decode_tokens <= 7 for stat in engine.stats)
+    if case.startswith("pool"):
+        assert counts["over_pooled_prefix"] > 0
+    if case == "preemption":
+        assert sum(stat.num_preempted for stat in engine.stats) > 0
+
+
 def test_shrinking_pool_limit_keeps_outputs(tiny_models, references):
     model, path = tiny_models["opt"]
     config = EngineConfig(model=str(path), dtype="float32", block_size=4, max_num_seqs=6,

@@ -51,8 +51,11 @@ def test_budget_too_small_for_one_sequence(opt_dir):
         small.add_request("a", list(range(3, 20)), SamplingParams(max_tokens=4))
     with pytest.raises(BadInput, match="after staging"):
         engine(opt_dir, num_device_blocks=4, num_pool_blocks=64, prefetch_depth=2)
-    with pytest.raises(BadInput, match="max_num_batched_tokens"):
-        engine(opt_dir, max_num_batched_tokens=8).add_request("b", list(range(3, 20)), SamplingParams(max_tokens=2))
+
+
+def test_prompt_longer_than_token_budget_is_chunked_not_refused(opt_dir):
+    (output,) = engine(opt_dir, max_num_batched_tokens=8).generate([list(range(3, 20))], SamplingParams(max_tokens=2))
+    assert output.finish_reason == "length" and len(output.output_token_ids) == 2
 
 
 @pytest.mark.parametrize("settings, message", [

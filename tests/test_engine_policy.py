@@ -48,7 +48,7 @@ class FakeStorage:
             ref = seq.block_table[position // BLOCK]
             store = self.device if ref.tier == DEVICE else self.pool
             assert store[ref.index][position % BLOCK] == tokens[position], f"{seq.request_id} position {position} corrupted"
-        for position in range(seq.num_computed_tokens, seq.num_tokens):
+        for position in range(seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens):
             ref = seq.block_table[position // BLOCK]
             assert ref.tier == DEVICE, "new tokens must be written to device blocks"
             self.device.setdefault(ref.index, {})[position % BLOCK] = tokens[position]
@@ -57,9 +57,13 @@ class FakeStorage:
 def run_step(scheduler, storage, finished, rng):
     out = scheduler.schedule()
     storage.apply(out)
+    assert out.num_prefill_tokens + out.num_decode_tokens <= scheduler.max_num_batched_tokens
+    sampled = out.sampled
     for seq in out.sequences:
+        assert seq.num_scheduled_tokens >= 1
         storage.check_and_compute(seq)
-        seq.num_computed_tokens = seq.num_tokens
+        seq.num_computed_tokens += seq.num_scheduled_tokens
+    for seq in sampled:
         seq.append_token(rng.randrange(1000), 0.0)
         if len(seq.output_token_ids) >= seq.sampling_params.max_tokens:
             scheduler.finish(seq, "length")
@@ -195,7 +199,24 @@ def test_randomized_long_run_keeps_invariants_and_data(seed):
     assert manager.device_used == 0 and manager.pool_used == 0
 
 
-def test_recompute_longer_than_token_budget_runs_alone():
+def test_long_prompt_prefills_in_chunks_over_its_pooled_blocks():
+    """A prompt longer than the token budget and than the device holds: chunks within the budget,
+    earlier chunks' full blocks pooled while later chunks are computed, data intact."""
+    scheduler, manager = make(num_device_blocks=10, num_pool_blocks=24, budget=8)  # 8 resident blocks after staging
+    assert manager.layout.num_device_blocks == 8
+    scheduler.add(Sequence("a", list(range(40)), SamplingParams(max_tokens=4), 0.0, 0))  # 44 tokens = 11 blocks
+    storage, finished, rng = FakeStorage(), [], random.Random(3)
+    chunks, pooled_mid_prefill = [], 0
+    while scheduler.has_unfinished():
+        out = run_step(scheduler, storage, finished, rng)
+        chunks += [seq.num_scheduled_tokens for seq in out.prefill]
+        pooled_mid_prefill += sum(len(seq.pooled_blocks()) for seq in out.prefill)
+        manager.check_invariants(scheduler.running + list(scheduler.waiting))
+    assert chunks == [8, 8, 8, 8, 8] and pooled_mid_prefill > 0
+    assert len(finished) == 1 and len(finished[0].output_token_ids) == 4
+
+
+def test_recompute_longer_than_token_budget_is_chunked():
     scheduler, manager = make(num_device_blocks=12, num_pool_blocks=0, max_num_seqs=4, budget=16)
     for i in range(2):
         scheduler.add(Sequence(f"r{i}", list(range(14)), SamplingParams(max_tokens=16), 0.0, i))

@@ -15,11 +15,12 @@ may be any value (they are clamped and masked by `context_lens`).
   `softmax(q·kᵀ)·v` explicitly (fp32 softmax) rather than through bf16
   `scaled_dot_product_attention`, which was about 3x slower on these machines.
   `kernel_name(q, kv_cache)` says which path a call takes.
-- `prefill_attention` is causal attention within each sequence of a packed batch (fp32 math on
-  the CPU, where bf16 matmuls over the permuted views measured about 2x slower).
+- `prefill_attention` is causal attention within each sequence of a packed batch, optionally
+  over a computed prefix per sequence (chunked prefill; the caller gathers the prefix through
+  its block table), fp32 math on the CPU (bf16 matmuls over the permuted views measured about
+  2x slower).
 
-Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi,
-chunked prefill against cached context (prefill sees only the tokens it is given).
+Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi.
 """
 from __future__ import annotations
 
@@ -141,32 +142,42 @@ def _causal_bias_for(length: int, device: torch.device) -> torch.Tensor:
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                      scale: float) -> torch.Tensor:
+                      scale: float, prefixes: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> torch.Tensor:
     """Causal attention within each packed sequence: q[T, Hq, dh], k/v[T, Hkv, dh] -> [T, Hq, dh].
 
-    fp32 math on the CPU (bf16 matmuls over these views measured about 2x slower there); per
-    sequence, query rows in chunks of 64 against the keys up to the chunk's end, the scale and
-    the causal mask fused into one `baddbmm`.
+    `prefixes[i]`, when given, is sequence i's already computed K and V ([P, Hkv, dh] each): its
+    chunk's tokens sit at positions P.. and attend over the prefix and causally within the chunk
+    (chunked prefill). fp32 math on the CPU (bf16 matmuls over these views measured about 2x
+    slower there); per sequence, query rows in chunks of 64 against the keys up to the chunk's
+    end, the scale and the causal mask fused into one `baddbmm`.
     """
     total, num_heads, head_dim = q.shape
     group = num_heads // k.shape[1]
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    prefixes = prefixes or [None] * len(spans)
     compute = torch.float32 if q.device.type == "cpu" else q.dtype
-    bias = _causal_bias_for(max(end - start for start, end in zip(bounds[:-1], bounds[1:])), q.device).to(compute)
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    longest = max((end - start) + (len(prefix[0]) if prefix else 0) for (start, end), prefix in zip(spans, prefixes))
+    bias = _causal_bias_for(longest, q.device).to(compute)
+    for (start, end), prefix in zip(spans, prefixes):
         length = end - start
         if length == 0:
             continue
         query = q[start:end].to(compute).permute(1, 0, 2)  # [Hq, t, dh]
-        key = k[start:end].to(compute)
-        value = v[start:end].to(compute)
+        key, value = k[start:end], v[start:end]
+        past = 0
+        if prefix is not None:
+            past = len(prefix[0])
+            key, value = torch.cat([prefix[0].to(key.dtype), key]), torch.cat([prefix[1].to(value.dtype), value])
+        key, value = key.to(compute), value.to(compute)
         if group > 1:  # GQA: each KV head serves `group` query heads
             key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
-        key, value = key.permute(1, 2, 0), value.permute(1, 0, 2)  # [Hq, dh, t], [Hq, t, dh]
+        key, value = key.permute(1, 2, 0), value.permute(1, 0, 2)  # [Hq, dh, past + t], [Hq, past + t, dh]
         for row in range(0, length, _PREFILL_CHUNK):
             stop = min(length, row + _PREFILL_CHUNK)
-            scores = torch.baddbmm(bias[row:stop, :stop], query[:, row:stop], key[:, :, :stop], alpha=scale)
-            attended = torch.bmm(torch.softmax(scores, dim=-1), value[:, :stop])  # [Hq, rows, dh]
+            scores = torch.baddbmm(bias[past + row:past + stop, :past + stop], query[:, row:stop], key[:, :, :past + stop],
+                                   alpha=scale)
+            attended = torch.bmm(torch.softmax(scores, dim=-1), value[:, :past + stop])  # [Hq, rows, dh]
             out[start + row:start + stop] = attended.permute(1, 0, 2).to(q.dtype)
     return out

@@ -102,9 +102,6 @@ class LLMEngine:
             raise BadInput(f"request '{request_id}': prompt of {len(prompt)} tokens leaves no room in the "
                            f"{config.model_len}-token context", "shorten the prompt or raise max_model_len")
         longest = min(len(prompt) + params.max_tokens, config.model_len)
-        if len(prompt) > config.max_num_batched_tokens:
-            raise BadInput(f"request '{request_id}': prompt of {len(prompt)} tokens exceeds max_num_batched_tokens "
-                           f"{config.max_num_batched_tokens}", "raise max_num_batched_tokens (prefill is not chunked)")
         blocks = -(-longest // bs)
         if blocks > self.layout.num_device_blocks:
             raise BadInput(f"request '{request_id}' may need {blocks} KV blocks ({longest} tokens) but the device holds "
@@ -149,13 +146,16 @@ class LLMEngine:
             if self.scheduler.has_unfinished():
                 raise AssertionError("scheduler made no progress with requests pending")
             return []
-        # Token counts before the sequences advance (after it every sequence has one new token).
+        # Token counts before the sequences advance.
         num_prefill_tokens, num_decode_tokens = scheduled.num_prefill_tokens, scheduled.num_decode_tokens
+        sampled = scheduled.sampled
         result = self.runner.execute(scheduled)
         now = time.perf_counter()
         changed = []
-        for seq, token in zip(scheduled.sequences, result.tokens):
-            seq.num_computed_tokens = seq.num_tokens
+        for seq in scheduled.sequences:
+            seq.num_computed_tokens += seq.num_scheduled_tokens
+            seq.num_scheduled_tokens = 0
+        for seq, token in zip(sampled, result.tokens):
             seq.append_token(token, now)
             output = self._outputs[seq.request_id]
             output.output_token_ids = list(seq.output_token_ids)

@@ -3,17 +3,20 @@
 `ModelRunner.execute(scheduled)`:
 1. applies the scheduler's tier moves (restores pool -> device, then evictions device -> pool);
 2. packs the batch, prefills first: input ids, positions, `slot_mapping` (new tokens always land
-   in resident device blocks), `cu_seqlens` for prefill, and for decode one block table whose
-   entries are either a resident block or a position in the staging slot;
+   in resident device blocks), `cu_seqlens` for prefill, and for decode (and for each prefill
+   chunk after a sequence's first, over its computed prefix) one block table whose entries are
+   either a resident block or a position in the staging slot;
 3. starts the prefetcher on the batch's pooled blocks and runs the layers. Layer i's attention
-   writes the new K/V, runs prefill attention, then waits for staging slot `i % d` (rebuilding
-   K/V from activations for rebuild-kind blocks), reads through the table remapped to layer i
-   (`i * n_dev + block` or `staging_base + slot * S + position`) and releases the slot;
-4. computes logits for each sequence's last token and samples.
+   writes the new K/V, waits for staging slot `i % d` (rebuilding K/V from activations for
+   rebuild-kind blocks), runs prefill attention (a later chunk gathers its prefix through the
+   table) and decode attention through the table remapped to layer i (`i * n_dev + block` or
+   `staging_base + slot * S + position`), and releases the slot;
+4. computes logits for the last token of each sequence that completes (every decode, and the
+   prefill chunks that end a prompt) and samples.
 
 Telemetry (`StepResult`): compute time excludes the stall; bytes are what crosses the host
 link on a GPU machine (pool copies, evictions, activation captures). Left out: CUDA graphs,
-torch.compile, chunked prefill.
+torch.compile.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from runners.engine.sequence import DEVICE
 
 @dataclass(frozen=True)
 class StepResult:
-    tokens: list[int]  # one per scheduled sequence, prefills first
+    tokens: list[int]  # one per sequence that completes this step (`SchedulerOutput.sampled`), prefills first
     compute_s: float
     stall_s: float
     h2d_bytes: int
@@ -54,9 +57,20 @@ class Batch:
     decode_base: torch.Tensor | None  # [B, M]: resident block index or staging position
     decode_pooled: torch.Tensor | None  # [B, M] 1 where the entry is staged
     context_lens: torch.Tensor | None
+    prefill_prefixes: list["PrefillPrefix"]  # prefill chunks that attend over a computed prefix
     kv_indices: list[int]
     rebuild_indices: list[int]
     rebuild_positions: torch.Tensor | None  # token positions of rebuild blocks, [n_rebuild * block_size]
+
+
+@dataclass
+class PrefillPrefix:
+    """A prefill chunk after the first: its sequence's computed prefix, read through a block table."""
+
+    index: int  # position among the batch's prefills
+    num_tokens: int  # prefix length (the chunk's first position)
+    base: torch.Tensor  # [M] resident block index or staging position
+    pooled: torch.Tensor  # [M] 1 where the entry is staged
 
 
 class ModelRunner:
@@ -74,18 +88,46 @@ class ModelRunner:
     def _prepare(self, scheduled: SchedulerOutput) -> Batch:
         bs, device = self.block_size, self.device
         ids, positions, slots, cu, rows = [], [], [], [0], []
-        for seq in scheduled.prefill:
-            tokens, start = seq.token_ids, seq.num_computed_tokens
-            table = [ref.index for ref in seq.block_table]
-            ids += tokens[start:]
-            positions += range(start, len(tokens))
-            slots += [table[p // bs] * bs + p % bs for p in range(start, len(tokens))]
-            cu.append(len(ids))
-            rows.append(len(ids) - 1)
-        num_prefill = len(ids)
+        # Pool blocks the batch reads (decodes, and prefill chunks over a computed prefix), in staging order.
         kv_stage: dict[int, int] = {}
         rebuild_stage: dict[int, int] = {}
         rebuild_positions: list[int] = []
+        readers = scheduled.decode + [seq for seq in scheduled.prefill if seq.num_computed_tokens]
+        for seq in readers:
+            for logical, ref in enumerate(seq.block_table):
+                if ref.tier == DEVICE or ref.index in kv_stage or ref.index in rebuild_stage:
+                    continue
+                if ref.index >= self.layout.num_pool_kv_blocks:
+                    rebuild_stage[ref.index] = len(rebuild_stage)
+                    rebuild_positions += range(logical * bs, logical * bs + bs)
+                else:
+                    kv_stage[ref.index] = len(kv_stage)
+
+        def table(seq, width: int) -> tuple[list[int], list[int]]:
+            """Block table row: a resident block, or the block's position in the staging slot (mask 1)."""
+            row, mask = [], []
+            for ref in seq.block_table[:width]:
+                if ref.tier == DEVICE:
+                    row.append(ref.index)
+                    mask.append(0)
+                else:
+                    row.append(kv_stage[ref.index] if ref.index in kv_stage else len(kv_stage) + rebuild_stage[ref.index])
+                    mask.append(1)
+            return row + [0] * (width - len(row)), mask + [0] * (width - len(mask))
+
+        contexts = []  # (prefill index, computed prefix tokens, table row, mask) for chunks after the first
+        for index, seq in enumerate(scheduled.prefill):
+            start, stop = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
+            ref_table = [ref.index for ref in seq.block_table]
+            ids += seq.token_ids[start:stop]
+            positions += range(start, stop)
+            slots += [ref_table[p // bs] * bs + p % bs for p in range(start, stop)]
+            cu.append(len(ids))
+            if seq.completes_this_step:
+                rows.append(len(ids) - 1)
+            if start:
+                contexts.append((index, start, *table(seq, -(-start // bs))))
+        num_prefill = len(ids)
         for seq in scheduled.decode:
             position = seq.num_tokens - 1
             ref = seq.block_table[position // bs]
@@ -93,36 +135,16 @@ class ModelRunner:
             positions.append(position)
             slots.append(ref.index * bs + position % bs)
             rows.append(len(ids) - 1)
-            for logical, ref in enumerate(seq.block_table):
-                if ref.tier == DEVICE:
-                    continue
-                if ref.index >= self.layout.num_pool_kv_blocks:
-                    rebuild_stage[ref.index] = len(rebuild_stage)
-                    rebuild_positions += range(logical * bs, logical * bs + bs)
-                else:
-                    kv_stage[ref.index] = len(kv_stage)
         base = pooled = lens = None
         if scheduled.decode:
             width = max(len(seq.block_table) for seq in scheduled.decode)
-            base_rows, pooled_rows = [], []
-            for seq in scheduled.decode:
-                row, mask = [], []
-                for ref in seq.block_table:
-                    if ref.tier == DEVICE:
-                        row.append(ref.index)
-                        mask.append(0)
-                    elif ref.index in kv_stage:
-                        row.append(kv_stage[ref.index])
-                        mask.append(1)
-                    else:
-                        row.append(len(kv_stage) + rebuild_stage[ref.index])
-                        mask.append(1)
-                pad = width - len(row)
-                base_rows.append(row + [0] * pad)
-                pooled_rows.append(mask + [0] * pad)
+            base_rows, pooled_rows = zip(*(table(seq, width) for seq in scheduled.decode))
             base = torch.tensor(base_rows, dtype=torch.int64, device=device)
             pooled = torch.tensor(pooled_rows, dtype=torch.int64, device=device)
             lens = torch.tensor([seq.num_tokens for seq in scheduled.decode], dtype=torch.int64, device=device)
+        prefix = [PrefillPrefix(index, start, torch.tensor(row, dtype=torch.int64, device=device),
+                                torch.tensor(mask, dtype=torch.int64, device=device))
+                  for index, start, row, mask in contexts]
         slots_cpu = torch.tensor(slots, dtype=torch.int64)
         return Batch(
             input_ids=torch.tensor(ids, dtype=torch.int64, device=device),
@@ -130,7 +152,7 @@ class ModelRunner:
             slot_mapping=slots_cpu.to(device), slots_cpu=slots_cpu,
             cu_seqlens=torch.tensor(cu, dtype=torch.int64, device=device) if scheduled.prefill else None,
             num_prefill_tokens=num_prefill, logit_rows=torch.tensor(rows, dtype=torch.int64, device=device),
-            decode_base=base, decode_pooled=pooled, context_lens=lens,
+            decode_base=base, decode_pooled=pooled, context_lens=lens, prefill_prefixes=prefix,
             kv_indices=list(kv_stage), rebuild_indices=list(rebuild_stage),
             rebuild_positions=torch.tensor(rebuild_positions, dtype=torch.int64, device=device) if rebuild_stage else None)
 
@@ -180,7 +202,7 @@ class ModelRunner:
             try:
                 hidden, d2h_captured = self._forward(batch, streaming)
                 logits = self.model.logits(hidden[batch.logit_rows])
-                seqs = scheduled.sequences
+                seqs = scheduled.sampled
                 tokens = sample(logits, [seq.sampling_params for seq in seqs], [seq.generator for seq in seqs])
             finally:
                 stall = self.prefetcher.finish() if streaming else 0.0
@@ -198,19 +220,26 @@ class ModelRunner:
 
         def attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             write_kv(kv, batch.slot_mapping + layer * tokens_per_layer, k, v)
+            if streaming:
+                self._stage(layer, batch)
+            slot_base = cache.staging_row_base(layer % max(1, self.layout.prefetch_depth))
+            offset = layer * cache.num_device_blocks
             parts = []
             if prefill_tokens:
+                prefixes = None
+                if batch.prefill_prefixes:
+                    prefixes = [None] * (len(batch.cu_seqlens) - 1)
+                    for prefix in batch.prefill_prefixes:
+                        blocks = kv.index_select(0, prefix.base + offset + prefix.pooled * (slot_base - offset))
+                        flat = blocks.transpose(0, 1).reshape(2, -1, *blocks.shape[3:])[:, :prefix.num_tokens]
+                        prefixes[prefix.index] = (flat[0], flat[1])
                 parts.append(prefill_attention(q[:prefill_tokens], k[:prefill_tokens], v[:prefill_tokens],
-                                               batch.cu_seqlens, scale))
+                                               batch.cu_seqlens, scale, prefixes))
             if batch.decode_base is not None:
-                if streaming:
-                    self._stage(layer, batch)
-                slot_base = cache.staging_row_base(layer % max(1, self.layout.prefetch_depth))
-                offset = layer * cache.num_device_blocks
                 table = batch.decode_base + offset + batch.decode_pooled * (slot_base - offset)
                 parts.append(paged_decode_attention(q[prefill_tokens:], kv, table, batch.context_lens, scale))
-                if streaming:
-                    self.prefetcher.release(layer)
+            if streaming:
+                self.prefetcher.release(layer)
             return parts[0] if len(parts) == 1 else torch.cat(parts)
 
         hidden = model.embed(batch.input_ids, batch.positions)

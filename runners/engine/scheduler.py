@@ -1,18 +1,22 @@
-"""Iteration-level scheduling (continuous batching) over the two-tier block manager (torch-free).
+"""Iteration-level scheduling (continuous batching, chunked prefill) over the two-tier block manager (torch-free).
 
-Each `schedule()` returns one iteration's work:
+Each `schedule()` returns one iteration's work; every scheduled sequence gets
+`num_scheduled_tokens` (1 to decode, a prefill chunk otherwise) within `max_num_batched_tokens`:
 
 1. Pool limit: if `set_pool_limit` shrank the pool below its use, pooled blocks move back to
    free device blocks (`restores`); when the device has no room, the newest running sequence
    is preempted (its blocks are freed, it is recomputed later; no token is lost).
-2. Decode: every running sequence (oldest first) gets its next token, within
-   `max_num_batched_tokens`. A sequence whose tail block is full gets a new device block; when
-   the device has none free, full blocks of running sequences move to the pool (`evictions`);
-   when the pool is full too, the newest running sequence is preempted.
-3. Prefill: waiting requests (preempted ones first) are admitted whole while `max_num_seqs`,
-   the token budget and the two tiers allow (a preempted sequence whose recompute exceeds the
-   token budget is admitted alone); admission may evict others' blocks to the pool
-   (this is how the pool lets more sequences run than the device alone holds) but never preempts.
+2. Running sequences, oldest first: a decoding one gets its next token, one still in prefill
+   (chunked earlier) its next chunk. New tokens always land in device blocks; when the device
+   has too few free, full blocks of running sequences move to the pool (`evictions`); a prefill
+   chunk shrinks to what the device can then hold; when not even one token fits, the newest
+   running sequence is preempted.
+3. Admission: waiting requests (preempted ones first) are admitted while `max_num_seqs` and the
+   token budget allow and the two tiers have room for their whole prompt; the first chunk is as
+   much of the prompt as the budget and the device (after evicting others' full blocks to the
+   pool, which is how the pool lets more sequences run than the device alone holds) allow.
+   Admission never preempts. Chunking means a prompt need not fit the device at once: earlier
+   chunks' full blocks may be pooled while later chunks attend over them (through staging).
 4. Promotion: when nobody waits and this iteration neither evicted nor preempted, pooled blocks
    move back to free device blocks (`restores`) beyond one free block per running sequence, so a
    pool only streams while the device is short of room (sequences finishing free device blocks).
@@ -20,7 +24,7 @@ Each `schedule()` returns one iteration's work:
 Victims for eviction: the running sequence with the most evictable device blocks gives its
 oldest one. Every pooled block belongs to a running sequence and is streamed each iteration,
 so the streamed bytes per layer and iteration are at most the pool limit, which the staging
-slot is sized for. Left out: priorities, chunked prefill, swapping sequences out whole.
+slot is sized for. Left out: priorities, swapping sequences out whole.
 """
 from __future__ import annotations
 
@@ -45,11 +49,17 @@ class SchedulerOutput:
 
     @property
     def num_prefill_tokens(self) -> int:
-        return sum(seq.num_new_tokens for seq in self.prefill)
+        return sum(seq.num_scheduled_tokens for seq in self.prefill)
 
     @property
     def num_decode_tokens(self) -> int:
         return len(self.decode)
+
+    @property
+    def sampled(self) -> list[Sequence]:
+        """Sequences that get a token this iteration (before the engine advances them): every decode,
+        and the prefills whose chunk ends the prompt. Prefills first, as the model runner's logits."""
+        return [seq for seq in self.sequences if seq.completes_this_step]
 
     @property
     def is_empty(self) -> bool:
@@ -93,33 +103,45 @@ class Scheduler:
                 continue  # preempted earlier in this loop
             if budget < 1:
                 break
-            need = seq.num_missing_blocks(self.block_size)
-            while need and not self._make_room(need, out):
+            want = min(seq.num_new_tokens, budget)
+            count = self._fit(seq, want, out)
+            while not count:
                 victim = self.running[-1]
                 self._preempt(victim, out)
                 if victim is seq:
                     break
+                count = self._fit(seq, want, out)
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            self.blocks.allocate(seq, need)
-            out.decode.append(seq)
-            budget -= 1
-        while self.waiting and len(self.running) < self.max_num_seqs:
+            self._take(seq, count, out)
+            budget -= count
+        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
-            if seq.num_new_tokens > budget and not out.is_empty:
-                break  # a recomputed sequence longer than the budget runs alone
-            need = seq.num_missing_blocks(self.block_size)
-            if not self._make_room(need, out):
+            if self.blocks.num_free_device + self.blocks.pool_room < seq.num_missing_blocks(self.block_size):
+                break  # the two tiers cannot hold its prompt now
+            count = self._fit(seq, min(seq.num_new_tokens, budget), out)
+            if not count:
                 break
             self.waiting.popleft()
-            self.blocks.allocate(seq, need)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            out.prefill.append(seq)
-            budget -= seq.num_new_tokens
+            self._take(seq, count, out)
+            budget -= count
         if not self.waiting and not out.evictions and not out.preempted:
             self._promote(out)
         return out
+
+    def _fit(self, seq: Sequence, want: int, out: SchedulerOutput) -> int:
+        """How many of `want` new tokens of `seq` get device slots, evicting full blocks to the pool
+        as needed: all of them, or (when device and pool are short) as many as the free blocks hold."""
+        if self._make_room(seq.num_missing_blocks(self.block_size, want), out):
+            return want
+        return min(want, seq.num_tokens_fitting(self.blocks.num_free_device, self.block_size))
+
+    def _take(self, seq: Sequence, count: int, out: SchedulerOutput) -> None:
+        self.blocks.allocate(seq, seq.num_missing_blocks(self.block_size, count))
+        seq.num_scheduled_tokens = count
+        (out.decode if seq.num_new_tokens == 1 else out.prefill).append(seq)
 
     def _promote(self, out: SchedulerOutput) -> None:
         """Move pooled blocks back to free device blocks, keeping one free block per running sequence
@@ -157,7 +179,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)
-        seq.num_computed_tokens = 0
+        seq.num_computed_tokens = seq.num_scheduled_tokens = 0
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)

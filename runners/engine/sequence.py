@@ -6,7 +6,7 @@ block of `block_size` tokens, where the tier is `DEVICE` or `POOL`. The block ma
 scheduler change the table; the model runner only reads it.
 
 Left out: beams and parallel sampling (one output per request), prefix sharing between
-sequences (a block has exactly one owner), chunked prefill (prefill covers all uncomputed tokens).
+sequences (a block has exactly one owner).
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.block_table: list[BlockRef] = []
         self.num_computed_tokens = 0
+        self.num_scheduled_tokens = 0  # tokens of this iteration's forward (a prefill chunk, or 1 to decode)
         self.num_preemptions = 0
         self.finish_reason: str | None = None
         self.first_token_time: float | None = None
@@ -64,24 +65,31 @@ class Sequence:
 
     @property
     def num_new_tokens(self) -> int:
-        """Tokens this sequence feeds the next forward pass: all uncomputed ones."""
+        """Tokens without K/V yet: the whole prompt (or, after preemption, prompt and outputs) before
+        prefill, the rest of it between prefill chunks, 1 while decoding."""
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def completes_this_step(self) -> bool:
+        """Whether this iteration's scheduled tokens reach the end, so a token is sampled."""
+        return self.num_computed_tokens + self.num_scheduled_tokens == self.num_tokens
 
     @property
     def num_tokens_left(self) -> int:
         """Tokens still to generate at most (the request's max_tokens less its outputs)."""
         return max(0, self.sampling_params.max_tokens - len(self.output_token_ids))
 
-    @property
-    def is_prefill(self) -> bool:
-        return self.num_computed_tokens == 0
-
     def num_blocks_for(self, num_tokens: int, block_size: int) -> int:
         return -(-num_tokens // block_size)
 
-    def num_missing_blocks(self, block_size: int) -> int:
-        """Blocks to add so every token (computed or about to be) has a slot."""
-        return max(0, self.num_blocks_for(self.num_tokens, block_size) - len(self.block_table))
+    def num_missing_blocks(self, block_size: int, num_new: int | None = None) -> int:
+        """Blocks to add so the computed tokens and the next `num_new` (default: all) have slots."""
+        new = self.num_new_tokens if num_new is None else num_new
+        return max(0, self.num_blocks_for(self.num_computed_tokens + new, block_size) - len(self.block_table))
+
+    def num_tokens_fitting(self, extra_blocks: int, block_size: int) -> int:
+        """New tokens that `extra_blocks` more blocks (and the free slots of the tail) can hold."""
+        return max(0, (len(self.block_table) + extra_blocks) * block_size - self.num_computed_tokens)
 
     def is_evictable(self, logical: int, block_size: int) -> bool:
         """Full, computed, on the device, and not the tail block: may move to the pool."""
