@@ -7,7 +7,9 @@ tok/s against the number of sequences that actually ran (mean over iterations):
 - `pool`: the device budget stays at ~4 average sequences' worth of blocks (staging included:
   a pool of P blocks at depth d takes ceil(d * P / L) of it) and the pool grows, letting more
   sequences run; the largest pool leaves the device just enough resident blocks for the
-  longest request (prefill is not chunked) plus one tail block per running sequence.
+  longest request (the engine refuses a request the resident device blocks cannot hold whole, so
+  that a sequence left alone always finishes) and one more. Prefill is chunked, so a prompt
+  need not be resident at once: earlier chunks' full blocks move to the pool.
 - `device`: no pool, the device budget itself grows (what more device memory would buy).
 
 The headline ratio is the best `pool` point over the `pool`-series point with no pool at the
@@ -41,7 +43,7 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=32)
     parser.add_argument("--device-seqs", type=float, default=4.0, help="device budget in average sequences")
     parser.add_argument("--depth", type=int, default=1)
-    parser.add_argument("--pool-points", type=int, default=3, help="pool sizes between 0 and the largest")
+    parser.add_argument("--pool-points", type=int, default=4, help="pool sizes between 0 and the largest")
     parser.add_argument("--device-series", default="8,16", help="no-pool device budgets, in average sequences")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
@@ -54,8 +56,9 @@ def main() -> None:
     mean_blocks = statistics.fmean(blocks)
     budget = int(round(args.device_seqs * mean_blocks))
     layers = base.shape.num_layers
-    # Resident blocks must keep the longest request whole plus a tail block for every other running sequence.
-    floor = max(blocks) + args.max_num_seqs
+    # Resident blocks must hold the longest request whole (LLMEngine refuses it otherwise) and every
+    # running sequence's tail block.
+    floor = max(max(blocks), args.max_num_seqs) + 1
     largest_pool = (budget - floor) * layers // args.depth
     if largest_pool <= 0:
         raise SystemExit(f"device budget {budget} blocks leaves no room for a pool (needs > {floor} resident)")
