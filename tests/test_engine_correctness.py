@@ -119,8 +119,9 @@ def test_rebuild_fraction_half_matches_transformers(tiny_models, references, wor
 
 def _record_chunks(engine: LLMEngine) -> dict[str, int]:
     """Count, as the engine schedules, prefill chunks after a sequence's first and those whose prefix is pooled."""
-    counts = {"later_chunks": 0, "over_pooled_prefix": 0}
+    counts = {"later_chunks": 0, "over_pooled_prefix": 0, "over_rebuilt_prefix": 0}
     schedule = engine.scheduler.schedule
+    first_rebuild = engine.block_manager.layout.num_pool_kv_blocks
 
     def recording():
         out = schedule()
@@ -128,6 +129,7 @@ def _record_chunks(engine: LLMEngine) -> dict[str, int]:
             if seq.num_computed_tokens:
                 counts["later_chunks"] += 1
                 counts["over_pooled_prefix"] += bool(seq.pooled_blocks())
+                counts["over_rebuilt_prefix"] += any(seq.block_table[j].index >= first_rebuild for j in seq.pooled_blocks())
         return out
 
     engine.scheduler.schedule = recording
@@ -160,6 +162,18 @@ def test_chunked_prefill_matches_transformers(tiny_models, references, family, c
         assert counts["over_pooled_prefix"] > 0
     if case == "preemption":
         assert sum(stat.num_preempted for stat in engine.stats) > 0
+
+
+def test_chunked_prefill_over_rebuilt_prefix_matches_transformers(tiny_models, references):
+    """Half the pool keeps activations: a later chunk's pooled prefix is partly rebuilt from them."""
+    model, path = tiny_models["opt"]
+    config = EngineConfig(model=str(path), dtype="float32", block_size=4, max_num_seqs=6, max_num_batched_tokens=7,
+                          num_device_blocks=18, num_pool_blocks=24, prefetch_depth=1, rebuild_fraction=0.5)
+    engine = LLMEngine(config)
+    counts = _record_chunks(engine)
+    outputs = engine.generate(prompts_for(model.config.vocab_size), SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
+    assert [output.output_token_ids for output in outputs] == references["opt"]
+    assert counts["over_rebuilt_prefix"] > 0
 
 
 def test_shrinking_pool_limit_keeps_outputs(tiny_models, references):
