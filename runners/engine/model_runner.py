@@ -88,14 +88,15 @@ class ModelRunner:
     def _prepare(self, scheduled: SchedulerOutput) -> Batch:
         bs, device = self.block_size, self.device
         ids, positions, slots, cu, rows = [], [], [], [0], []
-        # Pool blocks the batch reads (decodes, and prefill chunks over a computed prefix), in staging order.
+        # Pool blocks the batch reads (decodes, and prefill chunks over a computed prefix), in staging order;
+        # a block has one owner and a sequence is scheduled once, so none repeats.
         kv_stage: dict[int, int] = {}
         rebuild_stage: dict[int, int] = {}
         rebuild_positions: list[int] = []
         readers = scheduled.decode + [seq for seq in scheduled.prefill if seq.num_computed_tokens]
         for seq in readers:
             for logical, ref in enumerate(seq.block_table):
-                if ref.tier == DEVICE or ref.index in kv_stage or ref.index in rebuild_stage:
+                if ref.tier == DEVICE:
                     continue
                 if ref.index >= self.layout.num_pool_kv_blocks:
                     rebuild_stage[ref.index] = len(rebuild_stage)
