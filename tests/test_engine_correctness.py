@@ -64,9 +64,11 @@ def references(tiny_models):
             for family, (model, _) in tiny_models.items()}
 
 
-def run_engine(path, vocab, **settings) -> tuple[list[list[int]], LLMEngine]:
+def run_engine(path, vocab, prepare=None, **settings) -> tuple[list[list[int]], LLMEngine]:
     config = EngineConfig(model=str(path), dtype="float32", block_size=4, max_num_seqs=6, **settings)
     engine = LLMEngine(config)
+    if prepare is not None:
+        prepare(engine)
     params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
     for index, prompt in enumerate(prompts_for(vocab)):
         engine.add_request(str(index), prompt, params)
@@ -117,23 +119,29 @@ def test_rebuild_fraction_half_matches_transformers(tiny_models, references, wor
     assert engine.block_manager.layout.num_pool_rebuild_blocks == 12
 
 
-def _record_chunks(engine: LLMEngine) -> dict[str, int]:
-    """Count, as the engine schedules, prefill chunks after a sequence's first and those whose prefix is pooled."""
+def run_chunked(path, vocab, **settings) -> tuple[list[list[int]], LLMEngine, dict[str, int]]:
+    """`run_engine` with a 7-token budget, counting as the engine schedules the prefill chunks after a
+    sequence's first, those whose prefix is partly pooled, and those whose pooled prefix has rebuilt blocks."""
     counts = {"later_chunks": 0, "over_pooled_prefix": 0, "over_rebuilt_prefix": 0}
-    schedule = engine.scheduler.schedule
-    first_rebuild = engine.block_manager.layout.num_pool_kv_blocks
 
-    def recording():
-        out = schedule()
-        for seq in out.prefill:
-            if seq.num_computed_tokens:
-                counts["later_chunks"] += 1
-                counts["over_pooled_prefix"] += bool(seq.pooled_blocks())
-                counts["over_rebuilt_prefix"] += any(seq.block_table[j].index >= first_rebuild for j in seq.pooled_blocks())
-        return out
+    def record(engine: LLMEngine) -> None:
+        schedule = engine.scheduler.schedule
+        first_rebuild = engine.block_manager.layout.num_pool_kv_blocks
 
-    engine.scheduler.schedule = recording
-    return counts
+        def recording():
+            out = schedule()
+            for seq in out.prefill:
+                if seq.num_computed_tokens:
+                    pooled = seq.pooled_blocks()
+                    counts["later_chunks"] += 1
+                    counts["over_pooled_prefix"] += bool(pooled)
+                    counts["over_rebuilt_prefix"] += any(seq.block_table[j].index >= first_rebuild for j in pooled)
+            return out
+
+        engine.scheduler.schedule = recording
+
+    tokens, engine = run_engine(path, vocab, prepare=record, max_num_batched_tokens=7, **settings)
+    return tokens, engine, counts
 
 
 CHUNKED = {
@@ -150,12 +158,8 @@ CHUNKED = {
 @pytest.mark.parametrize("case", list(CHUNKED))
 def test_chunked_prefill_matches_transformers(tiny_models, references, family, case):
     model, path = tiny_models[family]
-    config = EngineConfig(model=str(path), dtype="float32", block_size=4, max_num_seqs=6, max_num_batched_tokens=7,
-                          **CHUNKED[case])
-    engine = LLMEngine(config)
-    counts = _record_chunks(engine)
-    outputs = engine.generate(prompts_for(model.config.vocab_size), SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
-    assert [output.output_token_ids for output in outputs] == references[family]
+    tokens, engine, counts = run_chunked(path, model.config.vocab_size, **CHUNKED[case])
+    assert tokens == references[family]
     assert counts["later_chunks"] >= 6
     assert all(stat.num_prefill_tokens + stat.num_decode_tokens <= 7 for stat in engine.stats)
     if case.startswith("pool"):
@@ -167,12 +171,9 @@ def test_chunked_prefill_matches_transformers(tiny_models, references, family, c
 def test_chunked_prefill_over_rebuilt_prefix_matches_transformers(tiny_models, references):
     """Half the pool keeps activations: a later chunk's pooled prefix is partly rebuilt from them."""
     model, path = tiny_models["opt"]
-    config = EngineConfig(model=str(path), dtype="float32", block_size=4, max_num_seqs=6, max_num_batched_tokens=7,
-                          num_device_blocks=18, num_pool_blocks=24, prefetch_depth=1, rebuild_fraction=0.5)
-    engine = LLMEngine(config)
-    counts = _record_chunks(engine)
-    outputs = engine.generate(prompts_for(model.config.vocab_size), SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
-    assert [output.output_token_ids for output in outputs] == references["opt"]
+    tokens, _, counts = run_chunked(path, model.config.vocab_size, num_device_blocks=18, num_pool_blocks=24,
+                                    prefetch_depth=1, rebuild_fraction=0.5)
+    assert tokens == references["opt"]
     assert counts["over_rebuilt_prefix"] > 0
 
 
