@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
 from runners.engine.attention import paged_decode_attention  # noqa: E402
 
 
@@ -42,19 +43,21 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    add_dtype_argument(parser)
     args = parser.parse_args()
+    dtype = getattr(torch, resolve_bench_dtype(args.dtype, parser))
     rng = random.Random(args.seed)
     lens = [rng.randint(16, 512) + rng.randint(0, 256) for _ in range(args.batch)]
     blocks = [-(-n // args.block_size) for n in lens]
-    cache = torch.randn(sum(blocks), 2, args.block_size, args.kv_heads, args.head_dim).to(torch.bfloat16)
+    cache = torch.randn(sum(blocks), 2, args.block_size, args.kv_heads, args.head_dim).to(dtype)
     free = list(range(sum(blocks)))
     rng.shuffle(free)
     table = torch.zeros(args.batch, max(blocks), dtype=torch.long)
     for row, count in enumerate(blocks):
         table[row, :count] = torch.tensor([free.pop() for _ in range(count)])
-    q = torch.randn(args.batch, args.heads, args.head_dim).to(torch.bfloat16)
+    q = torch.randn(args.batch, args.heads, args.head_dim).to(dtype)
     context_lens = torch.tensor(lens)
-    kv_bytes = sum(lens) * 2 * args.kv_heads * args.head_dim * 2
+    kv_bytes = sum(lens) * 2 * args.kv_heads * args.head_dim * cache.element_size()
     scale = args.head_dim ** -0.5
     source, target = torch.empty(kv_bytes // 4, dtype=torch.int32), torch.empty(kv_bytes // 4, dtype=torch.int32)
     print(f"batch {args.batch}, mean context {sum(lens) / len(lens):.0f}, KV read {kv_bytes / 1e6:.1f} MB, "

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine_transparency import BLOCK_SIZE, machine, make_requests, run_once, write_record  # noqa: E402
+from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
 from runners.engine.config import EngineConfig  # noqa: E402
 
 
@@ -47,9 +48,11 @@ def main() -> None:
     parser.add_argument("--device-series", default="8,16", help="no-pool device budgets, in average sequences")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
+    add_dtype_argument(parser)
     args = parser.parse_args()
+    dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
 
-    base = EngineConfig(model="opt-125m", dtype="bfloat16", device=args.device, block_size=BLOCK_SIZE,
+    base = EngineConfig(model="opt-125m", dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
                         max_num_seqs=args.max_num_seqs, random_weights=True, seed=args.seed)
     requests = make_requests(args.requests, args.seed, base.shape.vocab_size)
     blocks = [-(-(len(prompt) + output) // BLOCK_SIZE) for prompt, output in requests]

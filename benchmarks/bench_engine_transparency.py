@@ -1,6 +1,6 @@
 """Performance transparency on this machine: the same batch with the pool off and with part of the KV pooled.
 
-OPT-125m-shaped model with seeded random bf16 weights; 64 requests with ShareGPT-like lengths
+OPT-125m-shaped model with seeded random weights in `--dtype` (auto: bf16 where native, else fp32); 64 requests with ShareGPT-like lengths
 (prompts 16-512, outputs 32-256 tokens, seeded, random token ids), all arriving at once, EOS
 ignored. The engine runs the same requests at the same batch (all 64 running):
 
@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from profiler.fingerprint import collect_fingerprint  # noqa: E402
+from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
 from runners.engine.config import COPY_WORKERS, EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.engine.sampling_params import SamplingParams  # noqa: E402
@@ -137,9 +138,11 @@ def main() -> None:
     parser.add_argument("--copy-workers", default=None,
                         help="comma-separated copy workers to measure (default: every one the device has)")
     parser.add_argument("--out", type=Path, default=None)
+    add_dtype_argument(parser)
     args = parser.parse_args()
+    dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
 
-    base = EngineConfig(model="opt-125m", dtype="bfloat16", device=args.device, block_size=BLOCK_SIZE,
+    base = EngineConfig(model="opt-125m", dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
                         max_num_seqs=args.requests, random_weights=True, seed=args.seed)
     requests = make_requests(args.requests, args.seed, base.shape.vocab_size)
     peak = peak_blocks(requests)

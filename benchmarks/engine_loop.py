@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from planner.shapes import load_shape_from_dir
-from runners.engine.attention import kernel_name, paged_decode_attention, prefill_attention, write_kv
+from runners.engine.attention import paged_decode_attention, prefill_attention, write_kv
+from runners.engine.kernels import resolve_kernels
 from runners.engine.models import build_model
 from runners.engine.sampler import sample
 from runners.engine.sampling_params import SamplingParams
@@ -42,7 +43,8 @@ def run_kernel_loop(model_dir: Path, requests: list[tuple[list[int], int]], bloc
                     max_batched_tokens: int = 2048, seed: int = 0, dtype: str = "bfloat16") -> dict:
     started = time.perf_counter()
     shape = load_shape_from_dir(Path(model_dir))
-    model = build_model(shape, dtype, "cpu", weights_dir=Path(model_dir))
+    kernels = resolve_kernels("cpu", dtype)  # the engine's own choice for this machine
+    model = build_model(shape, dtype, "cpu", weights_dir=Path(model_dir), prepack=kernels.prepack)
     blocks_needed = [-(-(len(prompt) + output_len) // block_size) for prompt, output_len in requests]
     blocks_per_layer = sum(blocks_needed)
     kv_cache = torch.zeros(model.num_layers * blocks_per_layer, 2, block_size, shape.num_kv_heads, shape.head_dim,
@@ -115,7 +117,7 @@ def run_kernel_loop(model_dir: Path, requests: list[tuple[list[int], int]], bloc
 
             def decode_attention(offset, q, k, v, table=table, context_lens=context_lens):
                 return timer.run("decode_attention", paged_decode_attention, q, kv_cache, table + offset, context_lens,
-                                 model.attention_scale)
+                                 model.attention_scale, kernels.decode_variant)
 
             hidden = forward(ids, positions, slot_base, decode_attention)
             logits = timer.run("logits", model.logits, hidden)
@@ -127,5 +129,5 @@ def run_kernel_loop(model_dir: Path, requests: list[tuple[list[int], int]], bloc
     return {"wall_s": wall_s, "startup_s": startup_s, "output_tokens": sum(len(o) for o in outputs),
             "prompt_tokens": sum(len(p) for p, _ in requests), "outputs": outputs,
             "details": {"prefill_s": round(prefill_s, 3), "decode_s": round(wall_s - prefill_s, 3), "decode_steps": steps,
-                        "decode_kernel": kernel_name(torch.zeros(1, 1, 1, dtype=model.dtype), kv_cache),
+                        "kernels": kernels.to_dict(),
                         "seconds_by_op": breakdown, "torch_threads": torch.get_num_threads()}}

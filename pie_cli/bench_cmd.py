@@ -2,7 +2,8 @@
 
 Parses options into `runners.bench.BenchSettings` and renders; the work is in runners/bench.py.
 Defaults: runner pie, workload sharegpt (a labelled synthetic ShareGPT-like workload without
---dataset-path), 64 prompts, all requests at once (request rate inf), bfloat16, device auto
+--dataset-path), 64 prompts, all requests at once (request rate inf), dtype auto (the plan's with
+--plan, else what the device multiplies natively; every runner gets the same one), device auto
 (cuda when available), seed 0, model opt-125m (seeded random weights: no download).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from pie_cli.dtype_option import DtypeAutoOpt, resolve_dtype_option
 from pie_cli.errors import BadInput
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt, SeedOpt
 from pie_cli.output import Output
@@ -75,7 +77,7 @@ def bench(
     sweep: Annotated[Optional[str], typer.Option("--sweep", help="One record per value: e.g. request_rate=1,2,4 or pool_blocks=0,256,512.")] = None,
     save_outputs: Annotated[bool, typer.Option("--save-outputs", help="Store generated token ids per request.")] = False,
     label: Annotated[Optional[str], typer.Option("--label", help="A label to select runs by later.")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float16, bfloat16 or float32.")] = "bfloat16",
+    dtype: DtypeAutoOpt = "auto",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")] = "auto",
     seed: SeedOpt = 0,
     results_dir: ResultsDirOpt = DEFAULT_RESULTS_DIR,
@@ -88,7 +90,7 @@ def bench(
     from planner.dtypes import canonical_dtype
     from results.store import ResultsStore
     from runners.arrivals import ArrivalSpec
-    from runners.bench import BenchInterrupted, BenchSettings, expand_sweep, parse_sweep, run_bench
+    from runners.bench import BenchInterrupted, BenchSettings, check_device, expand_sweep, parse_sweep, run_bench
     from runners.registry import get_runner
     from runners.workloads import WorkloadSpec
 
@@ -98,8 +100,18 @@ def bench(
         if value is not None:
             runner_options[key] = value
     get_runner(runner)  # an unknown runner fails before any work
+    device = resolve_device(device)
+    check_device(device)
+    dtype_name = canonical_dtype(dtype, allow_auto=True)
+    if plan is not None and dtype_name == "auto":
+        from planner.plan import Plan
+
+        dtype_name = Plan.load(plan).dtype
+        out.info(f"dtype {dtype_name} (auto: the plan's)")
+    resolution = resolve_dtype_option(dtype_name, device, out)
     settings = BenchSettings(
-        model=model, runner=runner.strip().lower(), dtype=canonical_dtype(dtype), device=resolve_device(device), seed=seed,
+        model=model, runner=runner.strip().lower(), dtype=resolution.dtype, dtype_requested=canonical_dtype(dtype, allow_auto=True),
+        device=device, seed=seed,
         workload=WorkloadSpec(name=workload.strip().lower(), model=model, dataset_path=dataset_path, num_prompts=num_prompts,
                               seed=seed, output_len=output_len, input_len=input_len, range_ratio=range_ratio),
         arrivals=ArrivalSpec(request_rate=request_rate, burstiness=burstiness, seed=seed),

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pie_cli.dtype_option import DtypeAutoOpt, resolve_dtype_option
 from pie_cli.errors import BadInput, RuntimeFailure
 from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
@@ -18,7 +19,6 @@ from profiler.hardware_profile import HardwareProfile
 KIND_COLUMNS = (("h2d", "pinned"), ("h2d", "pageable"), ("d2h", "pinned"), ("d2h", "pageable"),
                 ("bidirectional", "pinned"), ("bidirectional", "pageable"))
 
-ProfileDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16 or float32 (default: bfloat16 on cpu, float16 on cuda).")]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Fewer sizes, repeats and grid points (under a minute on a small CPU machine).")]
 MaxSizeOpt = Annotated[Optional[str], typer.Option("--max-size", help="Largest link transfer, e.g. 256MiB or 1GiB (default: 1GiB, 256MiB with --quick, cut to fit free memory).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads while measuring (default: torch's, all cores); 1 is steadier on a busy machine.")]
@@ -74,9 +74,17 @@ def render(out: Output, profile: HardwareProfile, path: Path | None) -> None:
     out.table("Link bandwidth (GB/s, median)", ["size"] + [f"{d} {k}" for d, k in KIND_COLUMNS], rows,
               highlight_row=best, caption=link_caption)
     shape = profile.extra.get("matmul_shape")
+    by_dtype = profile.matmul_by_dtype or {profile.dtype: {"tflops": profile.matmul_tflops, "shape": shape, "support": None}}
+    matmul_rows = [[f"matmul {name}{' (profile dtype)' if name == profile.dtype else ''} (TFLOP/s"
+                    f"{', M×K×N ' + '×'.join(map(str, row['shape'])) if row.get('shape') else ''}"
+                    f"{', ' + row['support'] if row.get('support') else ''})", row["tflops"]]
+                   for name, row in by_dtype.items()]
+    capability = profile.capability.get("torch_cpu_capability") if profile.capability else None
     out.table(f"Device ({profile.device_name})", ["measure", "value"], [
         ["memory bandwidth (GB/s, read + write)", profile.memory_bandwidth_gbps],
-        [f"matmul {profile.dtype} (TFLOP/s{', M×K×N ' + '×'.join(map(str, shape)) if shape else ''})", profile.matmul_tflops],
+        *matmul_rows,
+        *([["torch CPU capability / native dtypes",
+            f"{capability} / {', '.join(profile.capability.get('native_dtypes', []))}"]] if capability else []),
         ["torch threads", profile.extra.get("threads")],
         ["peak RSS (GiB)", profile.extra["peak_rss_bytes"] / 2**30 if "peak_rss_bytes" in profile.extra else None]])
     if profile.layer_timings:
@@ -113,8 +121,10 @@ def _render_layer(out: Output, profile: HardwareProfile) -> None:
         rows.append([timing.phase, timing.batch_size, timing.context_len, timing.median_s * 1e3, timing.p10_s * 1e3,
                      timing.p90_s * 1e3, predicted * 1e3 if predicted else None, error,
                      "yes" if held_out.get(id(timing)) else ""])
-    kernel = profile.extra.get("decode_kernel")
+    kernels = profile.extra.get("kernels") or {}
+    kernel = kernels.get("decode_attention") or profile.extra.get("decode_kernel")
     out.table(f"One {profile.model} layer of the Pie engine ({profile.dtype}, seeded random weights"
+              + (f", GEMMs {kernels['linear']}" if kernels.get("linear") else "")
               + (f", decode kernel: {kernel})" if kernel else ")"),
               ["phase", "batch", "context", "median ms", "p10 ms", "p90 ms", "fitted ms", "error %", "held out"], rows)
     fit_rows = []
@@ -136,7 +146,7 @@ def _render_layer(out: Output, profile: HardwareProfile) -> None:
 
 
 def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: DeviceOpt = "cpu",
-            dtype: ProfileDtypeOpt = None, output: OutputPathOpt = None, max_size: MaxSizeOpt = None,
+            dtype: DtypeAutoOpt = "auto", output: OutputPathOpt = None, max_size: MaxSizeOpt = None,
             threads: ThreadsOpt = None, no_layer: NoLayerOpt = False, show: ShowOpt = None,
             seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
     """Measure host<->device link bandwidth, memory bandwidth, FLOP/s and one model layer; save a profile.
@@ -151,11 +161,12 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
         else:
             render(out, loaded, None)
         return
-    from profiler.run import ProfileRequest, run_profile
+    from profiler.run import ProfileRequest, check_device, run_profile
     from profiler.sizes import parse_size
 
     check_output_path(output)
-    request = ProfileRequest(device=device, dtype=dtype, model=None if no_layer else model, quick=quick,
+    resolved = resolve_dtype_option(dtype, check_device(device), out)
+    request = ProfileRequest(device=device, dtype=resolved.dtype, model=None if no_layer else model, quick=quick,
                              max_size_bytes=parse_size(max_size) if max_size is not None else None,
                              threads=threads, seed=seed)
     with out.progress(transient=True) as bar:

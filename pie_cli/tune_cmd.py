@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pie_cli.dtype_option import resolve_dtype_option
 from pie_cli.errors import BadInput
 from pie_cli.options import JsonOpt, ModelOpt, OutputPathOpt
 from pie_cli.output import Output
@@ -27,7 +28,7 @@ GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Devic
 CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (a bare number is GiB) (default: half of host memory; a quarter of RAM on a CPU).")]
 WorkloadOpt = Annotated[str, typer.Option("--workload", help="sharegpt or alpaca (published mean lengths), or a workload FILE (ShareGPT/Alpaca JSON or JSONL).")]
 MaxTpotOpt = Annotated[Optional[float], typer.Option("--max-tpot-ms", help="Latency bound: the plan's predicted time per output token must not exceed this.")]
-TuneDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16 or float32 (default: the profile's, float16 for presets).")]
+TuneDtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (the profile's; for a preset, bfloat16 from compute capability 8.0, else float16; without either, what this machine multiplies natively), bfloat16, float16 or float32.")]
 BlockSizeOpt = Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")]
 MaxBatchedOpt = Annotated[int, typer.Option("--max-num-batched-tokens", help="Tokens per engine iteration (prefill chunks + decodes).")]
 MaxSeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", help="Cap on the batch limit the planner may choose.")]
@@ -51,16 +52,34 @@ def parse_budget(text: str | None, option: str) -> int | None:
     return int(value)
 
 
-def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str | None, out: Output):
+def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, out: Output):
+    """(HardwareSpec, dtype): `dtype` "auto" becomes the profile's, the preset's, or this machine's choice."""
+    from planner.capability import DeviceCapability, resolve_dtype
     from planner.hardware import from_profile, preset
     from profiler.hardware_profile import HardwareProfile
 
     if hardware and profile:
         raise BadInput("--hardware and --profile both given", "use a preset or a measured profile, not both")
     if hardware:
-        return preset(hardware)
+        hw = preset(hardware)
+        resolution = resolve_dtype(dtype, DeviceCapability.from_dict(hw.capability))
+        if resolution.requested == "auto":
+            out.info(resolution.message())
+        return hw, resolution.dtype
     if profile:
-        return from_profile(HardwareProfile.load(profile), source=f"profile '{profile}'")
+        hw = from_profile(HardwareProfile.load(profile), source=f"profile '{profile}'")
+        if dtype == "auto":
+            out.info(f"dtype {hw.profile_dtype} (auto: the profile's)")
+        return hw, hw.profile_dtype if dtype == "auto" else dtype
+    dtype = resolve_dtype_option(dtype, "cpu", out).dtype
+    return _this_machine(model, dtype, out), dtype
+
+
+def _this_machine(model: str, dtype: str, out: Output):
+    """This machine's saved profile for `model` in `dtype`, or a quick one taken now (and saved)."""
+    from planner.hardware import from_profile
+    from profiler.hardware_profile import HardwareProfile
+
     saved = saved_profile(model, dtype)
     if saved is not None:
         out.info(f"no --hardware or --profile: using {saved}, this machine's saved profile for {model} "
@@ -76,7 +95,7 @@ def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dty
     return from_profile(measured, source="quick profile")
 
 
-def saved_profile(model: str, dtype: str | None) -> Path | None:
+def saved_profile(model: str, dtype: str) -> Path | None:
     """The newest profile in .pie/profiles taken on this host (by hostname hash) for this model and dtype."""
     from pie_cli.options import DEFAULT_PROFILES_DIR
     from planner.dtypes import canonical_dtype
@@ -84,7 +103,7 @@ def saved_profile(model: str, dtype: str | None) -> Path | None:
 
     if not DEFAULT_PROFILES_DIR.is_dir():
         return None
-    wanted_dtype = canonical_dtype(dtype) if dtype else None
+    wanted_dtype = canonical_dtype(dtype)
     matches = []
     for path in DEFAULT_PROFILES_DIR.glob("*.json"):
         try:
@@ -138,7 +157,7 @@ def default_budgets(hw) -> tuple[int, int]:
 
 def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = None, gpu_memory: GpuMemoryOpt = None,
          cpu_memory: CpuMemoryOpt = None, workload: WorkloadOpt = "sharegpt", max_tpot_ms: MaxTpotOpt = None,
-         dtype: TuneDtypeOpt = None, block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
+         dtype: TuneDtypeOpt = "auto", block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
          max_num_seqs: MaxSeqsOpt = None, online: OnlineOpt = False, num_prompts: OnlineRequestsOpt = 64,
          window_steps: OnlineWindowOpt = 8, seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
     """Plan the CPU pool: pool size, copy/rebuild split, batch limit, predicted throughput and latency.
@@ -159,8 +178,7 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
         raise BadInput(f"--online runs the engine on this machine, but --hardware {hardware} plans for another one",
                        "drop --hardware (a profile of this machine is used) or pass --profile of this machine")
     stats = workload_stats(workload, model)
-    hw = resolve_hardware(hardware, profile, model, dtype, out)
-    dtype = canonical_dtype(dtype or hw.profile_dtype or ("bfloat16" if hw.device == "cpu" else "float16"))
+    hw, dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), out)
     default_gpu, default_cpu = default_budgets(hw)
     budgets = Budgets(gpu_bytes or default_gpu, default_cpu if cpu_bytes is None else cpu_bytes, block_size=block_size,
                       max_num_batched_tokens=max_num_batched_tokens)

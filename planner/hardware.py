@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from pie_cli.errors import BadInput
+from planner.capability import DeviceCapability
 from profiler.hardware_profile import DecodeLayerFit, HardwareProfile, PrefillLayerFit
 
 GB = 1e9
@@ -39,6 +40,7 @@ class HardwareSpec:
     # step: fixed + per sequence. Measured by an engine calibration run (0 when not measured).
     iteration_fixed_s: float = 0.0
     iteration_per_seq_s: float = 0.0
+    capability: dict | None = None  # planner/capability.py record: the preset's datasheet one, or the profile's
 
     def __post_init__(self) -> None:
         if self.source not in ("preset", "profile"):
@@ -60,6 +62,8 @@ class _Datasheet:
     link_nominal_gbps: float
     link_achieved_gbps: float
     link_name: str
+    compute_capability: str  # CUDA compute capability (decides the dtype `--dtype auto` plans in)
+    host_arch: str = "x86_64"
 
 
 # Achieved fractions of datasheet peaks used for presets (labelled assumptions, not measurements).
@@ -67,11 +71,12 @@ MEMORY_EFFICIENCY = 0.8
 COMPUTE_EFFICIENCY = 0.6
 
 _DATASHEETS: dict[str, _Datasheet] = {
-    "h100-pcie": _Datasheet("H100 SXM 80 GB, PCIe 5.0 x16 host link", 80, 512, 3350, 989, 64, 52, "PCIe 5.0 x16"),
-    "h200": _Datasheet("H200 141 GB, PCIe 5.0 x16 host link", 141, 1024, 4800, 989, 64, 52, "PCIe 5.0 x16"),
-    "a100-pcie": _Datasheet("A100 80 GB SXM, PCIe 4.0 x16 host link", 80, 512, 2000, 312, 32, 25, "PCIe 4.0 x16"),
-    "gh200": _Datasheet("GH200 96 GB HBM3, NVLink-C2C to 480 GB LPDDR5X", 96, 480, 4000, 989, 450, 400, "NVLink-C2C"),
-    "l4": _Datasheet("L4 24 GB, PCIe 4.0 x16 host link", 24, 192, 300, 121, 32, 25, "PCIe 4.0 x16"),
+    "h100-pcie": _Datasheet("H100 SXM 80 GB, PCIe 5.0 x16 host link", 80, 512, 3350, 989, 64, 52, "PCIe 5.0 x16", "9.0"),
+    "h200": _Datasheet("H200 141 GB, PCIe 5.0 x16 host link", 141, 1024, 4800, 989, 64, 52, "PCIe 5.0 x16", "9.0"),
+    "a100-pcie": _Datasheet("A100 80 GB SXM, PCIe 4.0 x16 host link", 80, 512, 2000, 312, 32, 25, "PCIe 4.0 x16", "8.0"),
+    "gh200": _Datasheet("GH200 96 GB HBM3, NVLink-C2C to 480 GB LPDDR5X", 96, 480, 4000, 989, 450, 400, "NVLink-C2C",
+                        "9.0", "aarch64"),
+    "l4": _Datasheet("L4 24 GB, PCIe 4.0 x16 host link", 24, 192, 300, 121, 32, 25, "PCIe 4.0 x16", "8.9"),
 }
 _ALIASES = {"h100": "h100-pcie", "h100-sxm": "h100-pcie", "a100": "a100-pcie", "a100-80gb": "a100-pcie",
             "grace-hopper": "gh200"}
@@ -89,7 +94,9 @@ def preset(name: str) -> HardwareSpec:
         name=key, source="preset", label=f"{sheet.title}: {DATASHEET_LABEL}", device="cuda",
         device_memory_bytes=int(sheet.device_memory_gb * GB), host_memory_bytes=int(sheet.host_memory_gb * GB),
         link_h2d_gbps=sheet.link_achieved_gbps, memory_bandwidth_gbps=sheet.memory_bandwidth_gbps * MEMORY_EFFICIENCY,
-        matmul_tflops=sheet.bf16_tflops * COMPUTE_EFFICIENCY)
+        matmul_tflops=sheet.bf16_tflops * COMPUTE_EFFICIENCY,
+        capability=DeviceCapability(kind="cuda", arch=sheet.host_arch, cuda_compute_capability=sheet.compute_capability,
+                                    device_name=sheet.title.split(",")[0]).to_dict())
 
 
 def preset_rows() -> list[dict]:
@@ -151,4 +158,5 @@ def from_profile(profile: HardwareProfile, source: str = "profile") -> HardwareS
         memory_bandwidth_gbps=profile.memory_bandwidth_gbps, matmul_tflops=profile.matmul_tflops,
         decode_fit=profile.decode_fit, prefill_fit=profile.prefill_fit, profiled_model=profile.model,
         profile_dtype=profile.dtype, link_is_memcpy=profile.link_is_memcpy,
-        iteration_fixed_s=float(overhead.get("fixed_s", 0.0)), iteration_per_seq_s=float(overhead.get("per_seq_s", 0.0)))
+        iteration_fixed_s=float(overhead.get("fixed_s", 0.0)), iteration_per_seq_s=float(overhead.get("per_seq_s", 0.0)),
+        capability=profile.capability or None)

@@ -1,7 +1,9 @@
 """Machine fingerprint: what a profile was measured on, so results from different machines never mix.
 
 Collected: CPU model, core count, RAM, GPU name, memory and compute capability, NVIDIA driver,
-torch / CUDA / Python versions, OS, and a hash of the hostname (the name itself is not stored).
+torch / CUDA / Python versions, OS, a hash of the hostname (the name itself is not stored), and
+the device's capability record (planner/capability.py: the ISA torch dispatches to, the CPU
+features that decide the fast paths, the dtypes it multiplies natively).
 `fingerprint_slug` turns it into a short file-name-safe key for `.pie/profiles/`.
 
 Left out: anything that changes from run to run (load, free memory, clocks) and serial numbers.
@@ -17,6 +19,7 @@ import socket
 import subprocess
 from typing import Any
 
+from planner.capability import detect_capability
 from profiler.sizes import total_host_bytes
 
 
@@ -74,6 +77,7 @@ def collect_fingerprint(device: str) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
         "hostname_sha256": hostname_hash(),
+        "capability": detect_capability(device).to_dict(),
     }
     return fingerprint
 

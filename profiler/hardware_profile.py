@@ -109,6 +109,9 @@ class HardwareProfile:
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    capability: dict[str, Any] = field(default_factory=dict)  # planner/capability.py DeviceCapability.to_dict()
+    # dtype -> {"tflops", "shape" [M, K, N], "support": native|emulated}: each dtype the device runs
+    matmul_by_dtype: dict[str, Any] = field(default_factory=dict)
 
     # --- what the planner reads ----------------------------------------------------------
     def best_gbps(self, direction: str = "h2d", host_memory: str = "pinned") -> float:

@@ -151,23 +151,20 @@ class LayerBench:
         import torch
 
         from runners.engine import host_memory
+        from runners.engine.kernels import resolve_kernels
         from runners.engine.models import build_model  # lazy: the engine's layer is the one timed
 
         self.shape, self.dtype, self.device, self.seed = shape, dtype, device, seed
         self.host_memory = host_memory
         if torch.device(device).type == "cpu":
             host_memory.keep_freed_memory()  # as the engine does: steps reuse warm heap pages
-        self.model = build_model(shape, dtype, device, seed=seed, num_layers=1)
+        self.kernels = resolve_kernels(device, dtype)  # the engine's own choice, fallbacks included
+        self.model = build_model(shape, dtype, device, seed=seed, num_layers=1, prepack=self.kernels.prepack)
         self.torch = torch
 
     def decode_kernel(self) -> str:
-        """Which decode-attention path the engine takes for this layer's dtype and device ('c' or 'torch')."""
-        from runners.engine.attention import kernel_name
-
-        torch = self.torch
-        q = torch.zeros(1, self.shape.num_heads, self.shape.head_dim, dtype=self.model.dtype, device=self.device)
-        kv_cache = torch.zeros(1, 2, BLOCK_SIZE, self.shape.num_kv_heads, self.shape.head_dim, dtype=self.model.dtype, device=self.device)
-        return kernel_name(q, kv_cache)
+        """The decode-attention path the engine takes for this layer's dtype and device ('c-avx2', 'torch', ...)."""
+        return self.kernels.decode_attention
 
     def _cache(self, batch_size: int, tokens_per_sequence: int):
         """A filled KV cache and a fragmented block table for `batch_size` sequences."""
@@ -204,7 +201,7 @@ class LayerBench:
 
         def attention(index, q, k, v):
             write_kv(kv_cache, slot_mapping, k, v)
-            return paged_decode_attention(q, kv_cache, block_tables, context_lens, scale)
+            return paged_decode_attention(q, kv_cache, block_tables, context_lens, scale, self.kernels.decode_variant)
 
         return self._layer_step(hidden, positions, attention)
 
@@ -257,8 +254,9 @@ def memory_chunks(points: tuple[GridPoint, ...], shape: ModelShape, dtype: str, 
 
 def measure_layer(shape: ModelShape, dtype: str, device: str, spec: GridSpec, roofline: Roofline,
                   seed: int = 0, progress: ProgressFn | None = None,
-                  on_built: Callable[[int], None] | None = None) -> tuple[tuple[LayerTiming, ...], str]:
-    """Build one layer and time every planned grid point; returns the timings and the decode kernel's name.
+                  on_built: Callable[[int], None] | None = None) -> tuple[tuple[LayerTiming, ...], dict]:
+    """Build one layer and time every planned grid point; returns the timings and the kernels it ran
+    (`KernelPaths.to_dict()`: GEMM path, decode-attention path, fallbacks).
 
     `on_built(num_points)` fires once the layer is built.
 
@@ -281,4 +279,4 @@ def measure_layer(shape: ModelShape, dtype: str, device: str, spec: GridSpec, ro
                                        samples_s=timing.samples_s))
             if progress:
                 progress(f"layer {point.phase} batch {point.batch_size} ctx {point.context_len}: {timing.median_s * 1e3:.2f} ms")
-    return tuple(timings), bench.decode_kernel()
+    return tuple(timings), bench.kernels.to_dict()

@@ -69,7 +69,8 @@ def measure_copy_bandwidth(device: str, size_bytes: int, repeats: int = 9) -> tu
     return timing, 2 * size_bytes / timing.median_s / 1e9
 
 
-def measure_matmul(device: str, dtype: str, shape: tuple[int, int, int], repeats: int = 7, seed: int = 0) -> tuple[Timing, float]:
+def measure_matmul(device: str, dtype: str, shape: tuple[int, int, int], repeats: int = 7, seed: int = 0,
+                   max_calls: int = 100) -> tuple[Timing, float]:
     """Time `a @ b` for a seeded [M, K] x [K, N] pair; returns the timing and achieved TFLOP/s."""
     import torch
 
@@ -79,9 +80,34 @@ def measure_matmul(device: str, dtype: str, shape: tuple[int, int, int], repeats
     b = torch.randn(inner, cols, generator=generator).to(device=device, dtype=torch_dtype(dtype))
     out = torch.empty(rows, cols, device=device, dtype=a.dtype)
     multiply = lambda: torch.matmul(a, b, out=out)  # noqa: E731
-    calls = calls_for_duration(multiply, device, target_sample_s=0.02, max_calls=100)
-    timing = time_call(multiply, device=device, repeats=repeats, warmup=2, calls_per_sample=calls)
+    calls = calls_for_duration(multiply, device, target_sample_s=0.02, max_calls=max_calls)
+    timing = time_call(multiply, device=device, repeats=repeats, warmup=1 if max_calls < 10 else 2, calls_per_sample=calls)
     return timing, 2.0 * rows * inner * cols / timing.median_s / 1e12
+
+
+# A small GEMM for the rates of the dtypes a profile is not taken in: an emulated bf16 matmul runs
+# at under 1 GFLOP/s on an AVX2 CPU, where the profile's own shape would take seconds per call.
+SIDE_MATMUL_SHAPE = (64, 512, 2048)
+
+
+def matmul_rates(device: str, dtypes: tuple[str, ...], shape: tuple[int, int, int] = SIDE_MATMUL_SHAPE,
+                 repeats: int = 3) -> dict[str, float]:
+    """Achieved TFLOP/s of a `shape` matmul in each of `dtypes` (median of a few short samples)."""
+    rates = {}
+    for dtype in dtypes:
+        timing, tflops = measure_matmul(device, dtype, shape, repeats=repeats, max_calls=4)
+        rates[dtype] = tflops
+    return rates
+
+
+def emulated_dtype_warning(dtype: str, device: str, cap) -> str:
+    """One line: `dtype` is emulated on this device, with the measured matmul rate of each dtype it runs."""
+    from planner.capability import choose_dtype
+
+    rates = matmul_rates(device, cap.runnable_dtypes)
+    shown = ", ".join(f"{name} {rate * 1e3:,.1f}" for name, rate in rates.items())
+    return (f"{dtype} is emulated on {cap.summary()} (matmul GFLOP/s at {'x'.join(map(str, SIDE_MATMUL_SHAPE))}, measured: "
+            f"{shown}); it runs on the plain path, and --dtype auto picks {choose_dtype(cap).dtype}")
 
 
 def measure_memory(device: str, dtype: str, copy_size_bytes: int, matmul_shape: tuple[int, int, int],

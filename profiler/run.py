@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from pie_cli.errors import BadInput, PieError, suggest
-from planner.dtypes import canonical_dtype
+from planner.capability import detect_capability, dtype_support, resolve_dtype
 from planner.shapes import ModelShape, resolve_model
 from profiler.fingerprint import collect_fingerprint, cpu_model
 from profiler.hardware_profile import HardwareProfile
@@ -42,10 +42,6 @@ class NoProgress:
         pass
 
 
-def default_dtype(device: str) -> str:
-    return "float16" if device.startswith("cuda") else "bfloat16"
-
-
 def check_device(device: str) -> str:
     kind = device.split(":")[0]
     if kind not in DEVICES:
@@ -62,7 +58,7 @@ def check_device(device: str) -> str:
 @dataclass(frozen=True)
 class ProfileRequest:
     device: str = "cpu"
-    dtype: str | None = None  # None: float16 on CUDA, bfloat16 on the CPU
+    dtype: str | None = None  # None or "auto": what the device multiplies natively (planner/capability.py)
     model: str | None = "opt-125m"  # None: skip the per-layer part
     quick: bool = False
     max_size_bytes: int | None = None  # largest link transfer; None: 1 GiB (256 MiB quick), shrunk to fit
@@ -72,7 +68,7 @@ class ProfileRequest:
 
     def __post_init__(self) -> None:
         check_device(self.device)
-        object.__setattr__(self, "dtype", canonical_dtype(self.dtype or default_dtype(self.device)))
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, detect_capability(self.device)).dtype)
         if self.threads is not None and self.threads < 1:
             raise BadInput(f"--threads must be at least 1, got {self.threads}")
         if self.model is not None:
@@ -142,7 +138,7 @@ def run_profile(request: ProfileRequest, progress: Progress | None = None) -> Ha
 def _measure(request: ProfileRequest, progress: Progress) -> HardwareProfile:
     import torch
 
-    from profiler.memory import default_copy_size, default_matmul_shape, measure_memory
+    from profiler.memory import SIDE_MATMUL_SHAPE, default_copy_size, default_matmul_shape, matmul_rates, measure_memory
 
     started = time.perf_counter()
     sweep, notes = request.link_sweep()
@@ -165,6 +161,14 @@ def _measure(request: ProfileRequest, progress: Progress) -> HardwareProfile:
         copy_size //= 2  # source and destination within a quarter of free memory
     matmul_shape = default_matmul_shape(device, shape.hidden_size if shape else None)
     memory = measure_memory(device, dtype, copy_size, matmul_shape, repeats=7 if request.quick else 11)
+    # Every dtype the device runs, side by side: the profile's own at its full shape, the others at a
+    # small one (an emulated dtype can be 100x slower); each says whether it is native here.
+    capability = detect_capability(device)
+    others = tuple(d for d in capability.runnable_dtypes if d != dtype)
+    matmul_by_dtype = {dtype: {"tflops": memory.matmul_tflops, "shape": list(matmul_shape),
+                               "support": dtype_support(capability, dtype)}}
+    for other, tflops in matmul_rates(device, others).items():
+        matmul_by_dtype[other] = {"tflops": tflops, "shape": list(SIDE_MATMUL_SHAPE), "support": dtype_support(capability, other)}
     progress.advance(f"memory {memory.memory_bandwidth_gbps:.1f} GB/s, matmul {memory.matmul_tflops:.2f} TFLOP/s")
 
     extra: dict = {"threads": torch.get_num_threads(), "seed": request.seed,
@@ -190,7 +194,7 @@ def _measure(request: ProfileRequest, progress: Progress) -> HardwareProfile:
         link=link, memory_bandwidth_gbps=memory.memory_bandwidth_gbps, matmul_tflops=memory.matmul_tflops,
         model=shape.name if shape else None, model_shape=shape.to_dict() if shape else None,
         layer_timings=layer_timings, decode_fit=decode_fit, prefill_fit=prefill_fit, quick=request.quick,
-        notes=tuple(notes), extra=extra)
+        notes=tuple(notes), extra=extra, capability=capability.to_dict(), matmul_by_dtype=matmul_by_dtype)
 
 
 def _measure_layer(shape: ModelShape, request: ProfileRequest, memory, progress: Progress, notes: list[str], extra: dict):
@@ -204,10 +208,12 @@ def _measure_layer(shape: ModelShape, request: ProfileRequest, memory, progress:
     spec = layer_module.GridSpec.for_run(request.quick)
     roofline = layer_module.Roofline(memory.memory_bandwidth_gbps, memory.matmul_tflops)
     progress.start(f"building one {shape.name} layer (seeded random weights)", 1)
-    layer_timings, extra["decode_kernel"] = layer_module.measure_layer(
+    layer_timings, extra["kernels"] = layer_module.measure_layer(
         shape, dtype, device, spec, roofline, seed=request.seed, progress=progress.advance,
         on_built=lambda count: progress.start(f"{shape.name} layer: prefill and decode grid", count))
+    extra["decode_kernel"] = extra["kernels"]["decode_attention"]
     notes.append(f"per-layer times are one {shape.name} layer of the Pie engine with seeded random weights")
+    notes.extend(f"kernel fallback: {why}" for why in extra["kernels"]["fallbacks"])
     noisy = [t for t in layer_timings if (t.p90_s - t.p10_s) / t.median_s > NOISY_SPREAD]
     if noisy:
         notes.append(f"{len(noisy)} of {len(layer_timings)} layer timings varied by more than {NOISY_SPREAD:.0%} "

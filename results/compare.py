@@ -86,6 +86,7 @@ class Comparison:
     headline: str  # "REGRESSION: rule ... fired" / "OK: no rule fired" / "no rules given"
     findings: tuple[str, ...]  # one sentence per rule metric (or key metric without rules)
     options: CompareOptions = field(default_factory=CompareOptions)
+    config_changes: tuple[str, ...] = ()  # "dtype: bfloat16 -> float32", one per setting that differs
 
     @property
     def verdict(self) -> str:
@@ -99,6 +100,7 @@ class Comparison:
         rows = self.frame.astype(object).where(self.frame.notna(), None).to_dict(orient="records")
         return {"verdict": self.verdict, "regression": self.regression, "fired_rules": list(self.fired),
                 "rules": [r.text for r in self.rules], "warnings": list(self.warnings), "notes": list(self.notes),
+                "config_changes": list(self.config_changes),
                 "alpha": self.options.alpha, "threshold_pct": self.options.threshold_pct,
                 "before": {"reference": self.before.reference, "run_ids": self.before.run_ids},
                 "after": {"reference": self.after.reference, "run_ids": self.after.run_ids}, "rows": rows}
@@ -202,6 +204,26 @@ def check_comparable(before: Side, after: Side, force: bool) -> list[str]:
     return warnings
 
 
+# Settings whose change makes the numbers of another configuration, named first (then the rest, sorted).
+_CONFIG_FIRST = ("dtype", "device", "kernels")
+_CONFIG_IGNORED = {"plan", "random_weights", "save_outputs", "seed"}
+
+
+def config_changes(before: Side, after: Side) -> list[str]:
+    """'dtype: bfloat16 -> float32' for each run setting whose values differ between the sides."""
+    def values(side: Side, key: str) -> list[str]:
+        return sorted({json.dumps((r.header.config or {}).get(key), sort_keys=True, default=str) for r in side.records})
+
+    keys = {k for r in before.records + after.records for k in (r.header.config or {})} - _CONFIG_IGNORED
+    ordered = [k for k in _CONFIG_FIRST if k in keys] + sorted(keys - set(_CONFIG_FIRST))
+    changes = []
+    for key in ordered:
+        old, new = values(before, key), values(after, key)
+        if old != new:
+            changes.append(f"{key}: {' | '.join(v.strip(chr(34)) for v in old)} -> {' | '.join(v.strip(chr(34)) for v in new)}")
+    return changes
+
+
 def _test(metric: str, before: Side, after: Side, before_values: list[float], after_values: list[float],
           options: CompareOptions, alpha: float) -> sig.TestResult:
     if len(before_values) + len(after_values) >= 3 and before_values and after_values:
@@ -275,8 +297,12 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
         notes.append(f"rows with a rule are tested at alpha/{len({r.metric for r in rules})} = {rule_alpha:.3g} "
                      "(Bonferroni), so all rules together keep a false-positive rate of at most alpha")
     headline, findings = build_verdict(table, rules, fired, options.threshold_pct)
+    changes = config_changes(before, after)
+    if changes:
+        warnings.append(f"configuration changed between the sides ({'; '.join(changes)}): "
+                        "the difference may come from the configuration, not the code")
     return Comparison(table, before, after, tuple(rules), fired, tuple(warnings), tuple(notes), headline,
-                      tuple(findings), options)
+                      tuple(findings), options, tuple(changes))
 
 
 def _notes(before: Side, after: Side) -> list[str]:

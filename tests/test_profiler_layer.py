@@ -5,6 +5,7 @@ import pytest
 
 from planner.shapes import ModelShape, resolve_model
 from profiler.fit import fit_decode
+from planner.capability import choose_dtype, detect_capability
 from profiler.layer import BLOCK_SIZE, GridPoint, GridSpec, LayerBench, Roofline, kv_cache_bytes, measure_layer, memory_chunks, plan_grid
 from profiler.sizes import GIB
 
@@ -73,14 +74,15 @@ def test_engine_layer_steps_run_and_return_hidden_states():
     prefill = bench.prefill_call(batch_size=2, prompt_len=24)()
     assert decode.shape == (3, 64) and prefill.shape == (48, 64)
     assert torch.isfinite(decode).all() and torch.isfinite(prefill).all()
-    assert bench.decode_kernel() in ("c", "torch")
+    assert bench.decode_kernel() == "torch" or bench.decode_kernel().startswith("c-")
 
 
 def test_measure_layer_times_every_planned_point(one_thread):
     spec = GridSpec((1, 4), (16, 64), (1, 2), (8, 32), point_budget_s=1.0, sample_budget_s=0.01, min_repeats=2, max_repeats=3)
     built = []
     timings, kernel = measure_layer(TINY, "float32", "cpu", spec, FAST, on_built=built.append)
-    assert built == [8] and len(timings) == 8 and kernel in ("c", "torch")
+    assert built == [8] and len(timings) == 8
+    assert kernel["decode_attention"] == "torch" or kernel["decode_attention"].startswith("c-")
     for timing in timings:
         assert 2 <= len(timing.samples_s) <= 3
         assert timing.p10_s <= timing.median_s <= timing.p90_s
@@ -95,9 +97,10 @@ def test_decode_fit_runs_on_engine_timings(one_thread):
     noise is unit-tested in tests/test_profiler_fit.py.
     """
     shape = resolve_model("opt-125m")
-    timings, _ = measure_layer(shape, "bfloat16", "cpu", GridSpec.for_run(True), FAST)
-    fit, result = fit_decode(timings, shape.layer_weight_bytes("bfloat16"), shape.layer_flops_per_token(),
-                             shape.kv_bytes_per_token_per_layer("bfloat16"))
+    dtype = choose_dtype(detect_capability("cpu")).dtype  # as `pie profile` does: emulated bf16 would crawl
+    timings, _ = measure_layer(shape, dtype, "cpu", GridSpec.for_run(True), FAST)
+    fit, result = fit_decode(timings, shape.layer_weight_bytes(dtype), shape.layer_flops_per_token(),
+                             shape.kv_bytes_per_token_per_layer(dtype))
     assert result.num_holdout_points >= 3 and len(result.holdout_errors) == result.num_holdout_points
     assert min(fit.fixed_s, fit.per_token_s, fit.per_kv_token_s) >= 0 and fit.fixed_s > 0
     assert 0 <= fit.median_rel_error <= fit.max_rel_error < float("inf")

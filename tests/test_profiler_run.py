@@ -5,7 +5,8 @@ import pytest
 
 from pie_cli.errors import BadInput
 from profiler.hardware_profile import SCHEMA_VERSION, HardwareProfile
-from profiler.run import ProfileRequest, default_dtype, run_profile
+from planner.capability import choose_dtype, detect_capability
+from profiler.run import ProfileRequest, run_profile
 from profiler.sizes import KIB, MIB
 
 torch = pytest.importorskip("torch")
@@ -13,8 +14,8 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error
 
 
 def test_defaults_follow_the_device():
-    assert default_dtype("cpu") == "bfloat16" and default_dtype("cuda") == "float16"
-    assert ProfileRequest().dtype == "bfloat16"
+    assert ProfileRequest().dtype == choose_dtype(detect_capability("cpu")).dtype
+    assert ProfileRequest(dtype="auto").dtype == ProfileRequest().dtype
     assert ProfileRequest(dtype="fp32").dtype == "float32"
 
 
@@ -89,7 +90,10 @@ def test_profile_with_layer_has_fits_and_timings(tmp_path):
     assert len([t for t in profile.layer_timings if t.phase == "decode"]) == 12
     assert profile.decode_fit is not None and profile.prefill_fit is not None
     assert profile.decode_fit.num_holdout_points == 4
-    assert profile.extra["decode_kernel"] in ("c", "torch")
+    assert profile.extra["decode_kernel"] == profile.extra["kernels"]["decode_attention"]
+    assert profile.extra["decode_kernel"] == "torch" or profile.extra["decode_kernel"].startswith("c-")
+    assert profile.capability["kind"] == "cpu" and profile.dtype in profile.matmul_by_dtype
+    assert all(row["tflops"] > 0 for row in profile.matmul_by_dtype.values())
     assert HardwareProfile.load(profile.save(tmp_path / "p.json")) == profile
 
 

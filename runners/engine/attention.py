@@ -83,26 +83,35 @@ def decode_buckets(context_lens: list[int], block_size: int) -> list[tuple[list[
     return groups
 
 
-def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor) -> str:
-    """'c' or 'torch': the decode path for these tensors under $PIE_DECODE_KERNEL (auto|c|torch)."""
+def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor, variant: str | None = None) -> str:
+    """'c' or 'torch': the decode path for these tensors under $PIE_DECODE_KERNEL (auto|c|torch).
+
+    `variant` names the C build (planner/capability.py; None: this machine's own); "torch" forces
+    the PyTorch path, as the engine does when its capability record selects no C kernel.
+    """
     choice = os.environ.get("PIE_DECODE_KERNEL", "auto")
     if choice not in KERNELS:
         raise ValueError(f"PIE_DECODE_KERNEL={choice!r}; expected one of {', '.join(KERNELS)}")
-    if choice == "torch":
+    if choice == "torch" or (variant == "torch" and choice != "c"):
         return "torch"
-    if cpu_attention.supports(q, kv_cache):
+    variant = None if variant == "torch" else variant
+    if cpu_attention.supports(q, kv_cache, variant):
         return "c"
     if choice == "c":
         raise RuntimeError(f"PIE_DECODE_KERNEL=c but the C kernel cannot run here: "
-                           f"{cpu_attention.load_error() or f'{kv_cache.device} {kv_cache.dtype} cache'}")
+                           f"{cpu_attention.load_error(variant) or f'{kv_cache.device} {kv_cache.dtype} cache'}")
     return "torch"
 
 
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                           context_lens: torch.Tensor, scale: float) -> torch.Tensor:
-    """q[B, Hq, dh] attends over each sequence's first `context_lens[b]` cached tokens -> [B, Hq, dh]."""
-    if kernel_name(q, kv_cache) == "c":
-        return cpu_attention.paged_decode(q, kv_cache, block_tables, context_lens, scale)
+                           context_lens: torch.Tensor, scale: float, variant: str | None = None) -> torch.Tensor:
+    """q[B, Hq, dh] attends over each sequence's first `context_lens[b]` cached tokens -> [B, Hq, dh].
+
+    `variant`: the C build to use (None: this machine's own), or "torch" for the PyTorch path.
+    """
+    if kernel_name(q, kv_cache, variant) == "c":
+        return cpu_attention.paged_decode(q, kv_cache, block_tables, context_lens, scale,
+                                          None if variant == "torch" else variant)
     return paged_decode_attention_torch(q, kv_cache, block_tables, context_lens, scale)
 
 

@@ -12,6 +12,7 @@ Left out: detokenisation (token ids only), streaming callbacks, async serving, L
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -20,9 +21,11 @@ from pathlib import Path
 import torch
 
 from pie_cli.errors import BadInput
+from planner.capability import DeviceCapability
 from runners.engine import loader
 from runners.engine.block_manager import BlockManager, CacheLayout
 from runners.engine.config import EngineConfig
+from runners.engine.kernels import resolve_kernels
 from runners.engine.kv_cache import KVCache
 from runners.engine.model_runner import ModelRunner
 from runners.engine.models import build_model
@@ -52,15 +55,21 @@ def _eos_token_ids(config: EngineConfig) -> set[int]:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, capability: DeviceCapability | None = None):
+        """`capability`: the device record kernels are chosen from (default: this machine's, detected)."""
         self.config = config
         shape = config.shape
-        self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config))
+        self.kernels = resolve_kernels(config.device, config.dtype, capability)
+        self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config),
+                                 prepack=self.kernels.prepack)
+        refused = getattr(self.model.lm_head, "fallback", None)
+        if refused:  # the trial reorder passed but a real weight's did not: say so, run on plain GEMMs
+            self.kernels = dataclasses.replace(self.kernels, linear="torch-linear", fallbacks=(*self.kernels.fallbacks, refused))
         self.layout = CacheLayout.from_config(config, shape.num_layers)
         self.cache = KVCache(self.layout, shape, self.model.dtype, torch.device(config.device))
         self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(self.model, self.cache, self.layout, config.copy_worker)
+        self.runner = ModelRunner(self.model, self.cache, self.layout, config.copy_worker, self.kernels.decode_variant)
         self.eos_token_ids = _eos_token_ids(config)
         self.stats: list[IterationStats] = []
         self._sequences: dict[str, Sequence] = {}

@@ -74,8 +74,10 @@ class PrefillPrefix:
 
 
 class ModelRunner:
-    def __init__(self, model, cache: KVCache, layout: CacheLayout, copy_worker: str):
+    def __init__(self, model, cache: KVCache, layout: CacheLayout, copy_worker: str, decode_variant: str | None = None):
+        """`decode_variant`: the C decode build to use, or "torch" (runners/engine/kernels.py)."""
         self.model = model
+        self.decode_variant = decode_variant
         self.cache = cache
         self.layout = layout
         self.device = cache.device
@@ -238,7 +240,8 @@ class ModelRunner:
                                                batch.cu_seqlens, scale, prefixes))
             if batch.decode_base is not None:
                 table = batch.decode_base + offset + batch.decode_pooled * (slot_base - offset)
-                parts.append(paged_decode_attention(q[prefill_tokens:], kv, table, batch.context_lens, scale))
+                parts.append(paged_decode_attention(q[prefill_tokens:], kv, table, batch.context_lens, scale,
+                                                    self.decode_variant))
             if streaming:
                 self.prefetcher.release(layer)
             return parts[0] if len(parts) == 1 else torch.cat(parts)

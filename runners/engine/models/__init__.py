@@ -24,8 +24,13 @@ __all__ = ["Attention", "DecoderModel", "build_model"]
 
 
 def build_model(shape: ModelShape, dtype: str, device: str, seed: int = 0,
-                weights_dir: Path | None = None, num_layers: int | None = None) -> DecoderModel:
-    """Weights from `weights_dir/*.safetensors` when given, else seeded random weights of `shape`."""
+                weights_dir: Path | None = None, num_layers: int | None = None,
+                prepack: bool | None = None) -> DecoderModel:
+    """Weights from `weights_dir/*.safetensors` when given, else seeded random weights of `shape`.
+
+    `prepack`: whether bf16 CPU weights are reordered for oneDNN (runners/engine/kernels.py decides;
+    None lets `Linear` decide by what torch offers).
+    """
     layers = shape.num_layers if num_layers is None else num_layers
     if weights_dir is not None and not Path(weights_dir).is_dir():
         raise BadInput(f"weights directory '{weights_dir}' does not exist", "give a local Hugging Face model directory")
@@ -37,6 +42,6 @@ def build_model(shape: ModelShape, dtype: str, device: str, seed: int = 0,
     else:
         weights = loader.random_weights(shape, dtype, device, seed, layers)
     model: DecoderModel
-    model = OPTModel(shape, weights, layers) if shape.is_opt else LlamaModel(shape, weights, layers)
+    model = (OPTModel if shape.is_opt else LlamaModel)(shape, weights, layers, prepack=prepack)
     model.random_weights = weights_dir is None
     return model

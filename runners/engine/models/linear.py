@@ -9,6 +9,9 @@ weight is reordered once with `torch.ops.mkldnn._reorder_linear_weight` and mult
 prepacking vLLM-CPU and torch.compile's CPU freezing do. Everywhere else (CUDA, fp32/fp16,
 torch builds without oneDNN, or `PIE_PREPACK=0`) it is plain `F.linear`, so the fp32 models the
 correctness tests compare against transformers take exactly the path they always did.
+Whether to prepack is the engine's choice (planner/capability.py `select_kernels`: oneDNN's bf16
+path needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); if the reorder still raises, the weight stays
+plain, `packed` is False and `fallback` says why, and the run goes on.
 
 The prepacked tensor replaces the plain one (no second copy of the weights is kept).
 Left out: int8/fp8 weights, prepacking for fp16.
@@ -35,12 +38,19 @@ def prepack_available(weight: torch.Tensor) -> bool:
 class Linear:
     """y = x @ weightᵀ + bias (optionally ReLU'd), with the weight in the layout its GEMM wants."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, prepack: bool | None = None):
+        """`prepack`: None decides by `prepack_available`; True still needs a bf16 CPU weight and oneDNN."""
         self.out_features, self.in_features = weight.shape
         self.bias = bias
-        self.packed = prepack_available(weight)
-        self.weight = (torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT_TOKENS)
-                       if self.packed else weight)
+        self.fallback: str | None = None
+        self.packed = prepack_available(weight) if prepack is None else bool(prepack) and prepack_available(weight)
+        self.weight = weight
+        if self.packed:
+            try:
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT_TOKENS)
+            except RuntimeError as err:  # oneDNN refused this CPU: the plain GEMM still works
+                self.packed = False
+                self.fallback = f"oneDNN bf16 prepack failed ({(str(err).strip().splitlines() or [''])[0]}); plain GEMMs"
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         if self.packed:

@@ -11,6 +11,8 @@ mask it), Qwen2's sliding-window layers.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -31,15 +33,16 @@ class LlamaLayer:
     post_norm_weight: torch.Tensor
 
 
-def layer_from_weights(weights: dict[str, torch.Tensor], index: int, qkv_bias: bool) -> LlamaLayer:
+def layer_from_weights(weights: dict[str, torch.Tensor], index: int, qkv_bias: bool, prepack: bool | None = None) -> LlamaLayer:
+    linear = functools.partial(Linear, prepack=prepack)
     p = f"layers.{index}."
     attn = p + "self_attn."
     return LlamaLayer(
-        qkv=Linear(torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
+        qkv=linear(torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
                    torch.cat([weights[f"{attn}{n}_proj.bias"] for n in "qkv"]) if qkv_bias else None),
-        o=Linear(weights[attn + "o_proj.weight"]),
-        gate_up=Linear(torch.cat([weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]])),
-        down=Linear(weights[p + "mlp.down_proj.weight"]),
+        o=linear(weights[attn + "o_proj.weight"]),
+        gate_up=linear(torch.cat([weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]])),
+        down=linear(weights[p + "mlp.down_proj.weight"]),
         input_norm_weight=weights[p + "input_layernorm.weight"],
         post_norm_weight=weights[p + "post_attention_layernorm.weight"])
 
@@ -97,14 +100,16 @@ def layer_kv_from_input(layer: LlamaLayer, shape: ModelShape, layer_input: torch
 class LlamaModel:
     """Llama/Mistral/Qwen2 with the engine's per-layer interface."""
 
-    def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int):
+    def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int,
+                 prepack: bool | None = None):
+        linear = functools.partial(Linear, prepack=prepack)
         self.shape = shape
         self.num_layers = num_layers
         self.attention_scale = shape.head_dim ** -0.5
         self.embed_tokens = weights["embed_tokens.weight"]
         self.norm_weight = weights["norm.weight"]
-        self.lm_head = Linear(weights.get("lm_head.weight", self.embed_tokens))
-        self.layers = [layer_from_weights(weights, i, shape.qkv_bias) for i in range(num_layers)]
+        self.lm_head = linear(weights.get("lm_head.weight", self.embed_tokens))
+        self.layers = [layer_from_weights(weights, i, shape.qkv_bias, prepack) for i in range(num_layers)]
         self.dtype = self.embed_tokens.dtype
         self.device = self.embed_tokens.device
 

@@ -11,6 +11,8 @@ Left out: dropout, OPT's `enable_bias=False` and `layer_norm_elementwise_affine=
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -35,16 +37,17 @@ class OPTLayer:
     mlp_norm_bias: torch.Tensor
 
 
-def layer_from_weights(weights: dict[str, torch.Tensor], index: int) -> OPTLayer:
+def layer_from_weights(weights: dict[str, torch.Tensor], index: int, prepack: bool | None = None) -> OPTLayer:
+    linear = functools.partial(Linear, prepack=prepack)
     p = f"layers.{index}."
     attn = p + "self_attn."
     return OPTLayer(
-        qkv=Linear(torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
+        qkv=linear(torch.cat([weights[f"{attn}{n}_proj.weight"] for n in "qkv"]),
                    torch.cat([weights[f"{attn}{n}_proj.bias"] for n in "qkv"])),
-        out=Linear(weights[attn + "out_proj.weight"], weights[attn + "out_proj.bias"]),
+        out=linear(weights[attn + "out_proj.weight"], weights[attn + "out_proj.bias"]),
         attn_norm_weight=weights[p + "self_attn_layer_norm.weight"], attn_norm_bias=weights[p + "self_attn_layer_norm.bias"],
-        fc1=Linear(weights[p + "fc1.weight"], weights[p + "fc1.bias"]),
-        fc2=Linear(weights[p + "fc2.weight"], weights[p + "fc2.bias"]),
+        fc1=linear(weights[p + "fc1.weight"], weights[p + "fc1.bias"]),
+        fc2=linear(weights[p + "fc2.weight"], weights[p + "fc2.bias"]),
         mlp_norm_weight=weights[p + "final_layer_norm.weight"], mlp_norm_bias=weights[p + "final_layer_norm.bias"])
 
 
@@ -88,18 +91,20 @@ def layer_kv_from_input(layer: OPTLayer, shape: ModelShape, layer_input: torch.T
 class OPTModel:
     """OPT with the engine's per-layer interface; weights come from `runners.engine.loader`."""
 
-    def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int):
+    def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int,
+                 prepack: bool | None = None):
+        linear = functools.partial(Linear, prepack=prepack)
         self.shape = shape
         self.num_layers = num_layers
         self.attention_scale = shape.head_dim ** -0.5
         self.embed_tokens = weights["embed_tokens.weight"]
         self.embed_positions = weights["embed_positions.weight"]
-        self.project_in = Linear(weights["project_in.weight"]) if "project_in.weight" in weights else None
-        self.project_out = Linear(weights["project_out.weight"]) if "project_out.weight" in weights else None
+        self.project_in = linear(weights["project_in.weight"]) if "project_in.weight" in weights else None
+        self.project_out = linear(weights["project_out.weight"]) if "project_out.weight" in weights else None
         self.final_norm_weight = weights.get("final_layer_norm.weight")
         self.final_norm_bias = weights.get("final_layer_norm.bias")
-        self.layers = [layer_from_weights(weights, i) for i in range(num_layers)]
-        self.lm_head = Linear(self.embed_tokens)  # tied; a prepacked copy when packing applies
+        self.layers = [layer_from_weights(weights, i, prepack) for i in range(num_layers)]
+        self.lm_head = linear(self.embed_tokens)  # tied; a prepacked copy when packing applies
         self.dtype = self.embed_tokens.dtype
         self.device = self.embed_tokens.device
 

@@ -1,0 +1,33 @@
+"""`--dtype auto|NAME` for the commands that compute: resolve it against the device, say it once.
+
+`auto` (the default) becomes what `planner.capability.choose_dtype` picks for the device's
+capability record, said on stderr with the reason. A named dtype the device only emulates still
+runs, with one warning that gives the measured matmul rate of each dtype; one it cannot run at
+all is bad input (exit 2) naming what to use instead.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pie_cli.output import Output
+
+DtypeAutoOpt = Annotated[str, typer.Option(
+    "--dtype", help="auto (bfloat16 where the device multiplies it natively, else float32 on a CPU and float16 on a "
+                    "GPU), bfloat16, float16 or float32.")]
+
+
+def resolve_dtype_option(requested: str, device: str, out: Output):
+    """The `DtypeResolution` for `--dtype` on `device` (cpu, cuda, cuda:N), announced on stderr."""
+    from planner.capability import detect_capability, resolve_dtype
+
+    cap = detect_capability(device)
+    resolution = resolve_dtype(requested, cap)
+    if resolution.requested == "auto":
+        out.info(resolution.message())
+    elif resolution.support == "emulated":
+        from profiler.memory import emulated_dtype_warning
+
+        out.warn(emulated_dtype_warning(resolution.dtype, device, cap))
+    return resolution

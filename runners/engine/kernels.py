@@ -1,0 +1,102 @@
+"""The kernels the engine really runs: the capability record's choice, tried, with its fallbacks named.
+
+`planner/capability.py` says what should be fast on a device (a pure function of its record);
+`resolve_kernels` turns that into what will run here, trying each fast path once:
+
+- GEMMs: oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN
+  refuses the CPU), plain `F.linear`. `PIE_PREPACK=0` forces plain.
+- Decode attention: the selected C build (built and smoke-tested in a child process, see
+  `cpu_attention.py`); if it cannot be built or fails its smoke test, the PyTorch path.
+  `PIE_DECODE_KERNEL=torch|c` forces one (c fails loudly when it cannot run).
+
+The result, `KernelPaths`, is what the engine and the profiler report (`fallbacks` lists each
+fast path that was selected but not taken, and why). Nothing here aborts a run.
+
+Left out: CUDA kernels beyond PyTorch's (Triton paged attention is a later step).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from planner.capability import DeviceCapability, detect_capability, select_kernels
+
+LINEAR_PATHS = ("onednn-prepacked", "torch-linear")
+
+
+@dataclass(frozen=True)
+class KernelPaths:
+    dtype: str
+    linear: str  # onednn-prepacked | torch-linear
+    decode_attention: str  # "c-<variant>" | "torch"
+    c_variant: str | None  # the C build in use, None on the PyTorch path
+    capability: str  # one-line summary of the record the choice came from
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def prepack(self) -> bool:
+        return self.linear == "onednn-prepacked"
+
+    @property
+    def decode_variant(self) -> str:
+        """What `attention.paged_decode_attention(variant=...)` takes."""
+        return self.c_variant or "torch"
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "linear": self.linear, "decode_attention": self.decode_attention,
+                "capability": self.capability, "fallbacks": list(self.fallbacks)}
+
+    def describe(self) -> str:
+        text = f"kernels: GEMMs {self.linear}, decode attention {self.decode_attention} ({self.dtype}; {self.capability})"
+        return text + "".join(f"; fallback: {why}" for why in self.fallbacks)
+
+
+def _try_prepack() -> str | None:
+    """None when a bf16 weight reorders and multiplies through oneDNN here, else why not."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return "this torch has no oneDNN prepack ops"
+    weight, x = torch.ones(32, 32, dtype=torch.bfloat16), torch.ones(4, 32, dtype=torch.bfloat16)
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 4)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    except RuntimeError as err:
+        return f"oneDNN bf16 prepack failed ({(str(err).strip().splitlines() or [''])[0]})"
+    return None if float(out[0, 0]) == 32.0 else f"oneDNN prepacked GEMM gave {float(out[0, 0])}, expected 32"
+
+
+_resolved: dict[tuple, KernelPaths] = {}
+
+
+def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None = None) -> KernelPaths:
+    """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected)."""
+    cap = capability or detect_capability(device)
+    forced = (os.environ.get("PIE_PREPACK", "1"), os.environ.get("PIE_DECODE_KERNEL", "auto"))
+    key = (cap, dtype, forced)
+    if key in _resolved:
+        return _resolved[key]
+    choice = select_kernels(cap, dtype)
+    fallbacks: list[str] = []
+    prepack = choice.prepack and torch.device(device).type == "cpu"
+    if prepack and forced[0] == "0":
+        prepack = False
+    elif prepack:
+        failure = _try_prepack()
+        if failure:
+            fallbacks.append(f"{failure}; plain GEMMs")
+            prepack = False
+    variant = choice.c_variant if choice.decode == "c" else None
+    if variant and forced[1] == "torch":
+        variant = None
+    elif variant:
+        from runners.engine import cpu_attention
+
+        if cpu_attention.load(variant) is None:
+            fallbacks.append(f"{cpu_attention.load_error(variant)}; PyTorch decode attention")
+            variant = None
+    paths = KernelPaths(dtype=dtype, linear=LINEAR_PATHS[0] if prepack else LINEAR_PATHS[1],
+                        decode_attention=f"c-{variant}" if variant else "torch", c_variant=variant,
+                        capability=cap.summary(), fallbacks=tuple(fallbacks))
+    _resolved[key] = paths
+    return paths
