@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pie_cli.dtype_option import DtypeAutoOpt, resolve_dtype_option
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
 from pie_cli.errors import BadInput
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt, SeedOpt
 from pie_cli.output import Output
@@ -103,12 +103,12 @@ def bench(
     device = resolve_device(device)
     check_device(device)
     dtype_name = canonical_dtype(dtype, allow_auto=True)
-    if plan is not None and dtype_name == "auto":
+    from_plan = plan is not None and dtype_name == "auto"
+    if from_plan:
         from planner.plan import Plan
 
         dtype_name = Plan.load(plan).dtype
-        out.info(f"dtype {dtype_name} (auto: the plan's)")
-    resolution = resolve_dtype_option(dtype_name, device, out)
+    resolution = resolve_dtype_option(dtype_name, device)
     settings = BenchSettings(
         model=model, runner=runner.strip().lower(), dtype=resolution.dtype, dtype_requested=canonical_dtype(dtype, allow_auto=True),
         device=device, seed=seed,
@@ -123,9 +123,11 @@ def bench(
     points = expand_sweep(settings, parsed_sweep)
     store = ResultsStore(results_dir)
     outcomes = []
+    say_dtype = [lambda: out.info(f"dtype {resolution.dtype} (auto: the plan's)") if from_plan
+                 else announce_dtype(out, resolution, device)]  # once, when the first run starts
     for point, point_settings in points:
         try:
-            outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench))
+            outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench, say_dtype))
         except BenchInterrupted as interrupted:
             out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
                      f"{interrupted.record_path} (marked incomplete)")
@@ -138,7 +140,8 @@ def bench(
         _sweep_table(out, parsed_sweep, outcomes)
 
 
-def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict | None, run_bench: Any) -> Any:
+def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict | None, run_bench: Any,
+               say_dtype: list) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -146,6 +149,8 @@ def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict |
     state = {"task": None, "tokens": 0, "failed": 0}
 
     def on_start(info: Any, config: dict, path: Path) -> None:
+        while say_dtype:
+            say_dtype.pop()()
         kind = "SYNTHETIC " if info.synthetic else ""
         where = f" {point}" if point else ""
         out.info(f"{settings.runner} runner{where}: {kind}workload {info.name} ({info.source}); {info.num_requests} requests, "

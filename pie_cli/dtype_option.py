@@ -18,16 +18,22 @@ DtypeAutoOpt = Annotated[str, typer.Option(
                     "GPU), bfloat16, float16 or float32.")]
 
 
-def resolve_dtype_option(requested: str, device: str, out: Output):
-    """The `DtypeResolution` for `--dtype` on `device` (cpu, cuda, cuda:N), announced on stderr."""
+def resolve_dtype_option(requested: str, device: str):
+    """The `DtypeResolution` for `--dtype` on `device` (cpu, cuda, cuda:N); bad input raises here, before any work."""
     from planner.capability import detect_capability, resolve_dtype
 
-    cap = detect_capability(device)
-    resolution = resolve_dtype(requested, cap)
+    return resolve_dtype(requested, detect_capability(device))
+
+
+def announce_dtype(out: Output, resolution, device: str) -> None:
+    """Say the choice once on stderr: auto's pick and why, or the warning for an emulated dtype.
+
+    Commands call this once the rest of their input has been checked, so bad input stays one line.
+    """
     if resolution.requested == "auto":
         out.info(resolution.message())
     elif resolution.support == "emulated":
+        from planner.capability import detect_capability
         from profiler.memory import emulated_dtype_warning
 
-        out.warn(emulated_dtype_warning(resolution.dtype, device, cap))
-    return resolution
+        out.warn(emulated_dtype_warning(resolution.dtype, device, detect_capability(device)))

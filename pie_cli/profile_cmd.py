@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.dtype_option import DtypeAutoOpt, resolve_dtype_option
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
 from pie_cli.errors import BadInput, RuntimeFailure
 from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
@@ -165,10 +165,12 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     from profiler.sizes import parse_size
 
     check_output_path(output)
-    resolved = resolve_dtype_option(dtype, check_device(device), out)
+    resolved = resolve_dtype_option(dtype, check_device(device))
     request = ProfileRequest(device=device, dtype=resolved.dtype, model=None if no_layer else model, quick=quick,
                              max_size_bytes=parse_size(max_size) if max_size is not None else None,
                              threads=threads, seed=seed)
+    request.link_sweep()  # sizes that cannot fit fail here, before the dtype line and any measuring
+    announce_dtype(out, resolved, device)
     with out.progress(transient=True) as bar:
         result = run_profile(request, RichProgress(bar))
     path = result.save(output or default_profile_path(result))

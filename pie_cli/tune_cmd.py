@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.dtype_option import resolve_dtype_option
+from pie_cli.dtype_option import announce_dtype, resolve_dtype_option
 from pie_cli.errors import BadInput
 from pie_cli.options import JsonOpt, ModelOpt, OutputPathOpt
 from pie_cli.output import Output
@@ -53,7 +53,8 @@ def parse_budget(text: str | None, option: str) -> int | None:
 
 
 def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, out: Output):
-    """(HardwareSpec, dtype): `dtype` "auto" becomes the profile's, the preset's, or this machine's choice."""
+    """(HardwareSpec, dtype, say): `dtype` "auto" becomes the preset's, the profile's, or this machine's choice;
+    `say()` tells the user once (called when the plan is made, so bad input stays one line)."""
     from planner.capability import DeviceCapability, resolve_dtype
     from planner.hardware import from_profile, preset
     from profiler.hardware_profile import HardwareProfile
@@ -63,16 +64,15 @@ def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dty
     if hardware:
         hw = preset(hardware)
         resolution = resolve_dtype(dtype, DeviceCapability.from_dict(hw.capability))
-        if resolution.requested == "auto":
-            out.info(resolution.message())
-        return hw, resolution.dtype
+        return hw, resolution.dtype, lambda: resolution.requested == "auto" and out.info(resolution.message())
     if profile:
         hw = from_profile(HardwareProfile.load(profile), source=f"profile '{profile}'")
         if dtype == "auto":
-            out.info(f"dtype {hw.profile_dtype} (auto: the profile's)")
-        return hw, hw.profile_dtype if dtype == "auto" else dtype
-    dtype = resolve_dtype_option(dtype, "cpu", out).dtype
-    return _this_machine(model, dtype, out), dtype
+            return hw, hw.profile_dtype, lambda: out.info(f"dtype {hw.profile_dtype} (auto: the profile's)")
+        return hw, dtype, lambda: None
+    resolution = resolve_dtype_option(dtype, "cpu")
+    announce_dtype(out, resolution, "cpu")  # said before a quick profile may run
+    return _this_machine(model, resolution.dtype, out), resolution.dtype, lambda: None
 
 
 def _this_machine(model: str, dtype: str, out: Output):
@@ -178,7 +178,7 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
         raise BadInput(f"--online runs the engine on this machine, but --hardware {hardware} plans for another one",
                        "drop --hardware (a profile of this machine is used) or pass --profile of this machine")
     stats = workload_stats(workload, model)
-    hw, dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), out)
+    hw, dtype, say_dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), out)
     default_gpu, default_cpu = default_budgets(hw)
     budgets = Budgets(gpu_bytes or default_gpu, default_cpu if cpu_bytes is None else cpu_bytes, block_size=block_size,
                       max_num_batched_tokens=max_num_batched_tokens)
@@ -188,6 +188,7 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
                        "lower one of them")
     plan = make_plan(TuneRequest(shape=shape, model=model, dtype=dtype, hardware=hw, budgets=budgets, workload=stats,
                                  max_tpot_ms=max_tpot_ms, max_batch_size=max_num_seqs))
+    say_dtype()
     if online:
         from runners.online_tuner import OnlineSettings, run_online
 

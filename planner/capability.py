@@ -312,6 +312,8 @@ def detect_capability(device: str = "cpu") -> DeviceCapability:
     kind = device.split(":")[0]
     cuda_cc = name = None
     if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInput(f"device '{device}' asked for, but CUDA is not available", "use --device cpu")
         props = torch.cuda.get_device_properties(torch.device(device))
         cuda_cc, name = f"{props.major}.{props.minor}", props.name
     cap = DeviceCapability(

@@ -1,0 +1,92 @@
+"""`--dtype auto` end to end: the choice is said once, stored in the profile, the plan and the run record;
+emulated dtypes warn with measured rates; bad names and dtypes the device cannot run are exit 2."""
+import json
+
+import pytest
+
+import planner.capability as capability
+from bench_helpers import tiny_opt_dir
+from cli_helpers import run_pie
+from results.store import ResultsStore, load_record
+
+SMALL = ["--workload", "fixed", "--input-len", "8", "--output-len", "4", "-n", "3"]
+AVX2 = capability.DeviceCapability("cpu", "x86_64", "AVX2", ("avx2", "fma", "f16c"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_opt_dir(tmp_path_factory.mktemp("dtype") / "opt", with_tokenizer=True)
+
+
+@pytest.fixture
+def avx2_machine(monkeypatch):
+    """This process sees an AVX2-only CPU: auto is float32, bfloat16 is emulated."""
+    monkeypatch.setitem(capability._detected, "cpu", AVX2)
+    return AVX2
+
+
+@pytest.mark.parametrize("command", [["bench", "--dtype", "int8"], ["profile", "--quick", "--dtype", "int8"],
+                                     ["tune", "--model", "opt-125m", "--hardware", "h100", "--dtype", "fp8"]])
+def test_unknown_dtype_is_exit_2_with_the_accepted_names(command, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_pie(command, monkeypatch, capsys)
+    assert code == 2, err
+    assert "unknown dtype" in err and "accepted: auto, bfloat16 (bf16), float16 (fp16, half), float32 (fp32, float)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / ".pie").exists()  # nothing was measured, nothing half-written
+
+
+def test_a_dtype_the_device_cannot_run_is_exit_2_naming_what_to_use(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(capability._detected, "cpu", AVX2.with_changes(runnable_dtypes=("bfloat16", "float32")))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_pie(["bench", "--dtype", "float16", *SMALL], monkeypatch, capsys)
+    assert code == 2
+    assert "float16 does not run on cpu x86_64 AVX2" in err and "use --dtype auto (float32)" in err
+
+
+def test_auto_on_an_avx2_record_benches_in_float32_and_records_it(model_dir, avx2_machine, monkeypatch, capsys, tmp_path):
+    results = tmp_path / "results"
+    code, out, err = run_pie(["bench", "-m", model_dir, *SMALL, "--results-dir", results, "--json"], monkeypatch, capsys)
+    assert code in (0, None), err
+    assert err.count("dtype float32 (auto: cpu x86_64 AVX2 only emulates bfloat16)") == 1
+    payload = json.loads(out)
+    assert payload["config"]["dtype"] == "float32"
+    assert payload["config"]["kernels"]["decode_attention"] in ("c-avx2", "torch")
+    assert payload["config"]["kernels"]["linear"] == "torch-linear"
+    record = load_record(ResultsStore(results).paths()[0])
+    assert record.header.config["dtype"] == "float32" and record.header.config["dtype_requested"] == "auto"
+    assert record.header.fingerprint["capability"]["torch_cpu_capability"] == "AVX2"
+
+
+def test_an_emulated_dtype_runs_with_one_warning_giving_measured_rates(model_dir, avx2_machine, monkeypatch, capsys, tmp_path):
+    code, out, err = run_pie(["bench", "-m", model_dir, *SMALL, "--dtype", "bf16", "--results-dir", tmp_path, "--json"],
+                             monkeypatch, capsys)
+    assert code in (0, None), err
+    warnings = [line for line in err.splitlines() if "is emulated on" in line]
+    assert len(warnings) == 1
+    assert "bfloat16 is emulated on cpu x86_64 AVX2" in warnings[0]
+    for name in ("bfloat16", "float16", "float32"):
+        assert f"{name} " in warnings[0].split("measured:")[1]
+    assert "--dtype auto picks float32" in warnings[0]
+    assert json.loads(out)["config"]["dtype"] == "bfloat16"
+
+
+def test_tune_on_a_preset_picks_the_dtype_from_its_compute_capability(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_pie(["tune", "--model", "opt-1.3b", "--hardware", "h100", "--json"], monkeypatch, capsys)
+    assert code in (0, None), err
+    assert json.loads(out)["dtype"] == "bfloat16" and "dtype bfloat16 (auto: cuda 9.0" in err
+
+
+def test_compare_names_a_dtype_change(model_dir, avx2_machine, monkeypatch, capsys, tmp_path):
+    results = tmp_path / "results"
+    for dtype, label in (("float32", "a"), ("bfloat16", "b")):
+        code, _, err = run_pie(["bench", "-m", model_dir, *SMALL, "--dtype", dtype, "--label", label,
+                                "--results-dir", results, "--json"], monkeypatch, capsys)
+        assert code in (0, None), err
+    code, out, err = run_pie(["compare", "label=a", "label=b", "--results-dir", results, "--format", "json"],
+                             monkeypatch, capsys)
+    assert code in (0, None), err
+    changes = json.loads(out)["config_changes"]
+    assert changes[0] == "dtype: float32 -> bfloat16"
+    assert "configuration changed between the sides (dtype: float32 -> bfloat16" in err
