@@ -188,6 +188,11 @@ def _result_table(out: Output, outcome: Any) -> None:
     for key, label in TELEMETRY_ROWS:
         if key in outcome.telemetry:
             rows.append([label, outcome.telemetry[key]])
+    kernels = outcome.config.get("kernels")
+    if kernels:  # the pie runner says which paths ran, and each fast path it fell back from
+        rows.append(["Kernels", f"GEMMs {kernels['linear']}, decode attention {kernels['decode_attention']} ({kernels['dtype']})"])
+        for why in kernels.get("fallbacks", ()):
+            out.warn(f"kernel fallback: {why}")
     title = "Serving Benchmark Result" + (f" ({outcome.sweep_point})" if outcome.sweep_point else "")
     out.table(title, ["metric", "value"], rows, caption=f"run {outcome.run_id} -> {outcome.record_path}")
 

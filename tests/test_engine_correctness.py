@@ -287,8 +287,8 @@ _X86_RANK = ("portable", "avx2", "avx512", "avx512bf16")
 
 
 def host_runs(variant: str) -> bool:
-    """Whether this machine can build and run the C kernel `variant`."""
-    host = detect_capability("cpu")
+    """Whether this CPU's hardware can build and run the C kernel `variant` (ISA limits set by env do not bind C code)."""
+    host = detect_capability("cpu").with_changes(torch_cpu_capability=None)
     if variant in _X86_RANK:
         return host.is_x86 and _X86_RANK.index(variant) <= _X86_RANK.index(c_variant(host))
     return host.is_arm and (variant == "neon" or c_variant(host) == "neon-bf16")
