@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from planner.capability import DeviceCapability, detect_capability, select_kernels
+from runners.engine.models.linear import Linear, prepack_available
 
 LINEAR_PATHS = ("onednn-prepacked", "torch-linear")
 
@@ -55,14 +56,16 @@ class KernelPaths:
 
 def _try_prepack() -> str | None:
     """None when a bf16 weight reorders and multiplies through oneDNN here, else why not."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
-        return "this torch has no oneDNN prepack ops"
-    weight, x = torch.ones(32, 32, dtype=torch.bfloat16), torch.ones(4, 32, dtype=torch.bfloat16)
+    weight = torch.ones(32, 32, dtype=torch.bfloat16)
+    if not prepack_available(weight):
+        return "no oneDNN prepack in this torch (or PIE_PREPACK=0)"
+    linear = Linear(weight, prepack=True)
+    if not linear.packed:
+        return linear.fallback
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 4)
-        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        out = linear(torch.ones(4, 32, dtype=torch.bfloat16))
     except RuntimeError as err:
-        return f"oneDNN bf16 prepack failed ({(str(err).strip().splitlines() or [''])[0]})"
+        return f"oneDNN prepacked GEMM failed ({(str(err).strip().splitlines() or [''])[0]})"
     return None if float(out[0, 0]) == 32.0 else f"oneDNN prepacked GEMM gave {float(out[0, 0])}, expected 32"
 
 

@@ -64,7 +64,8 @@ class LLMEngine:
                                  prepack=self.kernels.prepack)
         refused = getattr(self.model.lm_head, "fallback", None)
         if refused:  # the trial reorder passed but a real weight's did not: say so, run on plain GEMMs
-            self.kernels = dataclasses.replace(self.kernels, linear="torch-linear", fallbacks=(*self.kernels.fallbacks, refused))
+            self.kernels = dataclasses.replace(self.kernels, linear="torch-linear",
+                                               fallbacks=(*self.kernels.fallbacks, f"{refused}; plain GEMMs"))
         self.layout = CacheLayout.from_config(config, shape.num_layers)
         self.cache = KVCache(self.layout, shape, self.model.dtype, torch.device(config.device))
         self.block_manager = BlockManager(self.layout, config.rebuild_fraction)

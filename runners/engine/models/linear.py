@@ -50,7 +50,7 @@ class Linear:
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT_TOKENS)
             except RuntimeError as err:  # oneDNN refused this CPU: the plain GEMM still works
                 self.packed = False
-                self.fallback = f"oneDNN bf16 prepack failed ({(str(err).strip().splitlines() or [''])[0]}); plain GEMMs"
+                self.fallback = f"oneDNN bf16 prepack failed ({(str(err).strip().splitlines() or [''])[0]})"
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         if self.packed:
