@@ -52,7 +52,8 @@ def engine_config_from_spec(spec: RunnerSpec) -> Any:
         if not _same_model(plan.model, spec.model):
             raise BadInput(f"plan '{plan_path}' is for model '{plan.model}', not '{spec.model}'",
                            f"run with --model {plan.model}, or make a plan for this model with `pie tune --model {spec.model}`")
-        settings.update({k: v for k, v in plan.settings.engine_kwargs().items() if k != "model"})
+        # The dtype is the run's (`pie bench --dtype auto` resolves to the plan's; an explicit one wins).
+        settings.update({k: v for k, v in plan.settings.engine_kwargs().items() if k not in ("model", "dtype")})
     settings.update({k: v for k, v in spec.options.items() if k in ENGINE_OPTIONS and v is not None})
     return EngineConfig(model=spec.model, device=spec.device, seed=spec.seed, **settings)
 

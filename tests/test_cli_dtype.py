@@ -90,3 +90,17 @@ def test_compare_names_a_dtype_change(model_dir, avx2_machine, monkeypatch, caps
     changes = json.loads(out)["config_changes"]
     assert changes[0] == "dtype: float32 -> bfloat16"
     assert "configuration changed between the sides (dtype: float32 -> bfloat16" in err
+
+
+def test_bench_with_a_plan_takes_the_plans_dtype_unless_told(model_dir, monkeypatch, capsys, tmp_path):
+    plan = tmp_path / "plan.json"
+    code, _, err = run_pie(["tune", "--model", model_dir, "--hardware", "a100", "--output", plan], monkeypatch, capsys)
+    assert code in (0, None), err
+    assert json.loads(plan.read_text())["dtype"] == "bfloat16"  # compute capability 8.0
+    small_engine = [*SMALL, "--plan", plan, "--device-blocks", "64", "--pool-blocks", "0", "--results-dir", tmp_path, "--json"]
+    code, out, err = run_pie(["bench", "-m", model_dir, *small_engine], monkeypatch, capsys)
+    assert code in (0, None), err
+    assert "dtype bfloat16 (auto: the plan's)" in err and json.loads(out)["config"]["dtype"] == "bfloat16"
+    code, out, err = run_pie(["bench", "-m", model_dir, *small_engine, "--dtype", "float32"], monkeypatch, capsys)
+    assert code in (0, None), err
+    assert json.loads(out)["config"]["dtype"] == "float32"
