@@ -1,28 +1,12 @@
-"""dtype and kernels are pure functions of the capability record: every branch, with injected records.
-
-The records below are the machines pie meets: an AMD EPYC Zen 3 (AVX2 only), a Skylake-X
-(AVX-512 without BF16), an EPYC Zen 4 (AVX-512 BF16), a Sapphire Rapids Xeon (AMX), ARM servers
-with and without bf16, and CUDA GPUs of compute capability 7.0, 8.0 and 9.0.
-"""
+"""dtype and kernels are pure functions of the capability record: every branch, with injected records
+(tests/capability_records.py: the machines pie meets)."""
 import pytest
 
 from pie_cli.errors import BadInput
-from planner.capability import (C_VARIANT_FLAGS, DeviceCapability, choose_dtype, detect_capability, dtype_support,
-                                read_cpu_flags, resolve_dtype, select_kernels)
+from capability_records import AVX2, RECORDS
+from planner.capability import (C_VARIANT_FLAGS, DeviceCapability, choose_dtype, detect_capability, dtype_support, read_cpu_flags,
+                                resolve_dtype, select_kernels)
 
-AVX2 = ("avx2", "fma", "f16c")
-AVX512 = AVX2 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")
-RECORDS = {
-    "zen3-avx2": DeviceCapability("cpu", "x86_64", "AVX2", AVX2),
-    "skylake-avx512": DeviceCapability("cpu", "x86_64", "AVX512", AVX512),
-    "zen4-avx512-bf16": DeviceCapability("cpu", "x86_64", "AVX512", AVX512 + ("avx512_bf16",)),
-    "xeon-amx": DeviceCapability("cpu", "x86_64", "AVX512", AVX512 + ("avx512_bf16", "amx_tile", "amx_bf16")),
-    "arm-bf16": DeviceCapability("cpu", "aarch64", "DEFAULT", ("asimd", "asimdhp", "fphp", "bf16")),
-    "arm-plain": DeviceCapability("cpu", "aarch64", "DEFAULT", ("asimd",)),
-    "cuda-7.0": DeviceCapability("cuda", "x86_64", cuda_compute_capability="7.0", device_name="V100"),
-    "cuda-8.0": DeviceCapability("cuda", "x86_64", cuda_compute_capability="8.0", device_name="A100"),
-    "cuda-9.0": DeviceCapability("cuda", "x86_64", cuda_compute_capability="9.0", device_name="H100"),
-}
 # record -> (auto dtype, prepack for bf16, C variant for the auto dtype or None)
 EXPECTED = {
     "zen3-avx2": ("float32", False, "avx2"),
@@ -31,6 +15,7 @@ EXPECTED = {
     "xeon-amx": ("bfloat16", True, "avx512bf16"),
     "arm-bf16": ("bfloat16", False, "neon-bf16"),
     "arm-plain": ("float32", False, "neon"),
+    "x86-no-features": ("float32", False, "portable"),
     "cuda-7.0": ("float16", False, None),
     "cuda-8.0": ("bfloat16", False, None),
     "cuda-9.0": ("bfloat16", False, None),

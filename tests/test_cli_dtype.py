@@ -6,11 +6,12 @@ import pytest
 
 import planner.capability as capability
 from bench_helpers import tiny_opt_dir
+from capability_records import RECORDS
 from cli_helpers import run_pie
 from results.store import ResultsStore, load_record
 
 SMALL = ["--workload", "fixed", "--input-len", "8", "--output-len", "4", "-n", "3"]
-AVX2 = capability.DeviceCapability("cpu", "x86_64", "AVX2", ("avx2", "fma", "f16c"))
+AVX2 = RECORDS["zen3-avx2"]
 
 
 @pytest.fixture(scope="module")

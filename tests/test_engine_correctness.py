@@ -12,7 +12,8 @@ import random
 import pytest
 import torch
 
-from planner.capability import DeviceCapability, c_variant, detect_capability
+from capability_records import CPU_RECORDS
+from planner.capability import c_variant, detect_capability
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
@@ -274,15 +275,7 @@ def test_stop_token_ends_a_request_early(tiny_models, references):
 
 # Capability records of the project's machines, injected: each takes its own kernels for real
 # where this CPU can run them, and otherwise the fallback the engine names; the tokens never change.
-_AVX2 = ("avx2", "fma", "f16c")
-_AVX512 = _AVX2 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")
-INJECTED = {
-    "avx2-only": DeviceCapability("cpu", "x86_64", "AVX2", _AVX2),
-    "avx512-no-bf16": DeviceCapability("cpu", "x86_64", "AVX512", _AVX512),
-    "avx512-bf16": DeviceCapability("cpu", "x86_64", "AVX512", _AVX512 + ("avx512_bf16",)),
-    "aarch64-plain": DeviceCapability("cpu", "aarch64", "DEFAULT", ("asimd",)),
-    "no-features": DeviceCapability("cpu", "x86_64", "DEFAULT", ()),
-}
+INJECTED = {name: cap for name, cap in CPU_RECORDS.items() if name != "xeon-amx"}  # AMX adds nothing for fp32
 _X86_RANK = ("portable", "avx2", "avx512", "avx512bf16")
 
 

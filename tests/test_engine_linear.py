@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from planner.capability import DeviceCapability
+from capability_records import RECORDS
 from runners.engine.config import EngineConfig
 from runners.engine.kernels import resolve_kernels
 from runners.engine.llm_engine import LLMEngine
@@ -67,11 +67,8 @@ def test_non_contiguous_and_no_bias() -> None:
     torch.testing.assert_close(Linear(weight)(x).float(), F.linear(x.float(), weight.float()), atol=0.25, rtol=0.02)
 
 
-@pytest.mark.parametrize("record, expect_prepack", [
-    (DeviceCapability("cpu", "x86_64", "AVX2", ("avx2", "fma", "f16c")), False),
-    (DeviceCapability("cpu", "x86_64", "AVX512", ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-                                                  "avx512_bf16")), True),
-])
+@pytest.mark.parametrize("record, expect_prepack", [(RECORDS["zen3-avx2"], False), (RECORDS["zen4-avx512-bf16"], True),
+                                                    (RECORDS["arm-bf16"], False)])
 def test_engine_reports_the_gemm_path_its_record_selects(record, expect_prepack):
     """bf16 engine: prepacked only where the record allows it; where oneDNN still refuses, plain GEMMs and the reason."""
     engine = LLMEngine(EngineConfig(model="opt-125m", dtype="bfloat16", num_device_blocks=8, random_weights=True),
