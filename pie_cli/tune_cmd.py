@@ -36,6 +36,7 @@ OnlineOpt = Annotated[bool, typer.Option("--online", help="Run the plan on the P
 OnlineRequestsOpt = Annotated[int, typer.Option("--num-prompts", help="--online: requests kept in flight per measurement window.")]
 OnlineWindowOpt = Annotated[int, typer.Option("--window-steps", help="--online: engine iterations measured per pool size.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random weights and the online workload.")]
+TuneDeviceOpt = Annotated[str, typer.Option("--device", help="Without --hardware or --profile: the device to plan for and profile, cpu, cuda, cuda:N or auto (cuda when available).")]
 
 
 def parse_budget(text: str | None, option: str) -> int | None:
@@ -52,7 +53,7 @@ def parse_budget(text: str | None, option: str) -> int | None:
     return int(value)
 
 
-def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, out: Output):
+def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, device: str, out: Output):
     """(HardwareSpec, dtype, say): `dtype` "auto" becomes the preset's, the profile's, or this machine's choice;
     `say()` tells the user once (called when the plan is made, so bad input stays one line)."""
     from planner.capability import DeviceCapability, resolve_dtype
@@ -70,17 +71,17 @@ def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dty
         if dtype == "auto":
             return hw, hw.profile_dtype, lambda: out.info(f"dtype {hw.profile_dtype} (auto: the profile's)")
         return hw, dtype, lambda: None
-    resolution = resolve_dtype_option(dtype, "cpu")
-    announce_dtype(out, resolution, "cpu")  # said before a quick profile may run
-    return _this_machine(model, resolution.dtype, out), resolution.dtype, lambda: None
+    resolution = resolve_dtype_option(dtype, device)
+    announce_dtype(out, resolution, device)  # said before a quick profile may run
+    return _this_machine(model, resolution.dtype, device, out), resolution.dtype, lambda: None
 
 
-def _this_machine(model: str, dtype: str, out: Output):
-    """This machine's saved profile for `model` in `dtype`, or a quick one taken now (and saved)."""
+def _this_machine(model: str, dtype: str, device: str, out: Output):
+    """This machine's saved profile of `device` for `model` in `dtype`, or a quick one taken now (and saved)."""
     from planner.hardware import from_profile
     from profiler.hardware_profile import HardwareProfile
 
-    saved = saved_profile(model, dtype)
+    saved = saved_profile(model, dtype, device)
     if saved is not None:
         out.info(f"no --hardware or --profile: using {saved}, this machine's saved profile for {model} "
                  "(pass --profile or --hardware to choose)")
@@ -89,15 +90,17 @@ def _this_machine(model: str, dtype: str, out: Output):
     from profiler.run import ProfileRequest, run_profile
 
     out.info(f"no --hardware or --profile: running a quick profile of this machine for {model} (once; it is saved)")
-    measured = run_profile(ProfileRequest(device="cpu", dtype=dtype, model=model, quick=True))
+    measured = run_profile(ProfileRequest(device=device, dtype=dtype, model=model, quick=True))
     path = measured.save(default_profile_path(measured))
     out.info(f"profile saved to {path}")
     return from_profile(measured, source="quick profile")
 
 
-def saved_profile(model: str, dtype: str) -> Path | None:
-    """The newest profile in .pie/profiles taken on this host (by hostname hash) for this model and dtype."""
+def saved_profile(model: str, dtype: str, device: str = "cpu") -> Path | None:
+    """The newest profile in .pie/profiles taken on this host (by hostname hash) of `device` for this model and
+    dtype; a profile that records a capability must match this device's (an ISA-limited run is another device)."""
     from pie_cli.options import DEFAULT_PROFILES_DIR
+    from planner.capability import DeviceCapability, detect_capability
     from planner.dtypes import canonical_dtype
     from profiler.fingerprint import hostname_hash
 
@@ -114,7 +117,10 @@ def saved_profile(model: str, dtype: str) -> Path | None:
             continue
         if (data.get("fingerprint") or {}).get("hostname_sha256") != hostname_hash():
             continue
-        if wanted_dtype and data.get("dtype") != wanted_dtype:
+        if wanted_dtype and data.get("dtype") != wanted_dtype or data.get("device") != device.split(":")[0]:
+            continue
+        recorded = data.get("capability")
+        if recorded and DeviceCapability.from_dict(recorded) != detect_capability(device):
             continue
         matches.append((data.get("created_at", ""), path))
     return max(matches)[1] if matches else None
@@ -159,7 +165,7 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
          cpu_memory: CpuMemoryOpt = None, workload: WorkloadOpt = "sharegpt", max_tpot_ms: MaxTpotOpt = None,
          dtype: TuneDtypeOpt = "auto", block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
          max_num_seqs: MaxSeqsOpt = None, online: OnlineOpt = False, num_prompts: OnlineRequestsOpt = 64,
-         window_steps: OnlineWindowOpt = 8, seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
+         window_steps: OnlineWindowOpt = 8, device: TuneDeviceOpt = "auto", seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
     """Plan the CPU pool: pool size, copy/rebuild split, batch limit, predicted throughput and latency.
 
     Example: pie tune --model opt-30b --hardware h100-pcie --cpu-memory 200GB --output plan.json
@@ -178,7 +184,12 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
         raise BadInput(f"--online runs the engine on this machine, but --hardware {hardware} plans for another one",
                        "drop --hardware (a profile of this machine is used) or pass --profile of this machine")
     stats = workload_stats(workload, model)
-    hw, dtype, say_dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), out)
+    if hardware is None and profile is None:
+        from pie_cli.bench_cmd import resolve_device
+        from profiler.run import check_device
+
+        device = check_device(resolve_device(device))
+    hw, dtype, say_dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), device, out)
     default_gpu, default_cpu = default_budgets(hw)
     budgets = Budgets(gpu_bytes or default_gpu, default_cpu if cpu_bytes is None else cpu_bytes, block_size=block_size,
                       max_num_batched_tokens=max_num_batched_tokens)

@@ -70,11 +70,21 @@ if ! cmp -s pyproject.toml "$stamp" || [ ! -x "$VENV/bin/pie" ] \
   cp pyproject.toml "$stamp"
 fi
 
-# Headless Chromium screenshots the HTML report in one test; best effort (the test skips without it).
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  step "chromium (for the report screenshot test)"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "chromium could not be installed; the screenshot test will skip" >&2
+# Best effort, each test skips (and says why) without them: headless Chromium screenshots the HTML
+# report; an aarch64 cross compiler and qemu-aarch64 build and run the C decode kernel's ARM variants.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  wanted=""
+  command -v chromium >/dev/null 2>&1 || wanted="$wanted chromium"
+  command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || wanted="$wanted gcc-aarch64-linux-gnu"
+  command -v qemu-aarch64 >/dev/null 2>&1 || wanted="$wanted qemu-user"
+  if [ -n "$wanted" ]; then
+    step "apt:$wanted (report screenshot, aarch64 kernel build)"
+    apt-get update -qq || true
+    for package in $wanted; do  # one at a time: a package this image lacks does not stop the others
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null \
+        || echo "could not install $package; the tests that need it will skip" >&2
+    done
+  fi
 fi
 
 step "pytest"

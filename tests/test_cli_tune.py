@@ -83,13 +83,40 @@ def test_default_uses_this_hosts_saved_profile(tmp_path, capsys, monkeypatch):
 
     from profiler.fingerprint import hostname_hash
 
-    profile = synthetic_profile("opt-125m")
-    profile = dataclasses.replace(profile, fingerprint={**profile.fingerprint, "hostname_sha256": hostname_hash()})
-    profile.save(tmp_path / ".pie" / "profiles" / "this-host-opt-125m-bfloat16.json")
+    from planner.capability import choose_dtype, detect_capability
+
+    this_cpu = detect_capability("cpu")
+    profile = synthetic_profile("opt-125m", dtype=choose_dtype(this_cpu).dtype)  # the dtype auto picks here
+    profile = dataclasses.replace(profile, fingerprint={**profile.fingerprint, "hostname_sha256": hostname_hash()},
+                                  capability=this_cpu.to_dict())
+    profile.save(tmp_path / ".pie" / "profiles" / "this-host-opt-125m.json")
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(["--model", "opt-125m", "--gpu-memory", "2", "--cpu-memory", "2", "--json"], capsys, monkeypatch)
+    code, out, err = run(["--model", "opt-125m", "--gpu-memory", "2", "--cpu-memory", "2", "--device", "cpu", "--json"],
+                         capsys, monkeypatch)
     assert code == 0, err
     assert "saved profile" in err and json.loads(out)["hardware"]["source"] == "profile"
+
+
+def test_a_saved_profile_of_another_device_or_capability_is_not_used(tmp_path, monkeypatch):
+    """A profile taken with the ISA limited (or of another device) describes another machine: it is passed over."""
+    import dataclasses
+
+    from pie_cli.tune_cmd import saved_profile
+    from planner.capability import choose_dtype, detect_capability
+    from profiler.fingerprint import hostname_hash
+
+    this_cpu = detect_capability("cpu")
+    dtype = choose_dtype(this_cpu).dtype
+    base = synthetic_profile("opt-125m", dtype=dtype)
+    base = dataclasses.replace(base, fingerprint={**base.fingerprint, "hostname_sha256": hostname_hash()})
+    folder = tmp_path / ".pie" / "profiles"
+    limited = this_cpu.with_changes(torch_cpu_capability="DEFAULT", cpu_flags=())
+    dataclasses.replace(base, capability=limited.to_dict()).save(folder / "limited.json")
+    dataclasses.replace(base, device="cuda", capability=this_cpu.to_dict()).save(folder / "gpu.json")
+    monkeypatch.chdir(tmp_path)
+    assert saved_profile("opt-125m", dtype, "cpu") is None
+    dataclasses.replace(base, capability=this_cpu.to_dict()).save(folder / "same.json")
+    assert saved_profile("opt-125m", dtype, "cpu").name == "same.json"
 
 
 def test_workload_file_gives_measured_lengths(tmp_path, capsys, monkeypatch):
