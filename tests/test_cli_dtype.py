@@ -105,3 +105,12 @@ def test_bench_with_a_plan_takes_the_plans_dtype_unless_told(model_dir, monkeypa
     code, out, err = run_pie(["bench", "-m", model_dir, *small_engine, "--dtype", "float32"], monkeypatch, capsys)
     assert code in (0, None), err
     assert json.loads(out)["config"]["dtype"] == "float32"
+
+
+def test_the_hf_runner_gets_the_same_resolved_dtype(model_dir, avx2_machine, monkeypatch, capsys, tmp_path):
+    code, out, err = run_pie(["bench", "-m", model_dir, *SMALL, "--runner", "hf", "--results-dir", tmp_path, "--json"],
+                             monkeypatch, capsys)
+    assert code in (0, None), err
+    assert "dtype float32 (auto:" in err and json.loads(out)["config"]["dtype"] == "float32"
+    record = load_record(ResultsStore(tmp_path).paths()[0])
+    assert record.header.config["dtype"] == "float32" and record.header.runner == "hf"
