@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine_transparency import BLOCK_SIZE, machine, make_requests, run_once, write_record  # noqa: E402
-from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
+from benchmarks.bench_dtype import parse_args_with_dtype  # noqa: E402
 from runners.engine.config import EngineConfig  # noqa: E402
 
 
@@ -48,9 +48,8 @@ def main() -> None:
     parser.add_argument("--device-series", default="8,16", help="no-pool device budgets, in average sequences")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
-    add_dtype_argument(parser)
-    args = parser.parse_args()
-    dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
+    args = parse_args_with_dtype(parser)
+    dtype = args.dtype
 
     base = EngineConfig(model="opt-125m", dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
                         max_num_seqs=args.max_num_seqs, random_weights=True, seed=args.seed)

@@ -190,7 +190,7 @@ def fingerprint() -> dict:
         vllm_version = None
     import transformers
 
-    from planner.capability import detect_capability
+    from pie_core.device_probe import detect_capability
 
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "capability": detect_capability("cpu").to_dict(),

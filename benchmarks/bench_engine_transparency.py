@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from profiler.fingerprint import collect_fingerprint  # noqa: E402
-from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
+from benchmarks.bench_dtype import parse_args_with_dtype  # noqa: E402
+from pie_core.fingerprint import collect_fingerprint  # noqa: E402
 from runners.engine.config import COPY_WORKERS, EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.engine.sampling_params import SamplingParams  # noqa: E402
@@ -138,9 +138,8 @@ def main() -> None:
     parser.add_argument("--copy-workers", default=None,
                         help="comma-separated copy workers to measure (default: every one the device has)")
     parser.add_argument("--out", type=Path, default=None)
-    add_dtype_argument(parser)
-    args = parser.parse_args()
-    dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
+    args = parse_args_with_dtype(parser)
+    dtype = args.dtype
 
     base = EngineConfig(model="opt-125m", dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
                         max_num_seqs=args.requests, random_weights=True, seed=args.seed)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine_transparency import BLOCK_SIZE, machine, mean_pooled_share, write_record  # noqa: E402
-from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
+from benchmarks.bench_dtype import parse_args_with_dtype  # noqa: E402
 from runners.engine.config import COPY_WORKERS, EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.online_tuner import ClosedLoop  # noqa: E402
@@ -72,9 +72,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
-    add_dtype_argument(parser)
-    args = parser.parse_args()
-    dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
+    args = parse_args_with_dtype(parser)
+    dtype = args.dtype
 
     base = EngineConfig(model="opt-125m", dtype=dtype, block_size=BLOCK_SIZE, max_num_seqs=args.requests,
                         random_weights=True, seed=args.seed)

@@ -74,9 +74,9 @@ def synthetic(num_curves: int, noise: float, kind: str, seed: int = 0) -> dict:
 
 
 def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) -> dict:
+    from pie_core.shapes import resolve_model
     from planner.budgets import Budgets, WorkloadStats
     from planner.hardware import from_profile
-    from planner.shapes import resolve_model
     from planner.tune import TuneRequest, make_plan
     from profiler.hardware_profile import HardwareProfile
     from runners.online_tuner import ClosedLoop, OnlineSettings, build_engine, measure_window, pool_capacity_for, run_online

@@ -19,11 +19,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
+from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, builtin_workload
 from planner.exhaustive import GridSize, best_by_enumeration
 from planner.hardware import preset
-from planner.shapes import resolve_model
 from planner.tune import TuneRequest, make_plan, problem_for
 
 GB = 10**9

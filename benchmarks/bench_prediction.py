@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, WorkloadStats
 from planner.cost_model import Problem, Split, model_costs, predict
 from planner.hardware import from_profile
-from planner.shapes import resolve_model
 from profiler.hardware_profile import HardwareProfile
 
 

@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
 
-from planner.shapes import resolve_model  # noqa: E402
-from profiler.fingerprint import collect_fingerprint  # noqa: E402
+from benchmarks.bench_dtype import parse_args_with_dtype  # noqa: E402
+from pie_core.fingerprint import collect_fingerprint  # noqa: E402
+from pie_core.shapes import resolve_model  # noqa: E402
 from profiler.fit import fit_decode  # noqa: E402
 from profiler.layer import GridSpec, Roofline, measure_layer  # noqa: E402
 
@@ -40,9 +40,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads; 0 keeps torch's default, as `pie profile` does")
     parser.add_argument("--out", type=Path, default=None)
-    add_dtype_argument(parser)
-    args = parser.parse_args()
-    dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
+    args = parse_args_with_dtype(parser)
+    dtype = args.dtype
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     shape = resolve_model(args.model)

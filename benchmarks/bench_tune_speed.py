@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pie_cli.tune_cmd import default_budgets  # noqa: E402
+from pie_core.fingerprint import collect_fingerprint  # noqa: E402
+from pie_core.shapes import resolve_model  # noqa: E402
 from planner.budgets import Budgets, builtin_workload  # noqa: E402
 from planner.hardware import preset  # noqa: E402
-from planner.shapes import resolve_model  # noqa: E402
 from planner.tune import TuneRequest, make_plan  # noqa: E402
-from profiler.fingerprint import collect_fingerprint  # noqa: E402
 
 PRESETS = ("h100-pcie", "gh200")
 

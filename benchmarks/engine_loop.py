@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from planner.shapes import load_shape_from_dir
+from pie_core.shapes import load_shape_from_dir
 from runners.engine.attention import paged_decode_attention, prefill_attention, write_kv
 from runners.engine.kernels import resolve_kernels
 from runners.engine.models import build_model

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from pie_cli.errors import EXIT_RUNTIME, PieError
+from pie_core.errors import EXIT_RUNTIME, PieError
 
 app = typer.Typer(
     name="pie",

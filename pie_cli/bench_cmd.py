@@ -16,9 +16,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
-from pie_cli.errors import BadInput
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt, SeedOpt
 from pie_cli.output import Output
+from pie_core.errors import BadInput
 from results.metrics import parse_goodput, summary_rows
 
 TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> device bytes"),
@@ -87,7 +87,7 @@ def bench(
 
     Example: pie bench --workload sharegpt --dataset-path ShareGPT_V3_unfiltered_cleaned_split.json --model opt-125m --runner pie --request-rate 4
     """
-    from planner.dtypes import canonical_dtype
+    from pie_core.dtypes import canonical_dtype
     from results.store import ResultsStore
     from runners.arrivals import ArrivalSpec
     from runners.bench import BenchInterrupted, BenchSettings, check_device, expand_sweep, parse_sweep, run_bench

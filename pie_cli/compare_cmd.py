@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pie_cli.errors import EXIT_REGRESSION, BadInput
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt
 from pie_cli.output import Output, format_cell
+from pie_core.errors import EXIT_REGRESSION, BadInput
 
 if TYPE_CHECKING:
     from results.compare import Comparison
@@ -54,7 +54,9 @@ def compare(
     if threshold < 0:
         raise BadInput(f"--threshold must be a non-negative percentage, got {threshold}")
     # pandas/scipy load here, not at import, so other commands start fast
-    from results.compare import CompareOptions, compare as compare_sides, resolve_side
+    from results.compare import CompareOptions
+    from results.compare import compare as compare_sides
+    from results.compare import resolve_side
     from results.rules import parse_rules
     from results.store import ResultsStore
 

@@ -1,6 +1,6 @@
 """`--dtype auto|NAME` for the commands that compute: resolve it against the device, say it once.
 
-`auto` (the default) becomes what `planner.capability.choose_dtype` picks for the device's
+`auto` (the default) becomes what `pie_core.capability.choose_dtype` picks for the device's
 capability record, said on stderr with the reason. A named dtype the device only emulates still
 runs, with one warning that gives the measured matmul rate of each dtype; one it cannot run at
 all is bad input (exit 2) naming what to use instead.
@@ -20,7 +20,8 @@ DtypeAutoOpt = Annotated[str, typer.Option(
 
 def resolve_dtype_option(requested: str, device: str):
     """The `DtypeResolution` for `--dtype` on `device` (cpu, cuda, cuda:N); bad input raises here, before any work."""
-    from planner.capability import detect_capability, resolve_dtype
+    from pie_core.capability import resolve_dtype
+    from pie_core.device_probe import detect_capability
 
     return resolve_dtype(requested, detect_capability(device))
 
@@ -33,7 +34,7 @@ def announce_dtype(out: Output, resolution, device: str) -> None:
     if resolution.requested == "auto":
         out.info(resolution.message())
     elif resolution.support == "emulated":
-        from planner.capability import detect_capability
+        from pie_core.device_probe import detect_capability
         from profiler.memory import emulated_dtype_warning
 
         out.warn(emulated_dtype_warning(resolution.dtype, device, detect_capability(device)))

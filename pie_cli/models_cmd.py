@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from pie_cli.options import DtypeOpt, JsonOpt
 from pie_cli.output import Output
-from planner.dtypes import canonical_dtype
-from planner.shapes import REGISTRY
-
-GIB = 1024**3
-KIB = 1024
+from pie_core.dtypes import canonical_dtype
+from pie_core.shapes import REGISTRY
+from pie_core.sizes import GIB, KIB
 
 
 def models(dtype: DtypeOpt = "float16", json_out: JsonOpt = False) -> None:

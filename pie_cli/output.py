@@ -6,9 +6,7 @@ With `--json`, only JSON goes to stdout and everything human goes to stderr, so
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,18 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses, tuples and non-finite floats to plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from pie_core.formatting import format_cell
+from pie_core.json_files import to_jsonable
 
 
 class Output:
@@ -65,22 +53,3 @@ class Output:
         return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=self.messages,
                         transient=transient)
-
-
-def format_cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        magnitude = abs(value)
-        if magnitude == 0:
-            return "0"
-        if magnitude >= 100_000:
-            return f"{value:,.0f}"
-        if magnitude >= 100:
-            return f"{value:,.1f}"
-        if magnitude >= 1:
-            return f"{value:.2f}"
-        return f"{value:.3g}"
-    return str(value)

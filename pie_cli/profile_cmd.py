@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 import typer
 
 from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
-from pie_cli.errors import BadInput, RuntimeFailure
 from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
+from pie_core.errors import BadInput, RuntimeFailure
 from profiler.hardware_profile import HardwareProfile
 
 KIND_COLUMNS = (("h2d", "pinned"), ("h2d", "pageable"), ("d2h", "pinned"), ("d2h", "pageable"),
@@ -27,7 +27,7 @@ ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Render a saved 
 
 
 def default_profile_path(profile: HardwareProfile) -> Path:
-    from profiler.fingerprint import fingerprint_slug
+    from pie_core.fingerprint import fingerprint_slug
 
     model = Path(profile.model).name if profile.model else "no-layer"
     return DEFAULT_PROFILES_DIR / f"{fingerprint_slug(profile.fingerprint, profile.device)}-{model}-{profile.dtype}.json"
@@ -96,7 +96,7 @@ def render(out: Output, profile: HardwareProfile, path: Path | None) -> None:
 
 
 def _size(size: int) -> str:
-    from profiler.sizes import format_bytes
+    from pie_core.sizes import format_bytes
 
     return format_bytes(size)
 
@@ -161,8 +161,8 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
         else:
             render(out, loaded, None)
         return
+    from pie_core.sizes import parse_size
     from profiler.run import ProfileRequest, check_device, run_profile
-    from profiler.sizes import parse_size
 
     check_output_path(output)
     resolved = resolve_dtype_option(dtype, check_device(device))

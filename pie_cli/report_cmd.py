@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.errors import BadInput
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt
 from pie_cli.output import Output
+from pie_core.errors import BadInput
 
 FORMATS = ("html", "markdown")
 

@@ -14,11 +14,11 @@ from typing import Annotated, Optional
 import typer
 
 from pie_cli.dtype_option import announce_dtype, resolve_dtype_option
-from pie_cli.errors import BadInput
 from pie_cli.options import JsonOpt, ModelOpt, OutputPathOpt
 from pie_cli.output import Output
+from pie_core.errors import BadInput
+from pie_core.sizes import GIB
 
-GIB = 1024**3
 _SIZE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 _UNITS = {"": GIB, "gib": GIB, "g": 1e9, "gb": 1e9, "mib": 1024**2, "mb": 1e6, "tib": 1024**4, "tb": 1e12}
 
@@ -56,7 +56,7 @@ def parse_budget(text: str | None, option: str) -> int | None:
 def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, device: str, out: Output):
     """(HardwareSpec, dtype, say): `dtype` "auto" becomes the preset's, the profile's, or this machine's choice;
     `say()` tells the user once (called when the plan is made, so bad input stays one line)."""
-    from planner.capability import DeviceCapability, resolve_dtype
+    from pie_core.capability import DeviceCapability, resolve_dtype
     from planner.hardware import from_profile, preset
     from profiler.hardware_profile import HardwareProfile
 
@@ -100,9 +100,10 @@ def saved_profile(model: str, dtype: str, device: str = "cpu") -> Path | None:
     """The newest profile in .pie/profiles taken on this host (by hostname hash) of `device` for this model and
     dtype; a profile that records a capability must match this device's (an ISA-limited run is another device)."""
     from pie_cli.options import DEFAULT_PROFILES_DIR
-    from planner.capability import DeviceCapability, detect_capability
-    from planner.dtypes import canonical_dtype
-    from profiler.fingerprint import hostname_hash
+    from pie_core.capability import DeviceCapability
+    from pie_core.device_probe import detect_capability
+    from pie_core.dtypes import canonical_dtype
+    from pie_core.fingerprint import hostname_hash
 
     if not DEFAULT_PROFILES_DIR.is_dir():
         return None
@@ -170,9 +171,9 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
 
     Example: pie tune --model opt-30b --hardware h100-pcie --cpu-memory 200GB --output plan.json
     """
+    from pie_core.dtypes import canonical_dtype
+    from pie_core.shapes import resolve_model
     from planner.budgets import Budgets
-    from planner.dtypes import canonical_dtype
-    from planner.shapes import resolve_model
     from planner.tune import TuneRequest, make_plan
 
     out = Output(json_out)

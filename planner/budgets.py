@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput, suggest
-from profiler.sizes import format_bytes
-from planner.shapes import ModelShape
+from pie_core.errors import BadInput, suggest
+from pie_core.shapes import ModelShape
+from pie_core.sizes import GIB, format_bytes
 
-GIB = 1024**3
 FRAGMENTATION_FRACTION = 0.05  # of the device budget, kept free for allocator fragmentation
 
 

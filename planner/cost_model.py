@@ -15,14 +15,14 @@ three inequalities. Left out: solving (lp.py), words (explain.py).
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from pie_core.dtypes import dtype_bytes
+from pie_core.shapes import ModelShape
 from planner.budgets import Budgets, WorkloadStats, activation_workspace_bytes
-from planner.dtypes import dtype_bytes
 from planner.hardware import HardwareSpec
-from planner.shapes import ModelShape
 
 GB = 1e9
 TOLERANCE = 1e-6

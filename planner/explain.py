@@ -6,11 +6,10 @@ Left out: finding the plan (search.py) and rendering (the CLI).
 """
 from __future__ import annotations
 
+from pie_core.sizes import GIB, MIB
 from planner.cost_model import Prediction, Problem
 from planner.search import TIE_FRACTION, SearchResult
 
-GIB = 1024**3
-MIB = 1024**2
 STALL_NOTICE_FRACTION = 0.01  # a stall under 1% of the step counts as hidden
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput
-from planner.capability import DeviceCapability
+from pie_core.capability import DeviceCapability
+from pie_core.errors import BadInput
 from profiler.hardware_profile import DecodeLayerFit, HardwareProfile, PrefillLayerFit
 
 GB = 1e9
@@ -40,7 +40,7 @@ class HardwareSpec:
     # step: fixed + per sequence. Measured by an engine calibration run (0 when not measured).
     iteration_fixed_s: float = 0.0
     iteration_per_seq_s: float = 0.0
-    capability: dict | None = None  # planner/capability.py record: the preset's datasheet one, or the profile's
+    capability: dict | None = None  # pie_core/capability.py record: the preset's datasheet one, or the profile's
 
     def __post_init__(self) -> None:
         if self.source not in ("preset", "profile"):

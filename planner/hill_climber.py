@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from planner.tent_fit import TentFit, fit_tent
 
 

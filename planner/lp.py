@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import pulp
 
-from pie_cli.errors import RuntimeFailure
+from pie_core.errors import RuntimeFailure
+from pie_core.sizes import GIB
 from planner.cost_model import Problem, Split
 
-GIB = 1024**3
 SHORTFALL_PENALTY_MS_PER_GIB = 1e7
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput
-from profiler.json_files import write_json_atomic
+from pie_core.errors import BadInput
+from pie_core.json_files import write_json_atomic
 
 PLAN_SCHEMA_VERSION = 1
 

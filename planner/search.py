@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput
-from profiler.sizes import format_bytes
+from pie_core.errors import BadInput
+from pie_core.sizes import format_bytes
 from planner.cost_model import Prediction, Problem, candidate_batch_sizes, predict
 from planner.lp import CandidateSolution, solve_candidates
 
-GIB = 1024**3
 PREFETCH_DEPTHS = (1, 2, 3, 4)
 NO_POOL_DEPTH = 2  # depth is irrelevant without a pool; the engine's default
 MAX_REFINE_SIZES = 32  # batch sizes solved between the best coarse candidate's neighbours

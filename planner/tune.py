@@ -12,15 +12,15 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pie_cli.errors import BadInput
+from pie_core.dtypes import canonical_dtype
+from pie_core.errors import BadInput
+from pie_core.shapes import ModelShape
 from planner.budgets import Budgets, WorkloadStats, check_weights_fit
 from planner.cost_model import Prediction, Problem, model_costs
-from planner.dtypes import canonical_dtype
 from planner.explain import explain
 from planner.hardware import HardwareSpec
 from planner.plan import EngineSettings, Performance, Plan
 from planner.search import search, without_pool
-from planner.shapes import ModelShape
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Timing primitives, link and memory bandwidth, per-layer compute, fingerprint, HardwareProfile."""
+"""Timing primitives, link and memory bandwidth, per-layer compute, HardwareProfile (the fingerprint and sizes are in pie_core)."""

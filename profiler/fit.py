@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import nnls
 
-from pie_cli.errors import RuntimeFailure
+from pie_core.errors import RuntimeFailure
 from profiler.hardware_profile import DecodeLayerFit, LayerTiming, PrefillLayerFit
 
 MIN_FIT_POINTS = 3

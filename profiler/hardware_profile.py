@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput
-from profiler.json_files import write_json_atomic
+from pie_core.errors import BadInput
+from pie_core.json_files import write_json_atomic
 
 SCHEMA_VERSION = 1
 LINK_DIRECTIONS = ("h2d", "d2h", "bidirectional")
@@ -109,7 +109,7 @@ class HardwareProfile:
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
-    capability: dict[str, Any] = field(default_factory=dict)  # planner/capability.py DeviceCapability.to_dict()
+    capability: dict[str, Any] = field(default_factory=dict)  # pie_core/capability.py DeviceCapability.to_dict()
     # dtype -> {"tflops", "shape" [M, K, N], "support": native|emulated}: each dtype the device runs
     matmul_by_dtype: dict[str, Any] = field(default_factory=dict)
 

@@ -26,11 +26,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput
-from planner.dtypes import dtype_bytes
-from planner.shapes import ModelShape
+from pie_core.device_probe import free_device_bytes
+from pie_core.dtypes import dtype_bytes
+from pie_core.errors import BadInput
+from pie_core.shapes import ModelShape
 from profiler.hardware_profile import LayerTiming
-from profiler.sizes import free_device_bytes
 from profiler.timing import time_interleaved
 
 BLOCK_SIZE = 16

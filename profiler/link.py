@@ -30,9 +30,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
+from pie_core.sizes import GIB, KIB, MIB, format_bytes
 from profiler.hardware_profile import HOST_MEMORY_KINDS, LINK_DIRECTIONS, BandwidthSample
-from profiler.sizes import KIB, MIB, GIB, format_bytes
 from profiler.timing import calls_for_duration, time_interleaved
 
 MIN_SIZE_BYTES = 64 * KIB

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput
-from planner.dtypes import canonical_dtype
-from profiler.sizes import GIB, MIB
+from pie_core.dtypes import canonical_dtype
+from pie_core.errors import BadInput
+from pie_core.sizes import GIB, MIB
 from profiler.timing import Timing, calls_for_duration, time_call
 
 
@@ -102,7 +102,7 @@ def matmul_rates(device: str, dtypes: tuple[str, ...], shape: tuple[int, int, in
 
 def emulated_dtype_warning(dtype: str, device: str, cap) -> str:
     """One line: `dtype` is emulated on this device, with the measured matmul rate of each dtype it runs."""
-    from planner.capability import choose_dtype
+    from pie_core.capability import choose_dtype
 
     rates = matmul_rates(device, cap.runnable_dtypes)
     shown = ", ".join(f"{name} {rate * 1e3:,.1f}" for name, rate in rates.items())

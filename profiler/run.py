@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
-from pie_cli.errors import BadInput, PieError, suggest
-from planner.capability import detect_capability, dtype_support, resolve_dtype
-from planner.shapes import ModelShape, resolve_model
-from profiler.fingerprint import collect_fingerprint, cpu_model
+from pie_core.capability import dtype_support, resolve_dtype
+from pie_core.device_probe import detect_capability, free_device_bytes
+from pie_core.errors import BadInput, PieError, suggest
+from pie_core.fingerprint import collect_fingerprint, cpu_model
+from pie_core.shapes import ModelShape, resolve_model
+from pie_core.sizes import format_bytes, free_host_bytes
 from profiler.hardware_profile import HardwareProfile
 from profiler.link import LinkSweep, default_max_size, measure_link, sweep_sizes
-from profiler.sizes import format_bytes, free_device_bytes, free_host_bytes
 
 DEVICES = ("cpu", "cuda")
 NOISY_SPREAD = 0.5  # (p90 - p10) / median above this marks a layer timing as disturbed
@@ -58,7 +59,7 @@ def check_device(device: str) -> str:
 @dataclass(frozen=True)
 class ProfileRequest:
     device: str = "cpu"
-    dtype: str | None = None  # None or "auto": what the device multiplies natively (planner/capability.py)
+    dtype: str | None = None  # None or "auto": what the device multiplies natively (pie_core/capability.py)
     model: str | None = "opt-125m"  # None: skip the per-layer part
     quick: bool = False
     max_size_bytes: int | None = None  # largest link transfer; None: 1 GiB (256 MiB quick), shrunk to fit

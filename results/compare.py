@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from results import significance as sig
 from results.record import RunRecord
 from results.rules import Rule, check_metrics

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from results.record import RequestSample
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")

@@ -15,16 +15,17 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib
 
+from pie_core.sizes import MIB
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 AXIS_LABELS = {"pool_blocks": "CPU pool size (blocks)", "request_rate": "request rate (requests/s)",
                "max_concurrency": "max concurrency (requests)", "num_prompts": "prompts"}
 MARKERS = "osD^v<>ph*"
-MIB = 1024**2
 
 
 def _png(figure: plt.Figure) -> bytes:

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 
 SCHEMA_VERSION = 1
 
@@ -22,9 +22,9 @@ class RequestSample:
     request_id: str
     prompt_len: int
     output_len: int  # tokens actually generated
-    arrival_s: float  # when the request was released to the runner
-    ttft_s: float | None  # first token time minus arrival
-    e2el_s: float | None  # last token time minus arrival
+    arrival_s: float  # when the request arrived, seconds after the run started (its release may be later)
+    ttft_s: float | None  # first token time minus release (arrival, or when a --max-concurrency slot freed)
+    e2el_s: float | None  # last token time minus release
     itl_s: tuple[float, ...] = ()  # gaps between consecutive output tokens (output_len - 1 of them)
     success: bool = True
     error: str | None = None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pie_cli.output import format_cell
+from pie_core.formatting import format_cell
 from results import plots
 from results.compare import request_values
 from results.record import RunRecord

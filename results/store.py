@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
+from pie_core.json_files import to_jsonable
 from results.record import RequestSample, RunHeader, RunRecord, header_from_dict
 
 SUFFIX = ".jsonl"
@@ -42,12 +43,6 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return None
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
-
-
 class RecordWriter:
     """Writes one run. Use as a context manager; `finish()` marks the record complete."""
 
@@ -60,7 +55,7 @@ class RecordWriter:
         self.finished = False
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._file.write(json.dumps(obj, default=_jsonable) + "\n")
+        self._file.write(json.dumps(to_jsonable(obj)) + "\n")
         self._file.flush()
 
     def add(self, sample: RequestSample) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ Left out: rendering (pie_cli/bench_cmd.py) and comparing runs (results/compare.p
 from __future__ import annotations
 
 import dataclasses
-import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput, suggest
+from pie_core.errors import BadInput, suggest
+from pie_core.json_files import to_jsonable
 from results.metrics import compute_metrics
 from results.record import RequestSample, RunHeader
 from results.store import ResultsStore, git_commit, new_run_id, utc_now
@@ -144,7 +144,7 @@ def check_device(device: str) -> None:
 
 
 def machine_fingerprint(device: str) -> dict[str, Any]:
-    from profiler.fingerprint import collect_fingerprint
+    from pie_core.fingerprint import collect_fingerprint
 
     return collect_fingerprint(device)
 
@@ -156,10 +156,6 @@ def pie_version() -> str:
         return version("pie")
     except PackageNotFoundError:
         return ""
-
-
-def _jsonable_number(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isinf(value) else value
 
 
 def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Callable[[RequestSample], None] | None = None,
@@ -178,7 +174,7 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
     requests = assign_arrivals(requests, settings.arrivals)
     workload = {**info.to_dict(), **settings.arrivals.describe(), "goodput_slos_ms": dict(settings.goodput_slos_ms) or None}
     header = RunHeader(run_id=new_run_id(runner.name), created_at=utc_now(), model=settings.model, runner=runner.name,
-                       workload=workload, config={k: _jsonable_number(v) for k, v in config.items()},
+                       workload=workload, config=to_jsonable(config),
                        fingerprint=machine_fingerprint(settings.device), git_commit=git_commit(Path(__file__).parent),
                        label=settings.label, sweep_id=sweep.sweep_id if sweep else None, sweep_point=sweep_point,
                        pie_version=pie_version())

@@ -1,11 +1,11 @@
 """The `hf` runner: Hugging Face `transformers` generate, the reference the Pie engine is checked against.
 
-Requests are served in static batches: whatever has arrived (up to `batch_size`, default
-`max_concurrency` or 16) is left-padded and generated greedily for the longest output in the
-batch, with EOS disabled so every request gets exactly its `output_len` tokens (after one
-untimed two-token warm-up). Token
-timestamps come from a stopping criterion called after each generated token; a batch's
-tokens share those times. A local directory with safetensors is loaded as is; a registry
+Requests are served in static batches through the one request loop (runners/request_loop.py):
+whatever has been released (up to `batch_size`, default `max_concurrency` or 16) is left-padded
+and generated greedily for the longest output in the batch, with EOS disabled so every request
+gets exactly its `output_len` tokens (after one untimed two-token warm-up). Token timestamps
+come from a stopping criterion called after each generated token; a batch's tokens share those
+times, and TTFT counts from release as for every runner. A local directory with safetensors is loaded as is; a registry
 name (or a directory without weights) gets the engine loader's seeded random weights, mapped
 to transformers' parameter names, so `pie` and `hf` run the same model for the same seed.
 
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput
-from planner.shapes import ModelShape, resolve_model
-from runners.base import (BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, injected_slowdown_fraction,
-                          peak_host_memory_bytes, sample_from_token_times)
+from pie_core.errors import BadInput
+from pie_core.shapes import ModelShape, resolve_model
+from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, injected_slowdown_fraction, peak_host_memory_bytes
+from runners.request_loop import TokenDelta, drive_engine
 
 DEFAULT_BATCH_SIZE = 16
 OPTIONS = ("batch_size",)
@@ -128,30 +128,15 @@ class HFRunner:
         hf_model, _ = load_hf_model(spec.model, spec.dtype, spec.device, spec.seed)
         pad_id = hf_model.config.pad_token_id if hf_model.config.pad_token_id is not None else 0
         hf_model.generation_config.eos_token_id = None
-        slowdown = injected_slowdown_fraction()
-        pending = deque(sorted(requests, key=lambda r: r.arrival_s))
         device = torch.device(spec.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         warmup_s = self._warm_up(hf_model, requests, pad_id, device, GenerationConfig)
-        num_batches = 0
-        start = time.perf_counter()
-        while pending:
-            now = time.perf_counter() - start
-            if pending[0].arrival_s > now:
-                time.sleep(pending[0].arrival_s - now)
-                continue
-            batch = []
-            while pending and len(batch) < config["batch_size"] and pending[0].arrival_s <= time.perf_counter() - start:
-                batch.append(pending.popleft())
-            batch_start = time.perf_counter()
-            self._generate(hf_model, batch, spec, pad_id, start, device, on_request_done, GenerationConfig, StoppingCriteriaList)
-            num_batches += 1
-            if slowdown:
-                time.sleep(slowdown * (time.perf_counter() - batch_start))
-        duration = time.perf_counter() - start
+        backend = _HFStepEngine(hf_model, config["batch_size"], pad_id, device, GenerationConfig, StoppingCriteriaList)
+        driven = drive_engine(backend, requests, spec.max_concurrency, spec.save_outputs, on_request_done)
         peak_device = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-        return RunnerResult(duration_s=duration, config=config, telemetry={"num_batches": num_batches, "warmup_s": warmup_s},
+        return RunnerResult(duration_s=driven.duration_s, config=config,
+                            telemetry={"num_batches": driven.num_steps, "warmup_s": warmup_s},
                             peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes())
 
     @staticmethod
@@ -169,34 +154,47 @@ class HFRunner:
                                                                       pad_token_id=pad_id))
         return time.perf_counter() - began
 
-    @staticmethod
-    def _generate(hf_model: Any, batch: list[BenchRequest], spec: RunnerSpec, pad_id: int, start: float,
-                  device: Any, on_request_done: RequestDone, generation_config_cls: Any, criteria_cls: Any) -> None:
+
+class _HFStepEngine:
+    """`transformers.generate` behind `runners.request_loop.StepEngine`: each step is one static,
+    left-padded batch of up to `batch_size` requests that have been released, run to the longest
+    output; every token is stamped as `generate` makes it (a stopping-criteria callback)."""
+
+    name = "hf"
+
+    def __init__(self, hf_model: Any, batch_size: int, pad_id: int, device: Any, generation_config_cls: Any,
+                 criteria_cls: Any):
+        self.hf_model, self.batch_size, self.pad_id, self.device = hf_model, batch_size, pad_id, device
+        self.generation_config_cls, self.criteria_cls = generation_config_cls, criteria_cls
+        self.queue: deque[BenchRequest] = deque()
+        self.slowdown = injected_slowdown_fraction()
+
+    def add(self, request: BenchRequest) -> None:
+        self.queue.append(request)
+
+    def step(self) -> list[TokenDelta]:
         import torch
 
+        began = time.perf_counter()
+        batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
         width = max(r.prompt_len for r in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, request in enumerate(batch):  # left padding
             input_ids[row, width - request.prompt_len:] = torch.tensor(request.prompt_token_ids)
             attention_mask[row, width - request.prompt_len:] = 1
         clock = _TokenClock()
-        settings = generation_config_cls(do_sample=False, max_new_tokens=max(r.output_len for r in batch),
-                                         eos_token_id=None, pad_token_id=pad_id)
-        batch_release = time.perf_counter()
+        settings = self.generation_config_cls(do_sample=False, max_new_tokens=max(r.output_len for r in batch),
+                                              eos_token_id=None, pad_token_id=self.pad_id)
         try:
             with torch.no_grad():
-                generated = hf_model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                              generation_config=settings, stopping_criteria=criteria_cls([clock]))
+                generated = self.hf_model.generate(input_ids=input_ids.to(self.device),
+                                                   attention_mask=attention_mask.to(self.device),
+                                                   generation_config=settings, stopping_criteria=self.criteria_cls([clock]))
         except (RuntimeError, ValueError) as err:
-            for request in batch:
-                on_request_done(failed_sample(request, f"{type(err).__name__}: {err}"))
-            return
+            return [TokenDelta(r.request_id, (), True, error=f"{type(err).__name__}: {err}") for r in batch]
         new_tokens = generated[:, width:].tolist()
-        for row, request in enumerate(batch):
-            n = request.output_len
-            # TTFT counts from arrival (waiting for a batch is server-side queueing, as in vLLM's serving bench),
-            # or from the batch start when --max-concurrency held the request back on the client side.
-            sent = start + request.arrival_s if spec.max_concurrency is None else max(start + request.arrival_s, batch_release)
-            on_request_done(sample_from_token_times(request, start, sent, clock.times[:n], new_tokens[row][:n],
-                                                    spec.save_outputs))
+        if self.slowdown:
+            time.sleep(self.slowdown * (time.perf_counter() - began))
+        return [TokenDelta(r.request_id, new_tokens[row][:r.output_len], True, clock.times[:r.output_len])
+                for row, r in enumerate(batch)]

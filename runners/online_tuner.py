@@ -26,10 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
+from pie_core.shapes import resolve_model
 from planner.hill_climber import ClimberConfig, HillClimber, Measurement, Move
 from planner.plan import Plan
-from planner.shapes import resolve_model
 
 
 @dataclass(frozen=True)

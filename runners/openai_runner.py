@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pie_cli.errors import BadInput, RuntimeFailure
+from pie_core.errors import BadInput, RuntimeFailure
 from results.record import RequestSample
 from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, peak_host_memory_bytes
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from pie_cli.errors import BadInput, suggest
+from pie_core.errors import BadInput, suggest
 from results.record import RequestSample
-from runners.base import BenchRequest, RunnerSpec, failed_sample
+from runners.base import BenchRequest, RunnerSpec, failed_sample, sample_from_token_times
 
 PROMPT_FORMATS = ("token_ids", "text")
 _OPTIONS: dict[str, type] = {"base_url": str, "model_name": str, "prompt_format": str, "request_timeout_s": float,
@@ -163,13 +163,8 @@ class StreamState:
             return failed_sample(request, f"server error in stream: {self.error}")
         if not self.token_times:
             return failed_sample(request, "the stream carried no tokens")
-        times = self.token_times
-        output_len = self.completion_tokens if self.completion_tokens is not None else len(times)
-        return RequestSample(
-            request_id=request.request_id, prompt_len=request.prompt_len, output_len=output_len,
-            arrival_s=request.arrival_s, ttft_s=times[0] - release_time, e2el_s=times[-1] - release_time,
-            itl_s=tuple(b - a for a, b in zip(times, times[1:])), success=True, error=None,
-            output_token_ids=tuple(self.token_ids) if save_outputs and self.token_ids else None)
+        return sample_from_token_times(request, release_time, release_time, self.token_times, self.token_ids, save_outputs,
+                                       output_len=self.completion_tokens)
 
 
 def probe_endpoint(settings: OpenAISettings) -> list[str]:

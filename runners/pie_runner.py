@@ -1,8 +1,9 @@
 """The `pie` runner: the Pie engine in-process, configured from a `Plan` (`--plan`) or engine flags.
 
-Requests are handed to `LLMEngine.add_request` no earlier than their release time (and with
-no more than `max_concurrency` in flight), greedy with `ignore_eos` so each makes exactly its
-`output_len` tokens; the engine's per-token timestamps give TTFT/ITL/E2EL. One short untimed
+The engine is driven by the one request loop (`runners.request_loop.drive_engine`): requests are
+handed to `LLMEngine.add_request` no earlier than their release time (and with no more than
+`max_concurrency` in flight), greedy with `ignore_eos` so each makes exactly its `output_len`
+tokens; the engine's per-token timestamps give TTFT/ITL/E2EL. One short untimed
 warm-up request runs first (its time is reported as `warmup_s`). A request the
 engine refuses (too long for the budgets) is a failed sample, not an error. Telemetry sums
 the engine's `IterationStats`: stall fraction, bytes over the link each way, pool and device
@@ -15,17 +16,15 @@ the plan's settings. Left out: adaptive pool sizing during a bench (that is `pie
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput, suggest
-from planner.shapes import resolve_model
-from runners.base import (BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, injected_slowdown_fraction,
-                          peak_host_memory_bytes, sample_from_token_times)
+from pie_core.errors import BadInput, suggest
+from pie_core.shapes import resolve_model
+from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, injected_slowdown_fraction, peak_host_memory_bytes
+from runners.request_loop import TokenDelta, drive_engine
 
 ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetch_depth", "copy_worker",
                   "rebuild_fraction", "max_num_batched_tokens", "max_num_seqs", "max_model_len")
@@ -127,47 +126,46 @@ class PieRunner:
         device = torch.device(spec.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        slowdown = injected_slowdown_fraction()
-        pending = deque(sorted(requests, key=lambda r: r.arrival_s))
-        in_flight: dict[str, tuple[BenchRequest, float]] = {}
-        held: set[str] = set()  # arrived while max_concurrency requests were in flight
-        limit = spec.max_concurrency
-        start = time.perf_counter()
-        while pending or in_flight:
-            while pending and pending[0].arrival_s <= time.perf_counter() - start and (limit is None or len(in_flight) < limit):
-                request = pending.popleft()
-                # A request is sent at its arrival time; waiting for the next step is server-side queueing and
-                # counts in TTFT (as in vLLM's serving bench). Held back by --max-concurrency, it is sent when a
-                # slot frees, which is now.
-                release = time.perf_counter() if request.request_id in held else start + request.arrival_s
-                params = SamplingParams(max_tokens=request.output_len, temperature=0.0, ignore_eos=True)
-                try:
-                    engine.add_request(request.request_id, list(request.prompt_token_ids), params, arrival_time=release)
-                except BadInput as err:
-                    on_request_done(failed_sample(request, err.one_line()))
-                    continue
-                in_flight[request.request_id] = (request, release)
-            if not in_flight:
-                if pending:
-                    time.sleep(max(0.0, pending[0].arrival_s - (time.perf_counter() - start)))
-                continue
-            step_start = time.perf_counter()
-            outputs = engine.step()
-            if limit is not None and len(in_flight) >= limit:  # every slot was busy through this step
-                now = time.perf_counter() - start
-                held.update(r.request_id for r in itertools.takewhile(lambda r: r.arrival_s <= now, pending))
-            for output in outputs:
-                if not output.finished or output.request_id not in in_flight:
-                    continue
-                request, release = in_flight.pop(output.request_id)
-                if output.finish_reason in ("error", "abort") or output.error:
-                    on_request_done(failed_sample(request, output.error or f"finished with {output.finish_reason}"))
-                else:
-                    on_request_done(sample_from_token_times(request, start, release, output.token_times,
-                                                            output.output_token_ids, spec.save_outputs))
-            if slowdown:
-                time.sleep(slowdown * (time.perf_counter() - step_start))
-        duration = time.perf_counter() - start
+        driven = drive_engine(_PieStepEngine(engine, SamplingParams), requests, spec.max_concurrency, spec.save_outputs,
+                              on_request_done)
         peak_device = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
-        telemetry = {**summarize_stats(engine.stats[first_step:], duration), "warmup_s": warmup_s}
-        return RunnerResult(duration_s=duration, config=described, telemetry=telemetry, peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes())
+        telemetry = {**summarize_stats(engine.stats[first_step:], driven.duration_s), "warmup_s": warmup_s}
+        return RunnerResult(duration_s=driven.duration_s, config=described, telemetry=telemetry,
+                            peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes())
+
+
+class _PieStepEngine:
+    """The Pie engine behind `runners.request_loop.StepEngine`: greedy, ignore_eos, exactly `output_len` tokens.
+
+    Token times are the engine's own (stamped when the step that sampled them returns).
+    """
+
+    name = "pie"
+
+    def __init__(self, engine: Any, params_cls: Any):
+        self.engine, self.params_cls = engine, params_cls
+        self.emitted: dict[str, int] = {}
+        self.slowdown = injected_slowdown_fraction()
+
+    def add(self, request: BenchRequest) -> None:
+        params = self.params_cls(max_tokens=request.output_len, temperature=0.0, ignore_eos=True)
+        self.engine.add_request(request.request_id, list(request.prompt_token_ids), params)  # BadInput: refused
+        self.emitted[request.request_id] = 0
+
+    def step(self) -> list[TokenDelta]:
+        began = time.perf_counter()
+        deltas = []
+        for output in self.engine.step():
+            seen = self.emitted.get(output.request_id)
+            if seen is None:
+                continue
+            error = output.error or (f"finished with {output.finish_reason}"
+                                     if output.finish_reason in ("error", "abort") else None)
+            deltas.append(TokenDelta(output.request_id, output.output_token_ids[seen:], output.finished,
+                                     output.token_times[seen:], error))
+            self.emitted[output.request_id] = len(output.output_token_ids)
+            if output.finished:
+                del self.emitted[output.request_id]
+        if self.slowdown:
+            time.sleep(self.slowdown * (time.perf_counter() - began))
+        return deltas

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from pie_cli.errors import BadInput, RuntimeFailure, suggest
+from pie_core.errors import BadInput, RuntimeFailure, suggest
 from runners.base import Runner
 
 RUNNERS: dict[str, str] = {

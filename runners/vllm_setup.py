@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput, suggest
-from planner.dtypes import canonical_dtype
-from planner.shapes import ModelShape, resolve_model
+from pie_core.dtypes import canonical_dtype
+from pie_core.errors import BadInput, suggest
+from pie_core.shapes import ModelShape, resolve_model
+from pie_core.sizes import GIB
 from runners.base import RunnerSpec, peak_host_memory_bytes
 
-GIB = 1024**3
 KV_SPACE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 DEFAULT_CPU_KV_CACHE_SPACE_GIB = 4.0  # vLLM's own CPU default takes most of RAM, too much for a shared host
 

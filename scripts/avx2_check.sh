@@ -16,7 +16,7 @@ trap 'rm -rf "$work"' EXIT
   echo "== machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1); limits: ATEN_CPU_CAPABILITY=$ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA=$ONEDNN_MAX_CPU_ISA"
   python - <<'PY'
 import torch
-from planner.capability import detect_capability, select_kernels, choose_dtype
+from pie_core.capability import detect_capability, select_kernels, choose_dtype
 from profiler.memory import matmul_rates
 from runners.engine.kernels import resolve_kernels
 cap = detect_capability("cpu")

@@ -4,7 +4,7 @@ An AMD EPYC Zen 3 (AVX2 only), a Skylake-X (AVX-512 without BF16), an EPYC Zen 4
 a Sapphire Rapids Xeon (AMX), ARM servers with and without bf16, an x86 CPU reporting no features,
 and CUDA GPUs of compute capability 7.0, 8.0 and 9.0.
 """
-from planner.capability import DeviceCapability
+from pie_core.capability import DeviceCapability
 
 AVX2 = ("avx2", "fma", "f16c")
 AVX512 = AVX2 + ("avx512f", "avx512bw", "avx512vl", "avx512dq")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, builtin_workload
 from planner.cost_model import Problem, model_costs
 from planner.hardware import HardwareSpec, preset
-from planner.shapes import resolve_model
 from profiler.hardware_profile import BandwidthSample, DecodeLayerFit, HardwareProfile, PrefillLayerFit
 
 GB = 10**9

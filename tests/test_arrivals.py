@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.arrivals import ArrivalSpec, arrival_times_s, assign_arrivals, inter_arrival_gaps_s
 from runners.base import BenchRequest
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from planner.capability import C_VARIANT_FLAGS, c_variant, detect_capability
+from pie_core.capability import C_VARIANT_FLAGS, c_variant
+from pie_core.device_probe import detect_capability
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL = REPO / "runners" / "engine" / "paged_decode.c"

@@ -2,10 +2,11 @@
 (tests/capability_records.py: the machines pie meets)."""
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.capability import C_VARIANT_FLAGS, DeviceCapability, choose_dtype, dtype_support, resolve_dtype, select_kernels
+from pie_core.device_probe import detect_capability, read_cpu_flags
+from pie_core.errors import BadInput
+
 from capability_records import AVX2, RECORDS
-from planner.capability import (C_VARIANT_FLAGS, DeviceCapability, choose_dtype, detect_capability, dtype_support, read_cpu_flags,
-                                resolve_dtype, select_kernels)
 
 # record -> (auto dtype, prepack for bf16, C variant for the auto dtype or None)
 EXPECTED = {

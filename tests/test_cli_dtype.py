@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-import planner.capability as capability
+import pie_core.device_probe as device_probe
+from results.store import ResultsStore, load_record
+
 from bench_helpers import tiny_opt_dir
 from capability_records import RECORDS
 from cli_helpers import run_pie
-from results.store import ResultsStore, load_record
 
 SMALL = ["--workload", "fixed", "--input-len", "8", "--output-len", "4", "-n", "3"]
 AVX2 = RECORDS["zen3-avx2"]
@@ -22,7 +23,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture
 def avx2_machine(monkeypatch):
     """This process sees an AVX2-only CPU: auto is float32, bfloat16 is emulated."""
-    monkeypatch.setitem(capability._detected, "cpu", AVX2)
+    monkeypatch.setitem(device_probe._detected, "cpu", AVX2)
     return AVX2
 
 
@@ -38,7 +39,7 @@ def test_unknown_dtype_is_exit_2_with_the_accepted_names(command, monkeypatch, c
 
 
 def test_a_dtype_the_device_cannot_run_is_exit_2_naming_what_to_use(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(capability._detected, "cpu", AVX2.with_changes(runnable_dtypes=("bfloat16", "float32")))
+    monkeypatch.setitem(device_probe._detected, "cpu", AVX2.with_changes(runnable_dtypes=("bfloat16", "float32")))
     monkeypatch.chdir(tmp_path)
     code, out, err = run_pie(["bench", "--dtype", "float16", *SMALL], monkeypatch, capsys)
     assert code == 2

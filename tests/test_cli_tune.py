@@ -81,9 +81,9 @@ def test_profile_for_another_model_or_schema_is_rejected(tmp_path, capsys, monke
 def test_default_uses_this_hosts_saved_profile(tmp_path, capsys, monkeypatch):
     import dataclasses
 
-    from profiler.fingerprint import hostname_hash
-
-    from planner.capability import choose_dtype, detect_capability
+    from pie_core.capability import choose_dtype
+    from pie_core.device_probe import detect_capability
+    from pie_core.fingerprint import hostname_hash
 
     this_cpu = detect_capability("cpu")
     profile = synthetic_profile("opt-125m", dtype=choose_dtype(this_cpu).dtype)  # the dtype auto picks here
@@ -102,8 +102,9 @@ def test_a_saved_profile_of_another_device_or_capability_is_not_used(tmp_path, m
     import dataclasses
 
     from pie_cli.tune_cmd import saved_profile
-    from planner.capability import choose_dtype, detect_capability
-    from profiler.fingerprint import hostname_hash
+    from pie_core.capability import choose_dtype
+    from pie_core.device_probe import detect_capability
+    from pie_core.fingerprint import hostname_hash
 
     this_cpu = detect_capability("cpu")
     dtype = choose_dtype(this_cpu).dtype

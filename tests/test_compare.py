@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from compare_synthetic import write_run
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from results import significance as sig
 from results.compare import CompareOptions, Side, compare, direction, parse_selector, resolve_side
 from results.rules import parse_rules
 from results.store import ResultsStore, load_record
+
+from compare_synthetic import write_run
 
 RULES = parse_rules(["output_throughput:-5%", "p99_ttft_ms:+10%"])
 

@@ -12,11 +12,13 @@ import random
 import pytest
 import torch
 
-from capability_records import CPU_RECORDS
-from planner.capability import c_variant, detect_capability
+from pie_core.capability import c_variant
+from pie_core.device_probe import detect_capability
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
+
+from capability_records import CPU_RECORDS
 
 transformers = pytest.importorskip("transformers")
 
@@ -203,10 +205,10 @@ def test_shrinking_pool_limit_keeps_outputs(tiny_models, references):
 
 def _prefetch_roundtrip(device: str, depth: int, worker: str) -> None:
     """Every layer's staged slot holds exactly that layer's pool rows when `wait` returns."""
+    from pie_core.shapes import REGISTRY
     from runners.engine.block_manager import CacheLayout
     from runners.engine.kv_cache import KVCache
     from runners.engine.prefetcher import Prefetcher
-    from planner.shapes import REGISTRY
 
     shape = REGISTRY["opt-125m"]
     config = EngineConfig(model="opt-125m", block_size=4, num_device_blocks=40, num_pool_blocks=24,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams

@@ -1,15 +1,15 @@
 """Engine models, kernels, loader and sampler against transformers and naive references (CPU, fp32)."""
 from __future__ import annotations
 
-import json
 import itertools
+import json
 import math
 
 import pytest
 import torch
 
-from pie_cli.errors import BadInput
-from planner.shapes import REGISTRY, load_shape_from_dir
+from pie_core.errors import BadInput
+from pie_core.shapes import REGISTRY, load_shape_from_dir
 from runners.engine import loader
 from runners.engine.attention import decode_buckets, kernel_name, paged_decode_attention, prefill_attention, write_kv
 from runners.engine.models import build_model

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.engine.block_manager import BlockManager, CacheLayout
 from runners.engine.config import EngineConfig
 from runners.engine.sampling_params import SamplingParams

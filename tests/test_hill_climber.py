@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from planner.hill_climber import ClimberConfig, HillClimber, Measurement, climb, fit_tent
 
 

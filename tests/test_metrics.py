@@ -1,7 +1,7 @@
 """Metrics against hand-computed timings (vLLM's definitions)."""
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from results.metrics import compute_metrics, parse_goodput, summary_rows, tpot_s
 from results.record import RequestSample
 

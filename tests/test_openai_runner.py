@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.base import BenchRequest, RunnerSpec
 from runners.openai_runner import OpenAIRunner
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
@@ -243,7 +243,7 @@ def test_unreachable_endpoint_is_bad_input_naming_the_url():
 
 
 def test_failed_warm_up_stops_before_timing(server):
-    from pie_cli.errors import RuntimeFailure
+    from pie_core.errors import RuntimeFailure
 
     with pytest.raises(RuntimeFailure, match="warm-up request to .*/v1/completions failed: HTTP 500"):
         run([request(0, first_token=HTTP_500), request(1)], server.url)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
+from pie_core.shapes import resolve_model
 from planner.cost_model import Split, model_costs, predict, violations
 from planner.hardware import PRESET_NAMES, from_profile, preset
-from planner.shapes import resolve_model
 from tests.planner_fixtures import problem, synthetic_profile
 
 

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
+from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, builtin_workload
 from planner.exhaustive import GridSize, best_by_enumeration
 from planner.hardware import preset
 from planner.plan import Plan
 from planner.search import search
-from planner.shapes import resolve_model
 from planner.tune import TuneRequest, make_plan
 from tests.planner_fixtures import link_starved, problem
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
+from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, WorkloadStats, activation_workspace_bytes
 from planner.hardware import from_profile
-from planner.shapes import resolve_model
 from planner.tune import TuneRequest, make_plan
 from runners.online_tuner import OnlineSettings, run_online
 from tests.planner_fixtures import synthetic_profile

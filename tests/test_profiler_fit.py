@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pie_cli.errors import RuntimeFailure
+from pie_core.errors import RuntimeFailure
 from profiler.fit import fit_decode, fit_prefill, holdout_mask
 from profiler.hardware_profile import LayerTiming
 

@@ -5,10 +5,10 @@ torch = pytest.importorskip("torch")
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
+from pie_core.sizes import MIB  # noqa: E402
 from profiler.link import LinkSweep, measure_link  # noqa: E402
 from profiler.memory import measure_copy_bandwidth, measure_matmul  # noqa: E402
 from profiler.run import ProfileRequest, run_profile  # noqa: E402
-from profiler.sizes import MIB  # noqa: E402
 from profiler.timing import time_call  # noqa: E402
 
 

@@ -3,11 +3,13 @@ import resource
 
 import pytest
 
-from planner.shapes import ModelShape, resolve_model
+from pie_core.capability import choose_dtype
+from pie_core.device_probe import detect_capability
+from pie_core.shapes import ModelShape, resolve_model
+from pie_core.sizes import GIB
 from profiler.fit import fit_decode
-from planner.capability import choose_dtype, detect_capability
-from profiler.layer import BLOCK_SIZE, GridPoint, GridSpec, LayerBench, Roofline, kv_cache_bytes, measure_layer, memory_chunks, plan_grid
-from profiler.sizes import GIB
+from profiler.layer import (BLOCK_SIZE, GridPoint, GridSpec, LayerBench, Roofline, kv_cache_bytes, measure_layer, memory_chunks,
+                            plan_grid)
 
 torch = pytest.importorskip("torch")
 TINY = ModelShape(name="tiny-opt", family="opt", hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=4,
@@ -122,7 +124,7 @@ def test_opt_30b_builds_one_layer_not_the_model():
 def test_grid_spec_validates(changes):
     import dataclasses
 
-    from pie_cli.errors import BadInput
+    from pie_core.errors import BadInput
 
     with pytest.raises(BadInput):
         dataclasses.replace(GridSpec.for_run(True), **changes)

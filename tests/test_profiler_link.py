@@ -1,11 +1,11 @@
 """Link sweep and memory measurements on the CPU (where the link is a memcpy)."""
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
+from pie_core.sizes import GIB, KIB, MIB
 from profiler.hardware_profile import HOST_MEMORY_KINDS, LINK_DIRECTIONS
 from profiler.link import LinkSweep, bidirectional_copies_per_call, lock_pages, measure_link, sweep_sizes, unlock_pages
 from profiler.memory import default_matmul_shape, measure_copy_bandwidth, measure_matmul
-from profiler.sizes import GIB, KIB, MIB
 
 
 def test_sweep_sizes_cover_64kib_to_max():

@@ -3,11 +3,12 @@ import json
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.capability import choose_dtype
+from pie_core.device_probe import detect_capability
+from pie_core.errors import BadInput
+from pie_core.sizes import KIB, MIB
 from profiler.hardware_profile import SCHEMA_VERSION, HardwareProfile
-from planner.capability import choose_dtype, detect_capability
 from profiler.run import ProfileRequest, run_profile
-from profiler.sizes import KIB, MIB
 
 torch = pytest.importorskip("torch")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")

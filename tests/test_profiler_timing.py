@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from pie_cli.errors import BadInput
-from profiler.sizes import GIB, KIB, MIB, format_bytes, free_host_bytes, parse_size
+from pie_core.errors import BadInput
+from pie_core.sizes import GIB, KIB, MIB, format_bytes, free_host_bytes, parse_size
 from profiler.timing import Timing, calls_for_duration, percentile, time_call, time_interleaved
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from results.record import SCHEMA_VERSION, RequestSample, RunHeader
 from results.store import ResultsStore, load_record, new_run_id, utc_now
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from results.rules import Rule, check_metrics, parse_rule
 
 

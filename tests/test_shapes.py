@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pie_cli.errors import BadInput
-from planner.shapes import REGISTRY, resolve_model
+from pie_core.errors import BadInput
+from pie_core.shapes import REGISTRY, resolve_model
 
 MIB = 1024 * 1024
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from results.metrics import summary_rows
 from results.store import load_record
 from runners.base import BenchRequest, RunnerSpec
 from runners.registry import get_runner
-from runners.vllm_runner import VllmRunner, drive_engine
+from runners.request_loop import TokenDelta, drive_engine
+from runners.vllm_runner import VllmRunner
 from runners.vllm_setup import DEFAULT_CPU_KV_CACHE_SPACE_GIB, VllmSettings, hf_config_from_shape, model_directory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 class FakeEngine:
     """Makes one token per in-flight request per step; each step takes `step_s`."""
+
+    name = "fake"
 
     def __init__(self, step_s=0.002, refuse=(), crash_after_steps=None):
         self.step_s, self.refuse, self.crash_after_steps = step_s, set(refuse), crash_after_steps
@@ -54,7 +57,7 @@ class FakeEngine:
         for request_id, state in list(self.active.items()):
             state[0] += 1
             finished = state[0] == state[1]
-            outputs.append((request_id, [1000 + state[0]], finished))
+            outputs.append(TokenDelta(request_id, [1000 + state[0]], finished))
             if finished:
                 del self.active[request_id]
         return outputs
@@ -136,7 +139,7 @@ def test_settings_parse_validate_and_default_the_kv_space():
 
 def test_registry_models_become_configs_transformers_accepts(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from planner.shapes import REGISTRY
+    from pie_core.shapes import REGISTRY
 
     for name in ("opt-125m", "opt-350m", "llama-3-8b", "mistral-7b", "qwen2.5-7b"):
         shape = REGISTRY[name]

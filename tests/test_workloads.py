@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.workloads import WorkloadSpec, load_workload
 from runners.workloads.tokenize import ApproximateTokenizer, load_tokenizer
+
 from bench_helpers import save_tokenizer, write_sharegpt
 
 WORDS = "one two three four five six seven eight nine ten eleven twelve".split()

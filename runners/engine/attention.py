@@ -86,7 +86,7 @@ def decode_buckets(context_lens: list[int], block_size: int) -> list[tuple[list[
 def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor, variant: str | None = None) -> str:
     """'c' or 'torch': the decode path for these tensors under $PIE_DECODE_KERNEL (auto|c|torch).
 
-    `variant` names the C build (planner/capability.py; None: this machine's own); "torch" forces
+    `variant` names the C build (pie_core/capability.py; None: this machine's own); "torch" forces
     the PyTorch path, as the engine does when its capability record selects no C kernel.
     """
     choice = os.environ.get("PIE_DECODE_KERNEL", "auto")

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.engine.sequence import DEVICE, POOL, BlockRef, Sequence
 
 

@@ -2,15 +2,20 @@
 
 The engine knows nothing of the planner: a `Plan` is turned into an `EngineConfig` by the
 caller. Budgets are in blocks; `EngineConfig.from_budgets` converts bytes to blocks.
+
+The model's shape is resolved once, at construction (for a local directory that reads its
+config.json), and kept beside the fields rather than as one: `dataclasses.asdict`, `repr`,
+equality and hashing see the settings only, and `replace` builds a new config, so a changed
+`model` is resolved again. Left out: noticing a config.json edited after construction.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput, suggest
-from planner.dtypes import canonical_dtype
-from planner.shapes import ModelShape, resolve_model
+from pie_core.dtypes import canonical_dtype
+from pie_core.errors import BadInput, suggest
+from pie_core.shapes import ModelShape, resolve_model
 
 DEVICES = ("cpu", "cuda")
 # Who copies pooled blocks into staging, per device type; the first is the default (prefetcher.py).
@@ -57,6 +62,9 @@ class EngineConfig:
             raise BadInput(f"rebuild_fraction must be in [0, 1], got {self.rebuild_fraction}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise BadInput("max_num_seqs and max_num_batched_tokens must be at least 1")
+        # Not a dataclass field (asdict would put a whole shape into every described run config); the
+        # engine reads it per token, so it must not be resolved (a file read for a directory) per access.
+        object.__setattr__(self, "_shape", resolve_model(self.model))
         shape = self.shape
         if shape.rope_scaling:
             raise BadInput(f"{shape.name} uses '{shape.rope_scaling}' RoPE scaling, which the Pie engine does not implement",
@@ -72,7 +80,8 @@ class EngineConfig:
 
     @property
     def shape(self) -> ModelShape:
-        return resolve_model(self.model)
+        """The model's shape, resolved once when this config was built."""
+        return self._shape
 
     @property
     def copies_overlap(self) -> bool:
@@ -84,6 +93,7 @@ class EngineConfig:
         return self.max_model_len or self.shape.max_positions
 
     def replace(self, **changes) -> "EngineConfig":
+        """A new config with `changes`, validated and its shape resolved again."""
         return dataclasses.replace(self, **changes)
 
     @classmethod

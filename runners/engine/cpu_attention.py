@@ -17,7 +17,7 @@ AVX-512 parts sit behind `#if`, and every other build (AVX2, NEON, plain) takes 
 compiler vectorises for its flags.
 
 The C source is `paged_decode.c` beside this module (package data). One library per variant
-(planner/capability.py `C_VARIANT_FLAGS`: avx512bf16, avx512, avx2, neon-bf16, neon, portable;
+(pie_core/capability.py `C_VARIANT_FLAGS`: avx512bf16, avx512, avx2, neon-bf16, neon, portable;
 explicit ISA flags, never `-march=native`, so the variant follows the capability record), compiled on first use into `~/.cache/pie/kernels/` (or `$PIE_KERNEL_CACHE`)
 with `cc -O3 -fopenmp <flags>`, then called once in a child process on a tiny cache (an
 instruction the CPU lacks kills the child, not the run) before it is loaded with ctypes.
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from planner.capability import C_VARIANT_FLAGS, c_variant, detect_capability
+from pie_core.capability import C_VARIANT_FLAGS, c_variant
+from pie_core.device_probe import detect_capability
 
 # The kernel's source ships beside this module as package data (pyproject.toml).
 _SOURCE = (Path(__file__).with_name("paged_decode.c")).read_text()
@@ -104,7 +105,7 @@ def _smoke_test(target: Path) -> None:
 
 
 def default_variant() -> str:
-    """The C variant this machine's own capability record selects (planner/capability.py)."""
+    """The C variant this machine's own capability record selects (pie_core/capability.py)."""
     return c_variant(detect_capability("cpu"))
 
 

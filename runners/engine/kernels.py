@@ -1,6 +1,6 @@
 """The kernels the engine really runs: the capability record's choice, tried, with its fallbacks named.
 
-`planner/capability.py` says what should be fast on a device (a pure function of its record);
+`pie_core/capability.py` says what should be fast on a device (a pure function of its record);
 `resolve_kernels` turns that into what will run here, trying each fast path once:
 
 - GEMMs: oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.capability import DeviceCapability, detect_capability, select_kernels
+from pie_core.capability import DeviceCapability, select_kernels
+from pie_core.device_probe import detect_capability
 from runners.engine.models.linear import Linear, prepack_available
 
 LINEAR_PATHS = ("onednn-prepacked", "torch-linear")

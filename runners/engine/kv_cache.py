@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from planner.shapes import ModelShape
+from pie_core.shapes import ModelShape
 from runners.engine import host_memory
 from runners.engine.block_manager import BlockMove, CacheLayout
 

@@ -8,6 +8,12 @@ longer than the context, or than what the budgets can hold) are refused at `add_
 with `BadInput`; in `generate` such a request comes back with finish_reason "error" and the
 others run on.
 
+A request's bookkeeping (its `Sequence` and `RequestOutput`) lives only while it is unfinished:
+the `step()` that returns its final output drops it (the caller holds that output), so a
+long closed loop keeps state for the requests in flight only, and a finished request's id may
+be used again (an aborted request keeps only its output, see `abort_request`). Nothing per token touches the file system (the shape and the EOS ids are read
+at construction). `stats` keeps one `IterationStats` per iteration for the engine's lifetime.
+
 Left out: detokenisation (token ids only), streaming callbacks, async serving, LoRA.
 """
 from __future__ import annotations
@@ -20,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from pie_cli.errors import BadInput
-from planner.capability import DeviceCapability
+from pie_core.capability import DeviceCapability
+from pie_core.errors import BadInput
 from runners.engine import loader
 from runners.engine.block_manager import BlockManager, CacheLayout
 from runners.engine.config import EngineConfig
@@ -33,7 +39,7 @@ from runners.engine.outputs import IterationStats, RequestOutput
 from runners.engine.sampler import make_generator
 from runners.engine.sampling_params import SamplingParams
 from runners.engine.scheduler import Scheduler
-from runners.engine.sequence import Sequence, SequenceStatus
+from runners.engine.sequence import Sequence
 
 
 def _weights_dir(config: EngineConfig) -> Path | None:
@@ -76,6 +82,7 @@ class LLMEngine:
         self._sequences: dict[str, Sequence] = {}
         self._outputs: dict[str, RequestOutput] = {}
         self._order = itertools.count()
+        self._generate_calls = itertools.count()
 
     # --- properties and knobs ----------------------------------------------------------------
     @property
@@ -96,7 +103,12 @@ class LLMEngine:
         self.block_manager.set_pool_limit(int(num_blocks))
 
     def check_invariants(self) -> None:
-        self.block_manager.check_invariants(self.scheduler.running + list(self.scheduler.waiting))
+        live = self.scheduler.running + list(self.scheduler.waiting)
+        self.block_manager.check_invariants(live)
+        assert {seq.request_id for seq in live} == set(self._sequences), \
+            f"engine holds {sorted(self._sequences)} but the scheduler {sorted(seq.request_id for seq in live)}"
+        assert all(self._outputs[request_id].finish_reason == "abort" or request_id in self._sequences
+                   for request_id in self._outputs), "a finished request's output is still held"
 
     # --- requests ----------------------------------------------------------------------------
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
@@ -129,13 +141,17 @@ class LLMEngine:
         self._outputs[request_id] = RequestOutput(request_id=request_id, prompt_token_ids=prompt, arrival_time=arrival)
         self.scheduler.add(seq)
 
-    def abort_request(self, request_id: str) -> None:
-        seq = self._sequences.get(request_id)
-        if seq is None or seq.status is SequenceStatus.FINISHED:
-            return
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop an unfinished request and free its blocks; returns its output (finish_reason "abort"),
+        None for an unknown or finished id. `step()` never returns an aborted request, so its output
+        stays in `_outputs` (its `Sequence` is dropped) until the id is used again."""
+        seq = self._sequences.pop(request_id, None)
+        if seq is None:
+            return None
         self.scheduler.finish(seq, "abort")
         output = self._outputs[request_id]
         output.finished, output.finish_reason = True, "abort"
+        return output
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -175,6 +191,7 @@ class LLMEngine:
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 output.finished, output.finish_reason = True, reason
+                del self._sequences[seq.request_id], self._outputs[seq.request_id]  # returned below, never again
             changed.append(output)
         for seq in scheduled.preempted:
             self._outputs[seq.request_id].num_preemptions = seq.num_preemptions
@@ -194,7 +211,7 @@ class LLMEngine:
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise BadInput(f"{len(prompts)} prompts but {len(params)} sampling params", "give one per prompt, or one for all")
-        prefix = f"gen{len(self._sequences)}-"
+        prefix = f"gen{next(self._generate_calls)}-"
         outputs: list[RequestOutput] = []
         for index, (prompt, request_params) in enumerate(zip(prompts, params)):
             request_id = f"{prefix}{index}"

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from pie_cli.errors import BadInput
-from planner.shapes import ModelShape
+from pie_core.errors import BadInput
+from pie_core.shapes import ModelShape
 
 _PREFIXES = ("model.decoder.", "decoder.", "model.")
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    from planner.dtypes import canonical_dtype
+    from pie_core.dtypes import canonical_dtype
 
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[canonical_dtype(name)]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pie_cli.errors import BadInput
-from planner.shapes import resolve_model
+from pie_core.errors import BadInput
+from pie_core.shapes import resolve_model
 from runners.base import BenchRequest
 from runners.workloads.alpaca import read_alpaca
-from runners.workloads.common import (DEFAULT_NUM_PROMPTS, WORKLOADS, LengthFilter, WorkloadInfo, WorkloadSpec,
-                                      no_requests_error, take_requests)
+from runners.workloads.common import (DEFAULT_NUM_PROMPTS, WORKLOADS, LengthFilter, WorkloadInfo, WorkloadSpec, no_requests_error,
+                                      take_requests)
 from runners.workloads.jsonl import DEFAULT_OUTPUT_LEN, load_jsonl
 from runners.workloads.sharegpt import read_sharegpt
 from runners.workloads.synthetic import synthetic_requests

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 
 WORKLOADS = ("sharegpt", "alpaca", "jsonl", "fixed", "uniform")
 DEFAULT_NUM_PROMPTS = 64
@@ -38,7 +38,7 @@ class WorkloadSpec:
 
     def __post_init__(self) -> None:
         if self.name not in WORKLOADS:
-            from pie_cli.errors import suggest
+            from pie_core.errors import suggest
 
             raise BadInput(f"unknown workload '{self.name}'", suggest(self.name, WORKLOADS))
         if self.num_prompts < 1:

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.workloads.common import TextEntry, read_json
 
 

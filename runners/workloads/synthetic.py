@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 from runners.base import BenchRequest
 from runners.workloads.common import MAX_PROMPT_LEN, MAX_TOTAL_LEN, MIN_PROMPT_LEN, WorkloadSpec
 from runners.workloads.tokenize import RESERVED_IDS

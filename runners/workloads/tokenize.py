@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from pie_cli.errors import BadInput
-from planner.shapes import resolve_model
+from pie_core.errors import BadInput
+from pie_core.shapes import resolve_model
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 _PIECES = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pie_cli.errors import BadInput
-from planner.shapes import ModelShape
+from pie_core.errors import BadInput
+from pie_core.shapes import ModelShape
 from runners.engine import loader
 from runners.engine.models.common import Attention, DecoderModel
 from runners.engine.models.llama import LlamaModel

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import torch
 
-from planner.shapes import ModelShape
+from pie_core.shapes import ModelShape
 
 # attention(layer_index, q[T, Hq, dh], k[T, Hkv, dh], v[T, Hkv, dh]) -> out[T, Hq, dh]
 Attention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,3 +33,11 @@ class DecoderModel(Protocol):
                             positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+def init_common(model, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int) -> None:
+    """The attributes every engine model sets the same way: shape, layer count, scale, embedding, dtype, device."""
+    model.shape, model.num_layers = shape, num_layers
+    model.attention_scale = shape.head_dim ** -0.5
+    model.embed_tokens = weights["embed_tokens.weight"]
+    model.dtype, model.device = model.embed_tokens.dtype, model.embed_tokens.device

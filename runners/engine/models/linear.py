@@ -9,7 +9,7 @@ weight is reordered once with `torch.ops.mkldnn._reorder_linear_weight` and mult
 prepacking vLLM-CPU and torch.compile's CPU freezing do. Everywhere else (CUDA, fp32/fp16,
 torch builds without oneDNN, or `PIE_PREPACK=0`) it is plain `F.linear`, so the fp32 models the
 correctness tests compare against transformers take exactly the path they always did.
-Whether to prepack is the engine's choice (planner/capability.py `select_kernels`: oneDNN's bf16
+Whether to prepack is the engine's choice (pie_core/capability.py `select_kernels`: oneDNN's bf16
 path needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); if the reorder still raises, the weight stays
 plain, `packed` is False and `fallback` says why, and the run goes on.
 

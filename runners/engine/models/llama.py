@@ -12,14 +12,13 @@ mask it), Qwen2's sliding-window layers.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from planner.shapes import ModelShape
-from runners.engine.models.common import Attention
+from pie_core.shapes import ModelShape
+from runners.engine.models.common import Attention, init_common
 from runners.engine.models.linear import Linear
 
 
@@ -102,16 +101,10 @@ class LlamaModel:
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int,
                  prepack: bool | None = None):
-        linear = functools.partial(Linear, prepack=prepack)
-        self.shape = shape
-        self.num_layers = num_layers
-        self.attention_scale = shape.head_dim ** -0.5
-        self.embed_tokens = weights["embed_tokens.weight"]
+        init_common(self, shape, weights, num_layers)
         self.norm_weight = weights["norm.weight"]
-        self.lm_head = linear(weights.get("lm_head.weight", self.embed_tokens))
+        self.lm_head = Linear(weights.get("lm_head.weight", self.embed_tokens), prepack=prepack)
         self.layers = [layer_from_weights(weights, i, shape.qkv_bias, prepack) for i in range(num_layers)]
-        self.dtype = self.embed_tokens.dtype
-        self.device = self.embed_tokens.device
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.embed_tokens)

@@ -12,14 +12,13 @@ Left out: dropout, OPT's `enable_bias=False` and `layer_norm_elementwise_affine=
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from planner.shapes import ModelShape
-from runners.engine.models.common import Attention
+from pie_core.shapes import ModelShape
+from runners.engine.models.common import Attention, init_common
 from runners.engine.models.linear import Linear
 
 _POSITION_OFFSET = 2
@@ -94,10 +93,7 @@ class OPTModel:
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int,
                  prepack: bool | None = None):
         linear = functools.partial(Linear, prepack=prepack)
-        self.shape = shape
-        self.num_layers = num_layers
-        self.attention_scale = shape.head_dim ** -0.5
-        self.embed_tokens = weights["embed_tokens.weight"]
+        init_common(self, shape, weights, num_layers)
         self.embed_positions = weights["embed_positions.weight"]
         self.project_in = linear(weights["project_in.weight"]) if "project_in.weight" in weights else None
         self.project_out = linear(weights["project_out.weight"]) if "project_out.weight" in weights else None
@@ -105,8 +101,6 @@ class OPTModel:
         self.final_norm_bias = weights.get("final_layer_norm.bias")
         self.layers = [layer_from_weights(weights, i, prepack) for i in range(num_layers)]
         self.lm_head = linear(self.embed_tokens)  # tied; a prepacked copy when packing applies
-        self.dtype = self.embed_tokens.dtype
-        self.device = self.embed_tokens.device
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = F.embedding(input_ids, self.embed_tokens)

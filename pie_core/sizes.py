@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 
-from pie_cli.errors import BadInput
+from pie_core.errors import BadInput
 
 KIB = 1024
 MIB = 1024**2
@@ -50,16 +50,6 @@ def free_host_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def free_device_bytes(device: str) -> int:
-    """Free memory on `device`: host memory for 'cpu', the CUDA driver's free figure for 'cuda'."""
-    if not device.startswith("cuda"):
-        return free_host_bytes()
-    import torch
-
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return int(free)
 
 
 def total_host_bytes() -> int:

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pie_cli.errors import BadInput, suggest
-from planner.dtypes import dtype_bytes
+from pie_core.dtypes import dtype_bytes
+from pie_core.errors import BadInput, suggest
 
 FAMILIES = ("opt", "llama", "mistral", "qwen2")
 

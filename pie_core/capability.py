@@ -1,6 +1,7 @@
 """What the device can do, as a record, and the dtype and kernels that follow from it (torch-free).
 
-`DeviceCapability` is measured once (`detect_capability`, which imports torch lazily) and kept
+`DeviceCapability` is measured once (`pie_core.device_probe.detect_capability`, the only part that
+touches torch or the OS) and kept
 in the machine fingerprint, so it rides along in every profile and run record. Everything that
 decides a fast path is a pure function of it, so each branch can be tested on any machine with
 an injected record:
@@ -22,13 +23,11 @@ and every choice takes its portable branch).
 """
 from __future__ import annotations
 
-import os
-import platform
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pie_cli.errors import BadInput
-from planner.dtypes import AUTO, canonical_dtype
+from pie_core.dtypes import AUTO, canonical_dtype
+from pie_core.errors import BadInput
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -268,57 +267,3 @@ def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
         return KernelChoice(prepack, "torch", None, (*reasons, f"PyTorch decode attention: the C kernel has no {dtype} path"))
     variant = c_variant(cap)
     return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build"))
-
-
-# --- detection (the only part that touches torch or the OS) ------------------------------------
-def read_cpu_flags(path: str = "/proc/cpuinfo") -> tuple[str, ...]:
-    """The deciding features of the first CPU in /proc/cpuinfo ('flags' on x86, 'Features' on ARM)."""
-    wanted = set(X86_FEATURES) | set(ARM_FEATURES)
-    try:
-        with open(path) as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("flags", "features"):
-                    return tuple(sorted(wanted & set(value.split())))
-    except OSError:
-        pass
-    return ()
-
-
-def _probe_dtypes(device: str) -> tuple[str, ...]:
-    """Dtypes a tiny matmul runs in on `device` (a build without a kernel raises)."""
-    import torch
-
-    runnable = []
-    for name in DTYPES:
-        try:
-            a = torch.ones(4, 8, dtype=getattr(torch, name), device=device)
-            torch.matmul(a, a.t())
-            runnable.append(name)
-        except (RuntimeError, TypeError):
-            continue
-    return tuple(runnable)
-
-
-_detected: dict[str, DeviceCapability] = {}
-
-
-def detect_capability(device: str = "cpu") -> DeviceCapability:
-    """Measure this machine's record for `device` (cpu, cuda, cuda:N); cached per device in this process."""
-    if device in _detected:
-        return _detected[device]
-    import torch
-
-    kind = device.split(":")[0]
-    cuda_cc = name = None
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise BadInput(f"device '{device}' asked for, but CUDA is not available", "use --device cpu")
-        props = torch.cuda.get_device_properties(torch.device(device))
-        cuda_cc, name = f"{props.major}.{props.minor}", props.name
-    cap = DeviceCapability(
-        kind=kind, arch=platform.machine().lower(), torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        cpu_flags=read_cpu_flags(), onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA") or None,
-        cuda_compute_capability=cuda_cc, device_name=name, runnable_dtypes=_probe_dtypes(device))
-    _detected[device] = cap
-    return cap

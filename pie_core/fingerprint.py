@@ -2,7 +2,7 @@
 
 Collected: CPU model, core count, RAM, GPU name, memory and compute capability, NVIDIA driver,
 torch / CUDA / Python versions, OS, a hash of the hostname (the name itself is not stored), and
-the device's capability record (planner/capability.py: the ISA torch dispatches to, the CPU
+the device's capability record (pie_core/capability.py: the ISA torch dispatches to, the CPU
 features that decide the fast paths, the dtypes it multiplies natively).
 `fingerprint_slug` turns it into a short file-name-safe key for `.pie/profiles/`.
 
@@ -19,8 +19,8 @@ import socket
 import subprocess
 from typing import Any
 
-from planner.capability import detect_capability
-from profiler.sizes import total_host_bytes
+from pie_core.device_probe import detect_capability
+from pie_core.sizes import total_host_bytes
 
 
 def cpu_model() -> str:

@@ -1,7 +1,7 @@
 """Names and sizes of the element types pie supports (torch-free)."""
 from __future__ import annotations
 
-from pie_cli.errors import BadInput, suggest
+from pie_core.errors import BadInput, suggest
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 _ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}

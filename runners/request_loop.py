@@ -1,0 +1,137 @@
+"""The one request loop: release requests by arrival and concurrency, stamp token times, build samples.
+
+Every runner that drives an engine in this process (the Pie engine, vLLM's offline engine, the
+`transformers` reference) adapts its backend to `StepEngine` and hands it to `drive_engine`:
+
+- release: a request is due at `max(start + arrival_s, when a concurrency slot freed)`, and is
+  added then; a request that falls due during a step waits for that step, as it would in a
+  server's queue, and that wait counts in its TTFT;
+- token times: each `TokenDelta` carries the new tokens of one request; the engine's own
+  timestamps are used when it gives them (`token_times`), else the clock when `step` returned;
+- samples: `runners.base.sample_from_token_times` turns release and token times into TTFT
+  (first token - release), ITL (gaps between tokens) and E2EL (last token - release), the one
+  place those are defined; each sample goes to `on_request_done` (which flushes it to the
+  record) as soon as its request ends.
+
+A request the engine refuses (`add` raises) or fails (`TokenDelta.error`) is a failed sample and
+the run goes on; an engine whose `step` raises fails every request in flight or still pending.
+
+Left out: the asyncio loop of the OpenAI-compatible client (runners/openai_runner.py), which
+releases by the same rule and builds its samples with the same function.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from results.record import RequestSample
+from runners.base import BenchRequest, RequestDone, failed_sample, sample_from_token_times
+
+Clock = Callable[[], float]
+
+
+class TokenDelta(NamedTuple):
+    """What one request got from one step."""
+
+    request_id: str
+    token_ids: Sequence[int]  # the tokens this step produced for it (may be empty)
+    finished: bool
+    token_times: Sequence[float] | None = None  # clock time of each token, when the engine stamps them itself
+    error: str | None = None  # the engine failed this request (it is finished)
+
+
+class StepEngine(Protocol):
+    """What `drive_engine` needs from an engine: add a request, step, and a name for messages."""
+
+    name: str
+
+    def add(self, request: BenchRequest) -> None: ...
+
+    def step(self) -> Sequence[TokenDelta]: ...
+
+
+@dataclass
+class _InFlight:
+    request: BenchRequest
+    release_time: float  # absolute clock time
+    token_times: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DriveResult:
+    duration_s: float  # first release to last completion
+    num_steps: int
+
+
+def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency: int | None,
+                 save_outputs: bool, on_request_done: RequestDone, clock: Clock = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep) -> DriveResult:
+    """Release `requests` into `engine` by their arrivals, step it, and report each as it ends (module docstring)."""
+    limit = max_concurrency or math.inf
+    pending = deque(sorted(requests, key=lambda r: r.arrival_s))
+    in_flight: dict[str, _InFlight] = {}
+    start = clock()
+    slot_free_since = start  # when the number in flight last dropped below the limit
+    first_release: float | None = None
+    last_done: float | None = None
+    num_steps = 0
+
+    def finish(sample: RequestSample, at: float) -> None:
+        nonlocal last_done
+        last_done = at if last_done is None else max(last_done, at)
+        on_request_done(sample)
+
+    while pending or in_flight:
+        now = clock()
+        while pending and start + pending[0].arrival_s <= now and len(in_flight) < limit:
+            request = pending.popleft()
+            release = max(start + request.arrival_s, slot_free_since)
+            first_release = release if first_release is None else first_release
+            try:
+                engine.add(request)
+            except Exception as err:  # noqa: BLE001 - a refused request is a failed sample, not a crash
+                message = err.one_line() if hasattr(err, "one_line") else str(err)
+                finish(failed_sample(request, f"{engine.name} refused the request: {message}"), clock())
+                continue
+            in_flight[request.request_id] = _InFlight(request, release)
+            if len(in_flight) >= limit:
+                slot_free_since = math.inf
+        if not in_flight:
+            if pending:
+                sleep(max(0.0, start + pending[0].arrival_s - clock()))
+            continue
+        try:
+            deltas = engine.step()
+        except Exception as err:  # noqa: BLE001 - the engine died: fail what is left, keep what finished
+            at = clock()
+            for state in in_flight.values():
+                finish(failed_sample(state.request, f"{engine.name} engine failed: {err}"), at)
+            for request in pending:
+                finish(failed_sample(request, f"{engine.name} engine failed before release: {err}"), at)
+            in_flight.clear()
+            pending.clear()
+            break
+        num_steps += 1
+        stamp = clock()
+        for delta in deltas:
+            state = in_flight.get(delta.request_id)
+            if state is None:
+                continue
+            state.token_ids.extend(int(t) for t in delta.token_ids)
+            state.token_times.extend(delta.token_times if delta.token_times is not None else [stamp] * len(delta.token_ids))
+            if delta.finished or delta.error:
+                del in_flight[delta.request_id]
+                if len(in_flight) == limit - 1:
+                    slot_free_since = stamp
+                sample = (failed_sample(state.request, delta.error) if delta.error else
+                          sample_from_token_times(state.request, start, state.release_time, state.token_times,
+                                                  state.token_ids, save_outputs))
+                finish(sample, stamp)
+    begin = first_release if first_release is not None else start
+    end = last_done if last_done is not None else begin
+    return DriveResult(duration_s=max(0.0, end - begin), num_steps=num_steps)
