@@ -167,7 +167,7 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     check_output_path(output)
     resolved = resolve_dtype_option(dtype, check_device(device))
     request = ProfileRequest(device=device, dtype=resolved.dtype, model=None if no_layer else model, quick=quick,
-                             max_size_bytes=parse_size(max_size) if max_size is not None else None,
+                             max_size_bytes=parse_size(max_size, "--max-size") if max_size is not None else None,
                              threads=threads, seed=seed)
     request.link_sweep()  # sizes that cannot fit fail here, before the dtype line and any measuring
     announce_dtype(out, resolved, device)

@@ -7,7 +7,6 @@ which runs the Pie engine and the hill-climber and reports each move. Nothing el
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,15 +16,13 @@ from pie_cli.dtype_option import announce_dtype, resolve_dtype_option
 from pie_cli.options import JsonOpt, ModelOpt, OutputPathOpt
 from pie_cli.output import Output
 from pie_core.errors import BadInput
-from pie_core.sizes import GIB
+from pie_core.sizes import GIB, parse_size
 
-_SIZE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
-_UNITS = {"": GIB, "gib": GIB, "g": 1e9, "gb": 1e9, "mib": 1024**2, "mb": 1e6, "tib": 1024**4, "tb": 1e12}
 
 HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="A datasheet preset: h100-pcie, h200, a100-pcie, gh200, l4 (figures to replace with a `pie profile`).")]
 ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="A HardwareProfile JSON from `pie profile` (default: this host's saved profile for the model, else a quick profile, which is saved).")]
-GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Device memory budget, e.g. 80GB or 70GiB (a bare number is GiB) (default: all device memory; a quarter of RAM on a CPU).")]
-CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (a bare number is GiB) (default: half of host memory; a quarter of RAM on a CPU).")]
+GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Device memory budget, e.g. 80GB or 70GiB (default: all device memory; a quarter of RAM on a CPU).")]
+CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (default: half of host memory; a quarter of RAM on a CPU).")]
 WorkloadOpt = Annotated[str, typer.Option("--workload", help="sharegpt or alpaca (published mean lengths), or a workload FILE (ShareGPT/Alpaca JSON or JSONL).")]
 MaxTpotOpt = Annotated[Optional[float], typer.Option("--max-tpot-ms", help="Latency bound: the plan's predicted time per output token must not exceed this.")]
 TuneDtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (the profile's; for a preset, bfloat16 from compute capability 8.0, else float16; without either, what this machine multiplies natively), bfloat16, float16 or float32.")]
@@ -40,17 +37,8 @@ TuneDeviceOpt = Annotated[str, typer.Option("--device", help="Without --hardware
 
 
 def parse_budget(text: str | None, option: str) -> int | None:
-    """'80GB' -> 80e9 bytes, '70' -> 70 GiB; a one-line error for anything else or a value <= 0."""
-    if text is None:
-        return None
-    match = _SIZE.match(text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise BadInput(f"cannot read {option} '{text}'", "write a size such as 80GB, 70GiB or 70 (GiB)")
-    value = float(match.group(1)) * _UNITS[unit]
-    if value <= 0:
-        raise BadInput(f"{option} must be positive, got '{text}'", f"give a size such as {option} 16GiB")
-    return int(value)
+    """A memory budget flag in bytes (`pie_core.sizes.parse_size`: '80GB', '70GiB'), None when not given."""
+    return None if text is None else parse_size(text, option)
 
 
 def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, device: str, out: Output):

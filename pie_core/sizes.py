@@ -15,20 +15,26 @@ from pie_core.errors import BadInput
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": KIB, "m": 1000**2, "mb": 1000**2, "mib": MIB,
+_UNITS = {"b": 1, "k": 1000, "kb": 1000, "kib": KIB, "m": 1000**2, "mb": 1000**2, "mib": MIB,
           "g": 1000**3, "gb": 1000**3, "gib": GIB, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
-_SIZE_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+_SIZE_PATTERN = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_size(text: str) -> int:
-    """'64KiB' -> 65536, '1.5GB' -> 1500000000, '4096' -> 4096; BadInput otherwise."""
+def parse_size(text: str, option: str = "size") -> int:
+    """'64KiB' -> 65536, '1.5GB' -> 1500000000, '4096B' -> 4096; BadInput otherwise.
+
+    The one size parser of every command, with one rule for a bare number: it is refused, since
+    bytes and GiB are both plausible readings of '70' (`option` names the flag in the message).
+    """
     match = _SIZE_PATTERN.match(str(text))
+    if match and not match.group(2):
+        raise BadInput(f"{option} '{text}' has no unit", f"write {match.group(1)}GiB, {match.group(1)}GB or {match.group(1)}B")
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
-        raise BadInput(f"cannot read size '{text}'", "write a number with a unit, e.g. 64KiB, 256MiB, 1GiB")
+        raise BadInput(f"cannot read {option} '{text}'", "write a number with a unit, e.g. 64KiB, 256MiB, 1GiB, 80GB")
     size = int(float(match.group(1)) * _UNITS[unit])
     if size <= 0:
-        raise BadInput(f"size '{text}' must be positive")
+        raise BadInput(f"{option} must be positive, got '{text}'", f"give a size such as {option} 16GiB")
     return size
 
 

@@ -99,13 +99,6 @@ def preset(name: str) -> HardwareSpec:
                                     device_name=sheet.title.split(",")[0]).to_dict())
 
 
-def preset_rows() -> list[dict]:
-    """The presets as table rows (for help text and docs)."""
-    return [{"preset": k, "machine": s.title, "device_gb": s.device_memory_gb, "host_gb": s.host_memory_gb,
-             "link": f"{s.link_name} {s.link_nominal_gbps:g} GB/s nominal, {s.link_achieved_gbps:g} assumed achieved"}
-            for k, s in _DATASHEETS.items()]
-
-
 def physical_host_memory_bytes() -> int:
     """Installed RAM of this machine (POSIX sysconf)."""
     try:

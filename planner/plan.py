@@ -79,10 +79,6 @@ class Plan:
     online: dict[str, Any] | None = None  # hill-climber moves and measured best
     schema_version: int = PLAN_SCHEMA_VERSION
 
-    @property
-    def speedup_over_baseline(self) -> float:
-        return self.predicted.output_tok_s / self.baseline.output_tok_s if self.baseline.output_tok_s > 0 else float("inf")
-
     def with_online(self, online: dict[str, Any], settings: EngineSettings | None = None) -> "Plan":
         return dataclasses.replace(self, online=online, settings=settings or self.settings)
 

@@ -48,11 +48,8 @@ class RecordWriter:
 
     def __init__(self, path: Path, header: RunHeader):
         self.path = path
-        self.header = header
         self._file = open(path, "x", encoding="utf-8")  # "x": never overwrite a record
         self._write({"type": "header", **dataclasses.asdict(header)})
-        self.num_requests = 0
-        self.finished = False
 
     def _write(self, obj: dict[str, Any]) -> None:
         self._file.write(json.dumps(to_jsonable(obj)) + "\n")
@@ -60,11 +57,9 @@ class RecordWriter:
 
     def add(self, sample: RequestSample) -> None:
         self._write({"type": "request", **dataclasses.asdict(sample)})
-        self.num_requests += 1
 
     def finish(self, summary: dict[str, Any], telemetry: dict[str, Any] | None = None) -> None:
         self._write({"type": "summary", "summary": summary, "telemetry": telemetry or {}, "finished_at": utc_now()})
-        self.finished = True
         self.close()
 
     def close(self) -> None:

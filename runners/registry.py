@@ -19,10 +19,6 @@ RUNNERS: dict[str, str] = {
 }
 
 
-def runner_names() -> list[str]:
-    return sorted(RUNNERS)
-
-
 def get_runner(name: str) -> Runner:
     key = name.strip().lower()
     if key not in RUNNERS:

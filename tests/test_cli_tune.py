@@ -51,7 +51,8 @@ def test_measured_profile_is_used(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--model", "opt-66b", "--hardware", "l4", "--cpu-memory", "50GB"], "short by"),
-    (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "0"], "must be positive"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "0GB"], "must be positive"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "70"], "has no unit"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--cpu-memory", "-5GB"], "must be positive"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "200GB"], "exceeds"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--cpu-memory", "5TB"], "exceeds"),
@@ -91,7 +92,7 @@ def test_default_uses_this_hosts_saved_profile(tmp_path, capsys, monkeypatch):
                                   capability=this_cpu.to_dict())
     profile.save(tmp_path / ".pie" / "profiles" / "this-host-opt-125m.json")
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(["--model", "opt-125m", "--gpu-memory", "2", "--cpu-memory", "2", "--device", "cpu", "--json"],
+    code, out, err = run(["--model", "opt-125m", "--gpu-memory", "2GiB", "--cpu-memory", "2GiB", "--device", "cpu", "--json"],
                          capsys, monkeypatch)
     assert code == 0, err
     assert "saved profile" in err and json.loads(out)["hardware"]["source"] == "profile"

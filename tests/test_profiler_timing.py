@@ -76,15 +76,20 @@ def test_time_interleaved_batches_calls_per_sample():
 
 
 @pytest.mark.parametrize("text, expected", [("64KiB", 64 * KIB), ("256 MiB", 256 * MIB), ("1GiB", GIB),
-                                            ("1.5GB", 1_500_000_000), ("4096", 4096), ("2k", 2000)])
+                                            ("1.5GB", 1_500_000_000), ("4096B", 4096), ("2k", 2000)])
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "10 parsecs", "-1GiB", "0"])
-def test_parse_size_rejects(text):
-    with pytest.raises(BadInput):
-        parse_size(text)
+@pytest.mark.parametrize("text, message", [("", "cannot read"), ("abc", "cannot read"), ("10 parsecs", "cannot read"),
+                                           ("-1GiB", "must be positive"), ("0B", "must be positive"),
+                                           ("4096", "has no unit"), ("70", "has no unit")])
+def test_parse_size_rejects(text, message):
+    """One rule for every command: a bare number is refused (bytes or GiB?), with both spellings in the hint."""
+    with pytest.raises(BadInput, match=message) as error:
+        parse_size(text, "--gpu-memory")
+    if message == "has no unit":
+        assert f"write {text}GiB, {text}GB or {text}B" in error.value.one_line()
 
 
 def test_format_bytes_and_free_memory():
