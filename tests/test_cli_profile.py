@@ -57,7 +57,8 @@ def test_max_size_beyond_free_memory(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--max-size", "lots"], "cannot read size"),
+    (["--max-size", "lots"], "cannot read --max-size 'lots'"),
+    (["--max-size", "256"], "--max-size '256' has no unit"),
     (["--dtype", "int3"], "unknown dtype"),
     (["--threads", "0"], "--threads must be at least 1"),
     (["--device", "tpu"], "unknown device"),
