@@ -69,7 +69,10 @@ def _this_machine(model: str, dtype: str, device: str, out: Output):
     from planner.hardware import from_profile
     from profiler.hardware_profile import HardwareProfile
 
-    saved = saved_profile(model, dtype, device)
+    from pie_cli.options import DEFAULT_PROFILES_DIR
+    from profiler.saved_profiles import saved_profile
+
+    saved = saved_profile(DEFAULT_PROFILES_DIR, model, dtype, device)
     if saved is not None:
         out.info(f"no --hardware or --profile: using {saved}, this machine's saved profile for {model} "
                  "(pass --profile or --hardware to choose)")
@@ -82,37 +85,6 @@ def _this_machine(model: str, dtype: str, device: str, out: Output):
     path = measured.save(default_profile_path(measured))
     out.info(f"profile saved to {path}")
     return from_profile(measured, source="quick profile")
-
-
-def saved_profile(model: str, dtype: str, device: str = "cpu") -> Path | None:
-    """The newest profile in .pie/profiles taken on this host (by hostname hash) of `device` for this model and
-    dtype; a profile that records a capability must match this device's (an ISA-limited run is another device)."""
-    from pie_cli.options import DEFAULT_PROFILES_DIR
-    from pie_core.capability import DeviceCapability
-    from pie_core.device_probe import detect_capability
-    from pie_core.dtypes import canonical_dtype
-    from pie_core.fingerprint import hostname_hash
-
-    if not DEFAULT_PROFILES_DIR.is_dir():
-        return None
-    wanted_dtype = canonical_dtype(dtype)
-    matches = []
-    for path in DEFAULT_PROFILES_DIR.glob("*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if not isinstance(data, dict) or data.get("model") != model or not data.get("decode_fit"):
-            continue
-        if (data.get("fingerprint") or {}).get("hostname_sha256") != hostname_hash():
-            continue
-        if wanted_dtype and data.get("dtype") != wanted_dtype or data.get("device") != device.split(":")[0]:
-            continue
-        recorded = data.get("capability")
-        if recorded and DeviceCapability.from_dict(recorded) != detect_capability(device):
-            continue
-        matches.append((data.get("created_at", ""), path))
-    return max(matches)[1] if matches else None
 
 
 def workload_stats(workload: str, model: str):

@@ -102,7 +102,7 @@ def test_a_saved_profile_of_another_device_or_capability_is_not_used(tmp_path, m
     """A profile taken with the ISA limited (or of another device) describes another machine: it is passed over."""
     import dataclasses
 
-    from pie_cli.tune_cmd import saved_profile
+    from profiler.saved_profiles import saved_profile
     from pie_core.capability import choose_dtype
     from pie_core.device_probe import detect_capability
     from pie_core.fingerprint import hostname_hash
@@ -116,9 +116,9 @@ def test_a_saved_profile_of_another_device_or_capability_is_not_used(tmp_path, m
     dataclasses.replace(base, capability=limited.to_dict()).save(folder / "limited.json")
     dataclasses.replace(base, device="cuda", capability=this_cpu.to_dict()).save(folder / "gpu.json")
     monkeypatch.chdir(tmp_path)
-    assert saved_profile("opt-125m", dtype, "cpu") is None
+    assert saved_profile(folder, "opt-125m", dtype, "cpu") is None
     dataclasses.replace(base, capability=this_cpu.to_dict()).save(folder / "same.json")
-    assert saved_profile("opt-125m", dtype, "cpu").name == "same.json"
+    assert saved_profile(folder, "opt-125m", dtype, "cpu").name == "same.json"
 
 
 def test_workload_file_gives_measured_lengths(tmp_path, capsys, monkeypatch):
