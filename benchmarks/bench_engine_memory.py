@@ -103,7 +103,20 @@ class ClosedLoop:
         return finished
 
 
+def reading(engine: LLMEngine, loop: ClosedLoop, elapsed_s: float, num_steps: int) -> Checkpoint:
+    point = Checkpoint(num_finished=loop.num_finished, elapsed_s=elapsed_s, num_steps=num_steps,
+                       peak_rss_bytes=peak_rss_bytes(), current_rss_bytes=current_rss_bytes(),
+                       num_sequences_held=len(engine._sequences), num_outputs_held=len(engine._outputs),
+                       num_iteration_stats=len(engine.stats))
+    print(f"{point.num_finished:>7} finished  {point.elapsed_s:7.1f} s  "
+          f"peak RSS {point.peak_rss_bytes / 2**20:8.1f} MiB  current {point.current_rss_bytes / 2**20:8.1f} MiB  "
+          f"held {point.num_sequences_held:>5}/{point.num_outputs_held:<5}  stats {point.num_iteration_stats:>7}",
+          file=sys.stderr)
+    return point
+
+
 def run(engine: LLMEngine, args: argparse.Namespace) -> tuple[list[Checkpoint], ClosedLoop]:
+    """The closed loop, read after every `checkpoint_every` finished requests and at the end."""
     loop = ClosedLoop(engine, args.num_requests, args.max_in_flight, args.seed)
     checkpoints: list[Checkpoint] = []
     began = time.perf_counter()
@@ -113,15 +126,9 @@ def run(engine: LLMEngine, args: argparse.Namespace) -> tuple[list[Checkpoint], 
         loop.step()
         num_steps += 1
         if loop.num_finished // args.checkpoint_every > before // args.checkpoint_every:
-            checkpoints.append(Checkpoint(
-                num_finished=loop.num_finished, elapsed_s=time.perf_counter() - began, num_steps=num_steps,
-                peak_rss_bytes=peak_rss_bytes(), current_rss_bytes=current_rss_bytes(),
-                num_sequences_held=len(engine._sequences), num_outputs_held=len(engine._outputs),
-                num_iteration_stats=len(engine.stats)))
-            point = checkpoints[-1]
-            print(f"{point.num_finished:>7} finished  {point.elapsed_s:7.1f} s  peak RSS {point.peak_rss_bytes / 2**20:8.1f} MiB  "
-                  f"current {point.current_rss_bytes / 2**20:8.1f} MiB  held {point.num_sequences_held:>5}/{point.num_outputs_held:<5}  "
-                  f"stats {point.num_iteration_stats:>7}", file=sys.stderr)
+            checkpoints.append(reading(engine, loop, time.perf_counter() - began, num_steps))
+    if checkpoints[-1].num_finished != loop.num_finished:
+        checkpoints.append(reading(engine, loop, time.perf_counter() - began, num_steps))
     return checkpoints, loop
 
 
@@ -159,6 +166,7 @@ def main() -> None:
     first, last = checkpoints[0], checkpoints[-1]
     peak_growth = growth(first.peak_rss_bytes, last.peak_rss_bytes)
     current_growth = growth(first.current_rss_bytes, last.current_rss_bytes)
+    weights = f"random {dtype} weights" if engine.model.random_weights else f"{dtype} weights from the directory"
     print(f"\npeak RSS {first.peak_rss_bytes / 2**20:.1f} MiB after {first.num_finished} requests -> "
           f"{last.peak_rss_bytes / 2**20:.1f} MiB after {last.num_finished}: growth {peak_growth * 100:.2f} % "
           f"(target < {args.target_growth * 100:g} %: {'met' if peak_growth < args.target_growth else 'NOT met'})")
@@ -168,7 +176,7 @@ def main() -> None:
           f"{last.elapsed_s:.1f} s for {loop.num_finished} requests ({loop.num_output_tokens} output tokens)")
     record = {
         "benchmark": "engine_memory", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(), "model": f"{args.model} ({'weights from the directory' if not engine.model.random_weights else f'random {dtype} weights'})",
+        "machine": machine(), "model": f"{args.model} ({weights})",
         "config": asdict(config), "kernels": engine.kernels.to_dict(),
         "workload": {"num_requests": args.num_requests, "max_in_flight": args.max_in_flight, "seed": args.seed,
                      "prompt_range": list(PROMPT_RANGE), "output_range": list(OUTPUT_RANGE), "arrivals": "closed loop",

@@ -22,6 +22,7 @@ docs/results/engine_transparency_<machine>.json. Run it alone:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -198,7 +199,7 @@ def main() -> None:
         "machine": fingerprint, "model": "opt-125m (random bf16 weights)",
         "workload": {"requests": args.requests, "seed": args.seed, "prompt_range": [16, 512], "output_range": [32, 256],
                      "arrivals": "all at once", "synthetic": True},
-        "configs": {name: {k: v for k, v in vars(config).items()} for name, config in configs.items()},
+        "configs": {name: dataclasses.asdict(config) for name, config in configs.items()},
         "peak_kv_in_use_blocks": in_use, "pool_blocks": pools, "stall_fraction": stall,
         "results": summaries, "ratio_to_pool_off": ratios, "same_greedy_tokens": same_tokens,
     }

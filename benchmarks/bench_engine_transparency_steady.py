@@ -22,6 +22,7 @@ docs/results/engine_transparency_steady_<machine>.json. Run it alone:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -110,7 +111,7 @@ def main() -> None:
               "workload": {"closed_loop_requests": args.requests, "mean_input_len": args.input_len,
                            "mean_output_len": args.output_len, "seed": args.seed, "synthetic": True},
               "settle_steps": args.settle_steps, "window_steps": args.window_steps, "kv_in_use_blocks": in_use,
-              "configs": {name: vars(config) for name, config in configs.items()}, "runs": runs,
+              "configs": {name: dataclasses.asdict(config) for name, config in configs.items()}, "runs": runs,
               "median_output_tok_s": median,
               "ratio_to_pool_off": {name: median[name] / median["pool-off"] for name in names[1:]}}
     write_record(record, "engine_transparency_steady", args.out)

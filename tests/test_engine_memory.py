@@ -28,8 +28,8 @@ transformers = pytest.importorskip("transformers")
 VOCAB = 97
 MAX_TOKENS = (3, 5, 8, 11)  # cycled over the requests, so they finish at different steps
 # The first setting preempts (13 device blocks of 4 tokens for six requests of up to 41 tokens).
-SETTINGS = {"preemption": dict(num_device_blocks=13, max_num_batched_tokens=7),
-            "pool": dict(num_device_blocks=24, num_pool_blocks=16, prefetch_depth=1)}
+SETTINGS = {"preemption": {"num_device_blocks": 13, "max_num_batched_tokens": 7},
+            "pool": {"num_device_blocks": 24, "num_pool_blocks": 16, "prefetch_depth": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ class OpenCounter:
 
 
 def make_config(opt_dir, **settings) -> EngineConfig:
-    base = dict(model=str(opt_dir), dtype="float32", block_size=4, max_num_seqs=6, num_device_blocks=64)
+    base = {"model": str(opt_dir), "dtype": "float32", "block_size": 4, "max_num_seqs": 6, "num_device_blocks": 64}
     return EngineConfig(**{**base, **settings})
 
 

@@ -9,10 +9,11 @@ with `BadInput`; in `generate` such a request comes back with finish_reason "err
 others run on.
 
 A request's bookkeeping (its `Sequence` and `RequestOutput`) lives only while it is unfinished:
-the `step()` that returns its final output drops it (the caller holds that output), so a
-long closed loop keeps state for the requests in flight only, and a finished request's id may
-be used again (an aborted request keeps only its output, see `abort_request`). Nothing per token touches the file system (the shape and the EOS ids are read
-at construction). `stats` keeps one `IterationStats` per iteration for the engine's lifetime.
+the `step()` that returns its final output drops it (the caller holds that output), so a long
+closed loop keeps state for the requests in flight only, and a finished request's id may be
+used again (an aborted request keeps only its output, see `abort_request`). Nothing per token
+touches the file system (the shape and the EOS ids are read at construction). `stats` keeps
+one `IterationStats` per iteration for the engine's lifetime.
 
 Left out: detokenisation (token ids only), streaming callbacks, async serving, LoRA.
 """
