@@ -32,12 +32,20 @@ def test_workflow_is_valid_and_compares_with_rules(tmp_path, monkeypatch, capsys
     assert info.value.code == 3 and capsys.readouterr().out.startswith("### :x: pie compare: REGRESSION")
 
 
-def test_workflow_bench_command_uses_real_pie_bench_options(monkeypatch, capsys):
-    """`--help` after the arguments: click rejects unknown options before printing help."""
+def test_workflow_bench_command_runs_as_written_and_records_a_run(tmp_path, monkeypatch, capsys):
+    """The workflow's `pie bench` line, run here with fewer prompts and another results folder (later flags win)."""
+    import json
+
     workflow = yaml.safe_load(WORKFLOW.read_text())
     command = shlex.split(workflow["env"]["BENCH"]) + ["--label", "main"]
     assert command[:2] == ["pie", "bench"]
-    monkeypatch.setattr(sys, "argv", command + ["--help"])
+    monkeypatch.setattr(sys, "argv", command + ["--num-prompts", "4", "--results-dir", str(tmp_path), "--json"])
     with pytest.raises(SystemExit) as info:
         main()
-    assert info.value.code == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert info.value.code in (0, None), err
+    payload = json.loads(out)
+    assert payload["summary"]["completed"] == 4 and payload["summary"]["failed"] == 0
+    (record,) = ResultsStore(tmp_path).records()
+    assert record.header.label == "main" and record.complete
+    assert record.header.workload["name"] == "uniform" and record.header.config["seed"] == 0
