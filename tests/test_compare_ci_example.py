@@ -48,4 +48,4 @@ def test_workflow_bench_command_runs_as_written_and_records_a_run(tmp_path, monk
     assert payload["summary"]["completed"] == 4 and payload["summary"]["failed"] == 0
     (record,) = ResultsStore(tmp_path).records()
     assert record.header.label == "main" and record.complete
-    assert record.header.workload["name"] == "uniform" and record.header.config["seed"] == 0
+    assert record.header.workload["name"] == "synthetic-uniform" and record.header.config["seed"] == 0
