@@ -20,11 +20,13 @@ def test_zeros_is_a_zeroed_contiguous_tensor(shape, dtype) -> None:
 
 
 def test_large_tensors_are_aligned_to_huge_pages() -> None:
+    if not host_memory.huge_pages_enabled():
+        pytest.skip("no libc to madvise with here: every tensor takes the plain path")
     tensor = host_memory.zeros((64, 2, 16, 12, 64), torch.bfloat16)  # 3 MiB < 2 huge pages: plain
-    big = host_memory.zeros((256, 2, 16, 12, 64), torch.bfloat16)  # 12 MiB
-    assert tensor.numel() and big.numel()
-    if host_memory.huge_pages_enabled():
-        assert big.data_ptr() % host_memory.HUGE_PAGE == 0
+    big = host_memory.zeros((256, 2, 16, 12, 64), torch.bfloat16)  # 12 MiB: carved from an over-sized buffer
+    assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    assert big.data_ptr() % host_memory.HUGE_PAGE == 0
+    assert big.untyped_storage().nbytes() == big.numel() * big.element_size() + host_memory.HUGE_PAGE
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="THP is a Linux feature")
@@ -48,6 +50,10 @@ def test_switches_turn_both_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not host_memory.huge_pages_enabled()
     tensor = host_memory.zeros((256, 2, 16, 12, 64), torch.bfloat16)
     assert not bool(tensor.any())
+    assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()  # the plain path
+    monkeypatch.setenv("PIE_MALLOC_TUNING", "0")
+    monkeypatch.setattr(host_memory, "_malloc_tuned", False)
+    assert host_memory.keep_freed_memory() is False
 
 
 def test_keep_freed_memory_is_idempotent() -> None:
