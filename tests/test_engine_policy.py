@@ -54,20 +54,24 @@ class FakeStorage:
             self.device.setdefault(ref.index, {})[position % BLOCK] = tokens[position]
 
 
-def run_step(scheduler, storage, finished, rng):
+def by_length(seq, token):
+    return "length" if len(seq.output_token_ids) >= seq.sampling_params.max_tokens else None
+
+
+def run_step(scheduler, storage, finished, rng, prefill_chunks=None):
+    """One engine iteration without a model: schedule, check the storage a forward pass would read, commit
+    random tokens through the scheduler's own bookkeeping (`Scheduler.commit`, as `LLMEngine.step` does).
+    `prefill_chunks`, when given, collects each prefill's scheduled tokens (commit resets them)."""
     out = scheduler.schedule()
     storage.apply(out)
     assert out.num_prefill_tokens + out.num_decode_tokens <= scheduler.max_num_batched_tokens
-    sampled = out.sampled
     for seq in out.sequences:
         assert seq.num_scheduled_tokens >= 1
         storage.check_and_compute(seq)
-        seq.num_computed_tokens += seq.num_scheduled_tokens
-    for seq in sampled:
-        seq.append_token(rng.randrange(1000), 0.0)
-        if len(seq.output_token_ids) >= seq.sampling_params.max_tokens:
-            scheduler.finish(seq, "length")
-            finished.append(seq)
+    if prefill_chunks is not None:
+        prefill_chunks.extend(seq.num_scheduled_tokens for seq in out.prefill)
+    tokens = [rng.randrange(1000) for _ in out.sampled]
+    finished.extend(seq for seq, _token, reason in scheduler.commit(out, tokens, 0.0, by_length) if reason)
     return out
 
 
@@ -208,8 +212,7 @@ def test_long_prompt_prefills_in_chunks_over_its_pooled_blocks():
     storage, finished, rng = FakeStorage(), [], random.Random(3)
     chunks, pooled_mid_prefill = [], 0
     while scheduler.has_unfinished():
-        out = run_step(scheduler, storage, finished, rng)
-        chunks += [seq.num_scheduled_tokens for seq in out.prefill]
+        out = run_step(scheduler, storage, finished, rng, prefill_chunks=chunks)
         pooled_mid_prefill += sum(len(seq.pooled_blocks()) for seq in out.prefill)
         manager.check_invariants(scheduler.running + list(scheduler.waiting))
     assert chunks == [8, 8, 8, 8, 8] and pooled_mid_prefill > 0

@@ -175,22 +175,14 @@ class LLMEngine:
             return []
         # Token counts before the sequences advance.
         num_prefill_tokens, num_decode_tokens = scheduled.num_prefill_tokens, scheduled.num_decode_tokens
-        sampled = scheduled.sampled
         result = self.runner.execute(scheduled)
-        now = time.perf_counter()
         changed = []
-        for seq in scheduled.sequences:
-            seq.num_computed_tokens += seq.num_scheduled_tokens
-            seq.num_scheduled_tokens = 0
-        for seq, token in zip(sampled, result.tokens):
-            seq.append_token(token, now)
+        for seq, _token, reason in self.scheduler.commit(scheduled, result.tokens, time.perf_counter(), self._finish_reason):
             output = self._outputs[seq.request_id]
             output.output_token_ids = list(seq.output_token_ids)
             output.first_token_time, output.token_times = seq.first_token_time, seq.token_times
             output.num_preemptions = seq.num_preemptions
-            reason = self._finish_reason(seq, token)
             if reason is not None:
-                self.scheduler.finish(seq, reason)
                 output.finished, output.finish_reason = True, reason
                 del self._sequences[seq.request_id], self._outputs[seq.request_id]  # returned below, never again
             changed.append(output)

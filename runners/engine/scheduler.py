@@ -29,6 +29,7 @@ slot is sized for. Left out: priorities, swapping sequences out whole.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runners.engine.block_manager import BlockManager, BlockMove
@@ -92,6 +93,27 @@ class Scheduler:
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+
+    def commit(self, out: "SchedulerOutput", tokens: list[int], now: float,
+               finish_reason: Callable[[Sequence, int], str | None]) -> list[tuple[Sequence, int, str | None]]:
+        """Advance what `out` scheduled once its forward pass ran: computed tokens move on, each sampled
+        sequence appends its token (at clock time `now`), and those `finish_reason` says are done finish.
+
+        The engine's step and the policy tests both call this, so the bookkeeping exists once.
+        Returns (sequence, token, reason or None) for each sampled sequence, in `out.sampled` order.
+        """
+        sampled = list(out.sampled)  # before the sequences advance: it depends on what was computed
+        for seq in out.sequences:
+            seq.num_computed_tokens += seq.num_scheduled_tokens
+            seq.num_scheduled_tokens = 0
+        committed = []
+        for seq, token in zip(sampled, tokens):
+            seq.append_token(token, now)
+            reason = finish_reason(seq, token)
+            if reason is not None:
+                self.finish(seq, reason)
+            committed.append((seq, token, reason))
+        return committed
 
     # --- scheduling ------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
