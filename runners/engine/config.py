@@ -1,7 +1,7 @@
 """`EngineConfig`: everything the Pie engine needs, handed whole to each part (frozen, validated).
 
 The engine knows nothing of the planner: a `Plan` is turned into an `EngineConfig` by the
-caller. Budgets are in blocks; `EngineConfig.from_budgets` converts bytes to blocks.
+caller. Budgets are in blocks (the planner converts bytes to blocks).
 
 The model's shape is resolved once, at construction (for a local directory that reads its
 config.json), and kept beside the fields rather than as one: `dataclasses.asdict`, `repr`,
@@ -95,15 +95,3 @@ class EngineConfig:
     def replace(self, **changes) -> "EngineConfig":
         """A new config with `changes`, validated and its shape resolved again."""
         return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_budgets(cls, model: str, device_kv_bytes: int, pool_bytes: int = 0, **kwargs) -> "EngineConfig":
-        """Convert byte budgets to block counts for this model, dtype and block size."""
-        dtype = canonical_dtype(kwargs.get("dtype", "bfloat16"))
-        block_size = kwargs.get("block_size", 16)
-        block_bytes = resolve_model(model).kv_bytes_per_token(dtype) * block_size
-        num_device = device_kv_bytes // block_bytes
-        if num_device < 1:
-            raise BadInput(f"device KV budget {device_kv_bytes} B is smaller than one block ({block_bytes} B)",
-                           "raise the device KV budget")
-        return cls(model=model, num_device_blocks=int(num_device), num_pool_blocks=int(pool_bytes // block_bytes), **kwargs)
