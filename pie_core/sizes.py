@@ -1,4 +1,5 @@
-"""Byte sizes: parse '64KiB' / '1GiB' / '100GB', format them back, and read free host and device memory.
+"""Byte sizes: parse '64KiB' / '1GiB' / '100GB', format them back, and read host memory (torch-free;
+a device's free memory is `pie_core.device_probe.free_device_bytes`).
 
 Free memory is read before anything is allocated, so a request that cannot fit fails with a
 one-line `BadInput` that says how much is free instead of an out-of-memory crash halfway
