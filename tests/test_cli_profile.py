@@ -5,18 +5,15 @@ import sys
 
 import pytest
 
-from pie_cli import app as app_module
 from profiler.hardware_profile import SCHEMA_VERSION
+
+from cli_helpers import run_pie
 
 torch = pytest.importorskip("torch")
 
 
 def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["pie", "profile", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        app_module.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return run_pie(["profile", *args], monkeypatch, capsys)
 
 
 def assert_one_line_bad_input(code, err, *fragments):

@@ -2,24 +2,18 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from pie_cli.app import main
 from planner.plan import Plan
 from tests.planner_fixtures import synthetic_profile
 
+from cli_helpers import run_pie
+
 
 def run(argv, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["pie", "tune", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    code, out, err = run_pie(["tune", *argv], monkeypatch, capsys)
+    return code or 0, out, err
 
 
 def test_plan_table_names_the_binding_constraint(capsys, monkeypatch):
@@ -102,10 +96,10 @@ def test_a_saved_profile_of_another_device_or_capability_is_not_used(tmp_path, m
     """A profile taken with the ISA limited (or of another device) describes another machine: it is passed over."""
     import dataclasses
 
-    from profiler.saved_profiles import saved_profile
     from pie_core.capability import choose_dtype
     from pie_core.device_probe import detect_capability
     from pie_core.fingerprint import hostname_hash
+    from profiler.saved_profiles import saved_profile
 
     this_cpu = detect_capability("cpu")
     dtype = choose_dtype(this_cpu).dtype

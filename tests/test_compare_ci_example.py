@@ -1,13 +1,13 @@
 """The CI example must be a valid workflow whose `pie compare` invocation works as written."""
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
-from compare_synthetic import write_run
-from pie_cli.app import main
 from results.store import ResultsStore
+
+from cli_helpers import run_pie
+from compare_synthetic import write_run
 
 yaml = pytest.importorskip("yaml")
 
@@ -25,11 +25,9 @@ def test_workflow_is_valid_and_compares_with_rules(tmp_path, monkeypatch, capsys
     for k in range(3):
         write_run(store, seed=k, label="main")
         write_run(store, seed=10 + k, label="pr-7", slowdown=1.25)
-    monkeypatch.setattr(sys, "argv", ["pie", "compare", "label=main", "label=pr-7", *rules, "--results-dir",
-                                      str(tmp_path), "--format", "markdown"])
-    with pytest.raises(SystemExit) as info:
-        main()
-    assert info.value.code == 3 and capsys.readouterr().out.startswith("### :x: pie compare: REGRESSION")
+    code, out, _ = run_pie(["compare", "label=main", "label=pr-7", *rules, "--results-dir", tmp_path, "--format", "markdown"],
+                           monkeypatch, capsys)
+    assert code == 3 and out.startswith("### :x: pie compare: REGRESSION")
 
 
 def test_workflow_bench_command_runs_as_written_and_records_a_run(tmp_path, monkeypatch, capsys):
@@ -39,11 +37,8 @@ def test_workflow_bench_command_runs_as_written_and_records_a_run(tmp_path, monk
     workflow = yaml.safe_load(WORKFLOW.read_text())
     command = shlex.split(workflow["env"]["BENCH"]) + ["--label", "main"]
     assert command[:2] == ["pie", "bench"]
-    monkeypatch.setattr(sys, "argv", command + ["--num-prompts", "4", "--results-dir", str(tmp_path), "--json"])
-    with pytest.raises(SystemExit) as info:
-        main()
-    out, err = capsys.readouterr()
-    assert info.value.code in (0, None), err
+    code, out, err = run_pie(command[1:] + ["--num-prompts", "4", "--results-dir", tmp_path, "--json"], monkeypatch, capsys)
+    assert code in (0, None), err
     payload = json.loads(out)
     assert payload["summary"]["completed"] == 4 and payload["summary"]["failed"] == 0
     (record,) = ResultsStore(tmp_path).records()

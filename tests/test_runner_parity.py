@@ -4,25 +4,22 @@ Tiny seeded models saved to tmp dirs: OPT with weights (pool off and on), Llama 
 and an OPT directory without weights (both runners then use the loader's seeded random weights).
 """
 import json
-import sys
 
 import pytest
 import torch
 
-from bench_helpers import tiny_opt_dir
-from pie_cli.app import main
 from results.store import load_record
+
+from bench_helpers import tiny_opt_dir
+from cli_helpers import run_pie
 
 WORKLOAD = ["--workload", "uniform", "--input-len", "20", "--output-len", "12", "--range-ratio", "0.5", "-n", "8",
             "--dtype", "float32", "--save-outputs"]
 
 
 def bench(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["pie", "bench", *map(str, args), "--json"])
-    with pytest.raises(SystemExit) as info:
-        main()
-    out, err = capsys.readouterr()
-    assert info.value.code in (0, None), err
+    code, out, err = run_pie(["bench", *args, "--json"], monkeypatch, capsys)
+    assert code in (0, None), err
     payload = json.loads(out)
     return payload, load_record(payload["record_path"])
 
