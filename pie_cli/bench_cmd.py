@@ -102,7 +102,7 @@ def bench(
     get_runner(runner)  # an unknown runner fails before any work
     device = resolve_device(device)
     check_device(device)
-    dtype_name = canonical_dtype(dtype, allow_auto=True)
+    requested = dtype_name = canonical_dtype(dtype, allow_auto=True)
     from_plan = plan is not None and dtype_name == "auto"
     if from_plan:
         from planner.plan import Plan
@@ -110,7 +110,7 @@ def bench(
         dtype_name = Plan.load(plan).dtype
     resolution = resolve_dtype_option(dtype_name, device)
     settings = BenchSettings(
-        model=model, runner=runner.strip().lower(), dtype=resolution.dtype, dtype_requested=canonical_dtype(dtype, allow_auto=True),
+        model=model, runner=runner.strip().lower(), dtype=resolution.dtype, dtype_requested=requested,
         device=device, seed=seed,
         workload=WorkloadSpec(name=workload.strip().lower(), model=model, dataset_path=dataset_path, num_prompts=num_prompts,
                               seed=seed, output_len=output_len, input_len=input_len, range_ratio=range_ratio),
@@ -123,11 +123,16 @@ def bench(
     points = expand_sweep(settings, parsed_sweep)
     store = ResultsStore(results_dir)
     outcomes = []
-    say_dtype = [lambda: out.info(f"dtype {resolution.dtype} (auto: the plan's)") if from_plan
-                 else announce_dtype(out, resolution, device)]  # once, when the first run starts
-    for point, point_settings in points:
+    def say_dtype() -> None:  # once, when the first run starts (after its input is checked)
+        if from_plan:
+            out.info(f"dtype {resolution.dtype} (auto: the plan's)")
+        else:
+            announce_dtype(out, resolution, device)
+
+    for index, (point, point_settings) in enumerate(points):
         try:
-            outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench, say_dtype))
+            outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench,
+                                       say_dtype if index == 0 else None))
         except BenchInterrupted as interrupted:
             out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
                      f"{interrupted.record_path} (marked incomplete)")
@@ -141,7 +146,7 @@ def bench(
 
 
 def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict | None, run_bench: Any,
-               say_dtype: list) -> Any:
+               say_dtype: Any = None) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -149,8 +154,8 @@ def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict |
     state = {"task": None, "tokens": 0, "failed": 0}
 
     def on_start(info: Any, config: dict, path: Path) -> None:
-        while say_dtype:
-            say_dtype.pop()()
+        if say_dtype is not None:
+            say_dtype()
         kind = "SYNTHETIC " if info.synthetic else ""
         where = f" {point}" if point else ""
         out.info(f"{settings.runner} runner{where}: {kind}workload {info.name} ({info.source}); {info.num_requests} requests, "

@@ -54,9 +54,7 @@ def compare(
     if threshold < 0:
         raise BadInput(f"--threshold must be a non-negative percentage, got {threshold}")
     # pandas/scipy load here, not at import, so other commands start fast
-    from results.compare import CompareOptions
-    from results.compare import compare as compare_sides
-    from results.compare import resolve_side
+    from results.compare import CompareOptions, compare as compare_sides, resolve_side
     from results.rules import parse_rules
     from results.store import ResultsStore
 

@@ -109,9 +109,13 @@ class HardwareProfile:
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
-    capability: dict[str, Any] = field(default_factory=dict)  # pie_core/capability.py DeviceCapability.to_dict()
     # dtype -> {"tflops", "shape" [M, K, N], "support": native|emulated}: each dtype the device runs
     matmul_by_dtype: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def capability(self) -> dict[str, Any]:
+        """The device's capability record (pie_core/capability.py), as the fingerprint keeps it; {} in older profiles."""
+        return (self.fingerprint or {}).get("capability") or {}
 
     # --- what the planner reads ----------------------------------------------------------
     def best_gbps(self, direction: str = "h2d", host_memory: str = "pinned") -> float:
@@ -142,6 +146,7 @@ class HardwareProfile:
                            "re-run `pie profile` to make a new one")
         try:
             fields = dict(data)
+            fields.pop("capability", None)  # derived from the fingerprint (kept beside it by the first writers)
             fields["link"] = tuple(BandwidthSample(**{**s, "samples_s": tuple(s["samples_s"])}) for s in data["link"])
             fields["layer_timings"] = tuple(LayerTiming(**{**t, "samples_s": tuple(t.get("samples_s", ()))})
                                             for t in data["layer_timings"])

@@ -195,7 +195,7 @@ def _measure(request: ProfileRequest, progress: Progress) -> HardwareProfile:
         link=link, memory_bandwidth_gbps=memory.memory_bandwidth_gbps, matmul_tflops=memory.matmul_tflops,
         model=shape.name if shape else None, model_shape=shape.to_dict() if shape else None,
         layer_timings=layer_timings, decode_fit=decode_fit, prefill_fit=prefill_fit, quick=request.quick,
-        notes=tuple(notes), extra=extra, capability=capability.to_dict(), matmul_by_dtype=matmul_by_dtype)
+        notes=tuple(notes), extra=extra, matmul_by_dtype=matmul_by_dtype)
 
 
 def _measure_layer(shape: ModelShape, request: ProfileRequest, memory, progress: Progress, notes: list[str], extra: dict):

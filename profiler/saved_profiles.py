@@ -34,7 +34,7 @@ def saved_profile(folder: Path, model: str, dtype: str, device: str = "cpu") -> 
             continue
         if wanted_dtype and data.get("dtype") != wanted_dtype or data.get("device") != device.split(":")[0]:
             continue
-        recorded = data.get("capability")
+        recorded = (data.get("fingerprint") or {}).get("capability")
         if recorded and DeviceCapability.from_dict(recorded) != detect_capability(device):
             continue
         matches.append((data.get("created_at", ""), path))

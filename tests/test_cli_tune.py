@@ -82,8 +82,8 @@ def test_default_uses_this_hosts_saved_profile(tmp_path, capsys, monkeypatch):
 
     this_cpu = detect_capability("cpu")
     profile = synthetic_profile("opt-125m", dtype=choose_dtype(this_cpu).dtype)  # the dtype auto picks here
-    profile = dataclasses.replace(profile, fingerprint={**profile.fingerprint, "hostname_sha256": hostname_hash()},
-                                  capability=this_cpu.to_dict())
+    profile = dataclasses.replace(profile, fingerprint={**profile.fingerprint, "hostname_sha256": hostname_hash(),
+                                                        "capability": this_cpu.to_dict()})
     profile.save(tmp_path / ".pie" / "profiles" / "this-host-opt-125m.json")
     monkeypatch.chdir(tmp_path)
     code, out, err = run(["--model", "opt-125m", "--gpu-memory", "2GiB", "--cpu-memory", "2GiB", "--device", "cpu", "--json"],
@@ -107,11 +107,14 @@ def test_a_saved_profile_of_another_device_or_capability_is_not_used(tmp_path, m
     base = dataclasses.replace(base, fingerprint={**base.fingerprint, "hostname_sha256": hostname_hash()})
     folder = tmp_path / ".pie" / "profiles"
     limited = this_cpu.with_changes(torch_cpu_capability="DEFAULT", cpu_flags=())
-    dataclasses.replace(base, capability=limited.to_dict()).save(folder / "limited.json")
-    dataclasses.replace(base, device="cuda", capability=this_cpu.to_dict()).save(folder / "gpu.json")
+    def with_capability(cap, **changes):
+        return dataclasses.replace(base, fingerprint={**base.fingerprint, "capability": cap.to_dict()}, **changes)
+
+    with_capability(limited).save(folder / "limited.json")
+    with_capability(this_cpu, device="cuda").save(folder / "gpu.json")
     monkeypatch.chdir(tmp_path)
     assert saved_profile(folder, "opt-125m", dtype, "cpu") is None
-    dataclasses.replace(base, capability=this_cpu.to_dict()).save(folder / "same.json")
+    with_capability(this_cpu).save(folder / "same.json")
     assert saved_profile(folder, "opt-125m", dtype, "cpu").name == "same.json"
 
 

@@ -18,9 +18,10 @@ compiler vectorises for its flags.
 
 The C source is `paged_decode.c` beside this module (package data). One library per variant
 (pie_core/capability.py `C_VARIANT_FLAGS`: avx512bf16, avx512, avx2, neon-bf16, neon, portable;
-explicit ISA flags, never `-march=native`, so the variant follows the capability record), compiled on first use into `~/.cache/pie/kernels/` (or `$PIE_KERNEL_CACHE`)
-with `cc -O3 -fopenmp <flags>`, then called once in a child process on a tiny cache (an
-instruction the CPU lacks kills the child, not the run) before it is loaded with ctypes.
+explicit ISA flags, never `-march=native`, so the variant follows the capability record), compiled
+on first use into `~/.cache/pie/kernels/` (or `$PIE_KERNEL_CACHE`) with `cc -O3 -fopenmp <flags>`,
+then called once in a child process on a tiny cache (an instruction the CPU lacks kills the child,
+not the run) before it is loaded with ctypes.
 `load(variant)` returns None when the build or that smoke test fails, with the reason in
 `load_error(variant)`, and `runners.engine.attention` then uses its PyTorch path and says so.
 
