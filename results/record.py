@@ -63,6 +63,7 @@ class RunRecord:
     requests: tuple[RequestSample, ...]
     summary: dict[str, Any] | None = None  # vLLM-named metrics; None when the run did not finish
     telemetry: dict[str, Any] = field(default_factory=dict)  # pie runner: stall fraction, link bytes, pool use
+    timeline: tuple[dict[str, Any], ...] = ()  # per window of engine iterations (results/timeline.py)
     finished_at: str | None = None
     source: str = ""  # the file it was loaded from
 

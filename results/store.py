@@ -58,8 +58,10 @@ class RecordWriter:
     def add(self, sample: RequestSample) -> None:
         self._write({"type": "request", **dataclasses.asdict(sample)})
 
-    def finish(self, summary: dict[str, Any], telemetry: dict[str, Any] | None = None) -> None:
-        self._write({"type": "summary", "summary": summary, "telemetry": telemetry or {}, "finished_at": utc_now()})
+    def finish(self, summary: dict[str, Any], telemetry: dict[str, Any] | None = None,
+               timeline: list[dict[str, Any]] | tuple = ()) -> None:
+        self._write({"type": "summary", "summary": summary, "telemetry": telemetry or {}, "timeline": list(timeline),
+                     "finished_at": utc_now()})
         self.close()
 
     def close(self) -> None:
@@ -96,7 +98,7 @@ def load_record(path: Path) -> RunRecord:
     if not entries or not isinstance(entries[0], dict) or entries[0].get("type") != "header":
         raise BadInput(f"{source} is not a pie run record (no header line)", "pass a file written by `pie bench`")
     header = header_from_dict({k: v for k, v in entries[0].items() if k != "type"}, source)
-    requests, summary, telemetry, finished_at = [], None, {}, None
+    requests, summary, telemetry, timeline, finished_at = [], None, {}, [], None
     for entry in entries[1:]:
         kind = entry.get("type") if isinstance(entry, dict) else None
         try:
@@ -104,10 +106,11 @@ def load_record(path: Path) -> RunRecord:
                 requests.append(RequestSample.from_dict(entry))
             elif kind == "summary":
                 summary, telemetry, finished_at = entry["summary"], entry.get("telemetry", {}), entry.get("finished_at")
+                timeline = list(entry.get("timeline") or [])
         except (TypeError, KeyError) as err:
             raise BadInput(f"{source} has an invalid {kind} line ({err})") from None
     return RunRecord(header=header, requests=tuple(requests), summary=summary, telemetry=telemetry,
-                     finished_at=finished_at, source=str(path))
+                     timeline=tuple(timeline), finished_at=finished_at, source=str(path))
 
 
 class ResultsStore:

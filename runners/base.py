@@ -72,6 +72,7 @@ class RunnerResult:
     telemetry: dict[str, Any] = field(default_factory=dict)  # pie: stall fraction, link bytes, pool use
     peak_device_memory_bytes: int | None = None
     peak_host_memory_bytes: int | None = None
+    timeline: tuple[dict[str, Any], ...] = ()  # results/timeline.py windows, for runners that step an engine
 
 
 RequestDone = Callable[[RequestSample], None]

@@ -83,6 +83,7 @@ class BenchOutcome:
     config: dict[str, Any]
     workload: WorkloadInfo
     sweep_point: dict[str, Any] | None = None
+    timeline: tuple[dict[str, Any], ...] = ()
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -200,6 +201,7 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
     summary = compute_metrics(samples, result.duration_s, settings.goodput_slos_ms or None,
                               result.peak_device_memory_bytes, result.peak_host_memory_bytes)
     telemetry = {**result.telemetry, "effective_config": result.config}
-    writer.finish(summary, telemetry)
+    writer.finish(summary, telemetry, result.timeline)
     return BenchOutcome(record_path=writer.path, run_id=header.run_id, summary=summary, telemetry=telemetry,
-                        config=result.config, workload=info, sweep_point=sweep_point)
+                        config=result.config, workload=info, sweep_point=sweep_point,
+                        timeline=tuple(result.timeline))

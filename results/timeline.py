@@ -1,0 +1,71 @@
+"""A run's timeline: the engine's state per window of iterations, and each pool-controller move (torch-free).
+
+A window covers `num_steps` consecutive engine iterations and ends `t_s` seconds after the run
+started (on the runner's clock: wall time for real runs, the virtual clock for `--runner sim`).
+Fields per window: the pool limit at its end, pooled and device blocks in use (peak over the
+window), running and waiting requests (at its end), preemptions in it, its stall fraction
+(stall / (compute + stall)), its output tokens per second, and the controller's move made at
+its end, if any (`move`: "grow", "shrink", "hold", "settle", "rearm"; `reason`: words).
+The record keeps the windows as dicts in the summary line (`timeline`), in time order.
+
+Left out: building windows from engine statistics (runners/timeline.py) and drawing them
+(results/plots.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MOVES = ("grow", "shrink", "hold", "settle", "rearm")
+
+
+@dataclass(frozen=True)
+class TimelineWindow:
+    t_s: float  # window end, seconds after the run started
+    duration_s: float
+    num_steps: int
+    pool_limit_blocks: int
+    pool_blocks_used: int  # peak over the window
+    device_blocks_used: int  # peak over the window
+    running: int  # at the window's end
+    waiting: int
+    preempted: int  # preemptions during the window
+    stall_fraction: float
+    output_tok_s: float
+    move: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TimelineWindow":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+TIMELINE_COLUMNS = (("t_s", "t (s)"), ("pool_limit_blocks", "pool limit"), ("pool_blocks_used", "pooled"),
+                    ("device_blocks_used", "device"), ("running", "running"), ("waiting", "waiting"),
+                    ("preempted", "preempted"), ("stall_fraction", "stall"), ("output_tok_s", "output tok/s"),
+                    ("move", "move"), ("reason", "reason"))
+
+
+def timeline_windows(items: Iterable[dict[str, Any]] | None) -> list[TimelineWindow]:
+    return [TimelineWindow.from_dict(item) for item in items or ()]
+
+
+def timeline_rows(windows: Sequence[TimelineWindow]) -> list[list[Any]]:
+    """Rows for a table, in TIMELINE_COLUMNS order ('' for no move)."""
+    return [[getattr(w, key) if getattr(w, key) is not None else "" for key, _ in TIMELINE_COLUMNS] for w in windows]
+
+
+def mean_pool_share(windows: Sequence[TimelineWindow], capacity_blocks: int, start_s: float = 0.0,
+                    end_s: float = float("inf")) -> float:
+    """Time-weighted mean of pooled blocks in use / pool capacity over windows ending in (start_s, end_s]."""
+    chosen = [w for w in windows if start_s < w.t_s <= end_s]
+    total = sum(w.duration_s for w in chosen)
+    if capacity_blocks <= 0 or total <= 0:
+        return 0.0
+    return sum(w.pool_blocks_used * w.duration_s for w in chosen) / total / capacity_blocks

@@ -1,0 +1,62 @@
+"""Group engine iterations into timeline windows as a run goes (torch-free; results/timeline.py says what a window holds).
+
+`TimelineRecorder.observe(stats, now, output_tokens)` takes each iteration's `IterationStats`
+(or anything with its fields: the simulator makes the same ones), the runner's clock after the
+step, and the output tokens the step produced; every `window_steps` iterations it closes a
+window and returns it, so a controller can act on it. `note_move` attaches the controller's
+move to the window it acted on; `close` flushes a last partial window.
+
+Left out: deciding moves (planner/pool_controller.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from results.timeline import MOVES, TimelineWindow
+
+
+class TimelineRecorder:
+    def __init__(self, start: float, window_steps: int = 16):
+        if window_steps < 1:
+            raise ValueError(f"window_steps must be at least 1, got {window_steps}")
+        self.start, self.window_steps = start, window_steps
+        self.windows: list[TimelineWindow] = []
+        self._began = start
+        self._pending: list[Any] = []
+        self._tokens = 0
+
+    def observe(self, stats: Any, now: float, output_tokens: int) -> TimelineWindow | None:
+        self._pending.append(stats)
+        self._tokens += output_tokens
+        self._last = now
+        return self._close(now) if len(self._pending) >= self.window_steps else None
+
+    def _close(self, now: float) -> TimelineWindow:
+        steps, last = self._pending, self._pending[-1]
+        compute = sum(s.compute_s for s in steps)
+        stall = sum(s.stall_s for s in steps)
+        duration = max(0.0, now - self._began)
+        window = TimelineWindow(
+            t_s=now - self.start, duration_s=duration, num_steps=len(steps), pool_limit_blocks=int(last.pool_limit_blocks),
+            pool_blocks_used=max(int(s.pool_blocks_used) for s in steps),
+            device_blocks_used=max(int(s.device_blocks_used) for s in steps),
+            running=int(last.num_running), waiting=int(last.num_waiting), preempted=sum(int(s.num_preempted) for s in steps),
+            stall_fraction=stall / (compute + stall) if compute + stall > 0 else 0.0,
+            output_tok_s=self._tokens / duration if duration > 0 else 0.0)
+        self.windows.append(window)
+        self._began, self._pending, self._tokens = now, [], 0
+        return window
+
+    def note_move(self, move: str, reason: str) -> None:
+        """The controller's move at the end of the last closed window."""
+        if move not in MOVES:
+            raise ValueError(f"unknown move '{move}' (one of {', '.join(MOVES)})")
+        if self.windows:
+            self.windows[-1] = dataclasses.replace(self.windows[-1], move=move, reason=reason)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Flush a last partial window; the timeline as the record stores it."""
+        if self._pending:
+            self._close(self._last)
+        return [w.to_dict() for w in self.windows]
