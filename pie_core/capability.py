@@ -11,7 +11,8 @@ an injected record:
 - `choose_dtype(cap)`: bfloat16 where it is native, else float32 on a CPU and float16 on a GPU.
 - `select_kernels(cap, dtype)`: oneDNN weight prepacking for bf16 GEMMs, and which variant of
   the C decode-attention kernel to build, with its compiler flags (explicit ISA flags, never
-  `-march=native`, so a record limited to AVX2 really gets AVX2 code).
+  `-march=native`, so a record limited to AVX2 really gets AVX2 code); on CUDA, Triton paged
+  attention (`runners/engine/triton_attention.py`), which the engine tries before PyTorch's.
 
 On x86 the record's features are what the CPU reports (/proc/cpuinfo) masked by the ISA torch
 dispatches to (`ATEN_CPU_CAPABILITY` lowers it) and by oneDNN's limit (`ONEDNN_MAX_CPU_ISA`), so
@@ -224,7 +225,7 @@ C_DTYPES = ("bfloat16", "float32")  # cache dtypes the C kernel has an entry poi
 @dataclass(frozen=True)
 class KernelChoice:
     prepack: bool  # reorder bf16 weights once for oneDNN (`models/linear.py`)
-    decode: str  # "c" or "torch": the decode-attention path to try first
+    decode: str  # "c", "triton" or "torch": the decode-attention path to try first
     c_variant: str | None  # key of C_VARIANT_FLAGS when decode == "c"
     reasons: tuple[str, ...]  # why each choice, one line each
 
@@ -252,8 +253,8 @@ def c_variant(cap: DeviceCapability) -> str:
 def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
     """The fast paths for `dtype` on this device; each has a slower one behind it (the engine's fallbacks)."""
     if cap.kind == "cuda":
-        return KernelChoice(prepack=False, decode="torch", c_variant=None,
-                            reasons=("cuda: plain GEMMs", "cuda: PyTorch paged decode attention"))
+        return KernelChoice(prepack=False, decode="triton", c_variant=None,
+                            reasons=("cuda: plain GEMMs", "cuda: Triton paged attention (PyTorch behind it)"))
     reasons = []
     onednn_bf16 = cap.is_x86 and (set(_AVX512_CORE) <= cap.onednn_features or "avx_ne_convert" in cap.onednn_features)
     prepack = dtype == "bfloat16" and onednn_bf16

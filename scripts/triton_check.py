@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from runners.engine import triton_attention  # noqa: E402
-from runners.engine.attention import paged_decode_attention_torch, prefill_attention  # noqa: E402
+from runners.engine import triton_attention
+from runners.engine.attention import paged_decode_attention_torch, prefill_attention
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
@@ -94,16 +94,16 @@ def prefill_case(dtype: torch.dtype, device: str, heads: int, kv_heads: int, hea
 
 
 CASES = (  # (name, kind, arguments)
-    ("decode gqa bs16 ragged", "decode", dict(heads=8, kv_heads=2, head_dim=32, block_size=16,
-                                             lens=[1, 3, 16, 17, 40, 70, 9], splits=1)),
-    ("decode mha bs8 split", "decode", dict(heads=4, kv_heads=4, head_dim=16, block_size=8,
-                                           lens=[5, 8, 33, 90, 2], splits=3)),
-    ("decode gqa6 dh40 bs8", "decode", dict(heads=12, kv_heads=2, head_dim=40, block_size=8,
-                                           lens=[12, 65, 1], splits=2)),
-    ("prefill gqa bs16 prefix", "prefill", dict(heads=8, kv_heads=2, head_dim=32, block_size=16,
-                                               chunks=[5, 70, 1], pasts=[0, 20, 33])),
-    ("prefill mha bs8 prefix", "prefill", dict(heads=4, kv_heads=4, head_dim=16, block_size=8,
-                                              chunks=[9, 3], pasts=[16, 0])),
+    ("decode gqa bs16 ragged", "decode", {"heads": 8, "kv_heads": 2, "head_dim": 32, "block_size": 16,
+                                             "lens": [1, 3, 16, 17, 40, 70, 9], "splits": 1}),
+    ("decode mha bs8 split", "decode", {"heads": 4, "kv_heads": 4, "head_dim": 16, "block_size": 8,
+                                           "lens": [5, 8, 33, 90, 2], "splits": 3}),
+    ("decode gqa6 dh40 bs8", "decode", {"heads": 12, "kv_heads": 2, "head_dim": 40, "block_size": 8,
+                                           "lens": [12, 65, 1], "splits": 2}),
+    ("prefill gqa bs16 prefix", "prefill", {"heads": 8, "kv_heads": 2, "head_dim": 32, "block_size": 16,
+                                               "chunks": [5, 70, 1], "pasts": [0, 20, 33]}),
+    ("prefill mha bs8 prefix", "prefill", {"heads": 4, "kv_heads": 4, "head_dim": 16, "block_size": 8,
+                                              "chunks": [9, 3], "pasts": [16, 0]}),
 )
 
 

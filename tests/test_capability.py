@@ -31,7 +31,7 @@ def test_dtype_and_kernels_for_each_machine(name):
     assert select_kernels(cap, "bfloat16").prepack is prepack
     kernels = select_kernels(cap, dtype)
     assert kernels.c_variant == variant
-    assert kernels.decode == ("c" if variant else "torch")
+    assert kernels.decode == ("c" if variant else "triton" if cap.kind == "cuda" else "torch")
     assert kernels.c_flags == (C_VARIANT_FLAGS[variant] if variant else ())
     assert all("native" not in flag for flag in kernels.c_flags)  # explicit ISA flags only
     assert DeviceCapability.from_dict(cap.to_dict()) == cap

@@ -1,4 +1,4 @@
-"""Attention kernels over the engine's flat paged KV cache: a C decode kernel on the CPU, PyTorch otherwise.
+"""Attention kernels over the engine's flat paged KV cache: a C decode kernel on the CPU, Triton on CUDA, PyTorch behind both.
 
 Layout (docs/engine-interfaces.md): `kv_cache[num_total_blocks, 2, block_size, Hkv, dh]`;
 a slot is `block * block_size + offset`; block tables hold global block indices, so device
@@ -9,7 +9,9 @@ may be any value (they are clamped and masked by `context_lens`).
 - `paged_decode_attention` attends one query token per sequence over its cached context.
   On the CPU (bf16/fp32 caches) it runs the C kernel of `cpu_attention.py`, which reads K and V
   in place through the block table (decode attention is memory-bound there, and a gather copy
-  costs several times the attention itself). Elsewhere, or with `PIE_DECODE_KERNEL=torch`, the
+  costs several times the attention itself). On CUDA, where Triton imports, the Triton kernel of
+  `triton_attention.py` does the same on the GPU (Triton is never imported for a CPU tensor
+  unless `PIE_DECODE_KERNEL=triton` asks). Elsewhere, or with `PIE_DECODE_KERNEL=torch`, the
   PyTorch path groups sequences into length buckets so padding stays small, gathers each
   bucket's blocks with one `index_select` (K and V in one copy), and computes
   `softmax(q·kᵀ)·v` explicitly (fp32 softmax) rather than through bf16
@@ -18,7 +20,8 @@ may be any value (they are clamped and masked by `context_lens`).
 - `prefill_attention` is causal attention within each sequence of a packed batch, optionally
   over a computed prefix per sequence (chunked prefill; the caller gathers the prefix through
   its block table), fp32 math on the CPU (bf16 matmuls over the permuted views measured about
-  2x slower).
+  2x slower). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
+  kernel reads them in place, the PyTorch path gathers them and calls `prefill_attention`.
 
 Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi.
 """
@@ -30,7 +33,7 @@ import torch
 
 from runners.engine import cpu_attention
 
-KERNELS = ("auto", "c", "torch")
+KERNELS = ("auto", "c", "torch", "triton")
 # Sequences are grouped so that each group pads to at most this factor of its shortest context.
 _BUCKET_GROWTH = 1.5
 
@@ -83,17 +86,53 @@ def decode_buckets(context_lens: list[int], block_size: int) -> list[tuple[list[
     return groups
 
 
-def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor, variant: str | None = None) -> str:
-    """'c' or 'torch': the decode path for these tensors under $PIE_DECODE_KERNEL (auto|c|torch).
+_triton: list = []  # [module or None, why not] once tried
 
-    `variant` names the C build (pie_core/capability.py; None: this machine's own); "torch" forces
-    the PyTorch path, as the engine does when its capability record selects no C kernel.
-    """
+
+def triton_kernels():
+    """`runners.engine.triton_attention`, imported once; None when Triton cannot be imported here."""
+    if not _triton:
+        try:
+            from runners.engine import triton_attention
+            _triton[:] = [triton_attention, None]
+        except Exception as err:  # noqa: BLE001 - ImportError, or a Triton that breaks while loading
+            _triton[:] = [None, f"Triton cannot be imported ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})"]
+    return _triton[0]
+
+
+def triton_error() -> str | None:
+    return None if triton_kernels() is not None else _triton[1]
+
+
+def _uses_triton(tensor: torch.Tensor, variant: str | None, choice: str) -> bool:
+    """Triton where asked for (variant or $PIE_DECODE_KERNEL), or by default for CUDA tensors where it imports."""
+    if choice == "triton" or (variant == "triton" and choice == "auto"):
+        if triton_kernels() is None:
+            raise RuntimeError(f"the Triton kernel cannot run here: {triton_error()}")
+        return True
+    return choice == "auto" and variant is None and tensor.is_cuda and triton_kernels() is not None
+
+
+def _choice() -> str:
     choice = os.environ.get("PIE_DECODE_KERNEL", "auto")
     if choice not in KERNELS:
         raise ValueError(f"PIE_DECODE_KERNEL={choice!r}; expected one of {', '.join(KERNELS)}")
-    if choice == "torch" or (variant == "torch" and choice != "c"):
+    return choice
+
+
+def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor, variant: str | None = None) -> str:
+    """'c', 'triton' or 'torch': the decode path for these tensors under $PIE_DECODE_KERNEL (auto|c|torch|triton).
+
+    `variant` names the C build (pie_core/capability.py; None: this machine's own), "triton" the
+    Triton kernel, "torch" forces the PyTorch path, as the engine does when its capability record
+    selects no fast kernel or the one selected failed its trial (runners/engine/kernels.py).
+    """
+    choice = _choice()
+    if choice == "torch" or (variant == "torch" and choice not in ("c", "triton")):
         return "torch"
+    if _uses_triton(q, variant, choice):
+        return "triton"
+    variant = None if variant == "triton" else variant
     variant = None if variant == "torch" else variant
     if cpu_attention.supports(q, kv_cache, variant):
         return "c"
@@ -109,9 +148,12 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
 
     `variant`: the C build to use (None: this machine's own), or "torch" for the PyTorch path.
     """
-    if kernel_name(q, kv_cache, variant) == "c":
+    name = kernel_name(q, kv_cache, variant)
+    if name == "c":
         return cpu_attention.paged_decode(q, kv_cache, block_tables, context_lens, scale,
                                           None if variant == "torch" else variant)
+    if name == "triton":
+        return triton_kernels().paged_decode(q, kv_cache, block_tables, context_lens, scale)
     return paged_decode_attention_torch(q, kv_cache, block_tables, context_lens, scale)
 
 
@@ -190,3 +232,28 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
             attended = torch.bmm(torch.softmax(scores, dim=-1), value[:, :past + stop])  # [Hq, rows, dh]
             out[start + row:start + stop] = attended.permute(1, 0, 2).to(q.dtype)
     return out
+
+
+def gather_prefix(kv_cache: torch.Tensor, table: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sequence's first `num_tokens` cached K and V ([P, Hkv, dh] each), copied out through its block table row."""
+    block_size = kv_cache.shape[2]
+    blocks = kv_cache.index_select(0, table[:-(-num_tokens // block_size)])
+    flat = blocks.transpose(0, 1).reshape(2, -1, *blocks.shape[3:])[:, :num_tokens]
+    return flat[0], flat[1]
+
+
+def paged_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
+                            kv_cache: torch.Tensor, prefix_tables: torch.Tensor | None, prefix_lens: list[int],
+                            variant: str | None = None) -> torch.Tensor:
+    """`prefill_attention` with each prefix given as a block table row (`prefix_tables[N, M]`, `prefix_lens[N]`, 0: none).
+
+    The Triton kernel reads the prefixes in place; the PyTorch path gathers them (`gather_prefix`).
+    """
+    if _uses_triton(q, variant, _choice()):
+        lens = None if prefix_tables is None else torch.tensor(prefix_lens, dtype=torch.int32, device=q.device)
+        return triton_kernels().prefill(q, k, v, cu_seqlens, scale, kv_cache, prefix_tables, lens)
+    prefixes = None
+    if prefix_tables is not None:
+        prefixes = [gather_prefix(kv_cache, prefix_tables[row], length) if length else None
+                    for row, length in enumerate(prefix_lens)]
+    return prefill_attention(q, k, v, cu_seqlens, scale, prefixes)

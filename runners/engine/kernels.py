@@ -7,12 +7,15 @@
   refuses the CPU), plain `F.linear`. `PIE_PREPACK=0` forces plain.
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`); if it cannot be built or fails its smoke test, the PyTorch path.
-  `PIE_DECODE_KERNEL=torch|c` forces one (c fails loudly when it cannot run).
+  On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
+  must import and one tiny decode and prefill must match the PyTorch path, else PyTorch.
+  `PIE_DECODE_KERNEL=torch|c|triton` forces one (c and triton fail loudly when they cannot run).
+  A CPU run never imports Triton.
 
 The result, `KernelPaths`, is what the engine and the profiler report (`fallbacks` lists each
 fast path that was selected but not taken, and why). Nothing here aborts a run.
 
-Left out: CUDA kernels beyond PyTorch's (Triton paged attention is a later step).
+Left out: CUDA GEMM choices beyond PyTorch's, CUDA graphs.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ LINEAR_PATHS = ("onednn-prepacked", "torch-linear")
 class KernelPaths:
     dtype: str
     linear: str  # onednn-prepacked | torch-linear
-    decode_attention: str  # "c-<variant>" | "torch"
+    decode_attention: str  # "c-<variant>" | "triton" | "torch"
     c_variant: str | None  # the C build in use, None on the PyTorch path
     capability: str  # one-line summary of the record the choice came from
     fallbacks: tuple[str, ...] = ()
@@ -44,7 +47,7 @@ class KernelPaths:
     @property
     def decode_variant(self) -> str:
         """What `attention.paged_decode_attention(variant=...)` takes."""
-        return self.c_variant or "torch"
+        return self.c_variant or ("triton" if self.decode_attention == "triton" else "torch")
 
     def to_dict(self) -> dict:
         return {"dtype": self.dtype, "linear": self.linear, "decode_attention": self.decode_attention,
@@ -68,6 +71,32 @@ def _try_prepack() -> str | None:
     except RuntimeError as err:
         return f"oneDNN prepacked GEMM failed ({(str(err).strip().splitlines() or [''])[0]})"
     return None if float(out[0, 0]) == 32.0 else f"oneDNN prepacked GEMM gave {float(out[0, 0])}, expected 32"
+
+
+def _try_triton(device: str) -> str | None:
+    """None when the Triton kernels import and match the PyTorch paths on a tiny case on `device`, else why not."""
+    from runners.engine import attention
+
+    kernels = attention.triton_kernels()
+    if kernels is None:
+        return attention.triton_error()
+    generator = torch.Generator().manual_seed(0)
+    cache = torch.randn(6, 2, 16, 2, 16, generator=generator).to(device, torch.float16)
+    tables = torch.tensor([[3, 1, -1], [0, 5, 2]], device=device)
+    lens = torch.tensor([20, 40], device=device)
+    q = torch.randn(2, 4, 16, generator=generator).to(device, torch.float16)
+    k, v = cache[0, 0], cache[0, 1]  # 16 packed tokens, one sequence
+    cu = torch.tensor([0, 16], device=device)
+    try:
+        pairs = [(kernels.paged_decode(q, cache, tables, lens, 0.25),
+                  attention.paged_decode_attention_torch(q, cache, tables, lens, 0.25)),
+                 (kernels.prefill(q[0].expand(16, 4, 16), k, v, cu, 0.25, cache, tables[:1], lens[:1]),
+                  attention.prefill_attention(q[0].expand(16, 4, 16), k, v, cu, 0.25,
+                                              [attention.gather_prefix(cache, tables[0], 20)]))]
+        error = max(float((got.float() - want.float()).abs().max()) for got, want in pairs)
+    except Exception as err:  # noqa: BLE001 - a compiler or driver failure is a fallback, not a crash
+        return f"Triton attention failed its smoke test ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})"
+    return None if error < 1e-2 else f"Triton attention differs from the PyTorch path by {error:.3g} on its smoke test"
 
 
 _resolved: dict[tuple, KernelPaths] = {}
@@ -99,8 +128,15 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
         if cpu_attention.load(variant) is None:
             fallbacks.append(f"{cpu_attention.load_error(variant)}; PyTorch decode attention")
             variant = None
+    decode = f"c-{variant}" if variant else "torch"
+    if choice.decode == "triton" and torch.device(device).type == "cuda" and forced[1] != "torch":
+        failure = _try_triton(device)
+        if failure:
+            fallbacks.append(f"{failure}; PyTorch attention")
+        else:
+            decode = "triton"
     paths = KernelPaths(dtype=dtype, linear=LINEAR_PATHS[0] if prepack else LINEAR_PATHS[1],
-                        decode_attention=f"c-{variant}" if variant else "torch", c_variant=variant,
+                        decode_attention=decode, c_variant=variant,
                         capability=cap.summary(), fallbacks=tuple(fallbacks))
     _resolved[key] = paths
     return paths

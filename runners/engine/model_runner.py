@@ -8,8 +8,8 @@
    either a resident block or a position in the staging slot;
 3. starts the prefetcher on the batch's pooled blocks and runs the layers. Layer i's attention
    writes the new K/V, waits for staging slot `i % d` (rebuilding K/V from activations for
-   rebuild-kind blocks), runs prefill attention (a later chunk gathers its prefix through the
-   table) and decode attention through the table remapped to layer i (`i * n_dev + block` or
+   rebuild-kind blocks), runs prefill attention (a later chunk reads its prefix through the
+   table: in place with Triton, gathered on the PyTorch path) and decode attention through the table remapped to layer i (`i * n_dev + block` or
    `staging_base + slot * S + position`), and releases the slot;
 4. computes logits for the last token of each sequence that completes (every decode, and the
    prefill chunks that end a prompt) and samples.
@@ -26,7 +26,11 @@ from dataclasses import dataclass
 import torch
 
 from runners.engine import host_memory
-from runners.engine.attention import paged_decode_attention, prefill_attention, write_kv
+from runners.engine.attention import (
+    paged_decode_attention,
+    paged_prefill_attention,
+    write_kv,
+)
 from runners.engine.block_manager import BlockMove, CacheLayout
 from runners.engine.kv_cache import KVCache
 from runners.engine.prefetcher import Prefetcher
@@ -57,20 +61,12 @@ class Batch:
     decode_base: torch.Tensor | None  # [B, M]: resident block index or staging position
     decode_pooled: torch.Tensor | None  # [B, M] 1 where the entry is staged
     context_lens: torch.Tensor | None
-    prefill_prefixes: list["PrefillPrefix"]  # prefill chunks that attend over a computed prefix
+    prefix_base: torch.Tensor | None  # [num_prefills, M] per prefill chunk after a first: resident block or staging position
+    prefix_pooled: torch.Tensor | None  # [num_prefills, M] 1 where the entry is staged
+    prefix_lens: list[int]  # computed prefix tokens per prefill chunk (0: a first chunk)
     kv_indices: list[int]
     rebuild_indices: list[int]
     rebuild_positions: torch.Tensor | None  # token positions of rebuild blocks, [n_rebuild * block_size]
-
-
-@dataclass
-class PrefillPrefix:
-    """A prefill chunk after the first: its sequence's computed prefix, read through a block table."""
-
-    index: int  # position among the batch's prefills
-    num_tokens: int  # prefix length (the chunk's first position)
-    base: torch.Tensor  # [M] resident block index or staging position
-    pooled: torch.Tensor  # [M] 1 where the entry is staged
 
 
 class ModelRunner:
@@ -145,9 +141,16 @@ class ModelRunner:
             base = torch.tensor(base_rows, dtype=torch.int64, device=device)
             pooled = torch.tensor(pooled_rows, dtype=torch.int64, device=device)
             lens = torch.tensor([seq.num_tokens for seq in scheduled.decode], dtype=torch.int64, device=device)
-        prefix = [PrefillPrefix(index, start, torch.tensor(row, dtype=torch.int64, device=device),
-                                torch.tensor(mask, dtype=torch.int64, device=device))
-                  for index, start, row, mask in contexts]
+        prefix_base = prefix_pooled = None
+        prefix_lens = [0] * len(scheduled.prefill)
+        if contexts:  # one table row per prefill (first chunks' rows unused), as decode tables are built
+            width = max(len(row) for _, _, row, _ in contexts)
+            base_rows = [[0] * width for _ in scheduled.prefill]
+            pooled_rows = [[0] * width for _ in scheduled.prefill]
+            for index, start, row, mask in contexts:
+                base_rows[index][:len(row)], pooled_rows[index][:len(mask)], prefix_lens[index] = row, mask, start
+            prefix_base = torch.tensor(base_rows, dtype=torch.int64, device=device)
+            prefix_pooled = torch.tensor(pooled_rows, dtype=torch.int64, device=device)
         slots_cpu = torch.tensor(slots, dtype=torch.int64)
         return Batch(
             input_ids=torch.tensor(ids, dtype=torch.int64, device=device),
@@ -155,7 +158,8 @@ class ModelRunner:
             slot_mapping=slots_cpu.to(device), slots_cpu=slots_cpu,
             cu_seqlens=torch.tensor(cu, dtype=torch.int64, device=device) if scheduled.prefill else None,
             num_prefill_tokens=num_prefill, logit_rows=torch.tensor(rows, dtype=torch.int64, device=device),
-            decode_base=base, decode_pooled=pooled, context_lens=lens, prefill_prefixes=prefix,
+            decode_base=base, decode_pooled=pooled, context_lens=lens,
+            prefix_base=prefix_base, prefix_pooled=prefix_pooled, prefix_lens=prefix_lens,
             kv_indices=list(kv_stage), rebuild_indices=list(rebuild_stage),
             rebuild_positions=torch.tensor(rebuild_positions, dtype=torch.int64, device=device) if rebuild_stage else None)
 
@@ -229,15 +233,12 @@ class ModelRunner:
             offset = layer * cache.num_device_blocks
             parts = []
             if prefill_tokens:
-                prefixes = None
-                if batch.prefill_prefixes:
-                    prefixes = [None] * (len(batch.cu_seqlens) - 1)
-                    for prefix in batch.prefill_prefixes:
-                        blocks = kv.index_select(0, prefix.base + offset + prefix.pooled * (slot_base - offset))
-                        flat = blocks.transpose(0, 1).reshape(2, -1, *blocks.shape[3:])[:, :prefix.num_tokens]
-                        prefixes[prefix.index] = (flat[0], flat[1])
-                parts.append(prefill_attention(q[:prefill_tokens], k[:prefill_tokens], v[:prefill_tokens],
-                                               batch.cu_seqlens, scale, prefixes))
+                tables = None
+                if batch.prefix_base is not None:
+                    tables = batch.prefix_base + offset + batch.prefix_pooled * (slot_base - offset)
+                parts.append(paged_prefill_attention(q[:prefill_tokens], k[:prefill_tokens], v[:prefill_tokens],
+                                                     batch.cu_seqlens, scale, kv, tables, batch.prefix_lens,
+                                                     self.decode_variant))
             if batch.decode_base is not None:
                 table = batch.decode_base + offset + batch.decode_pooled * (slot_base - offset)
                 parts.append(paged_decode_attention(q[prefill_tokens:], kv, table, batch.context_lens, scale,
