@@ -17,6 +17,7 @@ import typer
 
 from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt, SeedOpt
+from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_options
 from pie_cli.output import Output
 from pie_core.errors import BadInput
 from results.metrics import parse_goodput, summary_rows
@@ -59,9 +60,9 @@ def resolve_device(device: str) -> str:
 
 def bench(
     model: Annotated[str, typer.Option("--model", "-m", help="Registry name (see `pie models`; random weights) or a local Hugging Face directory.")] = "opt-125m",
-    workload: Annotated[str, typer.Option("--workload", "-w", help="sharegpt, alpaca, jsonl (need --dataset-path; sharegpt/alpaca fall back to labelled synthetic lengths), fixed or uniform (synthetic).")] = "sharegpt",
+    workload: Annotated[str, typer.Option("--workload", "-w", help="sharegpt, alpaca, jsonl, burstgpt (need --dataset-path; sharegpt/alpaca fall back to labelled synthetic lengths), fixed, uniform or phases (synthetic).")] = "sharegpt",
     dataset_path: Annotated[Optional[Path], typer.Option("--dataset-path", help="The dataset file (never downloaded).")] = None,
-    runner: Annotated[str, typer.Option("--runner", "-r", help="pie, hf, vllm or openai.")] = "pie",
+    runner: Annotated[str, typer.Option("--runner", "-r", help="pie, hf, vllm, openai, or sim (the Pie scheduler on a virtual clock; --hardware or --profile).")] = "pie",
     plan: Annotated[Optional[Path], typer.Option("--plan", help="A `pie tune` plan for the pie runner.")] = None,
     num_prompts: Annotated[int, typer.Option("--num-prompts", "-n", help="Requests to send.")] = 64,
     request_rate: Annotated[float, typer.Option("--request-rate", help="Requests per second (Poisson/gamma); inf sends all at once.")] = math.inf,
@@ -75,8 +76,16 @@ def bench(
     device_blocks: Annotated[Optional[int], typer.Option("--device-blocks", help="pie: KV blocks on the device (overrides the plan).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Runner option KEY=VALUE (repeatable), e.g. -O max_num_seqs=32.")] = None,
     sweep: Annotated[Optional[str], typer.Option("--sweep", help="One record per value: e.g. request_rate=1,2,4 or pool_blocks=0,256,512.")] = None,
+    adaptive: Annotated[bool, typer.Option("--adaptive", help="pie: move the pool limit while serving (within --pool-blocks), from live stall and queue signals.")] = False,
+    time_scale: Annotated[float, typer.Option("--time-scale", help="burstgpt: multiply the trace's gaps (0.1 = ten times faster).")] = 1.0,
+    trace_start: Annotated[Optional[float], typer.Option("--trace-start", help="burstgpt: window start, in the trace's seconds.")] = None,
+    trace_duration: Annotated[Optional[float], typer.Option("--trace-duration", help="burstgpt: window length, in the trace's seconds.")] = None,
+    trace_model: Annotated[Optional[str], typer.Option("--trace-model", help="burstgpt: keep rows of this Model (e.g. ChatGPT).")] = None,
+    trace_log_type: Annotated[Optional[str], typer.Option("--trace-log-type", help="burstgpt: keep rows of this Log Type (e.g. 'Conversation log').")] = None,
     save_outputs: Annotated[bool, typer.Option("--save-outputs", help="Store generated token ids per request.")] = False,
     label: Annotated[Optional[str], typer.Option("--label", help="A label to select runs by later.")] = None,
+    hardware: SimHardwareOpt = None,
+    profile: SimProfileOpt = None,
     dtype: DtypeAutoOpt = "auto",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")] = "auto",
     seed: SeedOpt = 0,
@@ -85,7 +94,10 @@ def bench(
 ) -> None:
     """Benchmark a runner on a workload; print throughput and latency like `vllm bench serve`.
 
-    Example: pie bench --workload sharegpt --dataset-path ShareGPT_V3_unfiltered_cleaned_split.json --model opt-125m --runner pie --request-rate 4
+    Examples:
+      pie bench --workload sharegpt --dataset-path ShareGPT_V3_unfiltered_cleaned_split.json --model opt-125m --runner pie --request-rate 4
+      pie bench --workload burstgpt --dataset-path BurstGPT_1.csv --trace-duration 600 --time-scale 0.1 --num-prompts 500
+      pie bench --workload phases --device-blocks 96 --pool-blocks 512 --adaptive
     """
     from pie_core.dtypes import canonical_dtype
     from results.store import ResultsStore
@@ -96,11 +108,14 @@ def bench(
 
     out = Output(json_out)
     runner_options = parse_options(option or [])
-    for key, value in (("plan", str(plan) if plan else None), ("num_pool_blocks", pool_blocks), ("num_device_blocks", device_blocks)):
+    for key, value in (("plan", str(plan) if plan else None), ("num_pool_blocks", pool_blocks), ("num_device_blocks", device_blocks),
+                       ("adaptive", True if adaptive else None)):
         if value is not None:
             runner_options[key] = value
     get_runner(runner)  # an unknown runner fails before any work
-    device = resolve_device(device)
+    simulated = runner.strip().lower() == "sim"
+    runner_options.update(sim_hardware_options(runner.strip().lower(), hardware, profile, model, dtype))
+    device = "cpu" if simulated else resolve_device(device)  # the simulator computes here, whatever it prices
     check_device(device)
     requested = dtype_name = canonical_dtype(dtype, allow_auto=True)
     from_plan = plan is not None and dtype_name == "auto"
@@ -108,12 +123,19 @@ def bench(
         from planner.plan import Plan
 
         dtype_name = Plan.load(plan).dtype
-    resolution = resolve_dtype_option(dtype_name, device)
+    if simulated:
+        from runners.sim_runner import sim_dtype
+
+        resolution = sim_dtype(runner_options, dtype_name)
+    else:
+        resolution = resolve_dtype_option(dtype_name, device)
     settings = BenchSettings(
         model=model, runner=runner.strip().lower(), dtype=resolution.dtype, dtype_requested=requested,
         device=device, seed=seed,
         workload=WorkloadSpec(name=workload.strip().lower(), model=model, dataset_path=dataset_path, num_prompts=num_prompts,
-                              seed=seed, output_len=output_len, input_len=input_len, range_ratio=range_ratio),
+                              seed=seed, output_len=output_len, input_len=input_len, range_ratio=range_ratio,
+                              time_scale=time_scale, trace_start=trace_start, trace_duration=trace_duration,
+                              trace_model=trace_model, trace_log_type=trace_log_type),
         arrivals=ArrivalSpec(request_rate=request_rate, burstiness=burstiness, seed=seed),
         max_concurrency=max_concurrency, save_outputs=save_outputs, runner_options=runner_options,
         goodput_slos_ms=parse_goodput(goodput or []), label=label)
@@ -161,7 +183,7 @@ def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict |
         out.info(f"{settings.runner} runner{where}: {kind}workload {info.name} ({info.source}); {info.num_requests} requests, "
                  f"mean {info.mean_prompt_len:.0f} prompt / {info.mean_output_len:.0f} output tokens")
         out.info(f"tokens: {info.tokenizer}")
-        if info.num_malformed or info.num_filtered:
+        if (info.num_malformed or info.num_filtered) and info.name != "burstgpt":  # a trace says its own summary line
             out.info(f"skipped {info.num_malformed} malformed and {info.num_filtered} filtered entries")
         for note in info.notes:
             out.warn(note)
@@ -193,6 +215,8 @@ def _result_table(out: Output, outcome: Any) -> None:
     for key, label in TELEMETRY_ROWS:
         if key in outcome.telemetry:
             rows.append([label, outcome.telemetry[key]])
+    if outcome.config.get("simulated"):
+        rows.insert(0, ["SIMULATED on", outcome.config.get("hardware_source")])
     kernels = outcome.config.get("kernels")
     if kernels:  # the pie runner says which paths ran, and each fast path it fell back from
         rows.append(["Kernels", f"GEMMs {kernels['linear']}, decode attention {kernels['decode_attention']} ({kernels['dtype']})"])

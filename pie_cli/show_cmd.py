@@ -10,6 +10,7 @@ import typer
 
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt
 from pie_cli.output import Output
+from pie_core.errors import BadInput
 from results.metrics import summary_rows, tpot_s
 
 Filter = Annotated[Optional[str], typer.Option(help="Only runs with this value.")]
@@ -22,17 +23,21 @@ def show(
     runner: Filter = None,
     sweep_id: Annotated[Optional[str], typer.Option("--sweep-id", help="Only runs of this sweep.")] = None,
     requests: Annotated[bool, typer.Option("--requests", help="With a run: list its requests too.")] = False,
+    timeline: Annotated[bool, typer.Option("--timeline", help="With a run: its timeline (pool limit, blocks, requests, stall, tok/s, controller moves per window).")] = False,
     results_dir: ResultsDirOpt = DEFAULT_RESULTS_DIR,
     json_out: JsonOpt = False,
 ) -> None:
     """List stored runs (newest last), or show one run's settings and metrics.
 
-    Example: pie show --runner pie --label nightly | pie show 20260101T000000Z-pie --requests
+    Example: pie show --runner pie --label nightly | pie show 20260101T000000Z-pie --requests --timeline
     """
     from results.store import ResultsStore
 
     out = Output(json_out)
     store = ResultsStore(results_dir)
+    if run is None and (requests or timeline):
+        flag = "--requests" if requests else "--timeline"
+        raise BadInput(f"{flag} shows one run, but no run was given", f"e.g. pie show RUN_ID {flag} (list runs with `pie show`)")
     if run is None:
         records = store.select(label=label, model=model, runner=runner, sweep_id=sweep_id)
         _list(out, records, store)
@@ -42,6 +47,8 @@ def show(
         out.json(record.to_dict())
         return
     _detail(out, record, requests)
+    if timeline:
+        _timeline(out, record)
 
 
 def _list(out: Output, records: list, store: Any) -> None:
@@ -91,6 +98,18 @@ def _detail(out: Output, record: Any, with_requests: bool) -> None:
         out.table("Requests", ["request", "prompt", "output", "arrival (s)", "TTFT (ms)", "TPOT (ms)", "E2EL (ms)", "ok"],
                   [[s.request_id, s.prompt_len, s.output_len, s.arrival_s, _ms(s.ttft_s), _ms(tpot_s(s)), _ms(s.e2el_s),
                     "yes" if s.success else f"no: {s.error}"] for s in record.requests])
+
+
+def _timeline(out: Output, record: Any) -> None:
+    from results.timeline import TIMELINE_COLUMNS, timeline_rows, timeline_windows
+
+    windows = timeline_windows(record.timeline)
+    if not windows:
+        out.warn(f"run {record.run_id} has no timeline (only runs that step an engine, pie and sim, record one)")
+        return
+    moves = sum(1 for w in windows if w.move in ("grow", "shrink", "rearm"))
+    out.table(f"Timeline of {record.run_id}", [label for _, label in TIMELINE_COLUMNS], timeline_rows(windows),
+              caption=f"{len(windows)} windows, {moves} pool moves" + (" (adaptive)" if record.header.config.get("adaptive") else ""))
 
 
 def _ms(seconds: float | None) -> float | None:

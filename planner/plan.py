@@ -77,6 +77,7 @@ class Plan:
     explanation: tuple[str, ...]  # one sentence each
     solver: dict[str, Any]  # candidates, variables, LP build/solve time
     online: dict[str, Any] | None = None  # hill-climber moves and measured best
+    adaptive: bool = False  # `pie bench` moves the pool limit while it serves (planner/pool_controller.py)
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def with_online(self, online: dict[str, Any], settings: EngineSettings | None = None) -> "Plan":

@@ -3,7 +3,9 @@
 - `sweep_figure`: output throughput and TPOT against a swept setting (pool size, request rate),
   one line per series, mean of repeated runs with min-max bars;
 - `latency_cdf_figure`: TTFT, TPOT and E2EL distributions as CDFs, one line per series;
-- `telemetry_figure`: bytes moved over the host link and stall fraction of pie runs.
+- `telemetry_figure`: bytes moved over the host link and stall fraction of pie runs;
+- `timeline_figure`: pool limit and pooled blocks, running requests, and output throughput
+  against time, one line per run (the runs of a sweep overlaid), controller moves marked.
 
 Every axis carries its unit, every line a legend entry, and layout is constrained so text does
 not overlap. Left out: choosing what to plot (results/report.py) and interactivity.
@@ -132,4 +134,29 @@ def telemetry_figure(runs: pd.DataFrame, byte_columns: Sequence[str], x_label: s
                              fontsize=8)
         axis.set_xlabel(x_label)
         axis.grid(alpha=0.3, axis="y")
+    return _png(figure)
+
+
+def timeline_figure(series: Mapping[str, Sequence]) -> bytes:
+    """`series`: name -> TimelineWindows (results/timeline.py), in time order."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    for index, (name, windows) in enumerate(series.items()):
+        color = f"C{index % 10}"
+        times = [w.t_s for w in windows]
+        axes[0].step(times, [w.pool_limit_blocks for w in windows], where="post", color=color, label=f"{name} limit")
+        axes[0].plot(times, [w.pool_blocks_used for w in windows], color=color, linestyle=":", label=f"{name} in use")
+        moved = [w for w in windows if w.move in ("grow", "shrink", "rearm")]
+        axes[0].scatter([w.t_s for w in moved], [w.pool_limit_blocks for w in moved], color=color, s=12, zorder=3)
+        axes[1].plot(times, [w.running for w in windows], color=color, label=f"{name} running")
+        axes[1].plot(times, [w.waiting for w in windows], color=color, linestyle="--", label=f"{name} waiting")
+        axes[2].plot(times, [w.output_tok_s for w in windows], color=color, label=name)
+    titles = (("CPU pool (blocks)", "Pool limit (steps, dots = moves) and pooled blocks in use"),
+              ("requests", "Running and waiting requests"), ("output throughput (tokens/s)", "Output throughput per window"))
+    for axis, (label, title) in zip(axes, titles):
+        axis.set_xlabel("time since the run started (s)")
+        axis.set_ylabel(label)
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.set_ylim(bottom=0)
+        _legend(axis, len(series) * (1 if axis is axes[2] else 2))
     return _png(figure)

@@ -29,6 +29,7 @@ class RequestSample:
     success: bool = True
     error: str | None = None
     output_token_ids: tuple[int, ...] | None = None  # only with --save-outputs
+    sent_s: float | None = None  # when the runner actually handed it to the backend (trace replay checks this)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RequestSample":

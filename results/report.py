@@ -2,7 +2,8 @@
 
 `build_report` turns records into a runs table and figures: throughput and TPOT against each
 swept setting (records that share a sweep id, drawn per runner/label), latency CDFs per runner,
-and link bytes / stall fraction for pie runs that carry telemetry. A figure that the records
+link bytes / stall fraction for pie runs that carry telemetry, and the timeline of each run
+(one plot per run; the runs of one sweep overlaid in one plot). A figure that the records
 cannot support is left out with a note saying why. Torch-free.
 
 Left out: choosing records (the CLI resolves references) and comparisons (results/compare.py).
@@ -22,6 +23,7 @@ from pie_core.formatting import format_cell
 from results import plots
 from results.compare import request_values
 from results.record import RunRecord
+from results.timeline import timeline_windows
 
 RUN_COLUMNS = ("run_id", "runner", "label", "sweep", "output_throughput", "request_throughput", "mean_ttft_ms",
                "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "completed", "failed")
@@ -139,12 +141,34 @@ def _telemetry_figure(runs: pd.DataFrame, notes: list[str]) -> list[Figure]:
                    "time spent waiting for those copies (mean of repeated runs at a sweep point).", plots.telemetry_figure(pie_runs, byte_columns, x_label))]
 
 
+def _timeline_figures(records: list[RunRecord], notes: list[str]) -> list[Figure]:
+    groups: dict[str, dict[str, list]] = defaultdict(dict)
+    for record in records:
+        windows = timeline_windows(record.timeline)
+        if not windows:
+            continue
+        point = record.header.sweep_point or {}
+        name = ", ".join(f"{k}={v}" for k, v in point.items()) or _series(record)
+        if record.header.config.get("adaptive"):
+            name += " (adaptive)"
+        group = record.header.sweep_id or record.run_id
+        groups[group][name if name not in groups[group] else f"{name} {record.run_id[-6:]}"] = windows
+    if not groups:
+        notes.append("no run in the selection has a timeline (pie and sim runs record one): no timeline drawn")
+        return []
+    return [Figure(f"timeline_{index}", f"Timeline of {group}",
+                   f"{len(series)} run(s); each point is a window of engine iterations; the pool limit moves only "
+                   f"under --adaptive.", plots.timeline_figure(series))
+            for index, (group, series) in enumerate(groups.items())]
+
+
 def build_report(records: list[RunRecord], title: str = "pie report", selection: str = "") -> Report:
     if not records:
         raise ValueError("a report needs at least one record")
     runs = runs_frame(records)
     notes: list[str] = []
-    figures = _sweep_figures(runs, notes) + _cdf_figure(records, notes) + _telemetry_figure(runs, notes)
+    figures = (_sweep_figures(runs, notes) + _cdf_figure(records, notes) + _telemetry_figure(runs, notes)
+               + _timeline_figures(records, notes))
     models = sorted({r.header.model for r in records})
     if len(models) > 1:
         notes.append(f"the selection mixes models ({', '.join(models)})")

@@ -86,14 +86,15 @@ class Runner(Protocol):
 
 def sample_from_token_times(request: BenchRequest, run_start: float, release_time: float,
                             token_times: Sequence[float], output_token_ids: Sequence[int] | None,
-                            save_outputs: bool, output_len: int | None = None) -> RequestSample:
+                            save_outputs: bool, output_len: int | None = None, sent_time: float | None = None) -> RequestSample:
     """A successful sample from absolute clock times (`run_start`, `release_time`, `token_times` on one clock).
 
     The one definition of the latency metrics (vLLM's client-side ones): TTFT = first token -
     release, E2EL = last token - release, ITL = gaps between token times. Release is when the
     request was handed to the backend: its arrival, or later when `--max-concurrency` held it
     back until a slot freed (runners/request_loop.py). `output_len` defaults to the number of
-    token times (a server that streams text chunks says its own count).
+    token times (a server that streams text chunks says its own count). `sent_time` is when the
+    runner really handed the request over (on the same clock), kept as `sent_s` after the run start.
     """
     if not token_times:
         return failed_sample(request, "no tokens were generated")
@@ -103,7 +104,8 @@ def sample_from_token_times(request: BenchRequest, run_start: float, release_tim
         request_id=request.request_id, prompt_len=request.prompt_len, output_len=len(times) if output_len is None else output_len,
         arrival_s=request.arrival_s, ttft_s=times[0] - release_time, e2el_s=times[-1] - release_time,
         itl_s=tuple(b - a for a, b in zip(times, times[1:])), success=True, error=None,
-        output_token_ids=tuple(int(t) for t in output_token_ids) if save_outputs and output_token_ids else None)
+        output_token_ids=tuple(int(t) for t in output_token_ids) if save_outputs and output_token_ids else None,
+        sent_s=None if sent_time is None else sent_time - run_start)
 
 
 def failed_sample(request: BenchRequest, error: str) -> RequestSample:

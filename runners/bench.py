@@ -14,6 +14,7 @@ Left out: rendering (pie_cli/bench_cmd.py) and comparing runs (results/compare.p
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from runners.registry import get_runner
 from runners.workloads import WorkloadInfo, WorkloadSpec, load_workload
 
 # sweep key -> where it goes: a settings field, a workload or arrival field, or a runner option
+ADAPTIVE_RUNNERS = ("pie", "sim")
 SWEEP_TARGETS = {
     "request_rate": ("arrivals", "request_rate", float), "burstiness": ("arrivals", "burstiness", float),
     "max_concurrency": ("settings", "max_concurrency", int), "num_prompts": ("workload", "num_prompts", int),
@@ -60,6 +62,14 @@ class BenchSettings:
     runner_options: dict[str, Any] = field(default_factory=dict)
     goodput_slos_ms: dict[str, float] = field(default_factory=dict)
     label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workload.name == "burstgpt" and not math.isinf(self.arrivals.request_rate):
+            raise BadInput("--request-rate does not apply to trace replay: the trace sets the arrival times",
+                           "drop --request-rate; use --time-scale to compress or stretch the trace")
+        if self.runner_options.get("adaptive") and self.runner not in ADAPTIVE_RUNNERS:
+            raise BadInput(f"--adaptive sizes the Pie engine's pool; runner '{self.runner}' has none",
+                           f"use --runner {' or --runner '.join(ADAPTIVE_RUNNERS)}, or drop --adaptive")
 
     def spec(self) -> RunnerSpec:
         return RunnerSpec(model=self.model, dtype=self.dtype, device=self.device, seed=self.seed,
@@ -171,12 +181,18 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
                                               "seed": spec.seed, **spec.options}
     config = {**config, "max_concurrency": settings.max_concurrency, "save_outputs": settings.save_outputs,
               "dtype_requested": settings.dtype_requested or settings.dtype}
-    requests, info = load_workload(settings.workload)
-    requests = assign_arrivals(requests, settings.arrivals)
-    workload = {**info.to_dict(), **settings.arrivals.describe(), "goodput_slos_ms": dict(settings.goodput_slos_ms) or None}
+    requests, info = load_workload(settings.workload, settings.arrivals.request_rate)
+    if info.arrivals is None:
+        requests = assign_arrivals(requests, settings.arrivals)
+        arrivals = settings.arrivals.describe()
+    else:  # the workload timed its own requests (trace replay, phases)
+        arrivals = {"arrivals": info.arrivals, "request_rate": None if math.isinf(settings.arrivals.request_rate)
+                    else settings.arrivals.request_rate, "time_scale": settings.workload.time_scale}
+    workload = {**info.to_dict(), **arrivals, "goodput_slos_ms": dict(settings.goodput_slos_ms) or None}
     header = RunHeader(run_id=new_run_id(runner.name), created_at=utc_now(), model=settings.model, runner=runner.name,
                        workload=workload, config=to_jsonable(config),
-                       fingerprint=machine_fingerprint(settings.device), git_commit=git_commit(Path(__file__).parent),
+                       fingerprint=getattr(runner, "fingerprint", machine_fingerprint)(settings.device),
+                       git_commit=git_commit(Path(__file__).parent),
                        label=settings.label, sweep_id=sweep.sweep_id if sweep else None, sweep_point=sweep_point,
                        pie_version=pie_version())
     writer = store.writer(header)

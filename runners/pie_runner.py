@@ -11,7 +11,9 @@ block use, preemptions, rebuilt tokens.
 
 Options (runner-specific, in `RunnerSpec.options`): `plan` (path to a `pie tune` plan; its
 model must match `--model`), and any `EngineConfig` field in ENGINE_OPTIONS, which override
-the plan's settings. Left out: adaptive pool sizing during a bench (that is `pie tune --online`).
+the plan's settings; `adaptive` (or a plan with `adaptive: true`) moves the pool limit while the
+workload runs (planner/pool_controller.py), within `num_pool_blocks`, every `window_steps`
+iterations. Every run keeps a timeline of those windows (results/timeline.py) in its record.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from runners.request_loop import TokenDelta, drive_engine
 
 ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetch_depth", "copy_worker",
                   "rebuild_fraction", "max_num_batched_tokens", "max_num_seqs", "max_model_len")
+CONTROL_OPTIONS = ("adaptive", "window_steps", "max_stall_fraction")
+DEFAULT_WINDOW_STEPS = 16
 
 
 def _same_model(plan_model: str, model: str) -> bool:
@@ -39,9 +43,9 @@ def engine_config_from_spec(spec: RunnerSpec) -> Any:
     """The `EngineConfig` for this run: plan settings (if any), then explicit engine options on top."""
     from runners.engine.config import EngineConfig
 
-    unknown = sorted(set(spec.options) - set(ENGINE_OPTIONS) - {"plan"})
+    unknown = sorted(set(spec.options) - set(ENGINE_OPTIONS) - set(CONTROL_OPTIONS) - {"plan"})
     if unknown:
-        raise BadInput(f"pie runner: unknown option(s) {', '.join(unknown)}", suggest(unknown[0], ENGINE_OPTIONS))
+        raise BadInput(f"pie runner: unknown option(s) {', '.join(unknown)}", suggest(unknown[0], ENGINE_OPTIONS + CONTROL_OPTIONS))
     settings: dict[str, Any] = {"dtype": spec.dtype}
     plan_path = spec.options.get("plan")
     if plan_path:
@@ -55,6 +59,40 @@ def engine_config_from_spec(spec: RunnerSpec) -> Any:
         settings.update({k: v for k, v in plan.settings.engine_kwargs().items() if k not in ("model", "dtype")})
     settings.update({k: v for k, v in spec.options.items() if k in ENGINE_OPTIONS and v is not None})
     return EngineConfig(model=spec.model, device=spec.device, seed=spec.seed, **settings)
+
+
+def plan_asks_adaptive(spec: RunnerSpec) -> bool:
+    plan_path = spec.options.get("plan")
+    if not plan_path:
+        return False
+    from planner.plan import Plan
+
+    return bool(Plan.load(Path(plan_path)).adaptive)
+
+
+def window_steps_of(spec: RunnerSpec) -> int:
+    value = spec.options.get("window_steps", DEFAULT_WINDOW_STEPS)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadInput(f"window_steps must be at least 1, got {value!r}", "e.g. -O window_steps=16")
+    return value
+
+
+def pool_control_from_spec(spec: RunnerSpec, num_pool_blocks: int, set_limit: Any, start: float) -> Any:
+    """The timeline recorder, and the adaptive pool controller when asked for (`adaptive`, or the plan's)."""
+    from runners.timeline import PoolControl, TimelineRecorder
+
+    recorder = TimelineRecorder(start, window_steps_of(spec))
+    if not (spec.options.get("adaptive") or plan_asks_adaptive(spec)):
+        return PoolControl(recorder)
+    if num_pool_blocks < 1:
+        raise BadInput("--adaptive needs a pool to size, but this run has no pool blocks",
+                       "give its capacity with --pool-blocks N (or a plan with a pool)")
+    from planner.pool_controller import ControllerConfig, PoolController
+
+    stall = spec.options.get("max_stall_fraction")
+    config = ControllerConfig(capacity_blocks=num_pool_blocks,
+                              **({"max_stall_fraction": float(stall)} if stall is not None else {}))
+    return PoolControl(recorder, PoolController(config), set_limit)
 
 
 def summarize_stats(stats: Sequence[Any], duration_s: float) -> dict[str, Any]:
@@ -103,12 +141,18 @@ class PieRunner:
         from runners.engine.loader import has_weights
 
         CacheLayout.from_config(config, config.shape.num_layers)  # budgets that cannot hold the staging fail here
+        window_steps_of(spec)
+        adaptive = bool(spec.options.get("adaptive")) or plan_asks_adaptive(spec)
+        if adaptive and config.num_pool_blocks < 1:
+            raise BadInput("--adaptive needs a pool to size, but this run has no pool blocks",
+                           "give its capacity with --pool-blocks N (or a plan with a pool)")
 
         path = Path(spec.model).expanduser()
         described = dataclasses.asdict(config)
         described["random_weights"] = not (path.is_dir() and has_weights(path)) if config.random_weights is None else config.random_weights
         if spec.options.get("plan"):
             described["plan"] = str(spec.options["plan"])
+        described["adaptive"] = adaptive
         return described
 
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
@@ -126,24 +170,28 @@ class PieRunner:
         device = torch.device(spec.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        driven = drive_engine(_PieStepEngine(engine, SamplingParams), requests, spec.max_concurrency, spec.save_outputs,
-                              on_request_done)
+        control = pool_control_from_spec(spec, engine.config.num_pool_blocks, engine.set_pool_limit, time.perf_counter())
+        driven = drive_engine(_PieStepEngine(engine, SamplingParams, control), requests, spec.max_concurrency,
+                              spec.save_outputs, on_request_done)
         peak_device = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
         telemetry = {**summarize_stats(engine.stats[first_step:], driven.duration_s), "warmup_s": warmup_s}
         return RunnerResult(duration_s=driven.duration_s, config=described, telemetry=telemetry,
-                            peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes())
+                            peak_device_memory_bytes=peak_device, peak_host_memory_bytes=peak_host_memory_bytes(),
+                            timeline=tuple(control.recorder.close()))
 
 
 class _PieStepEngine:
     """The Pie engine behind `runners.request_loop.StepEngine`: greedy, ignore_eos, exactly `output_len` tokens.
 
-    Token times are the engine's own (stamped when the step that sampled them returns).
+    Token times are the engine's own (stamped when the step that sampled them returns). Each
+    iteration goes to `control` (runners/timeline.py PoolControl): the timeline, and the adaptive
+    pool controller when there is one.
     """
 
     name = "pie"
 
-    def __init__(self, engine: Any, params_cls: Any):
-        self.engine, self.params_cls = engine, params_cls
+    def __init__(self, engine: Any, params_cls: Any, control: Any = None):
+        self.engine, self.params_cls, self.control = engine, params_cls, control
         self.emitted: dict[str, int] = {}
         self.slowdown = injected_slowdown_fraction()
 
@@ -154,6 +202,7 @@ class _PieStepEngine:
 
     def step(self) -> list[TokenDelta]:
         began = time.perf_counter()
+        num_stats = len(self.engine.stats)
         deltas = []
         for output in self.engine.step():
             seen = self.emitted.get(output.request_id)
@@ -168,4 +217,6 @@ class _PieStepEngine:
                 del self.emitted[output.request_id]
         if self.slowdown:
             time.sleep(self.slowdown * (time.perf_counter() - began))
+        if self.control is not None and len(self.engine.stats) > num_stats:
+            self.control.after_step(self.engine.stats[-1], time.perf_counter(), sum(len(d.token_ids) for d in deltas))
         return deltas

@@ -58,6 +58,7 @@ class StepEngine(Protocol):
 class _InFlight:
     request: BenchRequest
     release_time: float  # absolute clock time
+    sent_time: float  # when `add` was called (>= release_time)
     token_times: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
 
@@ -92,13 +93,14 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
             request = pending.popleft()
             release = max(start + request.arrival_s, slot_free_since)
             first_release = release if first_release is None else first_release
+            sent = clock()
             try:
                 engine.add(request)
             except Exception as err:  # noqa: BLE001 - a refused request is a failed sample, not a crash
                 message = err.one_line() if hasattr(err, "one_line") else str(err)
                 finish(failed_sample(request, f"{engine.name} refused the request: {message}"), clock())
                 continue
-            in_flight[request.request_id] = _InFlight(request, release)
+            in_flight[request.request_id] = _InFlight(request, release, sent)
             if len(in_flight) >= limit:
                 slot_free_since = math.inf
         if not in_flight:
@@ -130,7 +132,7 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
                     slot_free_since = stamp
                 sample = (failed_sample(state.request, delta.error) if delta.error else
                           sample_from_token_times(state.request, start, state.release_time, state.token_times,
-                                                  state.token_ids, save_outputs))
+                                                  state.token_ids, save_outputs, sent_time=state.sent_time))
                 finish(sample, stamp)
     begin = first_release if first_release is not None else start
     end = last_done if last_done is not None else begin

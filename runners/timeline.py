@@ -60,3 +60,29 @@ class TimelineRecorder:
         if self._pending:
             self._close(self._last)
         return [w.to_dict() for w in self.windows]
+
+
+class PoolControl:
+    """Feed each iteration to a `TimelineRecorder`; at each closed window let the controller move the pool limit.
+
+    `controller` is a `planner.pool_controller.PoolController` (or None: the timeline only);
+    `set_limit(blocks)` applies a new limit to the engine (the pie runner's `LLMEngine.set_pool_limit`,
+    the simulator's block manager). Used by every runner that steps an engine, so a controller
+    acts on real and simulated runs alike.
+    """
+
+    def __init__(self, recorder: TimelineRecorder, controller: Any = None, set_limit: Any = None):
+        if controller is not None and set_limit is None:
+            raise ValueError("a controller needs set_limit")
+        self.recorder, self.controller, self.set_limit = recorder, controller, set_limit
+        if controller is not None:
+            set_limit(controller.limit)
+
+    def after_step(self, stats: Any, now: float, output_tokens: int) -> None:
+        window = self.recorder.observe(stats, now, output_tokens)
+        if window is None or self.controller is None:
+            return
+        move = self.controller.decide(window)
+        if move.limit != window.pool_limit_blocks:
+            self.set_limit(move.limit)
+        self.recorder.note_move(move.move, move.reason)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
 
-WORKLOADS = ("sharegpt", "alpaca", "jsonl", "fixed", "uniform")
+WORKLOADS = ("sharegpt", "alpaca", "jsonl", "burstgpt", "fixed", "uniform", "phases")
+OWN_ARRIVALS = ("burstgpt", "phases")  # workloads that set their own arrival times
+TRACE_FIELDS = ("time_scale", "trace_start", "trace_duration", "trace_model", "trace_log_type")
 DEFAULT_NUM_PROMPTS = 64
 MIN_PROMPT_LEN = 4
 MAX_PROMPT_LEN = 1024
@@ -35,6 +38,11 @@ class WorkloadSpec:
     output_len: int | None = None  # fix every request's output length
     input_len: int | None = None  # fixed/uniform synthetic prompt length
     range_ratio: float = 0.5  # uniform: lengths in [len * (1 - r), len * (1 + r)]
+    time_scale: float = 1.0  # burstgpt: replayed gap = trace gap x time_scale
+    trace_start: float | None = None  # burstgpt: window start, in the trace's seconds
+    trace_duration: float | None = None  # burstgpt: window length, in the trace's seconds
+    trace_model: str | None = None  # burstgpt: keep rows of this Model
+    trace_log_type: str | None = None  # burstgpt: keep rows of this Log Type
 
     def __post_init__(self) -> None:
         if self.name not in WORKLOADS:
@@ -49,6 +57,20 @@ class WorkloadSpec:
                 raise BadInput(f"{name.replace('_', '-')} must be at least 1, got {value}")
         if not 0 <= self.range_ratio < 1:
             raise BadInput(f"range_ratio must be in [0, 1), got {self.range_ratio}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise BadInput(f"--time-scale must be a positive number, got {self.time_scale}",
+                           "e.g. --time-scale 0.1 replays the trace ten times faster, 1 as recorded")
+        if self.trace_duration is not None and not self.trace_duration > 0:
+            raise BadInput(f"--trace-duration must be > 0 seconds, got {self.trace_duration}",
+                           "give the window's length in the trace's seconds")
+        if self.trace_start is not None and not math.isfinite(self.trace_start):
+            raise BadInput(f"--trace-start must be a number of seconds, got {self.trace_start}")
+        if self.name != "burstgpt":
+            given = [name for name in TRACE_FIELDS if getattr(self, name) != WorkloadSpec.__dataclass_fields__[name].default]
+            if given:
+                flag = given[0].replace("_", "-")
+                raise BadInput(f"--{flag} applies only to trace replay, not workload '{self.name}'",
+                               f"use --workload burstgpt --dataset-path FILE.csv, or drop --{flag}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,7 @@ class WorkloadInfo:
     num_malformed: int = 0  # entries skipped because they did not have the expected shape
     num_filtered: int = 0  # entries skipped by the length filter
     notes: tuple[str, ...] = field(default_factory=tuple)
+    arrivals: str | None = None  # set when the workload times its own requests (trace replay, phases)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

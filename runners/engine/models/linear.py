@@ -14,6 +14,12 @@ path needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); if the reorder still raises, the
 plain, `packed` is False and `fallback` says why, and the run goes on.
 
 The prepacked tensor replaces the plain one (no second copy of the weights is kept).
+oneDNN (and ideep) keep one primitive per distinct (token count, weight shape), so a long run
+that meets every token count from 1 to `max_num_batched_tokens` grows its RSS for thousands of
+requests (benchmarks/bench_engine_memory.py measured +9.7 % over 5,000 requests). A prepacked
+GEMM therefore pads its rows to a bucket (`padded_rows`: 1, 2, 4, 8, 16, then multiples of 16 to
+256, of 64 to 2048, of 256 beyond), which bounds the primitives to a few dozen per weight; the
+padding is at most 16 rows where batches are small and a few percent of the rows beyond.
 Left out: int8/fp8 weights, prepacking for fp16.
 """
 from __future__ import annotations
@@ -26,6 +32,14 @@ import torch.nn.functional as F
 # Batch size oneDNN is told to expect when it picks the blocked layout; measured on these
 # machines the layout chosen for 64 tokens serves 1..2048-token calls within a few percent.
 _PACK_HINT_TOKENS = 64
+
+
+def padded_rows(rows: int) -> int:
+    """The bucket a GEMM of `rows` token rows runs at (module docstring)."""
+    if rows <= 16:
+        return 1 << max(0, rows - 1).bit_length()
+    step = 16 if rows <= 256 else 64 if rows <= 2048 else 256
+    return -(-rows // step) * step
 
 
 def prepack_available(weight: torch.Tensor) -> bool:
@@ -54,6 +68,11 @@ class Linear:
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "relu" if relu else "none", [], "")
+            rows = x.shape[0]
+            padded = padded_rows(rows) if x.dim() == 2 else rows
+            if padded != rows:
+                x = F.pad(x, (0, 0, 0, padded - rows))
+            out = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "relu" if relu else "none", [], "")
+            return out[:rows] if padded != rows else out
         out = F.linear(x, self.weight, self.bias)
         return F.relu(out) if relu else out

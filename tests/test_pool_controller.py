@@ -1,0 +1,83 @@
+"""The adaptive pool controller against synthetic sequences of windows (torch-free, deterministic)."""
+from __future__ import annotations
+
+import pytest
+
+from pie_core.errors import BadInput
+from planner.pool_controller import ControllerConfig, PoolController
+from results.timeline import TimelineWindow
+
+
+def window(limit, waiting=0, preempted=0, pooled=0, stall=0.0, running=4):
+    return TimelineWindow(t_s=0.0, duration_s=1.0, num_steps=16, pool_limit_blocks=limit, pool_blocks_used=pooled,
+                          device_blocks_used=10, running=running, waiting=waiting, preempted=preempted,
+                          stall_fraction=stall, output_tok_s=100.0)
+
+
+def drive(controller, signals):
+    """Feed windows built from (waiting, preempted, pooled_share_of_limit, stall) at the controller's limit."""
+    moves = []
+    for waiting, preempted, share, stall in signals:
+        limit = controller.limit
+        moves.append(controller.decide(window(limit, waiting, preempted, int(share * limit), stall)))
+    return moves
+
+
+def test_settles_then_grows_with_doubling_steps_while_requests_wait():
+    controller = PoolController(ControllerConfig(capacity_blocks=800, settle_windows=2))
+    moves = drive(controller, [(3, 0, 1.0, 0.02)] * 6)
+    assert [m.move for m in moves] == ["settle", "settle", "grow", "grow", "grow", "grow"]
+    assert [m.limit for m in moves] == [0, 0, 100, 300, 700, 800]  # step 100, doubled each grow, capped
+
+
+def test_holds_at_capacity_and_when_nobody_waits_with_the_pool_in_use():
+    controller = PoolController(ControllerConfig(capacity_blocks=200, initial_blocks=200, settle_windows=0))
+    assert drive(controller, [(2, 0, 1.0, 0.0)])[0].move == "hold"
+    assert drive(controller, [(0, 0, 0.9, 0.0)] * 5)[-1] == controller.decide(window(200, pooled=180))  # holds
+    assert controller.limit == 200
+
+
+def test_backs_off_when_the_stall_passes_the_limit():
+    controller = PoolController(ControllerConfig(capacity_blocks=800, initial_blocks=400, settle_windows=0,
+                                                 max_stall_fraction=0.1))
+    move = drive(controller, [(5, 0, 1.0, 0.25)])[0]
+    assert move.move == "shrink" and move.limit < 400 and "stall" in move.reason
+    # a stalling pool never grows even with requests waiting
+    assert all(m.move == "shrink" or m.limit <= move.limit for m in drive(controller, [(5, 0, 1.0, 0.3)] * 4))
+
+
+def test_shrinks_an_unused_pool_to_what_is_in_use_plus_a_margin():
+    controller = PoolController(ControllerConfig(capacity_blocks=800, initial_blocks=800, settle_windows=0,
+                                                 unused_windows=3, margin_share=0.25))
+    moves = drive(controller, [(0, 0, 0.1, 0.0)] * 3)  # 80 of 800 in use, nobody waiting
+    assert [m.move for m in moves] == ["hold", "hold", "shrink"]
+    assert moves[-1].limit == 100  # 80 in use + 25 %
+
+
+def test_rearms_with_the_initial_step_when_load_returns_after_a_calm_stretch():
+    controller = PoolController(ControllerConfig(capacity_blocks=1600, settle_windows=0, unused_windows=3))
+    drive(controller, [(4, 0, 1.0, 0.0)] * 3)  # grows 200, 600, 1400
+    drive(controller, [(0, 0, 1.0, 0.0)] * 4)  # calm, pool in use: holds
+    assert controller.limit == 1400
+    move = drive(controller, [(4, 0, 1.0, 0.0)])[0]
+    assert move.move == "rearm" and move.limit == 1600  # initial step 200, capped at capacity
+
+
+def test_preemptions_count_as_demand():
+    controller = PoolController(ControllerConfig(capacity_blocks=80, settle_windows=0))
+    assert drive(controller, [(0, 2, 0.0, 0.0)])[0].move == "grow"
+
+
+def test_same_windows_same_moves():
+    signals = [(i % 3, i % 2, (i % 5) / 5, (i % 7) / 20) for i in range(60)]
+    first = drive(PoolController(ControllerConfig(capacity_blocks=500)), signals)
+    second = drive(PoolController(ControllerConfig(capacity_blocks=500)), signals)
+    assert first == second
+    assert all(0 <= m.limit <= 500 for m in first)
+
+
+@pytest.mark.parametrize("kwargs", [dict(capacity_blocks=10, initial_blocks=11), dict(capacity_blocks=10, max_stall_fraction=0.0),
+                                    dict(capacity_blocks=10, unused_windows=0)])
+def test_bad_configs_are_bad_input(kwargs):
+    with pytest.raises(BadInput):
+        ControllerConfig(**kwargs)
