@@ -67,10 +67,13 @@ def detect_capability(device: str = "cpu") -> DeviceCapability:
 
 
 def free_device_bytes(device: str) -> int:
-    """Free memory on `device`: host memory for 'cpu', the CUDA driver's free figure for 'cuda'."""
+    """Free memory on `device`: host memory for 'cpu'; for 'cuda' the driver's free figure plus what
+    torch's caching allocator holds reserved but unused (freed tensors it keeps, which the driver
+    counts as used although this process can allocate them again)."""
     if not device.startswith("cuda"):
         return free_host_bytes()
     import torch
 
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return int(free)
+    index = torch.device(device)
+    free, _total = torch.cuda.mem_get_info(index)
+    return int(free) + max(0, torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index))

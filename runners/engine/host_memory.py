@@ -17,10 +17,17 @@ Two measured problems on the CPU (docs/engine-cpu-performance.md):
 
 Both are best effort: on a kernel or libc without them nothing changes but the speed.
 `PIE_HUGE_PAGES=0` and `PIE_MALLOC_TUNING=0` switch them off.
+
+On CUDA machines the pool and the bounce buffers must be page-locked, and `pin_memory=True`
+gives blocks of torch's caching host allocator, which rounds each one up to a power of two: a
+40 GiB pool would lock 64 GiB of RAM, which may not exist. `pinned_zeros()` therefore takes
+large tensors as ordinary aligned memory of exactly their size and page-locks that range
+(`cudaHostRegister`, undone when the tensor goes); if the driver refuses, `pin_memory=True`.
 Left out: explicit hugetlbfs pages, NUMA placement (these machines have one node).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -55,20 +62,58 @@ def huge_pages_enabled() -> bool:
     return os.environ.get("PIE_HUGE_PAGES", "1") != "0" and _c_library() is not None
 
 
-def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A zeroed, contiguous CPU tensor that the kernel may back with 2 MiB pages."""
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     numel = 1
     for size in shape:
         numel *= size
-    nbytes = numel * dtype.itemsize
-    if nbytes < _MIN_HUGE_BYTES or not huge_pages_enabled():
-        return torch.zeros(shape, dtype=dtype)
+    return numel * dtype.itemsize
+
+
+def _aligned_zeros(shape: tuple[int, ...], dtype: torch.dtype, advise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tensor, its raw allocation): zeroed, 2 MiB-aligned, madvised for huge pages before the first touch if `advise`."""
+    nbytes = _nbytes(shape, dtype)
     raw = torch.empty(nbytes + HUGE_PAGE, dtype=torch.uint8)  # untouched: no page is faulted in yet
     offset = -raw.data_ptr() % HUGE_PAGE
-    advised = (nbytes // HUGE_PAGE) * HUGE_PAGE
-    _c_library().madvise(raw.data_ptr() + offset, advised, _MADV_HUGEPAGE)  # refusal only costs speed
+    if advise:
+        advised = (nbytes // HUGE_PAGE) * HUGE_PAGE
+        _c_library().madvise(raw.data_ptr() + offset, advised, _MADV_HUGEPAGE)  # refusal only costs speed
     tensor = raw[offset:offset + nbytes].view(dtype).view(shape)
     tensor.zero_()
+    return tensor, raw
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed, contiguous CPU tensor that the kernel may back with 2 MiB pages."""
+    if _nbytes(shape, dtype) < _MIN_HUGE_BYTES or not huge_pages_enabled():
+        return torch.zeros(shape, dtype=dtype)
+    return _aligned_zeros(shape, dtype, advise=True)[0]
+
+
+_PIN_EXACT_BYTES = 64 * 2**20  # below this, the power-of-two rounding of pin_memory=True costs little
+
+
+class _Registration:
+    """Keeps a page-locked range's allocation alive; unlocks it before the memory can go back."""
+
+    def __init__(self, runtime, pointer: int, raw: torch.Tensor):
+        self.runtime, self.pointer, self.raw = runtime, pointer, raw
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the runtime may already be gone
+            self.runtime.cudaHostUnregister(self.pointer)
+
+
+def pinned_zeros(shape: tuple[int, ...], dtype: torch.dtype, cudart=None) -> torch.Tensor:
+    """Zeroed page-locked host memory of exactly `shape` (for CUDA copies); `cudart`: torch.cuda.cudart()."""
+    nbytes = _nbytes(shape, dtype)
+    if nbytes < _PIN_EXACT_BYTES:
+        return torch.zeros(shape, dtype=dtype, pin_memory=True)
+    runtime = cudart if cudart is not None else torch.cuda.cudart()
+    tensor, raw = _aligned_zeros(shape, dtype, advise=huge_pages_enabled())
+    pointer = tensor.data_ptr()
+    if int(runtime.cudaHostRegister(pointer, nbytes, 0)) != 0:  # cudaSuccess is 0
+        return torch.zeros(shape, dtype=dtype, pin_memory=True)
+    tensor._pie_pinned = _Registration(runtime, pointer, raw)  # unregistered when the tensor goes
     return tensor
 
 

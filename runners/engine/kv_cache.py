@@ -4,7 +4,7 @@
   resident blocks are rows `i * n_dev ... (i + 1) * n_dev - 1`; staging slot `j` is rows
   `L * n_dev + j * S ...` (docs/engine-interfaces.md), so kernels read resident and staged
   blocks through one remapped block table.
-- `pool`: `[L * n_kv, 2, block_size, Hkv, dh]` in host memory (pinned on CUDA; on 2 MiB pages when
+- `pool`: `[L * n_kv, 2, block_size, Hkv, dh]` in host memory (pinned on CUDA, exactly its size; on 2 MiB pages when
   the engine runs on the CPU, like `kv`: host_memory.py), the same block
   geometry; layer `i`'s pool block `p` is row `i * n_kv + p`.
 - Rebuild path (KVPR, only when the layout has activation blocks): `captured[L, n_dev, block_size, h]`
@@ -12,23 +12,41 @@
   `pool_activations[L, n_rebuild, block_size, h]` holds them for pooled blocks of the rebuild kind.
   Both live in host memory; an eviction of that kind is a host-to-host copy, the link carries
   the activations when they are captured.
+- On CUDA the device tensor is checked against the free device memory before it is allocated
+  (`pie_core.device_probe.free_device_bytes`), so a budget that does not fit is a `BadInput`.
 
 Left out: quantised KV, per-layer different block counts, freeing memory before the engine goes.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from pie_core.device_probe import free_device_bytes
+from pie_core.errors import BadInput
 from pie_core.shapes import ModelShape
+from pie_core.sizes import format_bytes
 from runners.engine import host_memory
 from runners.engine.block_manager import BlockMove, CacheLayout
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool = False) -> torch.Tensor:
-    """Pinned host memory on CUDA machines; CPU tensors on 2 MiB pages (host_memory.py)."""
-    if device.type == "cpu" and not pin:
+    """Pinned host memory of exactly this size on CUDA machines; CPU tensors on 2 MiB pages (host_memory.py)."""
+    if pin:
+        return host_memory.pinned_zeros(shape, dtype)
+    if device.type == "cpu":
         return host_memory.zeros(shape, dtype)
-    return torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _check_device_room(nbytes: int, device: torch.device) -> None:
+    """A device KV cache larger than what is free (after the weights) fails here, in one line, not as a CUDA OOM."""
+    free = free_device_bytes(str(device))
+    if nbytes > free:
+        raise BadInput(f"the device KV cache (resident blocks and staging) needs {format_bytes(nbytes)} but only "
+                       f"{format_bytes(free)} of {device} is free after the model's weights",
+                       "give fewer num_device_blocks (or a smaller --gpu-memory to pie tune)")
 
 
 class KVCache:
@@ -46,6 +64,8 @@ class KVCache:
         pin = device.type == "cuda"
         total = self.staging_base + layout.prefetch_depth * layout.staged_blocks_per_slot
         cpu = torch.device("cpu")
+        if device.type == "cuda":
+            _check_device_room(total * math.prod(self.geometry) * dtype.itemsize, device)
         self.kv = _zeros((total, *self.geometry), dtype, device)
         self.pool = _zeros((layout.num_layers * self.num_pool_kv_blocks, *self.geometry), dtype, cpu, pin)
         self.rebuild = self.num_pool_rebuild_blocks > 0

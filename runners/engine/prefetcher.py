@@ -9,8 +9,14 @@ loop calls `wait(i)` right before layer i's attention (the stall is the time spe
 - `stream` (CUDA): a worker thread gathers into a pinned bounce buffer and issues the
   host-to-device copy on a separate copy stream, recording one CUDA event per layer; the compute
   stream waits on that event (not the host), and the stall is the GPU time between two timing
-  events recorded around that wait. Slot reuse is ordered by an event the compute stream records
-  after the layer's attention, so copies for layers i+1..i+d overlap layer i's compute.
+  events recorded around that wait; the first is recorded before the host waits for the worker
+  to issue the copy, so GPU idle time while the host is blocked there counts as stall too. Slot
+  reuse is ordered by an event the compute stream records after the layer's attention, so
+  copies for layers i+1..i+d overlap layer i's compute; a bounce-buffer slot is rewritten only
+  after its previous copy's event completed, and `finish` waits for the copy stream as well, so
+  no copy of an iteration (even one that failed halfway) is in flight when the next starts.
+  The CUDA calls go through the module's `cuda` (torch.cuda), which tests/test_cuda_ordering.py
+  replaces with a recording fake to check this order on a CPU.
 - `thread` (CPU): the same discipline with a copy thread, an `index_select` into the staging
   rows, and `threading.Event`s; before it reuses a slot it waits until layer `i - d` released it.
 - `team` (CPU, the default there): `wait(i)` itself gathers layer i's blocks with the layer
@@ -31,7 +37,10 @@ import time
 
 import torch
 
+from runners.engine import host_memory
 from runners.engine.kv_cache import KVCache
+
+cuda = torch.cuda  # streams and events; a test injects a fake that records their order
 
 
 class Prefetcher:
@@ -41,16 +50,16 @@ class Prefetcher:
         self.layout = cache.layout
         self.depth = max(1, self.layout.prefetch_depth)
         self.num_layers = cache.num_layers
-        self.cuda = cache.device.type == "cuda"
+        self.cuda = worker == "stream"  # the CUDA discipline (EngineConfig allows "stream" only on CUDA)
         slot_rows = self.layout.staged_blocks_per_slot
         hidden = cache.hidden_size
         self.staged_activations = torch.zeros(self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden,
                                               dtype=cache.kv.dtype, device=cache.device)
         if self.cuda:
-            self.copy_stream = torch.cuda.Stream(device=cache.device)
-            self.bounce = torch.zeros(self.depth, slot_rows, *cache.geometry, dtype=cache.kv.dtype, pin_memory=True)
-            self.bounce_activations = torch.zeros(self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden,
-                                                  dtype=cache.kv.dtype, pin_memory=True)
+            self.copy_stream = cuda.Stream(device=cache.device)
+            self.bounce = host_memory.pinned_zeros((self.depth, slot_rows, *cache.geometry), cache.kv.dtype)
+            self.bounce_activations = host_memory.pinned_zeros(
+                (self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden), cache.kv.dtype)
         self._jobs: queue.Queue = queue.Queue()
         if not self.team:
             self._worker = threading.Thread(target=self._run, name="pie-prefetch", daemon=True)
@@ -68,9 +77,9 @@ class Prefetcher:
         self.error: BaseException | None = None
         self.stall_s = 0.0
         if self.cuda:
-            self.ready_events = [torch.cuda.Event() for _ in range(layers)]
-            self.consumed_events = [torch.cuda.Event() for _ in range(layers)]
-            self.stall_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+            self.ready_events = [cuda.Event() for _ in range(layers)]
+            self.consumed_events = [cuda.Event() for _ in range(layers)]
+            self.stall_events: list[tuple] = []  # (before, after) timing events of each wait
         kv = torch.tensor(kv_indices, dtype=torch.int64)
         rebuild = torch.tensor([index - self.cache.num_pool_kv_blocks for index in rebuild_indices], dtype=torch.int64)
         self._active = True
@@ -85,6 +94,9 @@ class Prefetcher:
     def wait(self, layer: int) -> None:
         """Block until layer `layer`'s staged blocks are in slot `layer % d` (counted as stall)."""
         began = time.perf_counter()
+        if self.cuda:  # before the host blocks: GPU idle while it waits for the worker is stall too
+            before, after = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+            before.record()
         if self.team:  # the layer loop copies; layer - d released the slot before this call
             self._copy_layer(layer, *self._team_job)
         else:
@@ -92,9 +104,7 @@ class Prefetcher:
             if self.error is not None:
                 raise RuntimeError(f"prefetch failed: {self.error}") from self.error
         if self.cuda:
-            before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            before.record()
-            torch.cuda.current_stream().wait_event(self.ready_events[layer])
+            cuda.current_stream().wait_event(self.ready_events[layer])  # recorded: ready[layer] is set
             after.record()
             self.stall_events.append((before, after))
         else:
@@ -118,7 +128,8 @@ class Prefetcher:
         self.done.wait()
         self._active = False
         if self.cuda:
-            torch.cuda.current_stream().synchronize()
+            self.copy_stream.synchronize()  # copies issued after the layer loop stopped early, too
+            cuda.current_stream().synchronize()
             return sum(before.elapsed_time(after) for before, after in self.stall_events) / 1000.0
         return self.stall_s
 
@@ -158,7 +169,7 @@ class Prefetcher:
             return
         if layer >= self.depth:
             self.ready_events[layer - self.depth].synchronize()  # the bounce buffer's last copy is done
-        with torch.cuda.stream(self.copy_stream):
+        with cuda.stream(self.copy_stream):
             if layer >= self.depth:
                 self.copy_stream.wait_event(self.consumed_events[layer - self.depth])
             if self.num_kv:
