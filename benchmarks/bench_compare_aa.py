@@ -2,9 +2,9 @@
 
 A/A: `--pairs` pairs of sides, each side `--runs-per-side` runs of the same configuration, base
 and new runs interleaved (A B A B ...) so slow drifts of a shared machine hit both sides. The
-rules must fire on at most 5% of pairs. A/B: the new side runs with the test-only variable
-PIE_TEST_INJECT_SLOWDOWN=<fraction> (the runner sleeps that fraction of each step's wall time);
-the throughput rule must fire on every pair. The same runs are also compared one against one
+rules must fire on at most 5% of pairs. A/B: the new side runs through benchmarks/slowed_pie.py
+(each engine step sleeps `--slowdown` times its own wall time after it); the throughput rule must
+fire on every pair. The same runs are also compared one against one
 (k-th base run vs k-th new run) to show what a single run per side can and cannot tell.
 
 Each run uses one OpenMP thread by default (`--threads`): on a shared 2-core machine two threads
@@ -48,14 +48,14 @@ def bench(template: str, label: str, args: argparse.Namespace, slowdown: float |
     command = template.format(model=args.model, runner=args.runner, num_prompts=args.num_prompts,
                               results_dir=args.results_dir, label=label)
     env = dict(os.environ)
-    env.pop("PIE_TEST_INJECT_SLOWDOWN", None)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)  # no OpenMP oversubscription against other jobs
-    if slowdown:
-        env["PIE_TEST_INJECT_SLOWDOWN"] = str(slowdown)
+    words = shlex.split(command)
+    if slowdown:  # `pie bench ...` -> `python benchmarks/slowed_pie.py FRACTION bench ...`
+        words = [sys.executable, str(ROOT / "benchmarks" / "slowed_pie.py"), str(slowdown), *words[1:]]
     for attempt in range(2):
         start = time.perf_counter()
-        done = subprocess.run(shlex.split(command), env=env, capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(words, env=env, capture_output=True, text=True, cwd=ROOT)
         if done.returncode == 0:
             return time.perf_counter() - start
         print(f"run {label} failed (attempt {attempt + 1}): {done.stderr.strip()[-300:]}", file=sys.stderr)
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=20, help="A/A pairs")
     parser.add_argument("--ab-pairs", type=int, default=10, help="A/B pairs (new side slowed down)")
     parser.add_argument("--runs-per-side", type=int, default=3)
-    parser.add_argument("--slowdown", type=float, default=0.2, help="PIE_TEST_INJECT_SLOWDOWN for the A/B new side")
+    parser.add_argument("--slowdown", type=float, default=0.2, help="A/B new side: each step slowed by this fraction (benchmarks/slowed_pie.py)")
     parser.add_argument("--model", default="opt-125m")
     parser.add_argument("--runner", default="pie")
     parser.add_argument("--num-prompts", type=int, default=16)

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pie_cli.tune_cmd import default_budgets  # noqa: E402
+from planner.budgets import default_budgets  # noqa: E402
 from pie_core.fingerprint import collect_fingerprint  # noqa: E402
 from pie_core.shapes import resolve_model  # noqa: E402
 from planner.budgets import Budgets, builtin_workload  # noqa: E402

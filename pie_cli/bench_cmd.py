@@ -16,9 +16,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
-from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt, SeedOpt
+from pie_cli.options import DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, ResultsDirOpt, SeedOpt
 from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_options
 from pie_cli.output import Output
+from pie_core.device_probe import resolve_device
 from pie_core.errors import BadInput
 from results.metrics import parse_goodput, summary_rows
 
@@ -50,16 +51,8 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def bench(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name (see `pie models`; random weights) or a local Hugging Face directory.")] = "opt-125m",
+    model: ModelOpt = "opt-125m",
     workload: Annotated[str, typer.Option("--workload", "-w", help="sharegpt, alpaca, jsonl, burstgpt (need --dataset-path; sharegpt/alpaca fall back to labelled synthetic lengths), fixed, uniform or phases (synthetic).")] = "sharegpt",
     dataset_path: Annotated[Optional[Path], typer.Option("--dataset-path", help="The dataset file (never downloaded).")] = None,
     runner: Annotated[str, typer.Option("--runner", "-r", help="pie, hf, vllm, openai, or sim (the Pie scheduler on a virtual clock; --hardware or --profile).")] = "pie",
@@ -87,7 +80,7 @@ def bench(
     hardware: SimHardwareOpt = None,
     profile: SimProfileOpt = None,
     dtype: DtypeAutoOpt = "auto",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")] = "auto",
+    device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     results_dir: ResultsDirOpt = DEFAULT_RESULTS_DIR,
     json_out: JsonOpt = False,

@@ -15,6 +15,7 @@ from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, 
 from pie_cli.output import Output
 from pie_core.errors import BadInput, RuntimeFailure
 from profiler.hardware_profile import HardwareProfile
+from profiler.saved_profiles import default_profile_path
 
 KIND_COLUMNS = (("h2d", "pinned"), ("h2d", "pageable"), ("d2h", "pinned"), ("d2h", "pageable"),
                 ("bidirectional", "pinned"), ("bidirectional", "pageable"))
@@ -24,13 +25,6 @@ MaxSizeOpt = Annotated[Optional[str], typer.Option("--max-size", help="Largest l
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads while measuring (default: torch's, all cores); 1 is steadier on a busy machine.")]
 NoLayerOpt = Annotated[bool, typer.Option("--no-layer", help="Measure only the link, memory bandwidth and FLOP/s.")]
 ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Render a saved profile instead of measuring.")]
-
-
-def default_profile_path(profile: HardwareProfile) -> Path:
-    from pie_core.fingerprint import fingerprint_slug
-
-    model = Path(profile.model).name if profile.model else "no-layer"
-    return DEFAULT_PROFILES_DIR / f"{fingerprint_slug(profile.fingerprint, profile.device)}-{model}-{profile.dtype}.json"
 
 
 def check_output_path(path: Path | None) -> None:
@@ -173,7 +167,7 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     announce_dtype(out, resolved, device)
     with out.progress(transient=True) as bar:
         result = run_profile(request, RichProgress(bar))
-    path = result.save(output or default_profile_path(result))
+    path = result.save(output or default_profile_path(result, DEFAULT_PROFILES_DIR))
     if json_out:
         out.json({"path": str(path), "profile": result.to_dict()})
     render(out, result, path)

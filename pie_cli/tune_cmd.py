@@ -6,14 +6,13 @@ which runs the Pie engine and the hill-climber and reports each move. Nothing el
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.dtype_option import announce_dtype, resolve_dtype_option
-from pie_cli.options import JsonOpt, ModelOpt, OutputPathOpt
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
+from pie_cli.options import DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
 from pie_core.errors import BadInput
 from pie_core.sizes import GIB, parse_size
@@ -25,15 +24,12 @@ GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Devic
 CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (default: half of host memory; a quarter of RAM on a CPU).")]
 WorkloadOpt = Annotated[str, typer.Option("--workload", help="sharegpt or alpaca (published mean lengths), or a workload FILE (ShareGPT/Alpaca JSON or JSONL).")]
 MaxTpotOpt = Annotated[Optional[float], typer.Option("--max-tpot-ms", help="Latency bound: the plan's predicted time per output token must not exceed this.")]
-TuneDtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (the profile's; for a preset, bfloat16 from compute capability 8.0, else float16; without either, what this machine multiplies natively), bfloat16, float16 or float32.")]
 BlockSizeOpt = Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")]
 MaxBatchedOpt = Annotated[int, typer.Option("--max-num-batched-tokens", help="Tokens per engine iteration (prefill chunks + decodes).")]
 MaxSeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", help="Cap on the batch limit the planner may choose.")]
 OnlineOpt = Annotated[bool, typer.Option("--online", help="Run the plan on the Pie engine and let the hill-climber refine the pool size live.")]
 OnlineRequestsOpt = Annotated[int, typer.Option("--num-prompts", help="--online: requests kept in flight per measurement window.")]
 OnlineWindowOpt = Annotated[int, typer.Option("--window-steps", help="--online: engine iterations measured per pool size.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random weights and the online workload.")]
-TuneDeviceOpt = Annotated[str, typer.Option("--device", help="Without --hardware or --profile: the device to plan for and profile, cpu, cuda, cuda:N or auto (cuda when available).")]
 
 
 def parse_budget(text: str | None, option: str) -> int | None:
@@ -66,75 +62,33 @@ def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dty
 
 def _this_machine(model: str, dtype: str, device: str, out: Output):
     """This machine's saved profile of `device` for `model` in `dtype`, or a quick one taken now (and saved)."""
-    from planner.hardware import from_profile
-    from profiler.hardware_profile import HardwareProfile
-
     from pie_cli.options import DEFAULT_PROFILES_DIR
-    from profiler.saved_profiles import saved_profile
+    from planner.hardware import from_profile
+    from profiler.saved_profiles import saved_or_quick_profile
 
-    saved = saved_profile(DEFAULT_PROFILES_DIR, model, dtype, device)
-    if saved is not None:
-        out.info(f"no --hardware or --profile: using {saved}, this machine's saved profile for {model} "
-                 "(pass --profile or --hardware to choose)")
-        return from_profile(HardwareProfile.load(saved), source=f"profile '{saved}'")
-    from pie_cli.profile_cmd import default_profile_path
-    from profiler.run import ProfileRequest, run_profile
-
-    out.info(f"no --hardware or --profile: running a quick profile of this machine for {model} (once; it is saved)")
-    measured = run_profile(ProfileRequest(device=device, dtype=dtype, model=model, quick=True))
-    path = measured.save(default_profile_path(measured))
-    out.info(f"profile saved to {path}")
-    return from_profile(measured, source="quick profile")
-
-
-def workload_stats(workload: str, model: str):
-    from planner.budgets import BUILTIN_WORKLOADS, WorkloadStats, builtin_workload
-
-    if workload.strip().lower() in BUILTIN_WORKLOADS:
-        return builtin_workload(workload)
-    path = Path(workload).expanduser()
-    if not path.is_file():
-        builtin_workload(workload)  # raises: unknown name, listing the valid ones
-    from runners.workloads import WorkloadSpec, load_workload
-
-    name = "jsonl" if path.suffix == ".jsonl" else _json_kind(path)
-    requests, info = load_workload(WorkloadSpec(name=name, model=model, dataset_path=path, num_prompts=100000))
-    return WorkloadStats(name=str(path), mean_input_tokens=info.mean_prompt_len, mean_output_tokens=info.mean_output_len,
-                         synthetic=False, num_requests=info.num_requests)
-
-
-def _json_kind(path: Path) -> str:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadInput(f"workload file '{path}' is not valid JSON ({err})", "give ShareGPT/Alpaca JSON or a .jsonl file") from None
-    first = data[0] if isinstance(data, list) and data else {}
-    if isinstance(first, dict) and "conversations" in first:
-        return "sharegpt"
-    if isinstance(first, dict) and "instruction" in first:
-        return "alpaca"
-    raise BadInput(f"workload file '{path}' is neither ShareGPT nor Alpaca JSON", "or give a .jsonl file")
-
-
-def default_budgets(hw) -> tuple[int, int]:
-    if hw.device == "cpu":
-        return hw.host_memory_bytes // 4, hw.host_memory_bytes // 4
-    return hw.device_memory_bytes, hw.host_memory_bytes // 2
+    profile, source = saved_or_quick_profile(DEFAULT_PROFILES_DIR, model, dtype, device, out.info)
+    return from_profile(profile, source=source)
 
 
 def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = None, gpu_memory: GpuMemoryOpt = None,
          cpu_memory: CpuMemoryOpt = None, workload: WorkloadOpt = "sharegpt", max_tpot_ms: MaxTpotOpt = None,
-         dtype: TuneDtypeOpt = "auto", block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
+         dtype: DtypeAutoOpt = "auto", block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
          max_num_seqs: MaxSeqsOpt = None, online: OnlineOpt = False, num_prompts: OnlineRequestsOpt = 64,
-         window_steps: OnlineWindowOpt = 8, device: TuneDeviceOpt = "auto", seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
+         window_steps: OnlineWindowOpt = 8, device: DeviceOpt = "auto", seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
     """Plan the CPU pool: pool size, copy/rebuild split, batch limit, predicted throughput and latency.
+
+    --dtype auto takes the profile's dtype, or for a preset bfloat16 from compute capability 8.0 (else
+    float16); without either, what this machine multiplies natively. --device matters only without
+    --hardware or --profile: it is the device profiled and planned for.
 
     Example: pie tune --model opt-30b --hardware h100-pcie --cpu-memory 200GB --output plan.json
     """
     from pie_core.dtypes import canonical_dtype
     from pie_core.shapes import resolve_model
-    from planner.budgets import Budgets
+    from pie_core.device_probe import resolve_device
+    from planner.budgets import Budgets, default_budgets
     from planner.tune import TuneRequest, make_plan
+    from runners.workloads.stats import workload_stats
 
     out = Output(json_out)
     shape = resolve_model(model)
@@ -146,7 +100,6 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
                        "drop --hardware (a profile of this machine is used) or pass --profile of this machine")
     stats = workload_stats(workload, model)
     if hardware is None and profile is None:
-        from pie_cli.bench_cmd import resolve_device
         from profiler.run import check_device
 
         device = check_device(resolve_device(device))

@@ -45,6 +45,15 @@ def _probe_dtypes(device: str) -> tuple[str, ...]:
 _detected: dict[str, DeviceCapability] = {}
 
 
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda when torch sees a CUDA device, else cpu; any other name as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def detect_capability(device: str = "cpu") -> DeviceCapability:
     """Measure this machine's record for `device` (cpu, cuda, cuda:N); cached per device in this process."""
     if device in _detected:

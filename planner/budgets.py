@@ -7,6 +7,8 @@ vLLM paper, or measured from a workload file). Left out: loading datasets (runne
 """
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 from pie_core.errors import BadInput, suggest
@@ -96,3 +98,11 @@ def builtin_workload(name: str) -> WorkloadStats:
     if key not in BUILTIN_WORKLOADS:
         raise BadInput(f"unknown workload '{name}'", suggest(key, BUILTIN_WORKLOADS) + " or a workload file path")
     return BUILTIN_WORKLOADS[key]
+
+
+def default_budgets(hardware: Any) -> tuple[int, int]:
+    """(device, pool) bytes when `pie tune` is given neither: all device memory and half the host's on a GPU;
+    a quarter of RAM each on a CPU, where both tiers are RAM."""
+    if hardware.device == "cpu":
+        return hardware.host_memory_bytes // 4, hardware.host_memory_bytes // 4
+    return hardware.device_memory_bytes, hardware.host_memory_bytes // 2

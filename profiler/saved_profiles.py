@@ -3,17 +3,21 @@
 A profile matches when it was taken on this host (hostname hash), of the same device kind, for the
 same model and dtype, with a decode fit, and (when it records one) the same capability record: a
 profile taken with the ISA limited, or before a driver or CPU change, describes another device.
+`default_profile_path` names a new profile in a folder by machine, device, model and dtype;
+`saved_or_quick_profile` returns the saved one, or takes a quick profile now and saves it.
 Left out: where the folder is (the CLI's default, `.pie/profiles`) and loading (HardwareProfile.load).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pie_core.capability import DeviceCapability
 from pie_core.device_probe import detect_capability
 from pie_core.dtypes import canonical_dtype
-from pie_core.fingerprint import hostname_hash
+from pie_core.fingerprint import fingerprint_slug, hostname_hash
 
 
 def saved_profile(folder: Path, model: str, dtype: str, device: str = "cpu") -> Path | None:
@@ -39,3 +43,27 @@ def saved_profile(folder: Path, model: str, dtype: str, device: str = "cpu") -> 
             continue
         matches.append((data.get("created_at", ""), path))
     return max(matches)[1] if matches else None
+
+
+def default_profile_path(profile: Any, folder: Path) -> Path:
+    """Where a new `HardwareProfile` is saved in `folder`: machine and device slug, model, dtype."""
+    model = Path(profile.model).name if profile.model else "no-layer"
+    return folder / f"{fingerprint_slug(profile.fingerprint, profile.device)}-{model}-{profile.dtype}.json"
+
+
+def saved_or_quick_profile(folder: Path, model: str, dtype: str, device: str, say: Callable[[str], None]) -> tuple[Any, str]:
+    """(HardwareProfile, where it came from): this machine's saved profile of `device` for `model` in `dtype`,
+    else a quick profile taken now and saved in `folder`; `say` reports which."""
+    from profiler.hardware_profile import HardwareProfile
+    from profiler.run import ProfileRequest, run_profile
+
+    saved = saved_profile(folder, model, dtype, device)
+    if saved is not None:
+        say(f"no --hardware or --profile: using {saved}, this machine's saved profile for {model} "
+            "(pass --profile or --hardware to choose)")
+        return HardwareProfile.load(saved), f"profile '{saved}'"
+    say(f"no --hardware or --profile: running a quick profile of this machine for {model} (once; it is saved)")
+    measured = run_profile(ProfileRequest(device=device, dtype=dtype, model=model, quick=True))
+    path = measured.save(default_profile_path(measured, folder))
+    say(f"profile saved to {path}")
+    return measured, "quick profile"

@@ -7,14 +7,12 @@ and counts failures as samples with `success=False` instead of raising. It retur
 `RunnerResult` with the benchmark duration, its effective settings and telemetry.
 
 Also here, shared by every runner: `sample_from_token_times` (vLLM's TTFT/ITL/E2EL from
-absolute token timestamps), `peak_host_memory_bytes`, and the test-only slowdown
-(`PIE_TEST_INJECT_SLOWDOWN`) that the pie and hf runners apply after each step.
+absolute token timestamps) and `peak_host_memory_bytes`.
 
 Left out: the runners themselves (one module each) and the registry (runners/registry.py).
 """
 from __future__ import annotations
 
-import os
 import resource
 import sys
 from collections.abc import Callable, Sequence
@@ -23,9 +21,6 @@ from typing import Any, Protocol
 
 from pie_core.errors import BadInput
 from results.record import RequestSample
-
-SLOWDOWN_ENV = "PIE_TEST_INJECT_SLOWDOWN"
-
 
 @dataclass(frozen=True)
 class BenchRequest:
@@ -117,17 +112,3 @@ def peak_host_memory_bytes() -> int:
     """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def injected_slowdown_fraction() -> float:
-    """Test-only: the fraction of each step's wall time to sleep after it (0 when unset)."""
-    text = os.environ.get(SLOWDOWN_ENV, "").strip()
-    if not text:
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInput(f"{SLOWDOWN_ENV}={text!r} is not a number", "unset it, or give a fraction like 0.2") from None
-    if not 0 <= value < 10:
-        raise BadInput(f"{SLOWDOWN_ENV}={value} is out of range", "give a fraction in [0, 10)")
-    return value

@@ -21,7 +21,7 @@ from typing import Any
 
 from pie_core.errors import BadInput
 from pie_core.shapes import ModelShape, resolve_model
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, injected_slowdown_fraction, peak_host_memory_bytes
+from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
 from runners.request_loop import TokenDelta, drive_engine
 
 DEFAULT_BATCH_SIZE = 16
@@ -167,7 +167,6 @@ class _HFStepEngine:
         self.hf_model, self.batch_size, self.pad_id, self.device = hf_model, batch_size, pad_id, device
         self.generation_config_cls, self.criteria_cls = generation_config_cls, criteria_cls
         self.queue: deque[BenchRequest] = deque()
-        self.slowdown = injected_slowdown_fraction()
 
     def add(self, request: BenchRequest) -> None:
         self.queue.append(request)
@@ -175,7 +174,6 @@ class _HFStepEngine:
     def step(self) -> list[TokenDelta]:
         import torch
 
-        began = time.perf_counter()
         batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
         width = max(r.prompt_len for r in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -194,7 +192,5 @@ class _HFStepEngine:
         except (RuntimeError, ValueError) as err:
             return [TokenDelta(r.request_id, (), True, error=f"{type(err).__name__}: {err}") for r in batch]
         new_tokens = generated[:, width:].tolist()
-        if self.slowdown:
-            time.sleep(self.slowdown * (time.perf_counter() - began))
         return [TokenDelta(r.request_id, new_tokens[row][:r.output_len], True, clock.times[:r.output_len])
                 for row, r in enumerate(batch)]

@@ -25,7 +25,7 @@ from typing import Any
 
 from pie_core.errors import BadInput, suggest
 from pie_core.shapes import resolve_model
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, injected_slowdown_fraction, peak_host_memory_bytes
+from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
 from runners.request_loop import TokenDelta, drive_engine
 
 ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetch_depth", "copy_worker",
@@ -193,7 +193,6 @@ class _PieStepEngine:
     def __init__(self, engine: Any, params_cls: Any, control: Any = None):
         self.engine, self.params_cls, self.control = engine, params_cls, control
         self.emitted: dict[str, int] = {}
-        self.slowdown = injected_slowdown_fraction()
 
     def add(self, request: BenchRequest) -> None:
         params = self.params_cls(max_tokens=request.output_len, temperature=0.0, ignore_eos=True)
@@ -201,7 +200,6 @@ class _PieStepEngine:
         self.emitted[request.request_id] = 0
 
     def step(self) -> list[TokenDelta]:
-        began = time.perf_counter()
         num_stats = len(self.engine.stats)
         deltas = []
         for output in self.engine.step():
@@ -215,8 +213,6 @@ class _PieStepEngine:
             self.emitted[output.request_id] = len(output.output_token_ids)
             if output.finished:
                 del self.emitted[output.request_id]
-        if self.slowdown:
-            time.sleep(self.slowdown * (time.perf_counter() - began))
         if self.control is not None and len(self.engine.stats) > num_stats:
             self.control.after_step(self.engine.stats[-1], time.perf_counter(), sum(len(d.token_ids) for d in deltas))
         return deltas

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bench_helpers import tiny_opt_dir, write_sharegpt
+from bench_helpers import write_sharegpt
 from cli_helpers import run_pie
 from results.frames import requests_frame, runs_frame
 from results.metrics import summary_rows
 from results.store import ResultsStore, load_record
+from tiny_hf_model import tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--workload", "fixed", "--input-len", "12", "--output-len", "6", "-n", "6", "--dtype", "float32"]
@@ -22,7 +23,7 @@ SMALL = ["--workload", "fixed", "--input-len", "12", "--output-len", "6", "-n", 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return tiny_opt_dir(tmp_path_factory.mktemp("bench") / "opt", with_tokenizer=True)
+    return tiny_model_dir(tmp_path_factory.mktemp("bench") / "opt", tokenizer=True)
 
 
 def test_bench_writes_a_complete_record_and_show_reads_it(model_dir, tmp_path, monkeypatch, capsys):
@@ -167,22 +168,26 @@ def test_ttft_counts_queueing_from_arrival(model_dir):
     assert ttfts[0] < ttfts[1] < ttfts[2] and ttfts[2] > samples[0].e2el_s
 
 
-def test_injected_slowdown_sleeps_after_each_step(model_dir, monkeypatch):
+def test_slowed_pie_sleeps_after_each_step_and_refuses_bad_fractions(model_dir, monkeypatch):
+    """benchmarks/slowed_pie.py, the A/B side of bench_compare_aa.py, slows each step by its fraction."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import slowed_pie
+
     from runners import pie_runner
     from runners.base import RunnerSpec
     from runners.workloads import WorkloadSpec, load_workload
 
     requests, _ = load_workload(WorkloadSpec("fixed", str(model_dir), num_prompts=3, input_len=8, output_len=4))
-    slept = []
-    real_sleep = time.sleep
-    monkeypatch.setattr(pie_runner.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
-    monkeypatch.setenv("PIE_TEST_INJECT_SLOWDOWN", "0.5")
+    slept, real_sleep = [], time.sleep
+    monkeypatch.setattr(slowed_pie.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+    monkeypatch.setattr(pie_runner, "drive_engine", pie_runner.drive_engine)  # restored after the test
+    slowed_pie.install(0.5)
     result = pie_runner.PieRunner().run(requests, RunnerSpec(str(model_dir), dtype="float32"), lambda sample: None)
     assert len(slept) == result.telemetry["num_steps"] and all(s > 0 for s in slept)
     assert sum(slept) < result.duration_s
-    monkeypatch.setenv("PIE_TEST_INJECT_SLOWDOWN", "lots")
-    with pytest.raises(Exception, match="not a number"):
-        pie_runner.PieRunner().run(requests, RunnerSpec(str(model_dir), dtype="float32"), lambda sample: None)
+    for bad in ("lots", "-1", "12"):
+        with pytest.raises(SystemExit, match="slowdown fraction"):
+            slowed_pie.parse_fraction(bad)
 
 
 def test_sigint_leaves_an_incomplete_record_with_finished_requests(model_dir, tmp_path, monkeypatch, capsys):

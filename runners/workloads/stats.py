@@ -1,0 +1,38 @@
+"""The mean lengths `pie tune` plans for: a built-in workload's published means, or a workload file's measured ones.
+
+Left out: planning (planner/); reading files (the workload loaders of this package).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pie_core.errors import BadInput
+from planner.budgets import BUILTIN_WORKLOADS, WorkloadStats, builtin_workload
+from runners.workloads import WorkloadSpec, load_workload
+
+
+def workload_stats(workload: str, model: str) -> WorkloadStats:
+    """`sharegpt`/`alpaca` (published means), or a ShareGPT/Alpaca JSON or JSONL file measured with `model`'s tokenizer."""
+    if workload.strip().lower() in BUILTIN_WORKLOADS:
+        return builtin_workload(workload)
+    path = Path(workload).expanduser()
+    if not path.is_file():
+        builtin_workload(workload)  # raises: unknown name, listing the valid ones
+    name = "jsonl" if path.suffix == ".jsonl" else _json_kind(path)
+    _, info = load_workload(WorkloadSpec(name=name, model=model, dataset_path=path, num_prompts=100000))
+    return WorkloadStats(name=str(path), mean_input_tokens=info.mean_prompt_len, mean_output_tokens=info.mean_output_len,
+                         synthetic=False, num_requests=info.num_requests)
+
+
+def _json_kind(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadInput(f"workload file '{path}' is not valid JSON ({err})", "give ShareGPT/Alpaca JSON or a .jsonl file") from None
+    first = data[0] if isinstance(data, list) and data else {}
+    if isinstance(first, dict) and "conversations" in first:
+        return "sharegpt"
+    if isinstance(first, dict) and "instruction" in first:
+        return "alpaca"
+    raise BadInput(f"workload file '{path}' is neither ShareGPT nor Alpaca JSON", "or give a .jsonl file")
