@@ -8,21 +8,30 @@ as layer-input activations, rebuilt with the K/V projections) and S (device stag
 Per layer, copies of the pooled bytes overlap compute through `d` slots, so the layer period is
 `max(compute, copy, (compute + copy) / d)` and a decode step costs `copy + L * period + head`.
 On a CPU-only machine the "link" is a memcpy on the same cores and memory bus as the compute,
-so copies are not overlapped (the period is compute + copy whatever the depth). Everything
-here is linear in (G, C, R, S) for a fixed (b, d) except the max, which the LP writes as
-three inequalities. Left out: solving (lp.py), words (explain.py).
+so copies are not overlapped (the period is compute + copy whatever the depth). The step itself
+is priced by planner/step_time.py, the one function the simulator (runners/sim_runner.py) uses
+too, so plans and simulations cannot drift apart. Everything here is linear in (G, C, R, S) for
+a fixed (b, d) except the max, which the LP writes as three inequalities.
+Left out: solving (lp.py), words (explain.py).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from pie_core.dtypes import dtype_bytes
 from pie_core.shapes import ModelShape
 from planner.budgets import Budgets, WorkloadStats, activation_workspace_bytes
 from planner.hardware import HardwareSpec
+from planner.step_time import (
+    IterationWork,
+    decode_layer_s,
+    decode_work,
+    head_s,
+    overhead_s,
+    prefill_layer_s,
+    step_time,
+)
 
 GB = 1e9
 TOLERANCE = 1e-6
@@ -91,13 +100,14 @@ def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelC
     else:
         prefill_terms = dict(prefill_fixed_s=0.0, prefill_per_token_s=layer_flops / flops_per_s,
                              prefill_per_token_sq_s=2 * shape.hidden_size / flops_per_s)
-    # The lm_head is a matmul like the layer's, so it is priced by the same fit: its fixed part
-    # scales with weight bytes, its per-token part with FLOPs.
+    # The lm_head is one matmul: reading its weights at the measured memory bandwidth, and its FLOPs at
+    # the measured matmul rate. (The layer fit's fixed term also holds a layer's dozens of small ops'
+    # launch costs, so scaling it by weight bytes priced OPT-125m's head at 3x what it measures.)
     return ModelCosts(**common, decode_fixed_s=fit.fixed_s * weight_ratio, decode_per_token_s=fit.per_token_s * flops_ratio,
                       decode_per_kv_token_s=fit.per_kv_token_s * kv_ratio,
                       rebuild_per_token_s=4 * shape.hidden_size * shape.kv_dim / flops_per_s,
-                      head_fixed_s=fit.fixed_s * head_params * p / fit.layer_weight_bytes,
-                      head_per_token_s=fit.per_token_s * 2 * head_params / fit.layer_flops_per_token,
+                      head_fixed_s=head_params * p / (hardware.memory_bandwidth_gbps * GB),
+                      head_per_token_s=2 * head_params / (hardware.matmul_tflops * 1e12),
                       **prefill_terms, source="fitted")
 
 
@@ -137,20 +147,19 @@ class Problem:
         return self.budgets.usable_device_bytes() - self.costs.weight_bytes - self.workspace_bytes(batch_size)
 
     def compute_layer_base_s(self, batch_size: int) -> float:
+        """One decode layer of `batch_size` sequences at the mean context, before rebuild compute (step_time.py)."""
         c = self.costs
-        return c.decode_fixed_s + c.decode_per_token_s * batch_size + c.decode_per_kv_token_s * batch_size * self.workload.mean_context_tokens
+        return c.decode_fixed_s + decode_layer_s(c, batch_size, batch_size * self.workload.mean_context_tokens)
 
     def head_s(self, batch_size: int) -> float:
         """Per decode step outside the layers: the lm_head, plus measured engine overhead if any."""
-        c = self.costs
-        return c.head_fixed_s + c.iteration_fixed_s + (c.head_per_token_s + c.iteration_per_seq_s) * batch_size
+        return head_s(self.costs, batch_size) + overhead_s(self.costs, batch_size)
 
     def prefill_request_s(self) -> float:
         """Prefill of one mean-length prompt over all layers (the fixed part shared by a chunk of prompts)."""
         c, n = self.costs, self.workload.mean_input_tokens
         prompts_per_chunk = max(1, self.budgets.max_num_batched_tokens // max(1, int(n)))
-        per_layer = c.prefill_fixed_s / prompts_per_chunk + c.prefill_per_token_s * n + c.prefill_per_token_sq_s * n * n
-        return c.num_layers * per_layer
+        return c.num_layers * (c.prefill_fixed_s / prompts_per_chunk + prefill_layer_s(c, n, n * n))
 
     def prefill_per_step_s(self, batch_size: int) -> float:
         """Prefill time spread over decode steps: b / out new prompts start per step in steady state."""
@@ -210,13 +219,15 @@ def step_times(problem: Problem, batch_size: int, depth: int, c, r) -> tuple:
 
     Works on floats and numpy arrays alike, so exhaustive enumeration evaluates this very code.
     """
+    time = step_time(problem.costs, decode_step_work(problem, batch_size, c, r), depth)
+    return time.compute_layer_s, time.copy_layer_s, time.period_layer_s, time.layers_s
+
+
+def decode_step_work(problem: Problem, batch_size: int, c, r) -> IterationWork:
+    """The planner's steady decode iteration: `batch_size` sequences at the mean context, C copied and R rebuilt."""
     costs = problem.costs
-    num_layers = costs.num_layers
-    rebuilt_tokens_layer = r / (costs.kv_bytes_per_token_layer * num_layers)
-    compute = problem.compute_layer_base_s(batch_size) + costs.rebuild_per_token_s * rebuilt_tokens_layer
-    copy = (c + costs.activation_ratio * r) / num_layers / costs.link_bytes_per_s
-    period = np.maximum(np.maximum(compute, copy), (compute + copy) / costs.overlap_depth(depth))
-    return compute, copy, period, copy + num_layers * period
+    rebuilt_tokens = r / (costs.kv_bytes_per_token_layer * costs.num_layers)
+    return decode_work(batch_size, problem.workload.mean_context_tokens, c + costs.activation_ratio * r, rebuilt_tokens)
 
 
 def violations(problem: Problem, batch_size: int, depth: int, split: Split) -> list[str]:
@@ -233,9 +244,9 @@ def violations(problem: Problem, batch_size: int, depth: int, split: Split) -> l
 
 def predict(problem: Problem, batch_size: int, depth: int, split: Split) -> Prediction:
     """Predicted decode step, stall, per-token latency and output throughput of one candidate."""
-    times = step_times(problem, batch_size, depth, split.copied_kv_bytes, split.rebuilt_kv_bytes)
-    compute, copy, period, layers_s = (float(t) for t in times)
-    decode_step = layers_s + problem.head_s(batch_size)
+    time = step_time(problem.costs, decode_step_work(problem, batch_size, split.copied_kv_bytes, split.rebuilt_kv_bytes), depth)
+    compute, copy, period, layers_s = (float(t) for t in (time.compute_layer_s, time.copy_layer_s, time.period_layer_s, time.layers_s))
+    decode_step = float(time.total_s)
     prefill_step = problem.prefill_per_step_s(batch_size)
     tpot_s = decode_step + prefill_step
     broken = violations(problem, batch_size, depth, split)

@@ -13,6 +13,7 @@ from runners.base import Runner
 RUNNERS: dict[str, str] = {
     "pie": "runners.pie_runner:PieRunner",
     "hf": "runners.hf_runner:HFRunner",
+    "sim": "runners.sim_runner:SimRunner",
     # --- vllm / openai runners (runners/vllm_runner.py, runners/openai_runner.py) ---
     "vllm": "runners.vllm_runner:VllmRunner",
     "openai": "runners.openai_runner:OpenAIRunner",
