@@ -12,6 +12,7 @@ from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt
 from pie_cli.output import Output
 from pie_core.errors import BadInput
 from results.metrics import summary_rows, tpot_s
+from results.record import runner_label
 
 Filter = Annotated[Optional[str], typer.Option(help="Only runs with this value.")]
 
@@ -55,7 +56,7 @@ def _list(out: Output, records: list, store: Any) -> None:
     rows = []
     for record in records:
         summary, header = record.summary or {}, record.header
-        rows.append({"run_id": record.run_id, "created_at": header.created_at, "runner": header.runner, "model": header.model,
+        rows.append({"run_id": record.run_id, "created_at": header.created_at, "runner": runner_label(header), "model": header.model,
                      "workload": header.workload.get("name"), "label": header.label,
                      "sweep_point": header.sweep_point, "complete": record.complete, "requests": len(record.requests),
                      "output_throughput": summary.get("output_throughput"), "mean_ttft_ms": summary.get("mean_ttft_ms"),
@@ -79,7 +80,7 @@ def _detail(out: Output, record: Any, with_requests: bool) -> None:
     workload = header.workload
     synthetic = " (SYNTHETIC)" if workload.get("synthetic") else ""
     rows = [["run", record.run_id], ["file", record.source], ["created", header.created_at],
-            ["finished", record.finished_at or "NO - interrupted, incomplete"], ["runner", header.runner],
+            ["finished", record.finished_at or "NO - interrupted, incomplete"], ["runner", runner_label(header)],
             ["model", header.model], ["label", header.label], ["git commit", header.git_commit],
             ["sweep", f"{header.sweep_id} {header.sweep_point}" if header.sweep_id else None],
             ["workload", f"{workload.get('name')}{synthetic}: {workload.get('source')}"],

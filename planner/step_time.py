@@ -20,12 +20,11 @@ exhaustive check evaluates this very code. Left out: batch-shape effects the lin
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:  # cost_model.py builds ModelCosts and calls this module
-    from planner.cost_model import ModelCosts
+ModelCosts = Any  # planner.cost_model.ModelCosts, which imports this module (so not imported back)
 
 
 class IterationWork(NamedTuple):

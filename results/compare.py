@@ -25,7 +25,7 @@ import pandas as pd
 
 from pie_core.errors import BadInput
 from results import significance as sig
-from results.record import RunRecord
+from results.record import RunRecord, runner_label
 from results.rules import Rule, check_metrics
 from results.store import ResultsStore
 
@@ -52,7 +52,7 @@ class Side:
         return [r.run_id for r in self.records]
 
     def describe(self) -> str:
-        runners = sorted({r.header.runner for r in self.records})
+        runners = sorted({runner_label(r.header) for r in self.records})
         commits = sorted({(r.header.git_commit or "unknown")[:12] for r in self.records})
         return f"{self.reference} ({len(self.records)} run{'s' if len(self.records) != 1 else ''}; " \
                f"runner {', '.join(runners)}; commit {', '.join(commits)})"

@@ -57,6 +57,16 @@ class RunHeader:
     pie_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def simulated(self) -> bool:
+        """A `--runner sim` record: its times are predicted on a virtual clock, not measured."""
+        return bool(self.config.get("simulated"))
+
+
+def runner_label(header: RunHeader) -> str:
+    """The runner as shown in tables: 'sim (simulated: preset h100-pcie)' for a simulated run."""
+    return f"{header.runner} (simulated: {header.config.get('hardware_source')})" if header.simulated else header.runner
+
 
 @dataclass(frozen=True)
 class RunRecord:

@@ -22,7 +22,7 @@ import pandas as pd
 from pie_core.formatting import format_cell
 from results import plots
 from results.compare import request_values
-from results.record import RunRecord
+from results.record import RunRecord, runner_label
 from results.timeline import timeline_windows
 
 RUN_COLUMNS = ("run_id", "runner", "label", "sweep", "output_throughput", "request_throughput", "mean_ttft_ms",
@@ -51,7 +51,7 @@ class Report:
 
 
 def _series(record: RunRecord) -> str:
-    return record.header.runner + (f" · {record.header.label}" if record.header.label else "")
+    return runner_label(record.header) + (f" · {record.header.label}" if record.header.label else "")
 
 
 def _telemetry_numbers(record: RunRecord) -> dict[str, float]:
@@ -119,7 +119,7 @@ def _cdf_figure(records: list[RunRecord], notes: list[str]) -> list[Figure]:
 
 
 def _telemetry_figure(runs: pd.DataFrame, notes: list[str]) -> list[Figure]:
-    pie_runs = runs[runs["runner"] == "pie"].copy()
+    pie_runs = runs[runs["runner"].isin(("pie", "sim"))].copy()  # the simulator reports the same telemetry
     byte_columns = [c for c in pie_runs.columns if c.endswith("_bytes") and pie_runs[c].notna().any()
                     and any(word in c for word in ("h2d", "d2h", "link", "copied", "moved"))]
     has_stall = "stall_fraction" in pie_runs and pie_runs["stall_fraction"].notna().any()
