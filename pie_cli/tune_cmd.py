@@ -6,6 +6,7 @@ which runs the Pie engine and the hill-climber and reports each move. Nothing el
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,6 +30,7 @@ MaxBatchedOpt = Annotated[int, typer.Option("--max-num-batched-tokens", help="To
 MaxSeqsOpt = Annotated[Optional[int], typer.Option("--max-num-seqs", help="Cap on the batch limit the planner may choose.")]
 OnlineOpt = Annotated[bool, typer.Option("--online", help="Run the plan on the Pie engine and let the hill-climber refine the pool size live.")]
 OnlineRequestsOpt = Annotated[int, typer.Option("--num-prompts", help="--online: requests kept in flight per measurement window.")]
+AdaptiveOpt = Annotated[bool, typer.Option("--adaptive", help="Mark the plan so `pie bench --plan` moves the pool limit while serving, within the planned pool.")]
 OnlineWindowOpt = Annotated[int, typer.Option("--window-steps", help="--online: engine iterations measured per pool size.")]
 
 
@@ -74,7 +76,7 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
          cpu_memory: CpuMemoryOpt = None, workload: WorkloadOpt = "sharegpt", max_tpot_ms: MaxTpotOpt = None,
          dtype: DtypeAutoOpt = "auto", block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
          max_num_seqs: MaxSeqsOpt = None, online: OnlineOpt = False, num_prompts: OnlineRequestsOpt = 64,
-         window_steps: OnlineWindowOpt = 8, device: DeviceOpt = "auto", seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
+         window_steps: OnlineWindowOpt = 8, adaptive: AdaptiveOpt = False, device: DeviceOpt = "auto", seed: SeedOpt = 0, output: OutputPathOpt = None, json_out: JsonOpt = False) -> None:
     """Plan the CPU pool: pool size, copy/rebuild split, batch limit, predicted throughput and latency.
 
     --dtype auto takes the profile's dtype, or for a preset bfloat16 from compute capability 8.0 (else
@@ -119,6 +121,11 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
 
         plan = run_online(plan, OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed,
                                                device=hw.device), out)
+    if adaptive:
+        if plan.settings.num_pool_blocks < 1:
+            raise BadInput("--adaptive sizes the pool within the plan's, but this plan has no pool",
+                           "give the pool room with --cpu-memory, or drop --adaptive")
+        plan = dataclasses.replace(plan, adaptive=True)
     if output:
         plan.save(output)
         out.info(f"plan written to {output}")
@@ -146,7 +153,8 @@ def render(plan, out: Output) -> None:
               f"{' (synthetic lengths)' if plan.workload['synthetic'] else ''}", ["", "with pool", "no pool"], rows)
     out.data.print(f"hardware: {plan.hardware['label']}")
     out.data.print(f"engine: {s.num_device_blocks} device + {s.num_pool_blocks} pool blocks of {s.block_size} tokens, "
-                   f"max_num_seqs {s.max_num_seqs}, prefetch depth {s.prefetch_depth}, rebuild fraction {s.rebuild_fraction:g}")
+                   f"max_num_seqs {s.max_num_seqs}, prefetch depth {s.prefetch_depth}, rebuild fraction {s.rebuild_fraction:g}"
+                   + ("; adaptive: `pie bench --plan` moves the pool limit within it" if plan.adaptive else ""))
     for line in plan.explanation:
         out.data.print(f"- {line}")
     solver = plan.solver

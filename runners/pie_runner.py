@@ -77,21 +77,31 @@ def window_steps_of(spec: RunnerSpec) -> int:
     return value
 
 
-def pool_control_from_spec(spec: RunnerSpec, num_pool_blocks: int, set_limit: Any, start: float) -> Any:
-    """The timeline recorder, and the adaptive pool controller when asked for (`adaptive`, or the plan's)."""
-    from runners.timeline import PoolControl, TimelineRecorder
-
-    recorder = TimelineRecorder(start, window_steps_of(spec))
+def controller_config_from_spec(spec: RunnerSpec, num_pool_blocks: int) -> Any:
+    """The adaptive pool controller's settings when `adaptive` (or the plan's) asks for one, else None."""
     if not (spec.options.get("adaptive") or plan_asks_adaptive(spec)):
-        return PoolControl(recorder)
+        return None
     if num_pool_blocks < 1:
         raise BadInput("--adaptive needs a pool to size, but this run has no pool blocks",
                        "give its capacity with --pool-blocks N (or a plan with a pool)")
-    from planner.pool_controller import ControllerConfig, PoolController
+    from planner.pool_controller import ControllerConfig
 
     stall = spec.options.get("max_stall_fraction")
-    config = ControllerConfig(capacity_blocks=num_pool_blocks,
-                              **({"max_stall_fraction": float(stall)} if stall is not None else {}))
+    if stall is not None and not isinstance(stall, (int, float)):
+        raise BadInput(f"max_stall_fraction must be a number, got {stall!r}", "e.g. -O max_stall_fraction=0.1")
+    return ControllerConfig(capacity_blocks=num_pool_blocks, **({"max_stall_fraction": float(stall)} if stall is not None else {}))
+
+
+def pool_control_from_spec(spec: RunnerSpec, num_pool_blocks: int, set_limit: Any, start: float) -> Any:
+    """The timeline recorder, with the adaptive pool controller when one is asked for."""
+    from runners.timeline import PoolControl, TimelineRecorder
+
+    recorder = TimelineRecorder(start, window_steps_of(spec))
+    config = controller_config_from_spec(spec, num_pool_blocks)
+    if config is None:
+        return PoolControl(recorder)
+    from planner.pool_controller import PoolController
+
     return PoolControl(recorder, PoolController(config), set_limit)
 
 
@@ -141,11 +151,8 @@ class PieRunner:
         from runners.engine.loader import has_weights
 
         CacheLayout.from_config(config, config.shape.num_layers)  # budgets that cannot hold the staging fail here
-        window_steps_of(spec)
-        adaptive = bool(spec.options.get("adaptive")) or plan_asks_adaptive(spec)
-        if adaptive and config.num_pool_blocks < 1:
-            raise BadInput("--adaptive needs a pool to size, but this run has no pool blocks",
-                           "give its capacity with --pool-blocks N (or a plan with a pool)")
+        window_steps_of(spec)  # bad window or controller settings fail here, before any record
+        adaptive = controller_config_from_spec(spec, config.num_pool_blocks) is not None
 
         path = Path(spec.model).expanduser()
         described = dataclasses.asdict(config)

@@ -75,6 +75,8 @@ def test_sweep_timelines_overlay_in_one_plot(model_dir, tmp_path, monkeypatch, c
     (["--adaptive", "--runner", "hf"], "--adaptive sizes the Pie engine's pool; runner 'hf' has none"),
     (["--adaptive"], "--adaptive needs a pool to size"),
     (["--adaptive", "--pool-blocks", "8", "-O", "window_steps=0"], "window_steps must be at least 1"),
+    (["--adaptive", "--pool-blocks", "8", "-O", "max_stall_fraction=0"], "max stall fraction must be in (0, 1]"),
+    (["--adaptive", "--pool-blocks", "8", "--runner", "vllm"], "runner 'vllm' has none"),
 ])
 def test_bad_adaptive_input_is_one_line_exit_2(args, message, model_dir, tmp_path, monkeypatch, capsys):
     code, out, err = run_pie(["bench", "-m", model_dir, "-n", "2", "--results-dir", tmp_path / "r", *args], monkeypatch, capsys)
@@ -115,3 +117,19 @@ def test_pool_limit_moved_at_random_every_iteration_keeps_invariants_and_tokens(
     assert steps > 100 and len(moved) == 30
     assert moved == static
     assert preempted > 0  # the moves really forced work back (limits below use)
+
+
+def test_tune_adaptive_marks_the_plan_and_the_pie_runner_reads_it(tmp_path, monkeypatch, capsys):
+    from runners.base import RunnerSpec
+    from runners.pie_runner import controller_config_from_spec
+
+    plan_path = tmp_path / "plan.json"
+    code, out, err = run_pie(["tune", "--model", "opt-30b", "--hardware", "h100-pcie", "--adaptive", "--output", plan_path,
+                              "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    plan = json.loads(plan_path.read_text())
+    assert plan["adaptive"] is True and plan["settings"]["num_pool_blocks"] > 0
+    config = controller_config_from_spec(RunnerSpec("opt-30b", options={"plan": str(plan_path)}),
+                                         plan["settings"]["num_pool_blocks"])
+    assert config is not None and config.capacity_blocks == plan["settings"]["num_pool_blocks"]
+    assert controller_config_from_spec(RunnerSpec("opt-125m"), 10) is None
