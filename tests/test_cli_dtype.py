@@ -7,9 +7,9 @@ import pytest
 import pie_core.device_probe as device_probe
 from results.store import ResultsStore, load_record
 
-from bench_helpers import tiny_opt_dir
 from capability_records import RECORDS
 from cli_helpers import run_pie
+from tiny_hf_model import tiny_model_dir
 
 SMALL = ["--workload", "fixed", "--input-len", "8", "--output-len", "4", "-n", "3"]
 AVX2 = RECORDS["zen3-avx2"]
@@ -17,7 +17,7 @@ AVX2 = RECORDS["zen3-avx2"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return tiny_opt_dir(tmp_path_factory.mktemp("dtype") / "opt", with_tokenizer=True)
+    return tiny_model_dir(tmp_path_factory.mktemp("dtype") / "opt", tokenizer=True)
 
 
 @pytest.fixture

@@ -20,33 +20,21 @@ from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
 
 from capability_records import CPU_RECORDS
+from tiny_hf_model import save_model, tiny_model
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 MAX_TOKENS = 12
-
-
-def _perturb_and_save(model, path):
-    with torch.no_grad():  # large perturbations: outputs then depend on the whole (pooled) context
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.3)
-    model.save_pretrained(path, safe_serialization=True)
-    return model
+# Large perturbations: outputs then depend on the whole (pooled) context.
+PERTURB = 0.3
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    opt = transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=97, hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=96, word_embed_proj_dim=32, do_layer_norm_before=True, eos_token_id=2)).eval()
-    torch.manual_seed(1)
-    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=101, hidden_size=48, num_hidden_layers=4, intermediate_size=80, num_attention_heads=6,
-        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, eos_token_id=2)).eval()
-    return {"opt": (_perturb_and_save(opt, root / "opt"), root / "opt"),
-            "llama": (_perturb_and_save(llama, root / "llama"), root / "llama")}
+    opt = tiny_model("opt", seed=0, perturb=PERTURB, num_hidden_layers=4, max_position_embeddings=96, eos_token_id=2)
+    llama = tiny_model("llama", seed=1, perturb=PERTURB, num_hidden_layers=4, eos_token_id=2)
+    return {"opt": (opt, save_model(opt, root / "opt")), "llama": (llama, save_model(llama, root / "llama"))}
 
 
 def prompts_for(vocab: int, count: int = 6, seed: int = 0) -> list[list[int]]:

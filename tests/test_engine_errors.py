@@ -3,24 +3,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_hf_model import tiny_model_dir
 
 from pie_core.errors import BadInput
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def opt_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("errors") / "opt"
-    torch.manual_seed(0)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=97, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=40, word_embed_proj_dim=32, eos_token_id=2))
-    model.save_pretrained(path, safe_serialization=True)
-    return path
+    return tiny_model_dir(tmp_path_factory.mktemp("errors") / "opt", perturb=0, max_position_embeddings=40,
+                          eos_token_id=2)
 
 
 def engine(opt_dir, **settings):

@@ -17,13 +17,13 @@ import os
 import random
 
 import pytest
-import torch
+from tiny_hf_model import tiny_model_dir
 
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 VOCAB = 97
 MAX_TOKENS = (3, 5, 8, 11)  # cycled over the requests, so they finish at different steps
@@ -34,13 +34,8 @@ SETTINGS = {"preemption": {"num_device_blocks": 13, "max_num_batched_tokens": 7}
 
 @pytest.fixture(scope="module")
 def opt_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("memory") / "opt"
-    torch.manual_seed(0)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=64, word_embed_proj_dim=32, eos_token_id=2))
-    model.save_pretrained(path, safe_serialization=True)
-    return path
+    return tiny_model_dir(tmp_path_factory.mktemp("memory") / "opt", perturb=0, vocab_size=VOCAB,
+                          max_position_embeddings=64, eos_token_id=2)
 
 
 class OpenCounter:

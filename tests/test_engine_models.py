@@ -16,40 +16,21 @@ from runners.engine.models import build_model
 from runners.engine.sampler import make_generator, sample, top_p_filter
 from runners.engine.sampling_params import SamplingParams
 
-transformers = pytest.importorskip("transformers")
+from tiny_hf_model import save_model, tiny_model
+
+pytest.importorskip("transformers")
 
 BLOCK_SIZE = 4
 
 
-def _save(model, path):
-    model.save_pretrained(path, safe_serialization=True)
-    return path
-
-
 def tiny_opt(tmp_path, **overrides):
-    settings = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                    max_position_embeddings=64, word_embed_proj_dim=32, do_layer_norm_before=True)
-    config = transformers.OPTConfig(**{**settings, **overrides})
-    torch.manual_seed(0)
-    model = transformers.OPTForCausalLM(config).eval()
-    with torch.no_grad():  # non-trivial biases and norms so every weight matters
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-    return model, _save(model, tmp_path / "opt")
+    model = tiny_model("opt", seed=0, max_position_embeddings=64, **overrides)
+    return model, save_model(model, tmp_path / "opt")
 
 
-def tiny_llama(tmp_path, model_type="llama", **overrides):
-    cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[model_type]
-    settings = dict(vocab_size=101, hidden_size=48, num_hidden_layers=2, intermediate_size=80, num_attention_heads=6,
-                    num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-6)
-    config = cls[0](**{**settings, **overrides})
-    torch.manual_seed(1)
-    model = cls[1](config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-    return model, _save(model, tmp_path / model_type)
+def tiny_llama(tmp_path, family="llama", **overrides):
+    model = tiny_model(family, seed=1, **overrides)
+    return model, save_model(model, tmp_path / family)
 
 
 class PagedRunner:

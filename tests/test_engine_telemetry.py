@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from tiny_hf_model import tiny_model_dir
 
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 
 def test_stats_count_prompt_tokens_and_decodes(tmp_path):
-    torch.manual_seed(0)
-    transformers.OPTForCausalLM(transformers.OPTConfig(
-        vocab_size=97, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-        max_position_embeddings=64, word_embed_proj_dim=32)).save_pretrained(tmp_path, safe_serialization=True)
+    tiny_model_dir(tmp_path, perturb=0, max_position_embeddings=64)
     engine = LLMEngine(EngineConfig(model=str(tmp_path), dtype="float32", block_size=4, num_device_blocks=64, max_num_seqs=4))
     prompts = [list(range(3, 10)), list(range(3, 15))]  # 7 and 12 tokens
     engine.generate(prompts, SamplingParams(max_tokens=3, ignore_eos=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from tiny_hf_model import tiny_model_dir
 
 from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, WorkloadStats, activation_workspace_bytes
@@ -12,18 +13,13 @@ from planner.tune import TuneRequest, make_plan
 from runners.online_tuner import OnlineSettings, run_online
 from tests.planner_fixtures import synthetic_profile
 
-transformers = pytest.importorskip("transformers")
-
-
-def tiny_opt_dir(tmp_path):
-    config = transformers.OPTConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, ffn_dim=128,
-                                    num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=64)
-    config.save_pretrained(tmp_path)  # no weights: the engine uses seeded random weights
-    return str(tmp_path)
+pytest.importorskip("transformers")
 
 
 def test_online_climb_on_the_engine_returns_the_measured_best(tmp_path):
-    model = tiny_opt_dir(tmp_path)
+    # No weights: the engine uses seeded random weights.
+    model = str(tiny_model_dir(tmp_path, weights=False, vocab_size=256, hidden_size=64, ffn_dim=128,
+                               max_position_embeddings=256, word_embed_proj_dim=64))
     shape = resolve_model(model)
     hardware = from_profile(synthetic_profile(model, dtype="float32"))
     kv_bytes = shape.kv_bytes_per_token("float32")

@@ -10,8 +10,8 @@ import torch
 
 from results.store import load_record
 
-from bench_helpers import tiny_opt_dir
 from cli_helpers import run_pie
+from tiny_hf_model import TOKENIZER_IDS, tiny_model_dir
 
 WORKLOAD = ["--workload", "uniform", "--input-len", "20", "--output-len", "12", "--range-ratio", "0.5", "-n", "8",
             "--dtype", "float32", "--save-outputs"]
@@ -29,24 +29,9 @@ def outputs(record):
     return {s.request_id: s.output_token_ids for s in record.requests}
 
 
-def tiny_llama_dir(directory):
-    import transformers
-
-    config = transformers.LlamaConfig(vocab_size=101, hidden_size=48, num_hidden_layers=2, intermediate_size=80,
-                                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
-                                      rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(1)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-    model.save_pretrained(str(directory), safe_serialization=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def opt_dir(tmp_path_factory):
-    return tiny_opt_dir(tmp_path_factory.mktemp("parity") / "opt")
+    return tiny_model_dir(tmp_path_factory.mktemp("parity") / "opt", **TOKENIZER_IDS)
 
 
 @pytest.mark.parametrize("pool", [None, ["--option", "block_size=4", "--device-blocks", "60", "--pool-blocks", "48"]],
@@ -64,7 +49,7 @@ def test_pie_matches_hf_on_tiny_opt(pool, opt_dir, tmp_path, monkeypatch, capsys
 
 
 def test_pie_matches_hf_on_tiny_llama(tmp_path, monkeypatch, capsys):
-    model = tiny_llama_dir(tmp_path / "llama")
+    model = tiny_model_dir(tmp_path / "llama", "llama", seed=1, **TOKENIZER_IDS)
     _, reference = bench(["-m", model, "--runner", "hf", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
     _, record = bench(["-m", model, "--runner", "pie", *WORKLOAD, "--results-dir", tmp_path], monkeypatch, capsys)
     assert outputs(record) == outputs(reference)

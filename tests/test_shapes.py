@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from tiny_hf_model import tiny_model_dir
 
 from pie_core.errors import BadInput
 from pie_core.shapes import REGISTRY, resolve_model
@@ -48,16 +49,13 @@ def test_directory_without_config(tmp_path):
 
 
 def test_hf_config_roundtrip(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=128, vocab_size=100)
-    config.save_pretrained(tmp_path)
+    pytest.importorskip("transformers")
+    tiny_model_dir(tmp_path, "llama", weights=False, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=128, vocab_size=100, max_position_embeddings=2048)
     shape = resolve_model(str(tmp_path))
     assert (shape.family, shape.num_kv_heads, shape.head_dim) == ("llama", 2, 16)
-    opt = transformers.OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
-                                 vocab_size=50, max_position_embeddings=64, word_embed_proj_dim=32)
-    opt_dir = tmp_path / "opt"
-    opt.save_pretrained(opt_dir)
+    opt_dir = tiny_model_dir(tmp_path / "opt", weights=False, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, ffn_dim=64, vocab_size=50, max_position_embeddings=64)
     assert resolve_model(str(opt_dir)).intermediate_size == 64
 
 

@@ -173,9 +173,9 @@ def _vllm_importable() -> bool:
 def tiny_model(tmp_path_factory):
     pytest.importorskip("tokenizers")
     sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_hf_model import build_tiny_model
+    from tiny_hf_model import vllm_model_dir
 
-    return build_tiny_model(tmp_path_factory.mktemp("vllm-model") / "opt", "opt")
+    return vllm_model_dir(tmp_path_factory.mktemp("vllm-model") / "opt", "opt")
 
 
 def pie_bench(model_dir, results_dir, runner, *extra, timeout_s=240):

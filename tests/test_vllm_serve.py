@@ -58,10 +58,10 @@ def _ready(url: str) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_hf_model import build_tiny_model
+    from tiny_hf_model import vllm_model_dir
 
     root = tmp_path_factory.mktemp("vllm-serve")
-    model_dir = build_tiny_model(root / "opt", "opt")
+    model_dir = vllm_model_dir(root / "opt", "opt")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"

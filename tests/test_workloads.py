@@ -7,7 +7,8 @@ from pie_core.errors import BadInput
 from runners.workloads import WorkloadSpec, load_workload
 from runners.workloads.tokenize import ApproximateTokenizer, load_tokenizer
 
-from bench_helpers import save_tokenizer, write_sharegpt
+from bench_helpers import write_sharegpt
+from tiny_hf_model import save_tokenizer
 
 WORDS = "one two three four five six seven eight nine ten eleven twelve".split()
 
