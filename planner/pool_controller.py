@@ -33,7 +33,7 @@ from results.timeline import TimelineWindow
 class ControllerConfig:
     capacity_blocks: int  # the pool allocated (num_pool_blocks): the limit never passes it
     initial_blocks: int = 0  # the limit at the start
-    initial_step_blocks: int | None = None  # default: an eighth of the capacity (at least one block)
+    initial_step_blocks: int | None = None  # default: a quarter of the capacity (at least one block)
     max_stall_fraction: float = 0.10
     settle_windows: int = 2
     unused_share: float = 0.5
@@ -51,7 +51,7 @@ class ControllerConfig:
 
     @property
     def first_step_blocks(self) -> int:
-        return self.initial_step_blocks or max(1, self.capacity_blocks // 8)
+        return self.initial_step_blocks or max(1, self.capacity_blocks // 4)
 
 
 @dataclass(frozen=True)

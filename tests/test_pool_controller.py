@@ -26,14 +26,14 @@ def drive(controller, signals):
 def test_settles_then_grows_with_doubling_steps_while_requests_wait():
     controller = PoolController(ControllerConfig(capacity_blocks=800, settle_windows=2))
     moves = drive(controller, [(3, 0, 1.0, 0.02)] * 6)
-    assert [m.move for m in moves] == ["settle", "settle", "grow", "grow", "grow", "grow"]
-    assert [m.limit for m in moves] == [0, 0, 100, 300, 700, 800]  # step 100, doubled each grow, capped
+    assert [m.move for m in moves] == ["settle", "settle", "grow", "grow", "grow", "hold"]
+    assert [m.limit for m in moves] == [0, 0, 200, 600, 800, 800]  # step 200, doubled each grow, capped
 
 
 def test_holds_at_capacity_and_when_nobody_waits_with_the_pool_in_use():
     controller = PoolController(ControllerConfig(capacity_blocks=200, initial_blocks=200, settle_windows=0))
     assert drive(controller, [(2, 0, 1.0, 0.0)])[0].move == "hold"
-    assert drive(controller, [(0, 0, 0.9, 0.0)] * 5)[-1] == controller.decide(window(200, pooled=180))  # holds
+    assert [m.move for m in drive(controller, [(0, 0, 0.9, 0.0)] * 5)] == ["hold"] * 5
     assert controller.limit == 200
 
 
@@ -55,12 +55,14 @@ def test_shrinks_an_unused_pool_to_what_is_in_use_plus_a_margin():
 
 
 def test_rearms_with_the_initial_step_when_load_returns_after_a_calm_stretch():
-    controller = PoolController(ControllerConfig(capacity_blocks=1600, settle_windows=0, unused_windows=3))
-    drive(controller, [(4, 0, 1.0, 0.0)] * 3)  # grows 200, 600, 1400
+    controller = PoolController(ControllerConfig(capacity_blocks=3200, settle_windows=0, unused_windows=3))
+    drive(controller, [(4, 0, 1.0, 0.0)] * 3)  # grows 800, 2400, 3200 (capped)
+    assert controller.limit == 3200
+    controller.limit = 2000  # say a stall backed it off
     drive(controller, [(0, 0, 1.0, 0.0)] * 4)  # calm, pool in use: holds
-    assert controller.limit == 1400
+    assert controller.limit == 2000
     move = drive(controller, [(4, 0, 1.0, 0.0)])[0]
-    assert move.move == "rearm" and move.limit == 1600  # initial step 200, capped at capacity
+    assert move.move == "rearm" and move.limit == 2800  # the initial step again, not the doubled one
 
 
 def test_preemptions_count_as_demand():
