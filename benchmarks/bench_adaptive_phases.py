@@ -66,7 +66,7 @@ def main() -> int:
     parser.add_argument("--device-seqs", type=float, default=4.0, help="device budget in average sequences")
     parser.add_argument("--pool-sizes", default="64,128,256,512,768", help="static pool sizes (blocks), besides 0")
     parser.add_argument("--max-num-seqs", type=int, default=32)
-    parser.add_argument("--window-steps", type=int, default=8)
+    parser.add_argument("--window-steps", type=int, default=4)
     parser.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     parser.add_argument("--tpot-slo-ms", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=0)

@@ -8,9 +8,11 @@ would help" or "the pool hurts" directly, from each `TimelineWindow`:
 
 - settle: the first `settle_windows` windows (warm-up, the first requests' prefills) make no move;
 - grow: requests wait for KV space or were preempted, and the stall stays under
-  `max_stall_fraction`: the limit rises by the step; the step doubles after each grow in a row
-  (a burst needs the pool fast) and never passes the capacity;
-- shrink (back off): the stall passed `max_stall_fraction` (copies stop hiding), or the pool sat
+  `max_stall_fraction`: the limit rises by the step, or at once to the pooled blocks in use plus
+  the blocks the waiting requests need when that is more (a burst needs the pool fast); the step
+  doubles after each grow in a row, and the limit never passes the capacity;
+- shrink (back off): the stall passed `max_stall_fraction` in `stall_windows` windows in a row
+  (copies stop hiding; one long prefill alone does not move it), or the pool sat
   unused (nobody waits and the peak pooled blocks stayed under `unused_share` of the limit for
   `unused_windows` windows): the limit falls to what is in use plus a margin, or by the step;
 - hold: otherwise (nobody waits, the pool in use);
@@ -35,6 +37,7 @@ class ControllerConfig:
     initial_blocks: int = 0  # the limit at the start
     initial_step_blocks: int | None = None  # default: a quarter of the capacity (at least one block)
     max_stall_fraction: float = 0.10
+    stall_windows: int = 2  # windows in a row over the stall limit before backing off
     settle_windows: int = 2
     unused_share: float = 0.5
     unused_windows: int = 3
@@ -46,8 +49,8 @@ class ControllerConfig:
                            f"{self.capacity_blocks}", "give the pie runner a pool (--pool-blocks N) to adapt within")
         if not 0 < self.max_stall_fraction <= 1:
             raise BadInput(f"max stall fraction must be in (0, 1], got {self.max_stall_fraction}")
-        if self.settle_windows < 0 or self.unused_windows < 1:
-            raise BadInput("pool controller windows: settle >= 0 and unused >= 1")
+        if self.settle_windows < 0 or self.unused_windows < 1 or self.stall_windows < 1:
+            raise BadInput("pool controller windows: settle >= 0, unused >= 1 and stall >= 1")
 
     @property
     def first_step_blocks(self) -> int:
@@ -69,6 +72,7 @@ class PoolController:
         self.windows_seen = 0
         self.calm = 0  # windows in a row with nobody waiting
         self.unused = 0  # windows in a row with the pool mostly unused
+        self.stalled = 0  # windows in a row over the stall limit
         self.grew_last = False
 
     def decide(self, window: TimelineWindow) -> PoolMove:
@@ -77,7 +81,8 @@ class PoolController:
         if self.windows_seen <= cfg.settle_windows:
             return self._move(self.limit, "settle", f"warm-up window {self.windows_seen} of {cfg.settle_windows}")
         demand = window.waiting > 0 or window.preempted > 0
-        stalling = window.stall_fraction > cfg.max_stall_fraction
+        self.stalled = self.stalled + 1 if window.stall_fraction > cfg.max_stall_fraction else 0
+        stalling = self.stalled >= cfg.stall_windows
         self.unused = self.unused + 1 if not demand and window.pool_blocks_used < cfg.unused_share * self.limit else 0
         if stalling and self.limit > 0:
             self.grew_last = False
@@ -95,7 +100,8 @@ class PoolController:
                 self.step = min(self.step * 2, max(1, cfg.capacity_blocks))
             self.grew_last = True
             why = f"{window.waiting} waiting, {window.preempted} preempted, stall {window.stall_fraction:.0%}"
-            return self._move(min(cfg.capacity_blocks, self.limit + self.step), "rearm" if rearmed else "grow", why)
+            target = max(self.limit + self.step, window.pool_blocks_used + window.waiting_blocks)
+            return self._move(min(cfg.capacity_blocks, target), "rearm" if rearmed else "grow", why)
         self.calm += 1
         self.grew_last = False
         if self.unused >= cfg.unused_windows and self.limit > 0:

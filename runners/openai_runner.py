@@ -1,10 +1,12 @@
 """The `openai` runner: any OpenAI-compatible `/v1/completions` endpoint, streamed over HTTP.
 
 This is how a user benchmarks a deployment pie does not run itself (`vllm serve`, a multi-GPU or
-multi-node server). Each request is released at its arrival time (and only while fewer than
-`max_concurrency` are in flight), sent as a streaming completion, and timed from the stream:
-TTFT = first token - release, ITL = gaps between tokens, E2EL = last token - release (vLLM's
-client-side definitions). Prompts go as token id lists (exact counts) or as text.
+multi-node server). The one request loop (runners/request_loop.py) releases each request at its
+arrival time (and only while fewer than `max_concurrency` are in flight) into `_StreamingEngine`,
+which sends it as a streaming completion from an asyncio loop in a background thread and hands
+back each chunk's tokens stamped when the chunk was read; the loop turns them into TTFT = first
+token - release, ITL = gaps between tokens, E2EL = last token - release (vLLM's client-side
+definitions). Prompts go as token id lists (exact counts) or as text.
 
 vLLM's server extras are sent unless `vllm_extras=false`: `min_tokens` and `ignore_eos` so every
 request yields exactly `output_len` tokens, and `return_token_ids` so each chunk names its tokens
@@ -27,51 +29,50 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pie_core.errors import BadInput, RuntimeFailure
 from results.record import RequestSample
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, failed_sample, peak_host_memory_bytes
+from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
+from runners.request_loop import TokenDelta, drive_engine
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    sample: RequestSample
-    release_time: float
-    done_time: float
-
-
-async def _send(session: Any, settings: OpenAISettings, model_name: str, request: BenchRequest,
-                save_outputs: bool, release_time: float) -> tuple[RequestSample, float]:
+async def _post(session: Any, settings: OpenAISettings, body: dict[str, Any],
+                on_chunk: Callable[[dict[str, Any], float], bool]) -> str | None:
+    """POST one streamed completion; `on_chunk(payload, clock)` per `data:` line (True stops); the error, or None."""
     import aiohttp
 
     url = settings.completions_url
-    body = completion_body(settings, model_name, request)
-    state = StreamState()
     try:
         async with session.post(url, json=body, headers=settings.headers()) as response:
             if response.status != 200:
                 text = (await response.text())[:300]
-                return failed_sample(request, f"HTTP {response.status} from {url}: {' '.join(text.split())}"), time.perf_counter()
+                return f"HTTP {response.status} from {url}: {' '.join(text.split())}"
             async for raw_line in response.content:
                 line = raw_line.decode("utf-8", errors="replace").strip()
                 if not line.startswith("data:"):
                     continue  # blank separators, SSE comments and keep-alives
                 payload = line[len("data:"):].strip()
-                if payload == "[DONE]":
-                    break
-                state.feed(json.loads(payload), time.perf_counter())
-                if state.error is not None:
+                if payload == "[DONE]" or on_chunk(json.loads(payload), time.perf_counter()):
                     break
     except asyncio.TimeoutError:
-        return failed_sample(request, f"timed out after {settings.request_timeout_s:g} s"), time.perf_counter()
+        return f"timed out after {settings.request_timeout_s:g} s"
     except (aiohttp.ClientError, ValueError) as err:  # JSON and line-length errors are ValueErrors
-        return failed_sample(request, f"{type(err).__name__}: {err}"), time.perf_counter()
-    return state.to_sample(request, release_time, save_outputs), time.perf_counter()
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _stream_error(error: str | None, state: StreamState) -> str | None:
+    if error is not None:
+        return error
+    if state.error is not None:
+        return f"server error in stream: {state.error}"
+    return None if state.token_times else "the stream carried no tokens"
 
 
 async def _warm_up(settings: OpenAISettings, model_name: str, request: BenchRequest) -> None:
@@ -81,41 +82,79 @@ async def _warm_up(settings: OpenAISettings, model_name: str, request: BenchRequ
 
     warm = BenchRequest(request_id="pie-warmup", prompt=request.prompt, prompt_token_ids=request.prompt_token_ids,
                         output_len=min(2, request.output_len))
+    state = StreamState()
+
+    def on_chunk(chunk: dict[str, Any], at: float) -> bool:
+        state.feed(chunk, at)
+        return state.error is not None
+
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.request_timeout_s)) as session:
-        sample, _ = await _send(session, settings, model_name, warm, False, time.perf_counter())
-    if not sample.success:
-        raise RuntimeFailure(f"the warm-up request to {settings.completions_url} failed: {sample.error}",
+        error = _stream_error(await _post(session, settings, completion_body(settings, model_name, warm), on_chunk), state)
+    if error is not None:
+        raise RuntimeFailure(f"the warm-up request to {settings.completions_url} failed: {error}",
                              "check the option model_name and the server log; -O warmup=false skips this check")
 
 
-async def _run_all(requests: Sequence[BenchRequest], spec: RunnerSpec, settings: OpenAISettings, model_name: str,
-                   on_request_done: RequestDone) -> list[_Outcome]:
-    import aiohttp
+class _StreamingEngine:
+    """The HTTP client behind `runners.request_loop.StepEngine`: `add` starts a streamed completion on the
+    background loop; `wait_step(timeout)` returns the chunks' tokens that arrived, waiting at most
+    `timeout` seconds (until the next request is due) for the first one."""
 
-    limit = spec.max_concurrency
-    connections = settings.max_connections or limit or 256
-    semaphore = asyncio.Semaphore(limit) if limit else None
-    timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
-    connector = aiohttp.TCPConnector(limit=connections)
-    outcomes: list[_Outcome] = []
-    start = time.perf_counter()
+    name = "openai"
 
-    async def one(session: aiohttp.ClientSession, request: BenchRequest) -> None:
-        await asyncio.sleep(max(0.0, start + request.arrival_s - time.perf_counter()))
-        if semaphore is not None:
-            await semaphore.acquire()
+    def __init__(self, settings: OpenAISettings, model_name: str, connections: int):
+        self.settings, self.model_name, self.connections = settings, model_name, connections
+        self.events: queue.Queue[TokenDelta] = queue.Queue()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="pie-openai-client", daemon=True)
+        self.thread.start()
+        self.session = asyncio.run_coroutine_threadsafe(self._open(), self.loop).result()
+
+    async def _open(self) -> Any:
+        import aiohttp
+
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.connections),
+                                     timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_s))
+
+    def add(self, request: BenchRequest) -> None:
+        body = completion_body(self.settings, self.model_name, request)  # BadInput: a refused request
+        asyncio.run_coroutine_threadsafe(self._stream(request.request_id, body), self.loop)
+
+    async def _stream(self, request_id: str, body: dict[str, Any]) -> None:
+        state = StreamState()
+
+        def on_chunk(chunk: dict[str, Any], at: float) -> bool:
+            num_times, num_ids = len(state.token_times), len(state.token_ids)
+            state.feed(chunk, at)
+            if len(state.token_times) > num_times:
+                self.events.put(TokenDelta(request_id, tuple(state.token_ids[num_ids:]), False,
+                                           tuple(state.token_times[num_times:])))
+            return state.error is not None
+
         try:
-            release_time = time.perf_counter()
-            sample, done = await _send(session, settings, model_name, request, spec.save_outputs, release_time)
-        finally:
-            if semaphore is not None:
-                semaphore.release()
-        outcomes.append(_Outcome(sample, release_time, done))
-        on_request_done(sample)
+            error = _stream_error(await _post(self.session, self.settings, body, on_chunk), state)
+        except Exception as err:  # noqa: BLE001 - the request fails; the run goes on
+            error = f"{type(err).__name__}: {err}"
+        self.events.put(TokenDelta(request_id, (), True, (), error, state.completion_tokens))
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(one(session, request) for request in sorted(requests, key=lambda r: r.arrival_s)))
-    return outcomes
+    def wait_step(self, timeout: float | None) -> list[TokenDelta]:
+        try:
+            deltas = [self.events.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                deltas.append(self.events.get_nowait())
+            except queue.Empty:
+                return deltas
+
+    def step(self) -> list[TokenDelta]:
+        return self.wait_step(None)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.session.close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
 
 
 class OpenAIRunner:
@@ -136,22 +175,28 @@ class OpenAIRunner:
         served = probe_endpoint(settings)  # BadInput naming the URL when it cannot be reached
         model_name = settings.resolve_model_name(spec.model, served)
         if settings.warmup and requests:
-            asyncio.run(_warm_up(settings, model_name, min(requests, key=lambda r: r.arrival_s)))
+            try:
+                asyncio.run(_warm_up(settings, model_name, min(requests, key=lambda r: r.arrival_s)))
+            except RuntimeError as err:
+                if "running event loop" in str(err):
+                    raise BadInput("the openai runner was called inside a running asyncio loop",
+                                   "call it from synchronous code") from None
+                raise
+        samples: list[RequestSample] = []
+
+        def done(sample: RequestSample) -> None:
+            samples.append(sample)
+            on_request_done(sample)
+
+        engine = _StreamingEngine(settings, model_name, settings.max_connections or spec.max_concurrency or 256)
         try:
-            outcomes = asyncio.run(_run_all(requests, spec, settings, model_name, on_request_done))
-        except RuntimeError as err:
-            if "running event loop" in str(err):
-                raise BadInput("the openai runner was called inside a running asyncio loop",
-                               "call it from synchronous code") from None
-            raise
-        if outcomes:
-            duration_s = max(o.done_time for o in outcomes) - min(o.release_time for o in outcomes)
-        else:
-            duration_s = 0.0
-        failures = [o.sample.error for o in outcomes if not o.sample.success]
+            driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, done)
+        finally:
+            engine.close()
+        failures = [s.error for s in samples if not s.success]
         telemetry = {"num_failed": len(failures), "first_errors": failures[:3], "served_models": served,
-                     "token_ids_from_server": all(o.sample.output_token_ids is not None for o in outcomes
-                                                  if o.sample.success) if spec.save_outputs else None}
-        return RunnerResult(duration_s=max(0.0, duration_s), config={**settings.to_config(), "model_name": model_name},
+                     "token_ids_from_server": all(s.output_token_ids is not None for s in samples
+                                                  if s.success) if spec.save_outputs else None}
+        return RunnerResult(duration_s=driven.duration_s, config={**settings.to_config(), "model_name": model_name},
                             telemetry=telemetry, peak_device_memory_bytes=None,
                             peak_host_memory_bytes=peak_host_memory_bytes())

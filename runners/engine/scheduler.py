@@ -81,6 +81,11 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
+    def waiting_blocks(self) -> int:
+        """KV blocks the waiting requests need to run (their tokens so far): the demand a pool controller sizes to."""
+        size = self.blocks.block_size
+        return sum(-(-seq.num_tokens // size) for seq in self.waiting)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 

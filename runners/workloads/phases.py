@@ -4,7 +4,8 @@ Made to show what adaptive expansion does when demand changes: the first half of
 (`light-*`) are short chats (prompts 16-48, outputs 16-32 tokens) arriving as a Poisson process
 at the light rate (`--request-rate`, default 4/s); the second half (`burst-*`) are long contexts
 (prompts `--input-len` +-25 %, default 512; outputs 48-96) arriving at eight times that rate,
-starting when the light phase's last request has arrived. `--output-len` fixes every output.
+starting after a quiet gap of 12 light-phase arrival intervals (3 s at 4/s) after the light
+phase's last arrival, so each phase is served on its own. `--output-len` fixes every output.
 Lengths are clipped to the model's max length. Labelled synthetic; token ids are uniform over
 the vocabulary. Left out: more than two phases.
 """
@@ -20,6 +21,7 @@ from runners.workloads.tokenize import RESERVED_IDS
 
 DEFAULT_LIGHT_RATE = 4.0
 BURST_RATE_FACTOR = 8.0
+GAP_INTERVALS = 12  # quiet time between the phases, in light-phase mean arrival gaps
 DEFAULT_BURST_PROMPT = 512
 PHASES = ("light", "burst")
 
@@ -50,9 +52,12 @@ def phased_requests(spec: WorkloadSpec, vocab_size: int, max_model_len: int,
             prompt_len = max(1, min(prompt_len, max_model_len - output_len))
             if requests:
                 clock += float(rng.exponential(1.0 / phase_rate))
+                if phase == "burst" and index == 0:
+                    clock += GAP_INTERVALS / rate
             ids = rng.integers(low, vocab_size, prompt_len)
             requests.append(BenchRequest(request_id=f"{phase}-{index}", prompt=None, prompt_token_ids=tuple(int(t) for t in ids),
                                          output_len=min(output_len, max_model_len - 1), arrival_s=clock))
-    description = (f"phases: {num_light} short chats (prompts 16-48, outputs 16-32) at {rate:g}/s, then {num_burst} long "
+    description = (f"phases: {num_light} short chats (prompts 16-48, outputs 16-32) at {rate:g}/s, a {GAP_INTERVALS / rate:g} s "
+                   f"gap, then {num_burst} long "
                    f"contexts (prompts {burst_prompt} +-25%, outputs 48-96) at {rate * BURST_RATE_FACTOR:g}/s")
     return requests, description
