@@ -106,7 +106,12 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
 
         device = check_device(resolve_device(device))
     hw, dtype, say_dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), device, out)
-    default_gpu, default_cpu = default_budgets(hw)
+    free_now = None
+    if hardware is None and profile is None and hw.device != "cpu" and gpu_bytes is None:  # this GPU: what is free now
+        from pie_core.device_probe import free_device_bytes
+
+        free_now = free_device_bytes(device)
+    default_gpu, default_cpu = default_budgets(hw, free_now)
     budgets = Budgets(gpu_bytes or default_gpu, default_cpu if cpu_bytes is None else cpu_bytes, block_size=block_size,
                       max_num_batched_tokens=max_num_batched_tokens)
     if hw.device == "cpu" and budgets.device_memory_bytes + budgets.host_memory_bytes > hw.host_memory_bytes:

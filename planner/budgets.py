@@ -100,9 +100,12 @@ def builtin_workload(name: str) -> WorkloadStats:
     return BUILTIN_WORKLOADS[key]
 
 
-def default_budgets(hardware: Any) -> tuple[int, int]:
-    """(device, pool) bytes when `pie tune` is given neither: all device memory and half the host's on a GPU;
-    a quarter of RAM each on a CPU, where both tiers are RAM."""
+def default_budgets(hardware: Any, free_device_bytes: int | None = None) -> tuple[int, int]:
+    """(device, pool) bytes when `pie tune` is given neither: the device's memory (no more than
+    `free_device_bytes`, what is free now, when planning for this machine's GPU: a CUDA context and
+    other processes hold some) and half the host's on a GPU; a quarter of RAM each on a CPU, where
+    both tiers are RAM."""
     if hardware.device == "cpu":
         return hardware.host_memory_bytes // 4, hardware.host_memory_bytes // 4
-    return hardware.device_memory_bytes, hardware.host_memory_bytes // 2
+    device = hardware.device_memory_bytes if free_device_bytes is None else min(hardware.device_memory_bytes, free_device_bytes)
+    return device, hardware.host_memory_bytes // 2

@@ -32,7 +32,7 @@ def summarize(samples: list[RequestSample]) -> dict[str, float]:
 def write_run(store: ResultsStore, seed: int, slowdown: float = 1.0, run_noise: float = 0.03, label: str | None = None,
               model: str = "opt-125m", runner: str = "pie", num_requests: int = 48, workload: dict | None = None,
               fingerprint: dict | None = None, sweep_id: str | None = None, sweep_point: dict | None = None,
-              telemetry: dict | None = None, finish: bool = True):
+              telemetry: dict | None = None, finish: bool = True, timeline: list | None = None):
     """One synthetic run; every latency is multiplied by `slowdown` and a seeded per-run noise factor."""
     rng = np.random.default_rng(seed)
     factor = slowdown * float(np.exp(rng.normal(0.0, run_noise)))
@@ -50,5 +50,23 @@ def write_run(store: ResultsStore, seed: int, slowdown: float = 1.0, run_noise: 
         for sample in samples:
             writer.add(sample)
         if finish:
-            writer.finish(summarize(samples), telemetry)
+            writer.finish(summarize(samples), telemetry, timeline or ())
     return writer.path
+
+
+def synthetic_timeline(seed: int, capacity: int = 512, num_windows: int = 30, adaptive: bool = False) -> list[dict]:
+    """Seeded timeline windows (results/timeline.py): a light stretch, then a burst that fills the pool."""
+    rng = np.random.default_rng(seed)
+    windows, limit = [], 0 if adaptive else capacity
+    for index in range(num_windows):
+        burst = index >= num_windows // 2
+        pooled = int(min(limit, capacity * (0.6 + 0.3 * rng.random()))) if burst else 0
+        move = None
+        if adaptive and burst and limit < capacity:
+            limit, move = min(capacity, limit + capacity // 4), "grow"
+        windows.append({"t_s": 0.5 * (index + 1), "duration_s": 0.5, "num_steps": 16, "pool_limit_blocks": limit,
+                        "pool_blocks_used": pooled, "device_blocks_used": 40, "running": 4 + (12 if burst else 0),
+                        "waiting": int(rng.integers(0, 5)) if burst else 0, "preempted": 0,
+                        "stall_fraction": 0.05 if pooled else 0.0, "output_tok_s": float(100 + (150 if burst else 0) + 20 * rng.random()),
+                        "move": move, "reason": "synthetic" if move else None})
+    return windows

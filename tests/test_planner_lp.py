@@ -87,3 +87,15 @@ def test_plan_round_trips_and_rejects_other_schemas(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(data))
     with pytest.raises(BadInput):
         Plan.load(tmp_path / "old.json")
+
+
+def test_default_budgets_take_no_more_device_memory_than_is_free():
+    from types import SimpleNamespace
+
+    from planner.budgets import default_budgets
+
+    gpu = SimpleNamespace(device="cuda", device_memory_bytes=80 * 2**30, host_memory_bytes=512 * 2**30)
+    assert default_budgets(gpu) == (80 * 2**30, 256 * 2**30)  # a preset: its whole memory
+    assert default_budgets(gpu, free_device_bytes=70 * 2**30) == (70 * 2**30, 256 * 2**30)  # this GPU: what is free
+    cpu = SimpleNamespace(device="cpu", device_memory_bytes=0, host_memory_bytes=24 * 2**30)
+    assert default_budgets(cpu, free_device_bytes=1) == (6 * 2**30, 6 * 2**30)
