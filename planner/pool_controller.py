@@ -12,7 +12,9 @@ would help" or "the pool hurts" directly, from each `TimelineWindow`:
   the blocks the waiting requests need when that is more (a burst needs the pool fast); the step
   doubles after each grow in a row, and the limit never passes the capacity;
 - shrink (back off): the stall passed `max_stall_fraction` in `stall_windows` windows in a row
-  (copies stop hiding; one long prefill alone does not move it), or the pool sat
+  (copies stop hiding; one long prefill alone does not move it): the limit falls by the step
+  (halved each time) but never below the pooled blocks in use, since a limit under use would
+  preempt sequences whose work is then recomputed; at use, it holds. Or the pool sat
   unused (nobody waits and the peak pooled blocks stayed under `unused_share` of the limit for
   `unused_windows` windows): the limit falls to what is in use plus a margin, or by the step;
 - hold: otherwise (nobody waits, the pool in use);
@@ -87,7 +89,10 @@ class PoolController:
         if stalling and self.limit > 0:
             self.grew_last = False
             self.step = max(1, self.step // 2)
-            target = max(0, min(self.limit - self.step, window.pool_blocks_used))
+            target = max(self.limit - self.step, window.pool_blocks_used)  # never below use: that would preempt
+            if target >= self.limit:
+                return self._move(self.limit, "hold", f"stall {window.stall_fraction:.0%} > {cfg.max_stall_fraction:.0%}: "
+                                                      "no further growth while the pool is this full")
             return self._move(target, "shrink", f"stall {window.stall_fraction:.0%} > {cfg.max_stall_fraction:.0%}")
         if demand:
             rearmed = self.calm >= cfg.unused_windows

@@ -12,8 +12,8 @@ block use, preemptions, rebuilt tokens.
 Options (runner-specific, in `RunnerSpec.options`): `plan` (path to a `pie tune` plan; its
 model must match `--model`), and any `EngineConfig` field in ENGINE_OPTIONS, which override
 the plan's settings; `adaptive` (or a plan with `adaptive: true`) moves the pool limit while the
-workload runs (planner/pool_controller.py), within `num_pool_blocks`, every `window_steps`
-iterations. Every run keeps a timeline of those windows (results/timeline.py) in its record.
+workload runs (planner/pool_controller.py), within `num_pool_blocks`, after every window of
+`window_steps` iterations or `window_s` seconds. Every run keeps a timeline of those windows (results/timeline.py) in its record.
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from runners.request_loop import TokenDelta, drive_engine
 
 ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetch_depth", "copy_worker",
                   "rebuild_fraction", "max_num_batched_tokens", "max_num_seqs", "max_model_len")
-CONTROL_OPTIONS = ("adaptive", "window_steps", "max_stall_fraction")
+CONTROL_OPTIONS = ("adaptive", "window_steps", "window_s", "max_stall_fraction")
 DEFAULT_WINDOW_STEPS = 16
+DEFAULT_WINDOW_S = 0.5  # a window also closes after this long (long prefill steps)
 # On a CPU the "link" is a memcpy on the compute's own cores: pooled copies never hide, they buy
 # batch. benchmarks/bench_adaptive_phases.py (EPYC Zen 4) found the best static pool running at
 # up to 22 % stall per window and a larger one (28 %) slower, so the CPU's controller backs off
@@ -75,11 +76,15 @@ def plan_asks_adaptive(spec: RunnerSpec) -> bool:
     return bool(Plan.load(Path(plan_path)).adaptive)
 
 
-def window_steps_of(spec: RunnerSpec) -> int:
-    value = spec.options.get("window_steps", DEFAULT_WINDOW_STEPS)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise BadInput(f"window_steps must be at least 1, got {value!r}", "e.g. -O window_steps=16")
-    return value
+def window_of(spec: RunnerSpec) -> tuple[int, float]:
+    """(window_steps, window_s): a timeline window closes after that many iterations or seconds."""
+    steps = spec.options.get("window_steps", DEFAULT_WINDOW_STEPS)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise BadInput(f"window_steps must be at least 1, got {steps!r}", "e.g. -O window_steps=16")
+    seconds = spec.options.get("window_s", DEFAULT_WINDOW_S)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
+        raise BadInput(f"window_s must be a positive number of seconds, got {seconds!r}", "e.g. -O window_s=0.5")
+    return steps, float(seconds)
 
 
 def controller_config_from_spec(spec: RunnerSpec, num_pool_blocks: int) -> Any:
@@ -101,7 +106,7 @@ def pool_control_from_spec(spec: RunnerSpec, num_pool_blocks: int, set_limit: An
     """The timeline recorder, with the adaptive pool controller when one is asked for."""
     from runners.timeline import PoolControl, TimelineRecorder
 
-    recorder = TimelineRecorder(start, window_steps_of(spec))
+    recorder = TimelineRecorder(start, *window_of(spec))
     config = controller_config_from_spec(spec, num_pool_blocks)
     if config is None:
         return PoolControl(recorder)
@@ -156,7 +161,7 @@ class PieRunner:
         from runners.engine.loader import has_weights
 
         CacheLayout.from_config(config, config.shape.num_layers)  # budgets that cannot hold the staging fail here
-        window_steps_of(spec)  # bad window or controller settings fail here, before any record
+        window_of(spec)  # bad window or controller settings fail here, before any record
         adaptive = controller_config_from_spec(spec, config.num_pool_blocks) is not None
 
         path = Path(spec.model).expanduser()

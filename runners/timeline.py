@@ -17,10 +17,10 @@ from results.timeline import MOVES, TimelineWindow
 
 
 class TimelineRecorder:
-    def __init__(self, start: float, window_steps: int = 16):
-        if window_steps < 1:
-            raise ValueError(f"window_steps must be at least 1, got {window_steps}")
-        self.start, self.window_steps = start, window_steps
+    def __init__(self, start: float, window_steps: int = 16, window_s: float = float("inf")):
+        if window_steps < 1 or not window_s > 0:
+            raise ValueError(f"windows need at least one step and a positive length, got {window_steps}, {window_s}")
+        self.start, self.window_steps, self.window_s = start, window_steps, window_s
         self.windows: list[TimelineWindow] = []
         self._began = start
         self._pending: list[Any] = []
@@ -30,7 +30,8 @@ class TimelineRecorder:
         self._pending.append(stats)
         self._tokens += output_tokens
         self._last = now
-        return self._close(now) if len(self._pending) >= self.window_steps else None
+        full = len(self._pending) >= self.window_steps or now - self._began >= self.window_s
+        return self._close(now) if full else None
 
     def _close(self, now: float) -> TimelineWindow:
         steps, last = self._pending, self._pending[-1]

@@ -40,11 +40,15 @@ def test_holds_at_capacity_and_when_nobody_waits_with_the_pool_in_use():
 def test_backs_off_when_the_stall_passes_the_limit():
     controller = PoolController(ControllerConfig(capacity_blocks=800, initial_blocks=400, settle_windows=0,
                                                  max_stall_fraction=0.1, stall_windows=2))
-    first, move = drive(controller, [(5, 0, 1.0, 0.25), (5, 0, 1.0, 0.25)])
-    assert first.move == "grow"  # one stalling window (a long prefill) is not yet a trend
-    assert move.move == "shrink" and move.limit < first.limit and "stall" in move.reason
-    # a stalling pool never grows even with requests waiting
-    assert all(m.move == "shrink" or m.limit <= move.limit for m in drive(controller, [(5, 0, 1.0, 0.3)] * 4))
+    first, move = drive(controller, [(5, 0, 0.5, 0.25), (5, 0, 0.5, 0.25)])
+    assert first.move == "grow" and first.limit == 600  # one stalling window (a long prefill) is not yet a trend
+    assert move.move == "shrink" and move.limit == 500 and "stall" in move.reason  # 600 - the halved step 100; 300 in use
+    # a stalling pool never grows even with requests waiting, and never drops below what is in use
+    moves = drive(controller, [(5, 0, 0.5, 0.3)] * 4)
+    assert all(m.limit <= move.limit for m in moves) and moves[-1].limit >= 200 - 1
+    full = PoolController(ControllerConfig(capacity_blocks=800, initial_blocks=400, settle_windows=0, stall_windows=1))
+    held = full.decide(window(400, waiting=3, pooled=400, stall=0.5))
+    assert held.move == "hold" and held.limit == 400 and "no further growth" in held.reason
 
 
 def test_shrinks_an_unused_pool_to_what_is_in_use_plus_a_margin():
