@@ -88,23 +88,27 @@ def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelC
                           head_fixed_s=head_params * p / bytes_per_s, head_per_token_s=2 * head_params / flops_per_s,
                           prefill_fixed_s=0.0, prefill_per_token_s=layer_flops / flops_per_s,
                           prefill_per_token_sq_s=2 * shape.hidden_size / flops_per_s, source="roofline")
+    # Rescaled to this model, and by an engine calibration's scale where one was measured (hardware.py).
     weight_ratio = layer_weight / fit.layer_weight_bytes
     flops_ratio = layer_flops / fit.layer_flops_per_token
     kv_ratio = kv_layer / fit.kv_bytes_per_token_layer
+    decode_scale, prefill_scale = hardware.decode_scale, hardware.prefill_scale
     # Achieved FLOP/s of the fitted layer, used for the parts the fit does not cover (head, rebuild).
     flops_per_s = fit.layer_flops_per_token / fit.per_token_s if fit.per_token_s > 0 else hardware.matmul_tflops * 1e12
     prefill = hardware.prefill_fit
     if prefill is not None:
-        prefill_terms = dict(prefill_fixed_s=prefill.fixed_s * weight_ratio, prefill_per_token_s=prefill.per_token_s * flops_ratio,
-                             prefill_per_token_sq_s=prefill.per_token_sq_s * kv_ratio)
+        prefill_terms = dict(prefill_fixed_s=prefill.fixed_s * weight_ratio * prefill_scale,
+                             prefill_per_token_s=prefill.per_token_s * flops_ratio * prefill_scale,
+                             prefill_per_token_sq_s=prefill.per_token_sq_s * kv_ratio * prefill_scale)
     else:
         prefill_terms = dict(prefill_fixed_s=0.0, prefill_per_token_s=layer_flops / flops_per_s,
                              prefill_per_token_sq_s=2 * shape.hidden_size / flops_per_s)
     # The lm_head is one matmul: reading its weights at the measured memory bandwidth, and its FLOPs at
     # the measured matmul rate. (The layer fit's fixed term also holds a layer's dozens of small ops'
     # launch costs, so scaling it by weight bytes priced OPT-125m's head at 3x what it measures.)
-    return ModelCosts(**common, decode_fixed_s=fit.fixed_s * weight_ratio, decode_per_token_s=fit.per_token_s * flops_ratio,
-                      decode_per_kv_token_s=fit.per_kv_token_s * kv_ratio,
+    return ModelCosts(**common, decode_fixed_s=fit.fixed_s * weight_ratio * decode_scale,
+                      decode_per_token_s=fit.per_token_s * flops_ratio * decode_scale,
+                      decode_per_kv_token_s=fit.per_kv_token_s * kv_ratio * decode_scale,
                       rebuild_per_token_s=4 * shape.hidden_size * shape.kv_dim / flops_per_s,
                       head_fixed_s=head_params * p / (hardware.memory_bandwidth_gbps * GB),
                       head_per_token_s=2 * head_params / (hardware.matmul_tflops * 1e12),
@@ -268,3 +272,15 @@ def candidate_batch_sizes(max_batch: int) -> list[int]:
     if sizes and sizes[-1] != max_batch:
         sizes.append(max_batch)
     return sizes
+
+
+def largest_transparent_share(problem: Problem, batch_size: int, depth: int) -> float:
+    """The largest share of a batch's KV that may be pooled (copied back each step) while the copies still hide.
+
+    The overlap rule (step_time.overlap) keeps the layer period at its compute while copy <= compute
+    and (compute + copy) / d <= compute, i.e. copy <= min(1, d - 1) * compute; the copy of a share f
+    of the batch's KV per layer takes f * KV_layer / link.
+    """
+    hidden_s = problem.compute_layer_base_s(batch_size) * min(1.0, problem.costs.overlap_depth(depth) - 1.0)
+    kv_layer_bytes = problem.kv_need_bytes(batch_size) / problem.costs.num_layers
+    return min(1.0, hidden_s * problem.costs.link_bytes_per_s / kv_layer_bytes)

@@ -40,6 +40,10 @@ class HardwareSpec:
     # step: fixed + per sequence. Measured by an engine calibration run (0 when not measured).
     iteration_fixed_s: float = 0.0
     iteration_per_seq_s: float = 0.0
+    # The engine's layers against the profiled single layer (same calibration): multiplies the decode
+    # and the prefill fit (1 when not measured). runners/sim_calibration.py measures them.
+    decode_scale: float = 1.0
+    prefill_scale: float = 1.0
     capability: dict | None = None  # pie_core/capability.py record: the preset's datasheet one, or the profile's
 
     def __post_init__(self) -> None:
@@ -152,4 +156,5 @@ def from_profile(profile: HardwareProfile, source: str = "profile") -> HardwareS
         decode_fit=profile.decode_fit, prefill_fit=profile.prefill_fit, profiled_model=profile.model,
         profile_dtype=profile.dtype, link_is_memcpy=profile.link_is_memcpy,
         iteration_fixed_s=float(overhead.get("fixed_s", 0.0)), iteration_per_seq_s=float(overhead.get("per_seq_s", 0.0)),
+        decode_scale=float(overhead.get("decode_scale", 1.0)), prefill_scale=float(overhead.get("prefill_scale", 1.0)),
         capability=profile.capability or None)

@@ -1,15 +1,24 @@
-"""Calibrate the simulator against the real engine: replay a measured run's iterations, fit what the layers miss.
+"""Calibrate the simulator against the real engine: replay a measured run's iterations, fit what the profile misses.
 
 `replay(target, requests)` runs requests released all at once through `SimStepEngine`: with
 no arrivals in between, the real Scheduler makes the same decisions it made in the engine, so
 iteration i of the replay is iteration i of the measured run (`check_aligned` says whether
-the batches match). `fit_overhead(measured, replayed)` regresses each iteration's measured
-wall time less its predicted time without overhead on the batch size (non-negative least
-squares): the engine's per-iteration cost outside the layers and the lm_head (scheduling,
-block tables, sampling), fixed + per sequence, as `HardwareSpec.iteration_fixed_s` /
-`iteration_per_seq_s` read it from a profile's `extra["engine_iteration_overhead"]`.
-`step_errors` summarises decode-only and prefill iterations' errors, to see what a model misses.
-Torch-free. Left out: running the real engine (the caller measures it) and writing profiles.
+the batches match). `fit_calibration(measured, engine)` regresses each iteration's measured
+wall time, less the predicted parts it does not scale (the lm_head), on the predicted
+decode-layer time, prefill-layer time, copy time (the layers' wait on pooled blocks, and tier
+moves) and the batch size
+(non-negative least squares, refitted without the tenth of iterations that fit worst: steps
+another process slowed). The results are what `planner.hardware.from_profile` reads from a
+profile's `extra["engine_iteration_overhead"]`: `decode_scale` and `prefill_scale` (the
+engine's layers against the profiled single layer, on the machine as it is now),
+`pooled_copy_gbps` (the rate the engine copies pooled blocks at; the profile's sustained
+memcpy rate when the fit gives copies no weight), and
+`per_seq_s` (the engine's per-iteration work outside the layers and the lm_head: scheduling,
+block tables, sampling). A fixed per-iteration cost is not fitted: in one run it cannot be told
+from the decode layers' fixed term (both are paid once per iteration), so `decode_scale` carries
+it and `fixed_s` stays 0 (a free intercept took all decode time in a trial and then missed other
+batch sizes by 16%). `step_errors` summarises decode-only and prefill
+iterations' errors. Torch-free. Left out: running the engine (the caller measures it) and files.
 """
 from __future__ import annotations
 
@@ -20,19 +29,22 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
+from planner.step_time import decode_layer_s, prefill_layer_s
 from runners.base import BenchRequest
 from runners.sim_runner import SimStepEngine, SimTarget, VirtualClock
 
+TRIM_QUANTILE = 0.9
 
-def replay(target: SimTarget, requests: Sequence[BenchRequest], with_overhead: bool = False) -> list[Any]:
-    """The simulator's `IterationStats` for `requests` all at once (overhead terms zeroed unless asked)."""
+
+def replay(target: SimTarget, requests: Sequence[BenchRequest], with_overhead: bool = False) -> SimStepEngine:
+    """The simulator after running `requests` all at once (overhead terms zeroed unless asked); see `.stats`, `.works`."""
     costs = target.costs if with_overhead else dataclasses.replace(target.costs, iteration_fixed_s=0.0, iteration_per_seq_s=0.0)
-    engine = SimStepEngine(dataclasses.replace(target, costs=costs), VirtualClock())
+    engine = SimStepEngine(dataclasses.replace(target, costs=costs), VirtualClock(), keep_work=True)
     for request in requests:
         engine.add(request)
     while engine.scheduler.has_unfinished():
         engine.step()
-    return engine.stats
+    return engine
 
 
 def check_aligned(measured: Sequence[Any], replayed: Sequence[Any]) -> bool:
@@ -43,18 +55,41 @@ def check_aligned(measured: Sequence[Any], replayed: Sequence[Any]) -> bool:
     return len(measured) == len(replayed) and all(shape(a) == shape(b) for a, b in zip(measured, replayed))
 
 
-def fit_overhead(measured: Sequence[Any], replayed: Sequence[Any]) -> dict[str, float]:
-    """{"fixed_s", "per_seq_s"}: measured wall - predicted, regressed on batch size (both >= 0)."""
-    residual = np.array([m.wall_s - r.wall_s for m, r in zip(measured, replayed)])
-    features = np.array([[1.0, float(r.batch_size)] for r in replayed])
-    # Robust to a step another process slowed: drop the worst tenth of residuals before fitting.
-    keep = residual <= np.quantile(residual, 0.9)
-    (fixed, per_seq), _ = nnls(features[keep], np.maximum(residual[keep], 0.0))
-    return {"fixed_s": float(fixed), "per_seq_s": float(per_seq)}
+def _features(engine: SimStepEngine) -> tuple[np.ndarray, np.ndarray]:
+    """Per iteration: [decode-layer s, prefill-layer s, copy s, batch size], and the predicted seconds left unscaled."""
+    costs, layers = engine.costs, engine.costs.num_layers
+    rows, rest = [], []
+    for (work, predicted), stats in zip(engine.works, engine.stats):
+        has_prefill = work.num_prefill_tokens > 0
+        decode = layers * (decode_layer_s(costs, work.num_decode, work.decode_context_tokens)
+                           + (costs.decode_fixed_s if work.num_decode and not has_prefill else 0.0))
+        prefill = layers * (prefill_layer_s(costs, work.num_prefill_tokens, work.prefill_attention_pairs)
+                            + (costs.prefill_fixed_s if has_prefill else 0.0))
+        copy = float(predicted.stall_s + predicted.moves_s)
+        rows.append([decode, prefill, copy, float(stats.batch_size)])
+        rest.append(float(predicted.total_s) - decode - prefill - copy)
+    return np.array(rows), np.array(rest)
+
+
+def fit_calibration(measured: Sequence[Any], engine: SimStepEngine, hardware: Any) -> dict[str, float]:
+    """{"decode_scale", "prefill_scale", "pooled_copy_gbps", "fixed_s" (0), "per_seq_s"} for the profile the replay
+    used (`hardware`, its HardwareSpec: the new scales multiply its own). A run that never copied keeps its link rate."""
+    features, rest = _features(engine)
+    target = np.array([m.wall_s for m in measured]) - rest
+    keep = np.ones(len(target), dtype=bool)
+    for _ in range(2):
+        solution, _ = nnls(features[keep], target[keep])
+        misfit = np.abs(features @ solution - target)
+        keep = misfit <= np.quantile(misfit, TRIM_QUANTILE)
+    scale_decode, scale_prefill, scale_copy, per_seq = (float(v) for v in solution)
+    copied = features[:, 2].sum() > 0 and scale_copy > 0
+    return {"decode_scale": hardware.decode_scale * scale_decode, "prefill_scale": hardware.prefill_scale * scale_prefill,
+            "pooled_copy_gbps": hardware.link_h2d_gbps / scale_copy if copied else hardware.link_h2d_gbps,
+            "fixed_s": 0.0, "per_seq_s": per_seq, "num_steps_fitted": int(keep.sum())}
 
 
 def step_errors(measured: Sequence[Any], replayed: Sequence[Any]) -> dict[str, Any]:
-    """Median relative error (predicted / measured - 1) of decode-only and of prefill iterations, and their counts."""
+    """Median relative error (predicted / measured - 1) of decode-only and of prefill iterations, and their totals."""
     out: dict[str, Any] = {}
     for phase, chosen in (("decode", lambda s: s.num_prefill_tokens == 0), ("prefill", lambda s: s.num_prefill_tokens > 0)):
         pairs = [(m.wall_s, r.wall_s) for m, r in zip(measured, replayed) if chosen(r) and m.wall_s > 0]

@@ -148,8 +148,10 @@ class SimStepEngine:
 
     name = "sim"
 
-    def __init__(self, target: SimTarget, clock: VirtualClock, make_control: Callable[..., PoolControl] | None = None):
-        """`make_control(set_limit, start)`: the run's PoolControl (default: a timeline of 16-step windows, no controller)."""
+    def __init__(self, target: SimTarget, clock: VirtualClock, make_control: Callable[..., PoolControl] | None = None,
+                 keep_work: bool = False):
+        """`make_control(set_limit, start)`: the run's PoolControl (default: a timeline of 16-step windows, no controller);
+        `keep_work`: keep each iteration's (IterationWork, StepTime) in `works` (calibration reads them)."""
         config, shape = target.config, target.config.shape
         self.config, self.costs, self.clock = config, target.costs, clock
         self.layout = CacheLayout.from_config(config, shape.num_layers)
@@ -158,11 +160,16 @@ class SimStepEngine:
         self.control = (make_control(self.set_pool_limit, clock()) if make_control is not None
                         else PoolControl(TimelineRecorder(clock(), 16)))
         self.stats: list[IterationStats] = []
+        self.works: list[tuple[IterationWork, Any]] | None = [] if keep_work else None
         self.depth = max(1, self.layout.prefetch_depth)
         self.block_bytes = shape.kv_bytes_per_token(config.dtype) * config.block_size
         self.activation_block_bytes = shape.activation_bytes_per_token(config.dtype) * config.block_size
         self.capture_bytes_per_token = shape.activation_bytes_per_token(config.dtype) if self.layout.num_pool_rebuild_blocks else 0
         self.vocab_size, self._order = shape.vocab_size, 0
+        # Scheduler.waiting_blocks() kept incrementally (it sums the whole queue, once per step: quadratic when
+        # thousands wait): a waiting sequence's tokens do not change, so only arrivals, preemptions and admissions move it.
+        self.waiting_blocks = 0
+        self.model_len = config.model_len
 
     def add(self, request: BenchRequest) -> None:
         """Refuse what the engine refuses (LLMEngine._validate), then queue a sequence."""
@@ -179,12 +186,14 @@ class SimStepEngine:
         params = SamplingParams(max_tokens=request.output_len, ignore_eos=True)
         self.scheduler.add(EngineSequence(request.request_id, list(prompt), params, self.clock(), self._order))
         self._order += 1
+        self.waiting_blocks += -(-len(prompt) // self.config.block_size)
 
     def set_pool_limit(self, num_blocks: int) -> None:
         self.block_manager.set_pool_limit(int(num_blocks))
 
     def _finish_reason(self, seq: EngineSequence, _token: int) -> str | None:
-        done = len(seq.output_token_ids) >= seq.sampling_params.max_tokens or seq.num_tokens >= self.config.model_len
+        outputs = len(seq.output_token_ids)
+        done = outputs >= seq.sampling_params.max_tokens or len(seq.prompt_token_ids) + outputs >= self.model_len
         return "length" if done else None
 
     def _pooled_of(self, seq: EngineSequence) -> tuple[int, int]:
@@ -204,7 +213,10 @@ class SimStepEngine:
         if not manager.pool_used:
             return 0, 0
         kv, rebuild = manager.pool_used - manager.num_rebuild_used, manager.num_rebuild_used
-        readers = {id(seq) for seq in out.decode} | {id(seq) for seq in out.prefill if seq.num_computed_tokens}
+        prefix_chunks = [seq for seq in out.prefill if seq.num_computed_tokens]
+        if len(out.decode) + len(prefix_chunks) == len(self.scheduler.running):
+            return kv, rebuild  # every running sequence reads this iteration (the common case)
+        readers = {id(seq) for seq in out.decode} | {id(seq) for seq in prefix_chunks}
         for seq in self.scheduler.running:
             if id(seq) not in readers:
                 skip_kv, skip_rebuild = self._pooled_of(seq)
@@ -243,6 +255,9 @@ class SimStepEngine:
                 raise AssertionError("scheduler made no progress with requests pending")
             return []
         work, h2d, d2h = self.work(out)
+        size = self.config.block_size
+        admitted = sum(-(-seq.num_tokens // size) for seq in out.prefill if not seq.num_computed_tokens)
+        self.waiting_blocks += sum(-(-seq.num_tokens // size) for seq in out.preempted) - admitted
         predicted = step_time(self.costs, work, self.depth, num_sequences=len(out.prefill) + len(out.decode))
         self.clock.now += float(predicted.total_s)
         now = self.clock.now
@@ -254,8 +269,10 @@ class SimStepEngine:
             batch_size=len(out.prefill) + len(out.decode), num_running=len(scheduler.running),
             num_waiting=len(scheduler.waiting), num_preempted=len(out.preempted), device_blocks_used=manager.device_used,
             pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
-            rebuilt_tokens=int(work.rebuilt_tokens))
+            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=self.waiting_blocks)
         self.stats.append(stats)
+        if self.works is not None:
+            self.works.append((work, predicted))
         self.control.after_step(stats, now, len(committed))
         return [TokenDelta(seq.request_id, (token,), reason is not None, (now,)) for seq, token, reason in committed]
 

@@ -111,3 +111,17 @@ def test_a_profile_is_simulated_and_the_simulator_never_imports_torch(tmp_path):
     assert "no torch" in result.stdout
     sources = sorted(r.header.config["hardware_source"] for r in ResultsStore(tmp_path / "results").records())
     assert sources == sorted([f"profile {profile}", "preset gh200"])
+
+
+def test_waiting_blocks_kept_incrementally_match_the_scheduler():
+    from runners.sim_runner import SimStepEngine, VirtualClock, sim_target
+    from runners.workloads import load_workload
+
+    settings = _settings({"num_device_blocks": 150, "num_pool_blocks": 100, "max_num_seqs": 32}, num_prompts=60)
+    engine = SimStepEngine(sim_target(settings.spec()), VirtualClock())
+    for request in load_workload(settings.workload)[0]:
+        engine.add(request)
+    while engine.scheduler.has_unfinished():
+        engine.step()
+        assert engine.waiting_blocks == engine.scheduler.waiting_blocks()
+    assert sum(s.num_preempted for s in engine.stats) > 0
