@@ -5,8 +5,9 @@ runs) on OPT-125m-shaped seeded random weights, dtype auto. The device budget ho
 `--device-seqs` average sequences of the workload (plus the staging the largest pool needs, so
 every configuration has the same resident device blocks). The phased workload
 (runners/workloads/phases.py): short chats arriving at `--light-rate`, then a burst of long
-contexts at eight times that rate. Runs, interleaved in one process: no pool, each static pool
-size of `--pool-sizes`, and `--adaptive` with the largest size as its capacity. The adaptive run
+contexts at eight times that rate. Runs, interleaved in one process and `--repeats` times each
+(figures are the medians): no pool, each static pool size of `--pool-sizes`, and `--adaptive`
+with the largest size as its capacity. The adaptive run
 does not know the phases.
 
 Per run and phase (requests `light-*` / `burst-*`): output throughput (the phase's output tokens
@@ -22,6 +23,7 @@ tokens. Writes docs/results/adaptive_phases_<machine>.json (or `--out`). Run it 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -57,6 +59,21 @@ def phase_figures(record, phase: str, ttft_slo_s: float, tpot_slo_s: float, capa
             "mean_ttft_ms": 1000 * sum(s.ttft_s for s in done) / len(done)}
 
 
+def aggregate(repeats: list[dict]) -> dict:
+    """One configuration over its repeats: the median of every figure; the first repeat's timeline and moves."""
+    first = repeats[0]
+
+    def median(get):
+        return statistics.median(get(r) for r in repeats)
+
+    phases = {phase: {key: median(lambda r, p=phase, k=key: r["phases"][p][k]) for key in first["phases"][phase]}
+              for phase in PHASES}
+    return {**first, "repeats": len(repeats), "output_throughput": median(lambda r: r["output_throughput"]),
+            "stall_fraction": median(lambda r: r["stall_fraction"] or 0.0), "phases": phases,
+            "output_throughput_each": [r["output_throughput"] for r in repeats],
+            "burst_tok_s_each": [r["phases"]["burst"]["output_tok_s"] for r in repeats]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="opt-125m")
@@ -69,6 +86,7 @@ def main() -> int:
     parser.add_argument("--window-steps", type=int, default=4)
     parser.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     parser.add_argument("--tpot-slo-ms", type=float, default=200.0)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of every configuration, interleaved; figures are medians")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     add_dtype_argument(parser)
@@ -89,10 +107,10 @@ def main() -> int:
     print(f"{len(requests)} requests, mean {mean_blocks:.1f} blocks each; device {resident} resident blocks "
           f"(+{staging} staging) = {args.device_seqs:g} average sequences; dtype {dtype}", file=sys.stderr)
     runs = [("no pool", 0, False)] + [(f"static {s}", s, False) for s in sizes] + [(f"adaptive <= {capacity}", capacity, True)]
-    results, tokens = [], {}
+    raw, tokens = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultsStore(Path(tmp))
-        for name, pool, adaptive in runs:
+        for repeat, (name, pool, adaptive) in ((r, run) for r in range(args.repeats) for run in runs):
             options = {"num_pool_blocks": pool, "num_device_blocks": device_blocks if pool else resident,
                        "block_size": BLOCK_SIZE, "max_num_seqs": args.max_num_seqs, "prefetch_depth": 2,
                        "window_steps": args.window_steps}
@@ -104,11 +122,11 @@ def main() -> int:
             began = time.perf_counter()
             outcome = run_bench(settings, store)
             record = load_record(outcome.record_path)
-            tokens[name] = {s.request_id: s.output_token_ids for s in record.requests}
+            tokens[(name, repeat)] = {s.request_id: s.output_token_ids for s in record.requests}
             phases = {phase: phase_figures(record, phase, args.ttft_slo_ms / 1000, args.tpot_slo_ms / 1000, capacity)
                       for phase in PHASES}
             windows = timeline_windows(record.timeline)
-            results.append({"name": name, "pool_blocks": pool, "adaptive": adaptive, "wall_s": time.perf_counter() - began,
+            raw.append({"name": name, "repeat": repeat, "pool_blocks": pool, "adaptive": adaptive, "wall_s": time.perf_counter() - began,
                             "output_throughput": outcome.summary["output_throughput"],
                             "completed": outcome.summary["completed"], "phases": phases,
                             "stall_fraction": outcome.telemetry.get("stall_fraction"),
@@ -118,10 +136,11 @@ def main() -> int:
                                       if w.move in ("grow", "shrink", "rearm")],
                             "timeline": [w.to_dict() for w in windows]})
             light, burst = phases["light"], phases["burst"]
-            print(f"{name:>16}: {outcome.summary['output_throughput']:7.1f} tok/s overall | light {light['goodput_req_s']:5.2f} "
+            print(f"{name:>16} #{repeat}: {outcome.summary['output_throughput']:7.1f} tok/s overall | light {light['goodput_req_s']:5.2f} "
                   f"good req/s, pool {light['mean_pool_share']:.0%} | burst {burst['output_tok_s']:7.1f} tok/s, "
                   f"pool {burst['mean_pool_share']:.0%} | stall {outcome.telemetry.get('stall_fraction', 0):.0%}, "
                   f"{outcome.telemetry.get('num_preemptions')} preemptions", file=sys.stderr)
+    results = [aggregate([r for r in raw if r["name"] == name]) for name, _, _ in runs]
     static = [r for r in results if not r["adaptive"]]
     adaptive = next(r for r in results if r["adaptive"])
     no_pool = results[0]
@@ -133,10 +152,12 @@ def main() -> int:
         "whole_run_vs_no_pool": adaptive["output_throughput"] / no_pool["output_throughput"],
     }
     targets = {"light_vs_best_static_goodput": 0.95, "burst_vs_best_static_throughput": 0.95, "whole_run_vs_no_pool": 1.1}
-    adaptive_tokens = tokens[adaptive["name"]]
-    for r in results:  # which requests' greedy tokens differ from the adaptive run's, and where they first part
-        differing = {rid: next((i for i, (a, b) in enumerate(zip(ids, adaptive_tokens[rid])) if a != b), min(len(ids), len(adaptive_tokens[rid])))
-                     for rid, ids in tokens[r["name"]].items() if ids != adaptive_tokens.get(rid)}
+    adaptive_tokens = tokens[(adaptive["name"], 0)]
+    for r in results:  # which requests' greedy tokens differ from the (first) adaptive run's, and where they first part
+        differing = {f"{rid}#{rep}": next((i for i, (a, b) in enumerate(zip(ids, adaptive_tokens[rid])) if a != b),
+                                          min(len(ids), len(adaptive_tokens[rid])))
+                     for (name, rep), by_id in tokens.items() if name == r["name"]
+                     for rid, ids in by_id.items() if ids != adaptive_tokens.get(rid)}
         r["requests_differing_from_adaptive"] = len(differing)
         r["first_differing_token"] = differing
     same_tokens = all(r["requests_differing_from_adaptive"] == 0 for r in results)
@@ -156,7 +177,7 @@ def main() -> int:
     write_record({"benchmark": "adaptive_phases", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "dtype": dtype,
                   "device_blocks": device_blocks, "resident_device_blocks": resident, "mean_blocks_per_request": mean_blocks,
-                  "runs": results, "checks": checks, "targets": targets, "met": met}, "adaptive_phases", args.out)
+                  "runs": results, "raw_runs": raw, "checks": checks, "targets": targets, "met": met}, "adaptive_phases", args.out)
     return 0 if all(met.values()) else 1
 
 
