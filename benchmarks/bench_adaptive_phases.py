@@ -84,6 +84,7 @@ def main() -> int:
     parser.add_argument("--pool-sizes", default="64,128,256,512,768", help="static pool sizes (blocks), besides 0")
     parser.add_argument("--max-num-seqs", type=int, default=32)
     parser.add_argument("--window-steps", type=int, default=4)
+    parser.add_argument("--max-stall-fraction", type=float, default=None, help="the controller's stall limit (default: the runner's)")
     parser.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     parser.add_argument("--tpot-slo-ms", type=float, default=200.0)
     parser.add_argument("--repeats", type=int, default=2, help="runs of every configuration, interleaved; figures are medians")
@@ -116,6 +117,8 @@ def main() -> int:
                        "window_steps": args.window_steps}
             if adaptive:
                 options["adaptive"] = True
+                if args.max_stall_fraction is not None:
+                    options["max_stall_fraction"] = args.max_stall_fraction
             settings = BenchSettings(model=args.model, workload=workload, runner="pie", dtype=dtype, device="cpu",
                                      seed=args.seed, arrivals=ArrivalSpec(request_rate=args.light_rate, seed=args.seed),
                                      save_outputs=True, runner_options=options)

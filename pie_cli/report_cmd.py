@@ -27,7 +27,7 @@ def report(
     results_dir: ResultsDirOpt = DEFAULT_RESULTS_DIR,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a report with plots: throughput/TPOT against a sweep, latency CDFs, link bytes and stall.
+    """Write a report with plots: throughput/TPOT against a sweep, latency CDFs, link bytes and stall, run timelines.
 
     Example: pie report sweep=20261121-pool runner=vllm --format html -o report.html
     """

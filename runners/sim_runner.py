@@ -166,9 +166,6 @@ class SimStepEngine:
         self.activation_block_bytes = shape.activation_bytes_per_token(config.dtype) * config.block_size
         self.capture_bytes_per_token = shape.activation_bytes_per_token(config.dtype) if self.layout.num_pool_rebuild_blocks else 0
         self.vocab_size, self._order = shape.vocab_size, 0
-        # Scheduler.waiting_blocks() kept incrementally (it sums the whole queue, once per step: quadratic when
-        # thousands wait): a waiting sequence's tokens do not change, so only arrivals, preemptions and admissions move it.
-        self.waiting_blocks = 0
         self.model_len = config.model_len
 
     def add(self, request: BenchRequest) -> None:
@@ -186,7 +183,6 @@ class SimStepEngine:
         params = SamplingParams(max_tokens=request.output_len, ignore_eos=True)
         self.scheduler.add(EngineSequence(request.request_id, list(prompt), params, self.clock(), self._order))
         self._order += 1
-        self.waiting_blocks += -(-len(prompt) // self.config.block_size)
 
     def set_pool_limit(self, num_blocks: int) -> None:
         self.block_manager.set_pool_limit(int(num_blocks))
@@ -255,9 +251,6 @@ class SimStepEngine:
                 raise AssertionError("scheduler made no progress with requests pending")
             return []
         work, h2d, d2h = self.work(out)
-        size = self.config.block_size
-        admitted = sum(-(-seq.num_tokens // size) for seq in out.prefill if not seq.num_computed_tokens)
-        self.waiting_blocks += sum(-(-seq.num_tokens // size) for seq in out.preempted) - admitted
         predicted = step_time(self.costs, work, self.depth, num_sequences=len(out.prefill) + len(out.decode))
         self.clock.now += float(predicted.total_s)
         now = self.clock.now
@@ -269,7 +262,7 @@ class SimStepEngine:
             batch_size=len(out.prefill) + len(out.decode), num_running=len(scheduler.running),
             num_waiting=len(scheduler.waiting), num_preempted=len(out.preempted), device_blocks_used=manager.device_used,
             pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
-            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=self.waiting_blocks)
+            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=scheduler.waiting_blocks())
         self.stats.append(stats)
         if self.works is not None:
             self.works.append((work, predicted))

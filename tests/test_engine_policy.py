@@ -194,6 +194,7 @@ def test_randomized_long_run_keeps_invariants_and_data(seed, limit_move_chance):
         run_step(scheduler, storage, finished, rng)
         manager.check_invariants(scheduler.running + list(scheduler.waiting))
         assert manager.pool_used <= manager.pool_limit_blocks
+        assert scheduler.waiting_blocks() == sum(-(-seq.num_tokens // BLOCK) for seq in scheduler.waiting)
         assert len(scheduler.running) <= 10
         for seq in scheduler.waiting:
             assert seq.status is SequenceStatus.WAITING and not seq.block_table

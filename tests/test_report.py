@@ -3,7 +3,7 @@ import json
 
 import matplotlib.image
 
-from compare_synthetic import write_run
+from compare_synthetic import synthetic_timeline, write_run
 from cli_helpers import run_pie
 from results.report import build_report, render_html, write_report
 from results.store import ResultsStore
@@ -19,20 +19,21 @@ def write_sweep(store, runners=("pie", "hf"), points=(0, 256, 512), repeats=2):
                              "d2h_bytes": pool_blocks * 2**19} if runner == "pie" else None
                 write_run(store, seed=seed, runner=runner, label="sweep", slowdown=1 - pool_blocks / 2048,
                           sweep_id=f"sweep-{runner}", sweep_point={"pool_blocks": pool_blocks}, telemetry=telemetry,
-                          num_requests=24)
+                          num_requests=24,
+                          timeline=synthetic_timeline(seed, max(pool_blocks, 1)) if runner == "pie" else None)
 
 
 def test_report_draws_sweep_cdf_and_link_figures(tmp_path):
     store = ResultsStore(tmp_path)
     write_sweep(store)
     report = build_report(store.records(), selection="label=sweep")
-    assert [f.name for f in report.figures] == ["sweep_pool_blocks", "latency_cdf", "pie_link"]
-    assert report.notes == ()
+    assert [f.name for f in report.figures] == ["sweep_pool_blocks", "latency_cdf", "pie_link", "timeline_0"]
+    assert report.notes == ()  # the pie sweep's timelines in one plot; hf records none
     for figure in report.figures:
         image = matplotlib.image.imread(io.BytesIO(figure.png), format="png")
         assert image.shape[0] > 300 and image.shape[1] > 800
     page = render_html(report)
-    assert page.count("src='data:image/png;base64,") == 3
+    assert page.count("src='data:image/png;base64,") == 4
     assert "http://" not in page and "https://" not in page  # self-contained
     assert list(report.runs["sweep_value"][:3]) == [0.0, 0.0, 256.0]  # hf series first, sorted by point
 
@@ -43,6 +44,7 @@ def test_report_without_sweep_or_telemetry_says_why(tmp_path):
     report = build_report(store.records(), selection="x")
     assert [f.name for f in report.figures] == ["latency_cdf"]
     assert any("no sweep runs" in n for n in report.notes) and any("telemetry" in n for n in report.notes)
+    assert any("no run in the selection has a timeline" in n for n in report.notes)
 
 
 def test_markdown_report_writes_png_files(tmp_path):
@@ -51,7 +53,7 @@ def test_markdown_report_writes_png_files(tmp_path):
     written = write_report(build_report(store.records(), selection="s"), tmp_path / "out" / "r.md", "markdown")
     text = written[0].read_text()
     assert "![Latency distributions per runner](r_files/latency_cdf.png)" in text
-    assert all(p.exists() and p.stat().st_size > 10_000 for p in written[1:]) and len(written) == 4
+    assert all(p.exists() and p.stat().st_size > 10_000 for p in written[1:]) and len(written) == 5  # page + 4 figures
 
 
 def test_report_cli(tmp_path, monkeypatch, capsys):
@@ -60,7 +62,7 @@ def test_report_cli(tmp_path, monkeypatch, capsys):
     target = tmp_path / "report.html"
     code, out, _ = run_pie(["report", "sweep=sweep-pie", "-o", target, "--results-dir", store.root, "--json"],
                            monkeypatch, capsys)
-    assert code == 0 and json.loads(out)["figures"] == ["sweep_pool_blocks", "latency_cdf", "pie_link"]
+    assert code == 0 and json.loads(out)["figures"] == ["sweep_pool_blocks", "latency_cdf", "pie_link", "timeline_0"]
     assert target.read_text().startswith("<!DOCTYPE html>")
     code, _, err = run_pie(["report", "label=missing", "--results-dir", store.root], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1 and "label=missing" in err

@@ -113,7 +113,8 @@ def test_a_profile_is_simulated_and_the_simulator_never_imports_torch(tmp_path):
     assert sources == sorted([f"profile {profile}", "preset gh200"])
 
 
-def test_waiting_blocks_kept_incrementally_match_the_scheduler():
+def test_waiting_blocks_the_scheduler_keeps_match_its_queue():
+    """Scheduler.waiting_blocks() is kept as the queue changes (O(1) per step); with preemptions it still matches."""
     from runners.sim_runner import SimStepEngine, VirtualClock, sim_target
     from runners.workloads import load_workload
 
@@ -123,5 +124,7 @@ def test_waiting_blocks_kept_incrementally_match_the_scheduler():
         engine.add(request)
     while engine.scheduler.has_unfinished():
         engine.step()
-        assert engine.waiting_blocks == engine.scheduler.waiting_blocks()
+        size = engine.config.block_size
+        assert engine.scheduler.waiting_blocks() == sum(-(-seq.num_tokens // size) for seq in engine.scheduler.waiting)
+        assert engine.stats[-1].waiting_blocks == engine.scheduler.waiting_blocks()
     assert sum(s.num_preempted for s in engine.stats) > 0

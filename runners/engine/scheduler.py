@@ -75,16 +75,20 @@ class Scheduler:
         self.blocks = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order, oldest first
+        self._waiting_blocks = 0  # sum of _blocks_of over `waiting`, kept as it changes (O(1) per step)
 
     # --- queue -----------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
+        self._waiting_blocks += self._blocks_of(seq)
+
+    def _blocks_of(self, seq: Sequence) -> int:
+        return -(-seq.num_tokens // self.block_size)  # a waiting sequence's tokens do not change while it waits
 
     def waiting_blocks(self) -> int:
         """KV blocks the waiting requests need to run (their tokens so far): the demand a pool controller sizes to."""
-        size = self.blocks.block_size
-        return sum(-(-seq.num_tokens // size) for seq in self.waiting)
+        return self._waiting_blocks
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -95,6 +99,7 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+            self._waiting_blocks -= self._blocks_of(seq)
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
@@ -150,6 +155,7 @@ class Scheduler:
             if not count:
                 break
             self.waiting.popleft()
+            self._waiting_blocks -= self._blocks_of(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             self._take(seq, count, out)
@@ -210,6 +216,7 @@ class Scheduler:
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
+        self._waiting_blocks += self._blocks_of(seq)
         out.preempted.append(seq)
 
     def _enforce_pool_limit(self, out: SchedulerOutput) -> None:
