@@ -54,6 +54,7 @@ class RunnerSpec:
     save_outputs: bool = False
     max_concurrency: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # runner-specific settings
+    precise_arrivals: bool = False  # trace replay: hand each request over at its own time (drive_engine's hold_for_arrivals)
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:

@@ -74,7 +74,7 @@ class BenchSettings:
     def spec(self) -> RunnerSpec:
         return RunnerSpec(model=self.model, dtype=self.dtype, device=self.device, seed=self.seed,
                           save_outputs=self.save_outputs, max_concurrency=self.max_concurrency,
-                          options=dict(self.runner_options))
+                          options=dict(self.runner_options), precise_arrivals=self.workload.name == "burstgpt")
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,8 @@ class HFRunner:
             torch.cuda.reset_peak_memory_stats(device)
         warmup_s = self._warm_up(hf_model, requests, pad_id, device, GenerationConfig)
         backend = _HFStepEngine(hf_model, config["batch_size"], pad_id, device, GenerationConfig, StoppingCriteriaList)
-        driven = drive_engine(backend, requests, spec.max_concurrency, spec.save_outputs, on_request_done)
+        driven = drive_engine(backend, requests, spec.max_concurrency, spec.save_outputs, on_request_done,
+                              hold_for_arrivals=spec.precise_arrivals)
         peak_device = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
         return RunnerResult(duration_s=driven.duration_s, config=config,
                             telemetry={"num_batches": driven.num_steps, "warmup_s": warmup_s},

@@ -190,7 +190,8 @@ class PieRunner:
             torch.cuda.reset_peak_memory_stats(device)
         control = pool_control_from_spec(spec, engine.config.num_pool_blocks, engine.set_pool_limit, time.perf_counter())
         driven = drive_engine(_PieStepEngine(engine, SamplingParams, control), requests, spec.max_concurrency,
-                              spec.save_outputs, on_request_done)
+                              spec.save_outputs, on_request_done,
+                              hold_for_arrivals=spec.precise_arrivals)
         peak_device = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
         telemetry = {**summarize_stats(engine.stats[first_step:], driven.duration_s), "warmup_s": warmup_s}
         return RunnerResult(duration_s=driven.duration_s, config=described, telemetry=telemetry,

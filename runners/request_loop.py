@@ -74,8 +74,14 @@ class DriveResult:
 
 def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency: int | None,
                  save_outputs: bool, on_request_done: RequestDone, clock: Clock = time.perf_counter,
-                 sleep: Callable[[float], None] = time.sleep) -> DriveResult:
-    """Release `requests` into `engine` by their arrivals, step it, and report each as it ends (module docstring)."""
+                 sleep: Callable[[float], None] = time.sleep, hold_for_arrivals: bool = False) -> DriveResult:
+    """Release `requests` into `engine` by their arrivals, step it, and report each as it ends (module docstring).
+
+    `hold_for_arrivals` (trace replay): when the next request falls due within the longest of the
+    last eight steps' durations, wait for it and release it before starting a step, so a replayed
+    request is handed over at its own time rather than after the step it would land in (the
+    engine idles that long).
+    """
     limit = max_concurrency or math.inf
     pending = deque(sorted(requests, key=lambda r: r.arrival_s))
     in_flight: dict[str, _InFlight] = {}
@@ -84,6 +90,7 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
     first_release: float | None = None
     last_done: float | None = None
     num_steps = 0
+    recent_steps_s: deque[float] = deque(maxlen=8)
 
     def finish(sample: RequestSample, at: float) -> None:
         nonlocal last_done
@@ -110,10 +117,17 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
             if pending:
                 sleep(max(0.0, start + pending[0].arrival_s - clock()))
             continue
+        if hold_for_arrivals and pending and len(in_flight) < limit:
+            due_in = start + pending[0].arrival_s - clock()
+            if 0 < due_in <= max(recent_steps_s, default=0.0):
+                sleep(due_in)
+                continue
         try:
             wait_step = getattr(engine, "wait_step", None)
             if wait_step is None:
+                began = clock()
                 deltas = engine.step()
+                recent_steps_s.append(clock() - began)
             else:
                 due = start + pending[0].arrival_s - clock() if pending and len(in_flight) < limit else None
                 deltas = wait_step(None if due is None else max(0.0, due))

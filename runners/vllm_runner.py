@@ -128,7 +128,8 @@ class VllmRunner:
                 if settings.warmup:
                     _warm_up(engine, requests)
                 warmup_s = time.perf_counter() - started - startup_s
-                driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, on_request_done)
+                driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, on_request_done,
+                                      hold_for_arrivals=spec.precise_arrivals)
                 peak_host = process_tree_peak_rss_bytes()
             finally:
                 engine.shutdown()
