@@ -90,6 +90,18 @@ def test_drive_times_each_token_and_releases_on_schedule():
     assert result.num_steps == engine.steps and result.duration_s >= 0.05
 
 
+def test_hold_for_arrivals_hands_replayed_requests_over_at_their_own_time():
+    """A long step (40 ms) would hold a request that falls due during it; with hold_for_arrivals the loop
+    waits for the request instead, so each is sent within a few ms of its arrival (sent_s)."""
+    arrivals = [0.0, 0.05, 0.07, 0.13, 0.15]  # the first step (no history yet) ends before the second arrival
+    for hold, bound in ((False, 0.01), (True, 0.005)):
+        engine, samples = FakeEngine(step_s=0.04), []
+        requests = [bench_request(i, output_len=6, arrival_s=a) for i, a in enumerate(arrivals)]
+        drive_engine(engine, requests, None, False, samples.append, hold_for_arrivals=hold)
+        late = max(s.sent_s - s.arrival_s for s in samples)
+        assert (late <= bound) if hold else (late > bound), (hold, late)
+
+
 def test_drive_honours_max_concurrency_and_measures_from_the_freed_slot():
     engine = FakeEngine(step_s=0.005)
     samples, _ = drive(engine, [bench_request(i, output_len=4) for i in range(5)], max_concurrency=2,
