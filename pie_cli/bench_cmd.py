@@ -90,7 +90,7 @@ def bench(
     Examples:
       pie bench --workload sharegpt --dataset-path ShareGPT_V3_unfiltered_cleaned_split.json --model opt-125m --runner pie --request-rate 4
       pie bench --workload burstgpt --dataset-path BurstGPT_1.csv --trace-duration 600 --time-scale 0.1 --num-prompts 500
-      pie bench --workload phases --device-blocks 96 --pool-blocks 512 --adaptive
+      pie bench --workload phases --device-blocks 177 --pool-blocks 768 --adaptive
     """
     from pie_core.dtypes import canonical_dtype
     from results.store import ResultsStore
