@@ -77,10 +77,10 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
                  sleep: Callable[[float], None] = time.sleep, hold_for_arrivals: bool = False) -> DriveResult:
     """Release `requests` into `engine` by their arrivals, step it, and report each as it ends (module docstring).
 
-    `hold_for_arrivals` (trace replay): when the next request falls due within the longest of the
-    last eight steps' durations, wait for it and release it before starting a step, so a replayed
-    request is handed over at its own time rather than after the step it would land in (the
-    engine idles that long).
+    `hold_for_arrivals` (trace replay): when the next request falls due within twice the longest
+    of the last eight steps' durations (steps vary: a prefill after decodes), wait for it and
+    release it before starting a step, so a replayed request is handed over at its own time
+    rather than after the step it would land in (the engine idles that long).
     """
     limit = max_concurrency or math.inf
     pending = deque(sorted(requests, key=lambda r: r.arrival_s))
@@ -119,7 +119,7 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
             continue
         if hold_for_arrivals and pending and len(in_flight) < limit:
             due_in = start + pending[0].arrival_s - clock()
-            if 0 < due_in <= max(recent_steps_s, default=0.0):
+            if 0 < due_in <= 2 * max(recent_steps_s, default=0.0):
                 sleep(due_in)
                 continue
         try:
