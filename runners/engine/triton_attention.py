@@ -50,6 +50,32 @@ def _dot(a, b, FP32: tl.constexpr):
 
 
 @triton.jit
+def _online_softmax(q, k, v, keep, scale, m, l, acc, FP32_DOT: tl.constexpr):
+    """One K/V tile into the running max `m`, sum `l` and accumulator `acc` of softmax(q·kᵀ)·v; `keep` masks scores."""
+    scores = _dot(q, tl.trans(k), FP32_DOT)
+    scores = tl.where(keep, scores * scale, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, 1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(scores - m_new[:, None])
+    return m_new, l * alpha + tl.sum(p, 1), acc * alpha[:, None] + _dot(p.to(v.dtype), v, FP32_DOT)
+
+
+@triton.jit
+def _paged_kv_tile(kv_ptr, tables_ptr, seq, first, end, kv_head, dims, dim_mask, num_blocks,
+                   stride_tb, stride_cb, stride_ckv, stride_co, stride_ch, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """K and V of tokens first..first+BLOCK_N (those before `end`) read in place through the block table; and that mask."""
+    tokens = first + tl.arange(0, BLOCK_N)
+    valid = tokens < end
+    block = tl.load(tables_ptr + seq * stride_tb + tokens // BLOCK_SIZE, mask=valid, other=0)
+    block = tl.minimum(tl.maximum(block, 0), num_blocks - 1).to(tl.int64)  # padding entries: any value
+    base = block * stride_cb + (tokens % BLOCK_SIZE) * stride_co + kv_head * stride_ch
+    tile_mask = valid[:, None] & dim_mask[None, :]
+    k = tl.load(kv_ptr + base[:, None] + dims[None, :], mask=tile_mask, other=0.0)
+    v = tl.load(kv_ptr + stride_ckv + base[:, None] + dims[None, :], mask=tile_mask, other=0.0)
+    return k, v, valid
+
+
+@triton.jit
 def _decode_kernel(q_ptr, kv_ptr, tables_ptr, lens_ptr, out_ptr, acc_ptr, stat_ptr, scale, num_blocks, tokens_per_split,
                    stride_qb, stride_qh, stride_tb, stride_cb, stride_ckv, stride_co, stride_ch,
                    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -69,22 +95,9 @@ def _decode_kernel(q_ptr, kv_ptr, tables_ptr, lens_ptr, out_ptr, acc_ptr, stat_p
     begin = split * tokens_per_split
     end = tl.minimum(length, begin + tokens_per_split)
     for first in range(begin, end, BLOCK_N):
-        tokens = first + tl.arange(0, BLOCK_N)
-        valid = tokens < end
-        block = tl.load(tables_ptr + seq * stride_tb + tokens // BLOCK_SIZE, mask=valid, other=0)
-        block = tl.minimum(tl.maximum(block, 0), num_blocks - 1).to(tl.int64)  # padding entries: any value
-        base = block * stride_cb + (tokens % BLOCK_SIZE) * stride_co + kv_head * stride_ch
-        tile_mask = valid[:, None] & dim_mask[None, :]
-        k = tl.load(kv_ptr + base[:, None] + dims[None, :], mask=tile_mask, other=0.0)
-        v = tl.load(kv_ptr + stride_ckv + base[:, None] + dims[None, :], mask=tile_mask, other=0.0)
-        scores = _dot(q, tl.trans(k), FP32_DOT)
-        scores = tl.where(valid[None, :], scores * scale, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, FP32_DOT)
-        m = m_new
+        k, v, valid = _paged_kv_tile(kv_ptr, tables_ptr, seq, first, end, kv_head, dims, dim_mask, num_blocks,
+                                     stride_tb, stride_cb, stride_ckv, stride_co, stride_ch, BLOCK_SIZE, BLOCK_N)
+        m, l, acc = _online_softmax(q, k, v, valid[None, :], scale, m, l, acc, FP32_DOT)
     out_mask = row_mask[:, None] & dim_mask[None, :]
     if NUM_SPLITS == 1:
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
@@ -183,22 +196,9 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, kv_ptr, tables_ptr, pr
     if HAS_PREFIX:  # the computed prefix, through the block table: every chunk row sees all of it
         past = tl.load(prefix_ptr + seq)
         for first in range(0, past, BLOCK_N):
-            tokens = first + tl.arange(0, BLOCK_N)
-            valid = tokens < past
-            block = tl.load(tables_ptr + seq * stride_tb + tokens // BLOCK_SIZE, mask=valid, other=0)
-            block = tl.minimum(tl.maximum(block, 0), num_blocks - 1).to(tl.int64)
-            base = block * stride_cb + (tokens % BLOCK_SIZE) * stride_co + kv_head * stride_ch
-            tile_mask = valid[:, None] & dim_mask[None, :]
-            k = tl.load(kv_ptr + base[:, None] + dims[None, :], mask=tile_mask, other=0.0).to(q.dtype)
-            v = tl.load(kv_ptr + stride_ckv + base[:, None] + dims[None, :], mask=tile_mask, other=0.0).to(q.dtype)
-            scores = _dot(q, tl.trans(k), FP32_DOT)
-            scores = tl.where(valid[None, :], scores * scale, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, 1))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(scores - m_new[:, None])
-            l = l * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _dot(p.to(q.dtype), v, FP32_DOT)
-            m = m_new
+            k, v, valid = _paged_kv_tile(kv_ptr, tables_ptr, seq, first, past, kv_head, dims, dim_mask, num_blocks,
+                                         stride_tb, stride_cb, stride_ckv, stride_co, stride_ch, BLOCK_SIZE, BLOCK_N)
+            m, l, acc = _online_softmax(q, k.to(q.dtype), v.to(q.dtype), valid[None, :], scale, m, l, acc, FP32_DOT)
     stop = tl.minimum(length, first_row + BLOCK_M)  # causal: no key past the tile's last row
     for first in range(0, stop, BLOCK_N):
         cols = first + tl.arange(0, BLOCK_N)
@@ -207,15 +207,8 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, kv_ptr, tables_ptr, pr
         tile_mask = col_mask[:, None] & dim_mask[None, :]
         k = tl.load(k_ptr + offsets, mask=tile_mask, other=0.0).to(q.dtype)
         v = tl.load(v_ptr + offsets, mask=tile_mask, other=0.0).to(q.dtype)
-        scores = _dot(q, tl.trans(k), FP32_DOT)
         keep = col_mask[None, :] & (cols[None, :] <= rows[:, None])
-        scores = tl.where(keep, scores * scale, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(q.dtype), v, FP32_DOT)
-        m = m_new
+        m, l, acc = _online_softmax(q, k, v, keep, scale, m, l, acc, FP32_DOT)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(out_ptr + (start + rows)[:, None] * stride_qt + head * stride_qh + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
