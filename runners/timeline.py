@@ -2,8 +2,9 @@
 
 `TimelineRecorder.observe(stats, now, output_tokens)` takes each iteration's `IterationStats`
 (or anything with its fields: the simulator makes the same ones), the runner's clock after the
-step, and the output tokens the step produced; every `window_steps` iterations it closes a
-window and returns it, so a controller can act on it. `note_move` attaches the controller's
+step, and the output tokens the step produced; it closes a window after `window_steps`
+iterations or `window_s` seconds, whichever comes first (a few long prefills must not blind a
+controller for seconds), and returns it, so a controller can act on it. `note_move` attaches the controller's
 move to the window it acted on; `close` flushes a last partial window.
 
 Left out: deciding moves (planner/pool_controller.py).
