@@ -39,7 +39,7 @@ from planner.step_time import IterationWork, step_time
 from planner.tune import check_profile_matches
 from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec
 from runners.engine.block_manager import BlockManager, CacheLayout
-from runners.engine.config import EngineConfig
+from runners.engine.config import EngineConfig, check_request
 from runners.engine.outputs import IterationStats
 from runners.engine.sampling_params import SamplingParams
 from runners.engine.scheduler import Scheduler, SchedulerOutput
@@ -169,19 +169,12 @@ class SimStepEngine:
         self.model_len = config.model_len
 
     def add(self, request: BenchRequest) -> None:
-        """Refuse what the engine refuses (LLMEngine._validate), then queue a sequence."""
-        prompt, model_len = request.prompt_token_ids, self.config.model_len
-        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
-            raise BadInput(f"request '{request.request_id}': token ids must be in 0..{self.vocab_size - 1}")
-        if len(prompt) >= model_len:
-            raise BadInput(f"request '{request.request_id}': prompt of {len(prompt)} tokens leaves no room in the "
-                           f"{model_len}-token context", "shorten the prompt or raise max_model_len")
-        blocks = -(-min(len(prompt) + request.output_len, model_len) // self.config.block_size)
-        if blocks > self.layout.num_device_blocks:
-            raise BadInput(f"request '{request.request_id}' may need {blocks} KV blocks but the device holds "
-                           f"{self.layout.num_device_blocks} after staging", "raise the device KV budget or shorten the request")
+        """Refuse what the engine refuses (`runners.engine.config.check_request`), then queue a sequence."""
+        prompt = list(request.prompt_token_ids)
+        check_request(request.request_id, prompt, request.output_len, self.config, self.vocab_size,
+                      self.layout.num_device_blocks)
         params = SamplingParams(max_tokens=request.output_len, ignore_eos=True)
-        self.scheduler.add(EngineSequence(request.request_id, list(prompt), params, self.clock(), self._order))
+        self.scheduler.add(EngineSequence(request.request_id, prompt, params, self.clock(), self._order))
         self._order += 1
 
     def set_pool_limit(self, num_blocks: int) -> None:

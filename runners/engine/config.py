@@ -6,7 +6,8 @@ caller. Budgets are in blocks (the planner converts bytes to blocks).
 The model's shape is resolved once, at construction (for a local directory that reads its
 config.json), and kept beside the fields rather than as one: `dataclasses.asdict`, `repr`,
 equality and hashing see the settings only, and `replace` builds a new config, so a changed
-`model` is resolved again. Left out: noticing a config.json edited after construction.
+`model` is resolved again. `check_request` is what the engine (and the simulator) refuses before
+queueing a request. Left out: noticing a config.json edited after construction.
 """
 from __future__ import annotations
 
@@ -95,3 +96,20 @@ class EngineConfig:
     def replace(self, **changes) -> "EngineConfig":
         """A new config with `changes`, validated and its shape resolved again."""
         return dataclasses.replace(self, **changes)
+
+
+def check_request(request_id: str, prompt: list[int], max_tokens: int, config: EngineConfig, vocab_size: int,
+                  num_device_blocks: int) -> None:
+    """What the engine refuses (BadInput) before queueing a request; the simulator refuses the same (torch-free)."""
+    if not prompt:
+        raise BadInput(f"request '{request_id}' has an empty prompt", "give at least one token id")
+    if min(prompt) < 0 or max(prompt) >= vocab_size:
+        raise BadInput(f"request '{request_id}': token ids must be in 0..{vocab_size - 1}")
+    if len(prompt) >= config.model_len:
+        raise BadInput(f"request '{request_id}': prompt of {len(prompt)} tokens leaves no room in the "
+                       f"{config.model_len}-token context", "shorten the prompt or raise max_model_len")
+    longest = min(len(prompt) + max_tokens, config.model_len)
+    blocks = -(-longest // config.block_size)
+    if blocks > num_device_blocks:  # a sequence left alone must always finish, whatever the pool limit
+        raise BadInput(f"request '{request_id}' may need {blocks} KV blocks ({longest} tokens) but the device holds "
+                       f"{num_device_blocks} after staging", "raise the device KV budget or shorten the request")

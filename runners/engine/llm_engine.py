@@ -31,7 +31,7 @@ from pie_core.capability import DeviceCapability
 from pie_core.errors import BadInput
 from runners.engine import loader
 from runners.engine.block_manager import BlockManager, CacheLayout
-from runners.engine.config import EngineConfig
+from runners.engine.config import EngineConfig, check_request
 from runners.engine.kernels import resolve_kernels
 from runners.engine.kv_cache import KVCache
 from runners.engine.model_runner import ModelRunner
@@ -113,22 +113,10 @@ class LLMEngine:
 
     # --- requests ----------------------------------------------------------------------------
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
-        config, bs = self.config, self.config.block_size
         if request_id in self._sequences:
             raise BadInput(f"request id '{request_id}' is already in use")
-        if not prompt:
-            raise BadInput(f"request '{request_id}' has an empty prompt", "give at least one token id")
-        vocab = self.model.shape.vocab_size
-        if min(prompt) < 0 or max(prompt) >= vocab:
-            raise BadInput(f"request '{request_id}': token ids must be in 0..{vocab - 1}")
-        if len(prompt) >= config.model_len:
-            raise BadInput(f"request '{request_id}': prompt of {len(prompt)} tokens leaves no room in the "
-                           f"{config.model_len}-token context", "shorten the prompt or raise max_model_len")
-        longest = min(len(prompt) + params.max_tokens, config.model_len)
-        blocks = -(-longest // bs)
-        if blocks > self.layout.num_device_blocks:
-            raise BadInput(f"request '{request_id}' may need {blocks} KV blocks ({longest} tokens) but the device holds "
-                           f"{self.layout.num_device_blocks} after staging", "raise the device KV budget or shorten the request")
+        check_request(request_id, prompt, params.max_tokens, self.config, self.model.shape.vocab_size,
+                      self.layout.num_device_blocks)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     arrival_time: float | None = None) -> None:
