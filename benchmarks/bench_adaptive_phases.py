@@ -2,8 +2,10 @@
 
 The Pie engine (`pie bench --runner pie` through `runners.bench.run_bench`, so exactly what a user
 runs) on OPT-125m-shaped seeded random weights, dtype auto. The device budget holds about
-`--device-seqs` average sequences of the workload (plus the staging the largest pool needs, so
-every configuration has the same resident device blocks). The phased workload
+`--device-seqs` average sequences of the workload, resident; each configuration's device budget
+adds the staging its own pool capacity is charged (runners/engine/block_manager.CacheLayout:
+`ceil(prefetch_depth * pool / layers)` blocks), so every configuration has the same resident
+device blocks. The phased workload
 (runners/workloads/phases.py): short chats arriving at `--light-rate`, then a burst of long
 contexts at eight times that rate. Runs, interleaved in one process and `--repeats` times each
 (figures are the medians): no pool, each static pool size of `--pool-sizes`, and `--adaptive`
@@ -43,6 +45,7 @@ from runners.workloads import WorkloadSpec, load_workload  # noqa: E402
 from runners.workloads.phases import PHASES, phase_of  # noqa: E402
 
 BLOCK_SIZE = 16
+PREFETCH_DEPTH = 2
 
 
 def phase_figures(record, phase: str, ttft_slo_s: float, tpot_slo_s: float, capacity: int) -> dict:
@@ -102,18 +105,21 @@ def main() -> int:
     from pie_core.shapes import resolve_model
 
     layers = resolve_model(args.model).num_layers
-    staging = -(-2 * capacity // layers)  # prefetch depth 2, one slot sized for the largest pool
     resident = round(args.device_seqs * mean_blocks)
-    device_blocks = resident + staging
+
+    def device_budget(pool: int) -> int:  # resident blocks plus the staging charge of this pool (prefetch depth 2)
+        return resident + -(-PREFETCH_DEPTH * pool // layers)
+
     print(f"{len(requests)} requests, mean {mean_blocks:.1f} blocks each; device {resident} resident blocks "
-          f"(+{staging} staging) = {args.device_seqs:g} average sequences; dtype {dtype}", file=sys.stderr)
+          f"(+{device_budget(capacity) - resident} staging at the largest pool) = {args.device_seqs:g} average "
+          f"sequences; dtype {dtype}", file=sys.stderr)
     runs = [("no pool", 0, False)] + [(f"static {s}", s, False) for s in sizes] + [(f"adaptive <= {capacity}", capacity, True)]
     raw, tokens = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultsStore(Path(tmp))
         for repeat, (name, pool, adaptive) in ((r, run) for r in range(args.repeats) for run in runs):
-            options = {"num_pool_blocks": pool, "num_device_blocks": device_blocks if pool else resident,
-                       "block_size": BLOCK_SIZE, "max_num_seqs": args.max_num_seqs, "prefetch_depth": 2,
+            options = {"num_pool_blocks": pool, "num_device_blocks": device_budget(pool),
+                       "block_size": BLOCK_SIZE, "max_num_seqs": args.max_num_seqs, "prefetch_depth": PREFETCH_DEPTH,
                        "window_steps": args.window_steps}
             if adaptive:
                 options["adaptive"] = True
@@ -130,6 +136,7 @@ def main() -> int:
                       for phase in PHASES}
             windows = timeline_windows(record.timeline)
             raw.append({"name": name, "repeat": repeat, "pool_blocks": pool, "adaptive": adaptive, "wall_s": time.perf_counter() - began,
+                        "resident_device_blocks": outcome.telemetry.get("effective_config", {}).get("num_resident_device_blocks"),
                             "output_throughput": outcome.summary["output_throughput"],
                             "completed": outcome.summary["completed"], "phases": phases,
                             "stall_fraction": outcome.telemetry.get("stall_fraction"),
@@ -139,7 +146,7 @@ def main() -> int:
                                       if w.move in ("grow", "shrink", "rearm")],
                             "timeline": [w.to_dict() for w in windows]})
             light, burst = phases["light"], phases["burst"]
-            print(f"{name:>16} #{repeat}: {outcome.summary['output_throughput']:7.1f} tok/s overall | light {light['goodput_req_s']:5.2f} "
+            print(f"{name:>16} #{repeat} ({raw[-1]['resident_device_blocks']} resident): {outcome.summary['output_throughput']:7.1f} tok/s overall | light {light['goodput_req_s']:5.2f} "
                   f"good req/s, pool {light['mean_pool_share']:.0%} | burst {burst['output_tok_s']:7.1f} tok/s, "
                   f"pool {burst['mean_pool_share']:.0%} | stall {outcome.telemetry.get('stall_fraction', 0):.0%}, "
                   f"{outcome.telemetry.get('num_preemptions')} preemptions", file=sys.stderr)
@@ -179,7 +186,7 @@ def main() -> int:
                                                      for r in results if r["requests_differing_from_adaptive"]) + ")"))
     write_record({"benchmark": "adaptive_phases", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "dtype": dtype,
-                  "device_blocks": device_blocks, "resident_device_blocks": resident, "mean_blocks_per_request": mean_blocks,
+                  "device_blocks": {str(pool): device_budget(pool) for _, pool, _ in runs}, "resident_device_blocks": resident, "mean_blocks_per_request": mean_blocks,
                   "runs": results, "raw_runs": [{k: v for k, v in r.items() if k != "timeline"} for r in raw], "checks": checks, "targets": targets, "met": met}, "adaptive_phases", args.out)
     return 0 if all(met.values()) else 1
 

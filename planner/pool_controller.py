@@ -13,10 +13,13 @@ would help" or "the pool hurts" directly, from each `TimelineWindow`:
   doubles after each grow in a row, and the limit never passes the capacity;
 - shrink (back off): the stall passed `max_stall_fraction` in `stall_windows` windows in a row
   (copies stop hiding; one long prefill alone does not move it): the limit falls by the step
-  (halved each time) but never below the pooled blocks in use, since a limit under use would
-  preempt sequences whose work is then recomputed; at use, it holds. Or the pool sat
-  unused (nobody waits and the peak pooled blocks stayed under `unused_share` of the limit for
-  `unused_windows` windows): the limit falls to what is in use plus a margin, or by the step;
+  (halved each time) but never below the floor, the pooled blocks the running requests may hold
+  before they finish (`pool_blocks_needed`: in use now plus their growth past the free device
+  blocks), since a limit under it preempts a sequence now or later and its work is recomputed;
+  at the floor, it holds. Backing off thus stops admitting more into the pool and never takes
+  room from what runs. Or the pool sat unused (nobody waits and the floor stayed under
+  `unused_share` of the limit for `unused_windows` windows): the limit falls to what is in use
+  plus a margin, never below the floor;
 - hold: otherwise (nobody waits, the pool in use);
 - re-arm: after a calm stretch (no grow for `unused_windows` windows), the first window with
   waiting requests restarts from the initial step: the load shifted.
@@ -85,14 +88,15 @@ class PoolController:
         demand = window.waiting > 0 or window.preempted > 0
         self.stalled = self.stalled + 1 if window.stall_fraction > cfg.max_stall_fraction else 0
         stalling = self.stalled >= cfg.stall_windows
-        self.unused = self.unused + 1 if not demand and window.pool_blocks_used < cfg.unused_share * self.limit else 0
+        floor = max(window.pool_blocks_used, window.pool_blocks_needed)  # a limit under it preempts, now or later
+        self.unused = self.unused + 1 if not demand and floor < cfg.unused_share * self.limit else 0
         if stalling and self.limit > 0:
             self.grew_last = False
             self.step = max(1, self.step // 2)
-            target = max(self.limit - self.step, window.pool_blocks_used)  # never below use: that would preempt
+            target = max(self.limit - self.step, floor)
             if target >= self.limit:
                 return self._move(self.limit, "hold", f"stall {window.stall_fraction:.0%} > {cfg.max_stall_fraction:.0%}: "
-                                                      "no further growth while the pool is this full")
+                                                      f"no further growth; the running requests need {floor} pooled blocks")
             return self._move(target, "shrink", f"stall {window.stall_fraction:.0%} > {cfg.max_stall_fraction:.0%}")
         if demand:
             rearmed = self.calm >= cfg.unused_windows
@@ -111,9 +115,9 @@ class PoolController:
         self.grew_last = False
         if self.unused >= cfg.unused_windows and self.limit > 0:
             self.unused = 0
-            in_use = window.pool_blocks_used
-            target = min(self.limit - 1, int(in_use * (1 + cfg.margin_share)))
-            return self._move(max(0, target), "shrink", f"pool unused: {in_use} of {self.limit} blocks in use, nobody waits")
+            target = min(self.limit - 1, max(floor, int(window.pool_blocks_used * (1 + cfg.margin_share))))
+            return self._move(max(0, target), "shrink", f"pool unused: {window.pool_blocks_used} of {self.limit} blocks in use, "
+                                                        f"{floor} needed by the running requests, nobody waits")
         return self._move(self.limit, "hold", "nobody waits")
 
     def _move(self, limit: int, move: str, reason: str) -> PoolMove:

@@ -3,7 +3,8 @@
 A window covers `num_steps` consecutive engine iterations and ends `t_s` seconds after the run
 started (on the runner's clock: wall time for real runs, the virtual clock for `--runner sim`).
 Fields per window: the pool limit at its end, pooled and device blocks in use (peak over the
-window), running and waiting requests and the KV blocks the waiting ones need (at its end),
+window), running and waiting requests, the KV blocks the waiting ones need and the pooled blocks the
+running ones may hold before they finish (at its end),
 preemptions in it, its stall fraction
 (stall / (compute + stall)), its output tokens per second, and the controller's move made at
 its end, if any (`move`: "grow", "shrink", "hold", "settle", "rearm"; `reason`: words).
@@ -36,6 +37,7 @@ class TimelineWindow:
     stall_fraction: float
     output_tok_s: float
     waiting_blocks: int = 0  # KV blocks the waiting requests need, at the window's end
+    pool_blocks_needed: int = 0  # pooled blocks the running requests may hold before they finish, at the end
     move: str | None = None
     reason: str | None = None
 

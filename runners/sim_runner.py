@@ -255,7 +255,8 @@ class SimStepEngine:
             batch_size=len(out.prefill) + len(out.decode), num_running=len(scheduler.running),
             num_waiting=len(scheduler.waiting), num_preempted=len(out.preempted), device_blocks_used=manager.device_used,
             pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
-            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=scheduler.waiting_blocks())
+            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=scheduler.waiting_blocks(),
+            pool_blocks_needed=scheduler.pool_blocks_needed())
         self.stats.append(stats)
         if self.works is not None:
             self.works.append((work, predicted))

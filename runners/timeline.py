@@ -46,7 +46,8 @@ class TimelineRecorder:
             running=int(last.num_running), waiting=int(last.num_waiting), preempted=sum(int(s.num_preempted) for s in steps),
             stall_fraction=stall / (compute + stall) if compute + stall > 0 else 0.0,
             output_tok_s=self._tokens / duration if duration > 0 else 0.0,
-            waiting_blocks=int(getattr(last, "waiting_blocks", 0)))
+            waiting_blocks=int(getattr(last, "waiting_blocks", 0)),
+            pool_blocks_needed=int(getattr(last, "pool_blocks_needed", 0)))
         self.windows.append(window)
         self._began, self._pending, self._tokens = now, [], 0
         return window

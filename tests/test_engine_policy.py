@@ -195,6 +195,7 @@ def test_randomized_long_run_keeps_invariants_and_data(seed, limit_move_chance):
         manager.check_invariants(scheduler.running + list(scheduler.waiting))
         assert manager.pool_used <= manager.pool_limit_blocks
         assert scheduler.waiting_blocks() == sum(-(-seq.num_tokens // BLOCK) for seq in scheduler.waiting)
+        assert scheduler.pool_blocks_needed() >= manager.pool_used
         assert len(scheduler.running) <= 10
         for seq in scheduler.waiting:
             assert seq.status is SequenceStatus.WAITING and not seq.block_table
@@ -257,3 +258,25 @@ def test_pooled_blocks_return_to_the_device_when_it_has_room():
         if steps_with_two_left:  # only the two long ones left: 2 x 9 blocks + 2 spare fit the 21 device blocks
             assert manager.pool_used == 0
     assert peak_pooled > 0 and restored > 0 and len(finished) == 8
+
+
+def test_a_pool_limit_at_what_the_running_requests_need_never_preempts_them():
+    """Scheduler.pool_blocks_needed() is the floor a controller's shrink stops at: held at it every
+    iteration once everyone runs, no running request is preempted and all finish; held at the
+    pooled blocks in use instead (what the floor was before), some are."""
+    preempted = {}
+    for floor in ("needed", "in use"):
+        scheduler, manager = make(num_device_blocks=30, num_pool_blocks=96, max_num_seqs=12, budget=64)
+        for i in range(12):
+            scheduler.add(Sequence(f"r{i}", list(range(10 + i)), SamplingParams(max_tokens=12), 0.0, i))
+        storage, finished, rng = FakeStorage(), [], random.Random(0)
+        while scheduler.waiting:
+            run_step(scheduler, storage, finished, rng)
+        preempted[floor] = 0
+        while scheduler.has_unfinished():
+            assert manager.pool_used <= scheduler.pool_blocks_needed() <= 96  # the capacity holds what they need
+            manager.set_pool_limit(scheduler.pool_blocks_needed() if floor == "needed" else manager.pool_used)
+            preempted[floor] += len(run_step(scheduler, storage, finished, rng).preempted)
+            manager.check_invariants(scheduler.running + list(scheduler.waiting))
+        assert len(finished) == 12
+    assert preempted["needed"] == 0 and preempted["in use"] > 0

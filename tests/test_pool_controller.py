@@ -8,10 +8,11 @@ from planner.pool_controller import ControllerConfig, PoolController
 from results.timeline import TimelineWindow
 
 
-def window(limit, waiting=0, preempted=0, pooled=0, stall=0.0, running=4, waiting_blocks=0):
+def window(limit, waiting=0, preempted=0, pooled=0, stall=0.0, running=4, waiting_blocks=0, needed=0):
     return TimelineWindow(t_s=0.0, duration_s=1.0, num_steps=16, pool_limit_blocks=limit, pool_blocks_used=pooled,
                           device_blocks_used=10, running=running, waiting=waiting, preempted=preempted,
-                          stall_fraction=stall, output_tok_s=100.0, waiting_blocks=waiting_blocks)
+                          stall_fraction=stall, output_tok_s=100.0, waiting_blocks=waiting_blocks,
+                          pool_blocks_needed=needed)
 
 
 def drive(controller, signals):
@@ -57,6 +58,22 @@ def test_shrinks_an_unused_pool_to_what_is_in_use_plus_a_margin():
     moves = drive(controller, [(0, 0, 0.1, 0.0)] * 3)  # 80 of 800 in use, nobody waiting
     assert [m.move for m in moves] == ["hold", "hold", "shrink"]
     assert moves[-1].limit == 100  # 80 in use + 25 %
+
+
+def test_no_shrink_takes_room_the_running_requests_will_need():
+    # nobody waits, 200 pooled of 768 but the running requests grow to 300: the unused-pool shrink stops
+    # at 300, not at 200 + 25 % (under 300, one of them is preempted later); the stall back-off likewise
+    unused = PoolController(ControllerConfig(capacity_blocks=768, initial_blocks=768, settle_windows=0, unused_windows=1))
+    move = unused.decide(window(768, pooled=200, needed=300))
+    assert move.move == "shrink" and move.limit == 300 and "300 needed" in move.reason
+    assert unused.decide(window(300, pooled=210, needed=300)).move == "hold"  # not unused: the floor fills it
+    assert PoolController(ControllerConfig(capacity_blocks=768, initial_blocks=768, settle_windows=0, unused_windows=1)
+                          ).decide(window(768, pooled=350, needed=500)).move == "hold"  # 500 needed: not unused
+    stalled = PoolController(ControllerConfig(capacity_blocks=768, initial_blocks=768, settle_windows=0, stall_windows=1,
+                                              initial_step_blocks=400))
+    moves = [stalled.decide(window(stalled.limit, pooled=350, needed=700, stall=0.3)) for _ in range(4)]
+    assert [m.limit for m in moves] == [700, 700, 700, 700] and moves[0].move == "shrink"
+    assert moves[-1].move == "hold" and "need 700 pooled blocks" in moves[-1].reason
 
 
 def test_rearms_with_the_initial_step_when_load_returns_after_a_calm_stretch():

@@ -90,6 +90,15 @@ class Scheduler:
         """KV blocks the waiting requests need to run (their tokens so far): the demand a pool controller sizes to."""
         return self._waiting_blocks
 
+    def pool_blocks_needed(self) -> int:
+        """Pooled blocks the running requests may hold before they finish: those pooled now plus
+        their growth to max_tokens past the free device blocks (new blocks land on the device, full
+        ones are evicted when it is full). A pool limit under this would preempt one of them later,
+        so a controller's shrink stops here. O(running)."""
+        growth = sum(max(0, seq.num_blocks_for(seq.num_tokens + seq.num_tokens_left - 1, self.block_size)
+                            - len(seq.block_table)) for seq in self.running)  # the last token's K/V is never written
+        return self.blocks.pool_used + max(0, growth - self.blocks.num_free_device)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
