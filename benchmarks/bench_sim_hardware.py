@@ -2,13 +2,15 @@
 
 For each preset, `--runner sim` runs the same ShareGPT-like workload (Poisson at a fixed,
 saturating `--request-rate`, batch limit `--max-num-seqs`) while the device KV budget is cut
-to (1 - f) of the batch's KV at the workload's mean context and the CPU pool holds the rest
-(with slack): f is the pooled share. Beside each pooled run, the same device budget without a
-pool (what an engine without Pie's pool gets). The knee, where copies stop hiding, is the
-largest f whose output throughput stays within `--knee-tolerance` of f = 0, found on the grid
-and refined by bisection; it is set against the planner's largest transparent share
-(`planner.cost_model.largest_transparent_share`, the overlap rule at the same batch, context and
-prefetch depth). Writes docs/results/sim_hardware.json, a figure of throughput and p99 TPOT
+to (1 - f) of the batch's KV at the workload's decode-weighted context
+(`planner.budgets.decode_weighted_context`) and the CPU pool holds the rest (with slack): f is
+the nominal pooled share. Beside each pooled run, the same device budget without a pool (what
+an engine without Pie's pool gets). The knee, where copies stop hiding, is the largest f whose
+output throughput stays within `--knee-tolerance` of f = 0, found on the grid and refined by
+bisection, and read as the share the runs at the knee really pooled (pooled over pooled plus
+device blocks in use, time-weighted over the timeline); it is set against the planner's
+largest transparent share (`planner.cost_model.largest_transparent_share`, the overlap rule at
+the same batch, context and prefetch depth). Writes docs/results/sim_hardware.json, a figure of throughput and p99 TPOT
 against f (docs/results/sim_hardware_pooled_share.png), and a `pie report` of the grid runs
 (docs/results/sim_hardware_report.md, from records that share a sweep id per preset).
 
@@ -26,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pie_core.shapes import resolve_model
-from planner.budgets import Budgets, WorkloadStats
+from planner.budgets import Budgets, WorkloadStats, decode_weighted_context
 from planner.cost_model import Problem, largest_transparent_share, model_costs
 from planner.hardware import preset
 from results.report import build_report, write_report
@@ -97,10 +99,15 @@ def sweep_preset(runner: Runner, hardware: str, stats: WorkloadStats, tolerance:
         low, high = (middle, high) if refined[middle]["output_throughput"] >= (1 - tolerance) * base else (low, middle)
     predicted = largest_transparent_share(problem, runner.args.max_num_seqs, DEPTH)
     knee = low if high is None else (low + high) / 2
+    runs = {**pooled, **refined}  # the share the runs really pooled, at the knee's bracket
+    measured = [runs[s]["measured_pooled_share"] for s in (low, high) if s is not None]
+    measured_knee = sum(measured) / len(measured)
     return {"hardware": hardware, "label": preset(hardware).label, "link_h2d_gbps": preset(hardware).link_h2d_gbps,
             "sweep_id": sweep.sweep_id, "pooled": pooled, "device_only": device_only, "bisection": refined,
             "simulated_knee_share": knee, "knee_bracket": [low, high], "planner_largest_transparent_share": predicted,
-            "knee_relative_difference": knee / predicted - 1 if predicted else None,
+            "simulated_knee_measured_share": measured_knee,
+            "knee_relative_difference": measured_knee / predicted - 1 if predicted else None,
+            "nominal_knee_relative_difference": knee / predicted - 1 if predicted else None,
             "pool_gain_at_same_device_budget": {s: pooled[s]["output_throughput"] / device_only[s]["output_throughput"]
                                                 for s in device_only if device_only[s]["output_throughput"]}}
 
@@ -141,8 +148,9 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
     workload = WorkloadSpec(name="sharegpt", model=MODEL, num_prompts=args.num_prompts, seed=0)
-    _, info = load_workload(workload)
-    stats = WorkloadStats("sharegpt-synthetic", info.mean_prompt_len, info.mean_output_len, synthetic=True)
+    requests, info = load_workload(workload)
+    stats = WorkloadStats("sharegpt-synthetic", info.mean_prompt_len, info.mean_output_len, synthetic=True,
+                          decode_context_tokens=decode_weighted_context((r.prompt_len, r.output_len) for r in requests))
     with tempfile.TemporaryDirectory() as folder:
         store = ResultsStore(Path(folder))
         runner = Runner(args, store, workload)
@@ -159,7 +167,8 @@ def main() -> None:
         "request_rate": args.request_rate, "max_num_seqs": args.max_num_seqs, "knee_tolerance": args.knee_tolerance,
         "presets": results}, indent=2))
     for r in results:
-        print(f"{r['hardware']}: simulated knee {r['simulated_knee_share']:.3f} (bracket {r['knee_bracket']}), planner "
+        print(f"{r['hardware']}: simulated knee at measured pooled share {r['simulated_knee_measured_share']:.3f} "
+              f"(nominal {r['simulated_knee_share']:.3f}, bracket {r['knee_bracket']}), planner "
               f"{r['planner_largest_transparent_share']:.3f}, difference {r['knee_relative_difference']:+.1%}")
         for share in GRID:
             row, alone = r["pooled"][share], r["device_only"].get(share)

@@ -3,10 +3,12 @@
 `Budgets` holds the device and host byte budgets, checked against the machine's physical
 memory, and the headroom kept for activations and fragmentation. `WorkloadStats` holds the
 mean prompt and output lengths the cost model needs (built-in ShareGPT/Alpaca means from the
-vLLM paper, or measured from a workload file). Left out: loading datasets (runners/workloads).
+vLLM paper, or measured from a workload file, which also gives the decode-weighted context
+`decode_weighted_context`: the mean context of a sequence in a decode batch). Left out: loading datasets (runners/workloads).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from dataclasses import dataclass
@@ -75,16 +77,37 @@ class WorkloadStats:
     mean_output_tokens: float
     synthetic: bool  # True when the lengths are published means rather than measured from a file
     num_requests: int = 0
+    decode_context_tokens: float | None = None  # measured: decode_weighted_context of the requests
 
     def __post_init__(self) -> None:
         if self.mean_input_tokens < 1 or self.mean_output_tokens < 1:
             raise BadInput(f"workload '{self.name}' needs mean input and output lengths >= 1, "
                            f"got {self.mean_input_tokens} / {self.mean_output_tokens}")
+        if self.decode_context_tokens is not None and not self.decode_context_tokens >= 1:
+            raise BadInput(f"workload '{self.name}' needs a decode context >= 1, got {self.decode_context_tokens}")
 
     @property
     def mean_context_tokens(self) -> float:
-        """Mean cached tokens of a running sequence over its decode: prompt plus half the output."""
+        """Mean cached tokens of a sequence in a decode batch: measured from the requests when their
+        lengths are known (`decode_context_tokens`), else from the means (prompt plus half the
+        output, which is exact only when every request has the same lengths)."""
+        if self.decode_context_tokens is not None:
+            return self.decode_context_tokens
         return self.mean_input_tokens + self.mean_output_tokens / 2
+
+
+def decode_weighted_context(lengths: Iterable[tuple[int, int]]) -> float | None:
+    """Mean context of a sequence in a decode batch, from (prompt, output) lengths; None without a decode step.
+
+    The prefill makes the first output token; the other o - 1 are decode steps at cached contexts
+    p + 1 ... p + o - 1 (mean p + o / 2), so each request weighs by o - 1. Long requests stay in the
+    batch longer, so this exceeds mean prompt + mean output / 2 whenever the lengths vary.
+    """
+    steps = weighted = 0.0
+    for prompt, output in lengths:
+        steps += output - 1
+        weighted += (output - 1) * (prompt + output / 2)
+    return weighted / steps if steps > 0 else None
 
 
 BUILTIN_WORKLOADS = {

@@ -126,3 +126,7 @@ def test_workload_file_gives_measured_lengths(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     workload = json.loads(out)["workload"]
     assert workload["mean_input_tokens"] == 22 and workload["mean_output_tokens"] == 54 and not workload["synthetic"]
+    # the decode-weighted context: (o - 1) decode steps at mean context p + o / 2 each
+    lengths = [(21 + i - 1, 50 + 2 * i) for i in range(5)]
+    expected = sum((o - 1) * (p + o / 2) for p, o in lengths) / sum(o - 1 for _, o in lengths)
+    assert workload["decode_context_tokens"] == pytest.approx(expected)

@@ -5,6 +5,7 @@ import pytest
 
 from pie_core.errors import BadInput
 from pie_core.shapes import resolve_model
+from planner.budgets import WorkloadStats, decode_weighted_context
 from planner.cost_model import Split, model_costs, predict, violations
 from planner.hardware import PRESET_NAMES, from_profile, preset
 from tests.planner_fixtures import problem, synthetic_profile
@@ -86,3 +87,15 @@ def test_kv_arithmetic_matches_the_reference_figures():
     p = problem("opt-30b", "h100-pcie")
     tokens = 161 + 338 / 2 + 16 / 2
     assert p.kv_need_bytes(10) == pytest.approx(10 * tokens * 1344 * 1024)
+
+
+def test_decode_weighted_context_weighs_requests_by_their_decode_steps():
+    assert decode_weighted_context([(100, 51)] * 4) == pytest.approx(125.5)  # equal lengths: p + o / 2
+    assert WorkloadStats("w", 100, 51, synthetic=True).mean_context_tokens == pytest.approx(125.5)
+    # one long and one short request, same means as (100, 51) each: the long one holds the batch 99 of 100 steps
+    mixed = decode_weighted_context([(100, 101), (100, 1)])
+    assert mixed == pytest.approx(150.5) and mixed > 100 + 51 / 2
+    assert WorkloadStats("w", 100, 51, synthetic=False, decode_context_tokens=mixed).mean_context_tokens == mixed
+    assert decode_weighted_context([(10, 1), (20, 1)]) is None  # no decode step at all
+    with pytest.raises(BadInput):
+        WorkloadStats("w", 100, 51, synthetic=False, decode_context_tokens=0.5)

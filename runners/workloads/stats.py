@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pie_core.errors import BadInput
-from planner.budgets import BUILTIN_WORKLOADS, WorkloadStats, builtin_workload
+from planner.budgets import BUILTIN_WORKLOADS, WorkloadStats, builtin_workload, decode_weighted_context
 from runners.workloads import WorkloadSpec, load_workload
 
 
@@ -20,9 +20,10 @@ def workload_stats(workload: str, model: str) -> WorkloadStats:
     if not path.is_file():
         builtin_workload(workload)  # raises: unknown name, listing the valid ones
     name = "jsonl" if path.suffix == ".jsonl" else _json_kind(path)
-    _, info = load_workload(WorkloadSpec(name=name, model=model, dataset_path=path, num_prompts=100000))
+    requests, info = load_workload(WorkloadSpec(name=name, model=model, dataset_path=path, num_prompts=100000))
     return WorkloadStats(name=str(path), mean_input_tokens=info.mean_prompt_len, mean_output_tokens=info.mean_output_len,
-                         synthetic=False, num_requests=info.num_requests)
+                         synthetic=False, num_requests=info.num_requests,
+                         decode_context_tokens=decode_weighted_context((r.prompt_len, r.output_len) for r in requests))
 
 
 def _json_kind(path: Path) -> str:
