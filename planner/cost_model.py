@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pie_core.dtypes import dtype_bytes
 from pie_core.shapes import ModelShape
 from planner.budgets import Budgets, WorkloadStats, activation_workspace_bytes
@@ -228,10 +230,24 @@ def step_times(problem: Problem, batch_size: int, depth: int, c, r) -> tuple:
 
 
 def decode_step_work(problem: Problem, batch_size: int, c, r) -> IterationWork:
-    """The planner's steady decode iteration: `batch_size` sequences at the mean context, C copied and R rebuilt."""
+    """The planner's steady decode iteration: `batch_size` sequences at the mean context, C copied and R rebuilt.
+
+    With part of the KV pooled the device is full (the scheduler restores pooled blocks whenever
+    it has room), so each decode's new token needs device room that an eviction makes: a token's
+    worth of older K/V (or its activations, for the rebuilt share) goes to the pool every step, a
+    tier move copied before the forward (`eviction_bytes`).
+    """
     costs = problem.costs
     rebuilt_tokens = r / (costs.kv_bytes_per_token_layer * costs.num_layers)
-    return decode_work(batch_size, problem.workload.mean_context_tokens, c + costs.activation_ratio * r, rebuilt_tokens)
+    work = decode_work(batch_size, problem.workload.mean_context_tokens, c + costs.activation_ratio * r, rebuilt_tokens)
+    return work._replace(moved_bytes=eviction_bytes(problem, batch_size, c, r))
+
+
+def eviction_bytes(problem: Problem, batch_size: int, c, r):
+    """Bytes evicted to the pool per steady decode step: one token per sequence, in the pooled kinds' mix (0 with no pool)."""
+    pooled = c + r
+    mix = (c + problem.costs.activation_ratio * r) / np.maximum(pooled, 1e-30)
+    return np.where(pooled > 0, batch_size * problem.kv_bytes_per_token * mix, 0.0)
 
 
 def violations(problem: Problem, batch_size: int, depth: int, split: Split) -> list[str]:
@@ -274,13 +290,27 @@ def candidate_batch_sizes(max_batch: int) -> list[int]:
     return sizes
 
 
-def largest_transparent_share(problem: Problem, batch_size: int, depth: int) -> float:
-    """The largest share of a batch's KV that may be pooled (copied back each step) while the copies still hide.
+def largest_transparent_share(problem: Problem, batch_size: int, depth: int, tolerance: float = 0.03) -> float:
+    """The largest share of a batch's KV that may be pooled while the decode step stays within `tolerance`
+    of the same batch without a pool: where pooling stops being transparent (the knee).
 
-    The overlap rule (step_time.overlap) keeps the layer period at its compute while copy <= compute
-    and (compute + copy) / d <= compute, i.e. copy <= min(1, d - 1) * compute; the copy of a share f
-    of the batch's KV per layer takes f * KV_layer / link.
+    Priced by the planner's own step time (`decode_step_work`): the share streamed back each step
+    under the overlap rule (hidden while copy <= min(1, d - 1) * compute), and the steady eviction
+    of a token of K/V per sequence before the forward, which is never hidden. 0 when the evictions
+    alone cost more than the tolerance (a slow link), 1 when even a whole pooled KV stays within it.
     """
-    hidden_s = problem.compute_layer_base_s(batch_size) * min(1.0, problem.costs.overlap_depth(depth) - 1.0)
-    kv_layer_bytes = problem.kv_need_bytes(batch_size) / problem.costs.num_layers
-    return min(1.0, hidden_s * problem.costs.link_bytes_per_s / kv_layer_bytes)
+    need = problem.kv_need_bytes(batch_size)
+
+    def step_s(share: float) -> float:
+        return float(step_time(problem.costs, decode_step_work(problem, batch_size, share * need, 0.0), depth).total_s)
+
+    limit = (1 + tolerance) * step_s(0.0)
+    if step_s(1e-9) > limit:
+        return 0.0
+    if step_s(1.0) <= limit:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if step_s(middle) <= limit else (low, middle)
+    return low
