@@ -7,7 +7,7 @@ Left out: finding the plan (search.py) and rendering (the CLI).
 from __future__ import annotations
 
 from pie_core.sizes import GIB, MIB
-from planner.cost_model import Prediction, Problem
+from planner.cost_model import Prediction, Problem, eviction_bytes
 from planner.search import TIE_FRACTION, SearchResult
 
 STALL_NOTICE_FRACTION = 0.01  # a stall under 1% of the step counts as hidden
@@ -22,7 +22,19 @@ def _copy_compute_ms(problem: Problem, prediction: Prediction) -> tuple[float, f
     return prediction.copy_layer_s * layers * 1e3, prediction.compute_layer_s * layers * 1e3
 
 
+def _evictions(problem: Problem, best: Prediction) -> str:
+    """The steady evictions a pooled step pays before its forward (cost_model.eviction_bytes), in words."""
+    moved = float(eviction_bytes(problem, best.batch_size, best.split.copied_kv_bytes, best.split.rebuilt_kv_bytes))
+    return (f"; evicting the new tokens' K/V to the pool ({_bytes(moved)} per step) adds "
+            f"{moved / problem.costs.link_bytes_per_s * 1e3:.2f} ms before each forward")
+
+
 def link_sentence(problem: Problem, best: Prediction) -> tuple[str, str]:
+    binding, sentence = _link_sentence(problem, best)
+    return binding, sentence + (_evictions(problem, best) if best.pooled_bytes > 0 else "")
+
+
+def _link_sentence(problem: Problem, best: Prediction) -> tuple[str, str]:
     gbps = problem.costs.link_bytes_per_s / 1e9
     copy_ms, compute_ms = _copy_compute_ms(problem, best)
     if best.pooled_bytes <= 0:
