@@ -1,8 +1,9 @@
 """The typer app: every command is registered here, one module per command.
 
 `main()` is the console entry point. It maps `PieError` to a one-line message and its exit
-code; any other exception becomes a one-line runtime error, with the traceback only when
-PIE_DEBUG=1.
+code, and a parse error (an unknown option, a value of the wrong type) to one line with the
+command's `--help` as the hint, exit 2; any other exception becomes a one-line runtime error,
+with the traceback only when PIE_DEBUG=1.
 """
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import sys
 
 import typer
 
-from pie_core.errors import EXIT_RUNTIME, PieError
+from pie_core.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, PieError
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 app = typer.Typer(
     name="pie",
@@ -45,7 +51,17 @@ app.command("models")(models_cmd.models)
 
 def main() -> None:
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)  # parse errors come here instead of click's usage box
+    except NoArgsIsHelpError as err:  # bare `pie`: the help (rich prints it itself), as a usage error
+        text = err.format_message()
+        if text.strip():
+            print(text, file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except UsageError as err:
+        command = err.ctx.command_path if err.ctx is not None else "pie"
+        message = " ".join(err.format_message().split()).rstrip(".")
+        print(f"error: {message} (hint: see `{command} --help`)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     except PieError as err:
         if os.environ.get("PIE_DEBUG") == "1":
             raise
@@ -59,8 +75,10 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 - last-resort mapping to one line
         if os.environ.get("PIE_DEBUG") == "1":
             raise
-        print(f"error: {type(err).__name__}: {err} (hint: rerun with PIE_DEBUG=1 for a traceback)", file=sys.stderr)
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        print(f"error: {type(err).__name__}: {first_line} (hint: rerun with PIE_DEBUG=1 for a traceback)", file=sys.stderr)
         sys.exit(EXIT_RUNTIME)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ class PieError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        text = self.message.rstrip(".")
+        text = _without_full_stop(self.message)
         if self.hint:
-            text += f" (hint: {self.hint.rstrip('.')})"
+            text += f" (hint: {_without_full_stop(self.hint)})"
         return " ".join(text.split())
 
 
@@ -43,11 +43,25 @@ class RuntimeFailure(PieError):
     exit_code = EXIT_RUNTIME
 
 
+def _without_full_stop(text: str) -> str:
+    """One closing full stop dropped (the line adds its own punctuation); an ellipsis stays."""
+    return text[:-1] if text.endswith(".") and not text.endswith("...") else text
+
+
+MAX_LISTED = 40  # names a hint lists before it says how many more there are
+
+
 def suggest(name: str, choices: Iterable[str], limit: int = 3) -> str:
-    """Return ' did you mean a, b?' style text for a mistyped name, or a list of valid names."""
-    choices = sorted(set(choices))
-    close = difflib.get_close_matches(name, choices, n=limit, cutoff=0.5)
+    """'did you mean a, b?' for a mistyped name, else the valid names.
+
+    Ordered choices (a list, tuple or dict) are listed in their order, so the caller puts the usual
+    ones first; a set is sorted. Beyond MAX_LISTED names the hint says how many it left out.
+    """
+    ordered = list(dict.fromkeys(sorted(choices) if isinstance(choices, (set, frozenset)) else choices))
+    close = difflib.get_close_matches(name, ordered, n=limit, cutoff=0.5)
     if close:
         return "did you mean " + ", ".join(close) + "?"
-    shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+    shown = ", ".join(ordered[:MAX_LISTED])
+    if len(ordered) > MAX_LISTED:
+        shown += f" and {len(ordered) - MAX_LISTED} more"
     return f"valid names: {shown}"

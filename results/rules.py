@@ -68,7 +68,7 @@ def parse_rules(texts: Iterable[str]) -> tuple[Rule, ...]:
 
 def check_metrics(rules: Iterable[Rule], known_metrics: Iterable[str]) -> None:
     """Every rule must name a metric the compared records have; otherwise one-line bad input."""
-    known = set(known_metrics)
+    known = list(dict.fromkeys(known_metrics))  # in the records' order: the usual metrics first
     for rule in rules:
         if rule.metric not in known:
             raise BadInput(f"rule '{rule.text}' names unknown metric '{rule.metric}'", suggest(rule.metric, known))
