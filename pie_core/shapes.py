@@ -7,12 +7,12 @@ weights or torch; the engine builds modules from it and the planner does arithme
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pie_core.dtypes import dtype_bytes
 from pie_core.errors import BadInput, suggest
+from pie_core.model_dir import MISSING, config_value, read_config
 
 FAMILIES = ("opt", "llama", "mistral", "qwen2")
 
@@ -159,34 +159,34 @@ REGISTRY: dict[str, ModelShape] = {s.name: s for s in [
 
 
 def shape_from_hf_config(config: dict, name: str) -> ModelShape:
-    """Build a shape from a Hugging Face config.json dictionary."""
-    model_type = config.get("model_type", "")
-    try:
-        if model_type == "opt":
-            h = config["hidden_size"]
-            return ModelShape(
-                name=name, family="opt", hidden_size=h, num_layers=config["num_hidden_layers"],
-                num_heads=config["num_attention_heads"], num_kv_heads=config["num_attention_heads"],
-                intermediate_size=config.get("ffn_dim", 4 * h), vocab_size=config["vocab_size"],
-                max_positions=config.get("max_position_embeddings", 2048),
-                word_embed_proj_dim=config.get("word_embed_proj_dim", h),
-                do_layer_norm_before=config.get("do_layer_norm_before", True), tie_word_embeddings=True)
-        if model_type in ("llama", "mistral", "qwen2"):
-            heads = config["num_attention_heads"]
-            return ModelShape(
-                name=name, family=model_type, hidden_size=config["hidden_size"],
-                num_layers=config["num_hidden_layers"], num_heads=heads,
-                num_kv_heads=config.get("num_key_value_heads") or heads,
-                intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
-                max_positions=config.get("max_position_embeddings", 4096),
-                tie_word_embeddings=config.get("tie_word_embeddings", False),
-                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
-                rope_theta=float(config.get("rope_theta", 10000.0)),
-                norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-                sliding_window=config.get("sliding_window") if config.get("use_sliding_window", model_type == "mistral") else None,
-                rope_scaling=_rope_scaling_type(config.get("rope_scaling")))
-    except KeyError as missing:
-        raise BadInput(f"{name}: config.json lacks {missing}", "is this a complete Hugging Face model directory?") from None
+    """Build a shape from a Hugging Face config.json dictionary (each field of its declared kind)."""
+    def value(key: str, kind: type, default=MISSING):
+        return config_value(config, key, kind, name, default)
+
+    model_type = value("model_type", str, "")
+    if model_type == "opt":
+        h = value("hidden_size", int)
+        return ModelShape(
+            name=name, family="opt", hidden_size=h, num_layers=value("num_hidden_layers", int),
+            num_heads=value("num_attention_heads", int), num_kv_heads=value("num_attention_heads", int),
+            intermediate_size=value("ffn_dim", int, 4 * h), vocab_size=value("vocab_size", int),
+            max_positions=value("max_position_embeddings", int, 2048),
+            word_embed_proj_dim=value("word_embed_proj_dim", int, h),
+            do_layer_norm_before=value("do_layer_norm_before", bool, True), tie_word_embeddings=True)
+    if model_type in ("llama", "mistral", "qwen2"):
+        heads = value("num_attention_heads", int)
+        windowed = value("use_sliding_window", bool, model_type == "mistral")
+        return ModelShape(
+            name=name, family=model_type, hidden_size=value("hidden_size", int),
+            num_layers=value("num_hidden_layers", int), num_heads=heads,
+            num_kv_heads=value("num_key_value_heads", int, heads),
+            intermediate_size=value("intermediate_size", int), vocab_size=value("vocab_size", int),
+            max_positions=value("max_position_embeddings", int, 4096),
+            tie_word_embeddings=value("tie_word_embeddings", bool, False),
+            qkv_bias=model_type == "qwen2" or value("attention_bias", bool, False),
+            rope_theta=value("rope_theta", float, 10000.0), norm_eps=value("rms_norm_eps", float, 1e-5),
+            sliding_window=value("sliding_window", int, None) if windowed else None,
+            rope_scaling=_rope_scaling_type(value("rope_scaling", dict, None)))
     raise BadInput(f"{name}: model_type '{model_type}' is not supported",
                    "supported: opt, llama, mistral, qwen2")
 
@@ -198,14 +198,7 @@ def _rope_scaling_type(rope_scaling: dict | None) -> str | None:
 
 
 def load_shape_from_dir(path: Path) -> ModelShape:
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise BadInput(f"'{path}' has no config.json", "pass a Hugging Face model directory or a registry name (see `pie models`)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadInput(f"cannot read {config_path}: {err}", "is the file valid JSON?") from None
-    return shape_from_hf_config(config, name=str(path))
+    return shape_from_hf_config(read_config(path), name=str(path))
 
 
 def resolve_model(name_or_path: str) -> ModelShape:

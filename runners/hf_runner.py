@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
+from pie_core.inputs import OptionType, parse_options
 from pie_core.shapes import ModelShape, resolve_model
 from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
 from runners.request_loop import TokenDelta, drive_engine
 
 DEFAULT_BATCH_SIZE = 16
-OPTIONS = ("batch_size",)
+OPTIONS = {"batch_size": OptionType(int, minimum=1, example="16")}  # declared types (pie_core/inputs.py)
 
 
 def hf_config_from_shape(shape: ModelShape) -> Any:
@@ -105,17 +106,15 @@ class HFRunner:
     name = "hf"
 
     def describe(self, spec: RunnerSpec) -> dict[str, Any]:
-        unknown = sorted(set(spec.options) - set(OPTIONS))
-        if unknown:
-            raise BadInput(f"hf runner: unknown option(s) {', '.join(unknown)}", f"valid: {', '.join(OPTIONS)}")
-        batch_size = int(spec.options.get("batch_size") or spec.max_concurrency or DEFAULT_BATCH_SIZE)
+        options = parse_options("hf runner", spec.options, OPTIONS)
+        batch_size = options.get("batch_size") or spec.max_concurrency or DEFAULT_BATCH_SIZE
         if spec.max_concurrency is not None:
             batch_size = min(batch_size, spec.max_concurrency)
-        if batch_size < 1:
-            raise BadInput(f"hf runner: batch_size must be at least 1, got {batch_size}")
         path = Path(spec.model).expanduser()
-        from runners.engine.loader import has_weights
+        from runners.engine.loader import check_weights, has_weights
 
+        if path.is_dir() and has_weights(path):
+            check_weights(resolve_model(spec.model), path)  # a corrupt file fails here, before any record
         return {"model": spec.model, "dtype": spec.dtype, "device": spec.device, "seed": spec.seed,
                 "batch_size": batch_size, "random_weights": not (path.is_dir() and has_weights(path)),
                 "decoding": "greedy, eos disabled, static left-padded batches"}

@@ -20,25 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from pie_core.errors import BadInput, suggest
+from pie_core.errors import BadInput
+from pie_core.inputs import parse_options
 from runners.base import BenchRequest, RunnerSpec
 
 PROMPT_FORMATS = ("token_ids", "text")
 _OPTIONS: dict[str, type] = {"base_url": str, "model_name": str, "prompt_format": str, "request_timeout_s": float,
                              "connect_attempts": int, "connect_retry_s": float, "max_connections": int,
                              "vllm_extras": bool, "api_key": str, "warmup": bool}
-
-
-def _parse(name: str, kind: type, value: Any) -> Any:
-    if kind is bool and not isinstance(value, bool):
-        text = str(value).strip().lower()
-        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise BadInput(f"openai option {name}={value!r} is not true/false")
-        return text in ("1", "true", "yes", "on")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise BadInput(f"openai option {name}={value!r} is not a {kind.__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -70,11 +59,7 @@ class OpenAISettings:
 
     @classmethod
     def from_spec(cls, spec: RunnerSpec, environ: Mapping[str, str]) -> "OpenAISettings":
-        options: dict[str, Any] = {}
-        for name, value in spec.options.items():
-            if name not in _OPTIONS:
-                raise BadInput(f"unknown openai option '{name}'", suggest(name, _OPTIONS))
-            options[name] = _parse(name, _OPTIONS[name], value)
+        options = parse_options("openai", spec.options, _OPTIONS)
         if "base_url" not in options:
             raise BadInput("the openai runner needs the option base_url",
                            "give the server's address, e.g. base_url=http://127.0.0.1:8000")

@@ -23,14 +23,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pie_core.errors import BadInput, suggest
+from pie_core.errors import BadInput
+from pie_core.inputs import OptionType, parse_options
 from pie_core.shapes import resolve_model
 from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
 from runners.request_loop import TokenDelta, drive_engine
 
-ENGINE_OPTIONS = ("block_size", "num_device_blocks", "num_pool_blocks", "prefetch_depth", "copy_worker",
-                  "rebuild_fraction", "max_num_batched_tokens", "max_num_seqs", "max_model_len")
-CONTROL_OPTIONS = ("adaptive", "window_steps", "window_s", "max_stall_fraction")
+# Each option's declared type: `-O KEY=VALUE` text is parsed by it (pie_core/inputs.py); the ranges
+# of the engine's settings are EngineConfig's own checks.
+ENGINE_OPTIONS: dict[str, OptionType] = {
+    "block_size": OptionType(int, example="16"), "num_device_blocks": OptionType(int, example="1024"),
+    "num_pool_blocks": OptionType(int, example="256"), "prefetch_depth": OptionType(int, example="2"),
+    "copy_worker": OptionType(str, example="team"), "rebuild_fraction": OptionType(float, example="0.5"),
+    "max_num_batched_tokens": OptionType(int, example="2048"), "max_num_seqs": OptionType(int, example="32"),
+    "max_model_len": OptionType(int, example="2048")}
+CONTROL_OPTIONS: dict[str, OptionType] = {
+    "adaptive": OptionType(bool), "window_steps": OptionType(int, minimum=1, example="16"),
+    "window_s": OptionType(float, above=0, example="0.5"), "max_stall_fraction": OptionType(float, example="0.1")}
+PIE_OPTIONS: dict[str, OptionType] = {**ENGINE_OPTIONS, **CONTROL_OPTIONS, "plan": OptionType(str, example="plan.json")}
 DEFAULT_WINDOW_STEPS = 16
 DEFAULT_WINDOW_S = 0.5  # a window also closes after this long (long prefill steps)
 # On a CPU the "link" is a memcpy on the compute's own cores: pooled copies never hide, they buy
@@ -50,11 +60,9 @@ def engine_config_from_spec(spec: RunnerSpec) -> Any:
     """The `EngineConfig` for this run: plan settings (if any), then explicit engine options on top."""
     from runners.engine.config import EngineConfig
 
-    unknown = sorted(set(spec.options) - set(ENGINE_OPTIONS) - set(CONTROL_OPTIONS) - {"plan"})
-    if unknown:
-        raise BadInput(f"pie runner: unknown option(s) {', '.join(unknown)}", suggest(unknown[0], ENGINE_OPTIONS + CONTROL_OPTIONS))
+    options = parse_options("pie runner", spec.options, PIE_OPTIONS)
     settings: dict[str, Any] = {"dtype": spec.dtype}
-    plan_path = spec.options.get("plan")
+    plan_path = options.get("plan")
     if plan_path:
         from planner.plan import Plan
 
@@ -64,12 +72,18 @@ def engine_config_from_spec(spec: RunnerSpec) -> Any:
                            f"run with --model {plan.model}, or make a plan for this model with `pie tune --model {spec.model}`")
         # The dtype is the run's (`pie bench --dtype auto` resolves to the plan's; an explicit one wins).
         settings.update({k: v for k, v in plan.settings.engine_kwargs().items() if k not in ("model", "dtype")})
-    settings.update({k: v for k, v in spec.options.items() if k in ENGINE_OPTIONS and v is not None})
+    settings.update({k: v for k, v in options.items() if k in ENGINE_OPTIONS and v is not None})
     return EngineConfig(model=spec.model, device=spec.device, seed=spec.seed, **settings)
 
 
+def control_option(spec: RunnerSpec, name: str, default: Any = None) -> Any:
+    """One control option (CONTROL_OPTIONS, or the plan's path) of `spec`, parsed by its declared type."""
+    value = spec.options.get(name)
+    return default if value is None else PIE_OPTIONS[name].parse("pie runner", name, value)
+
+
 def plan_asks_adaptive(spec: RunnerSpec) -> bool:
-    plan_path = spec.options.get("plan")
+    plan_path = control_option(spec, "plan")
     if not plan_path:
         return False
     from planner.plan import Plan
@@ -79,27 +93,19 @@ def plan_asks_adaptive(spec: RunnerSpec) -> bool:
 
 def window_of(spec: RunnerSpec) -> tuple[int, float]:
     """(window_steps, window_s): a timeline window closes after that many iterations or seconds."""
-    steps = spec.options.get("window_steps", DEFAULT_WINDOW_STEPS)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise BadInput(f"window_steps must be at least 1, got {steps!r}", "e.g. -O window_steps=16")
-    seconds = spec.options.get("window_s", DEFAULT_WINDOW_S)
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
-        raise BadInput(f"window_s must be a positive number of seconds, got {seconds!r}", "e.g. -O window_s=0.5")
-    return steps, float(seconds)
+    return control_option(spec, "window_steps", DEFAULT_WINDOW_STEPS), float(control_option(spec, "window_s", DEFAULT_WINDOW_S))
 
 
 def controller_config_from_spec(spec: RunnerSpec, num_pool_blocks: int) -> Any:
     """The adaptive pool controller's settings when `adaptive` (or the plan's) asks for one, else None."""
-    if not (spec.options.get("adaptive") or plan_asks_adaptive(spec)):
+    if not (control_option(spec, "adaptive", False) or plan_asks_adaptive(spec)):
         return None
     if num_pool_blocks < 1:
         raise BadInput("--adaptive needs a pool to size, but this run has no pool blocks",
                        "give its capacity with --pool-blocks N (or a plan with a pool)")
     from planner.pool_controller import ControllerConfig
 
-    stall = spec.options.get("max_stall_fraction", CPU_MAX_STALL_FRACTION if spec.device == "cpu" else None)
-    if stall is not None and not isinstance(stall, (int, float)):
-        raise BadInput(f"max_stall_fraction must be a number, got {stall!r}", "e.g. -O max_stall_fraction=0.1")
+    stall = control_option(spec, "max_stall_fraction", CPU_MAX_STALL_FRACTION if spec.device == "cpu" else None)
     return ControllerConfig(capacity_blocks=num_pool_blocks, **({"max_stall_fraction": float(stall)} if stall is not None else {}))
 
 
@@ -158,16 +164,18 @@ class PieRunner:
     def describe(self, spec: RunnerSpec) -> dict[str, Any]:
         """The effective engine settings, before anything runs (bad options and plans fail here)."""
         config = engine_config_from_spec(spec)
-        from runners.engine.block_manager import CacheLayout
-        from runners.engine.loader import has_weights
+        from runners.engine.loader import check_weights, has_weights
+        from runners.engine.memory_fit import check_engine_fits
 
-        CacheLayout.from_config(config, config.shape.num_layers)  # budgets that cannot hold the staging fail here
         window_of(spec)  # bad window or controller settings fail here, before any record
         adaptive = controller_config_from_spec(spec, config.num_pool_blocks) is not None
-
         path = Path(spec.model).expanduser()
+        random_weights = not (path.is_dir() and has_weights(path)) if config.random_weights is None else config.random_weights
+        if not random_weights:
+            check_weights(config.shape, path)  # corrupt, truncated or wrong-shape weights: here, not mid-run
+        check_engine_fits(config)  # staging beyond the budget, or more memory than is free (a plan for another machine)
         described = dataclasses.asdict(config)
-        described["random_weights"] = not (path.is_dir() and has_weights(path)) if config.random_weights is None else config.random_weights
+        described["random_weights"] = random_weights
         if spec.options.get("plan"):
             described["plan"] = str(spec.options["plan"])
         described["adaptive"] = adaptive

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.dtypes import canonical_dtype
-from pie_core.errors import BadInput, suggest
+from pie_core.errors import BadInput
+from pie_core.inputs import parse_options
 from pie_core.shapes import ModelShape, resolve_model
 from pie_core.sizes import GIB
 from runners.base import RunnerSpec, peak_host_memory_bytes
@@ -29,22 +30,6 @@ DEFAULT_CPU_KV_CACHE_SPACE_GIB = 4.0  # vLLM's own CPU default takes most of RAM
 # option name -> parser; every option is optional
 _OPTIONS: dict[str, type] = {"kv_cache_space_gib": float, "gpu_memory_utilization": float, "max_num_seqs": int,
                              "max_model_len": int, "enforce_eager": bool, "block_size": int, "warmup": bool}
-
-
-def _parse(name: str, kind: type, value: Any) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise BadInput(f"vllm option {name}={value!r} is not true/false")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise BadInput(f"vllm option {name}={value!r} is not a {kind.__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -74,11 +59,7 @@ class VllmSettings:
     @classmethod
     def from_spec(cls, spec: RunnerSpec, environ: dict[str, str] | None = None) -> "VllmSettings":
         environ = os.environ if environ is None else environ
-        options: dict[str, Any] = {}
-        for name, value in spec.options.items():
-            if name not in _OPTIONS:
-                raise BadInput(f"unknown vllm option '{name}'", suggest(name, _OPTIONS))
-            options[name] = _parse(name, _OPTIONS[name], value)
+        options = parse_options("vllm", spec.options, _OPTIONS)
         env_space = environ.get(KV_SPACE_ENV, "").strip()
         if env_space and "kv_cache_space_gib" in options:
             raise BadInput(f"{KV_SPACE_ENV}={env_space} is set and so is kv_cache_space_gib={options['kv_cache_space_gib']}",

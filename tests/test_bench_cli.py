@@ -125,7 +125,7 @@ def test_plan_configures_the_engine(model_dir, tmp_path, monkeypatch, capsys):
     (["--sweep", "colour=1,2"], "cannot sweep"),
     (["--goodput", "ttft"], "NAME:MILLISECONDS"),
     (["--option", "nonsense"], "KEY=VALUE"),
-    (["--option", "num_pol_blocks=3"], "unknown option"),
+    (["--option", "num_pol_blocks=3"], "unknown pie runner option"),
     (["--device-blocks", "4", "--pool-blocks", "8"], "after staging"),
     (["--workload", "jsonl"], "needs --dataset-path"),
     (["--device", "tpu"], "unknown device"),

@@ -172,7 +172,7 @@ def test_settings_errors_and_secrets():
         OpenAISettings.from_spec(spec(base_url="localhost:8000"), {})
     with pytest.raises(BadInput, match="prompt_format"):
         OpenAISettings.from_spec(spec(base_url="http://x", prompt_format="chat"), {})
-    with pytest.raises(BadInput, match="not a float"):
+    with pytest.raises(BadInput, match="is not a number"):
         OpenAISettings.from_spec(spec(base_url="http://x", request_timeout_s="soon"), {})
     settings = OpenAISettings.from_spec(spec(base_url="http://x/v1/", vllm_extras="false"), {"OPENAI_API_KEY": "sk-1"})
     assert settings.completions_url == "http://x/v1/completions" and settings.vllm_extras is False

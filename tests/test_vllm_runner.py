@@ -142,7 +142,7 @@ def test_settings_parse_validate_and_default_the_kv_space():
     with pytest.raises(BadInput, match="set and so is"):
         VllmSettings.from_spec(RunnerSpec(model="m", options={"kv_cache_space_gib": 1}),
                                environ={"VLLM_CPU_KVCACHE_SPACE": "2"})
-    for options, message in (({"gpu_memory_utilization": 1.5}, "in \\(0, 1\\]"), ({"max_num_seqs": "x"}, "not a int"),
+    for options, message in (({"gpu_memory_utilization": 1.5}, "in \\(0, 1\\]"), ({"max_num_seqs": "x"}, "not a whole number"),
                              ({"enforce_eager": "maybe"}, "true/false"), ({"kv_cache_space_gib": 0}, "> 0")):
         with pytest.raises(BadInput, match=message):
             VllmSettings.from_spec(RunnerSpec(model="m", options=options), environ={})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pie_core.dtypes import canonical_dtype
 from pie_core.errors import BadInput, suggest
+from pie_core.inputs import check_block_size
 from pie_core.shapes import ModelShape, resolve_model
 
 DEVICES = ("cpu", "cuda")
@@ -44,8 +45,7 @@ class EngineConfig:
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         if self.device.split(":")[0] not in DEVICES:
             raise BadInput(f"unknown device '{self.device}'", suggest(self.device, DEVICES))
-        if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise BadInput(f"block_size must be a power of two, got {self.block_size}")
+        check_block_size(self.block_size)
         if self.num_device_blocks < 1:
             raise BadInput(f"num_device_blocks must be at least 1, got {self.num_device_blocks}",
                            "give the device KV budget room for at least one block")

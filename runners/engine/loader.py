@@ -5,8 +5,10 @@ and its shape; both paths below fill that table, so a model file never sees wher
 weights came from. Names are the Hugging Face names with the wrapper prefix removed
 (`model.decoder.`, `decoder.`, `model.`): `layers.0.self_attn.q_proj.weight`, `embed_tokens.weight`.
 
-- `load_weights` reads `*.safetensors` in a directory, maps names, checks shapes, casts to the
-  engine dtype, and raises `BadInput` naming the missing tensors. Tied embeddings: OPT always
+- `check_weights` reads only the `*.safetensors` headers (pie_core/model_dir.py) and raises `BadInput`
+  for a corrupt or truncated file, a tensor of the wrong shape or missing tensors, before anything
+  is loaded (runners call it before a record is opened); `load_weights` checks the same way, then
+  reads the tensors, maps names and casts to the engine dtype. Tied embeddings: OPT always
   reads its logits through `embed_tokens`; Llama-family models without `lm_head.weight` in the
   files must say `tie_word_embeddings` in their config.
 - `random_weights` draws N(0, 0.02) matrices, zero biases and unit norm weights from one
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from pie_core.errors import BadInput
+from pie_core.model_dir import safetensors_index
 from pie_core.shapes import ModelShape
 
 _PREFIXES = ("model.decoder.", "decoder.", "model.")
@@ -95,34 +98,47 @@ def has_weights(directory: Path) -> bool:
     return Path(directory).is_dir() and any(Path(directory).glob("*.safetensors"))
 
 
-def load_weights(shape: ModelShape, directory: Path, dtype: str, device: str,
-                 num_layers: int | None = None) -> dict[str, torch.Tensor]:
-    """Read the tensors of `expected_tensors` from `directory/*.safetensors`, cast and move them."""
-    from safetensors import safe_open
-
+def check_weights(shape: ModelShape, directory: Path, num_layers: int | None = None) -> dict[str, tuple[str, Path]]:
+    """Canonical name -> (stored name, file) of every tensor the model needs, from the files' headers alone."""
     directory = Path(directory)
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
+    index = safetensors_index(directory)
+    if not index:
         raise BadInput(f"'{directory}' has no *.safetensors files", "save the model with save_pretrained(safe_serialization=True), or run with random weights")
     table = expected_tensors(shape, num_layers)
-    target = torch_dtype(dtype)
-    weights: dict[str, torch.Tensor] = {}
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for hf_name in handle.keys():
-                name = canonical_name(hf_name)
-                if name not in table or name in weights:
-                    continue
-                tensor = handle.get_tensor(hf_name)
-                if tuple(tensor.shape) != table[name]:
-                    raise BadInput(f"{path.name}: tensor {hf_name} has shape {tuple(tensor.shape)}, expected {table[name]}",
-                                   "does config.json match the weights?")
-                weights[name] = tensor.to(device=device, dtype=target)
-    missing = [name for name in table if name not in weights]
+    found: dict[str, tuple[str, Path]] = {}
+    for hf_name, entry in index.items():
+        name = canonical_name(hf_name)
+        if name not in table or name in found:
+            continue
+        if entry.shape != table[name]:
+            raise BadInput(f"{entry.file.name}: tensor {hf_name} has shape {entry.shape}, expected {table[name]}",
+                           "does config.json match the weights?")
+        found[name] = (hf_name, entry.file)
+    missing = [name for name in table if name not in found]
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise BadInput(f"'{directory}' lacks {len(missing)} tensor(s): {shown}",
                        "is the checkpoint complete and of the family config.json names?")
+    return found
+
+
+def load_weights(shape: ModelShape, directory: Path, dtype: str, device: str,
+                 num_layers: int | None = None) -> dict[str, torch.Tensor]:
+    """Read the tensors of `expected_tensors` from `directory/*.safetensors` (checked first), cast and move them."""
+    from safetensors import SafetensorError, safe_open
+
+    target = torch_dtype(dtype)
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for name, (hf_name, path) in check_weights(shape, directory, num_layers).items():
+        by_file.setdefault(path, []).append((name, hf_name))
+    weights: dict[str, torch.Tensor] = {}
+    for path, names in by_file.items():
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name, hf_name in names:
+                    weights[name] = handle.get_tensor(hf_name).to(device=device, dtype=target)
+        except SafetensorError as err:
+            raise BadInput(f"cannot read '{path}': {err}", "re-save the model with save_pretrained(safe_serialization=True)") from None
     return weights
 
 
