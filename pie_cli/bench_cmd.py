@@ -20,7 +20,8 @@ from pie_cli.options import DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, R
 from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_options
 from pie_cli.output import Output
 from pie_core.device_probe import resolve_device
-from pie_core.errors import BadInput
+from pie_core.errors import BadInput, PieError
+from pie_core.inputs import writable_dir
 from results.metrics import parse_goodput, summary_rows
 
 TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> device bytes"),
@@ -29,25 +30,14 @@ TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> d
                   ("rebuilt_tokens", "Rebuilt tokens"))
 
 
-def _option_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            continue
-    return text
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+def parse_options(items: list[str]) -> dict[str, str]:
+    """`-O KEY=VALUE` items as {key: text}; each runner parses the text by the option's declared type."""
+    options: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise BadInput(f"runner option '{item}' is not KEY=VALUE", "e.g. --option num_pool_blocks=256")
-        options[key.strip().replace("-", "_")] = _option_value(value.strip())
+        options[key.strip().replace("-", "_")] = value.strip()
     return options
 
 
@@ -95,11 +85,13 @@ def bench(
     from pie_core.dtypes import canonical_dtype
     from results.store import ResultsStore
     from runners.arrivals import ArrivalSpec
-    from runners.bench import BenchInterrupted, BenchSettings, check_device, expand_sweep, parse_sweep, run_bench
+    from runners.bench import (BenchInterrupted, BenchSettings, check_device, check_failures, check_points, expand_sweep,
+                               parse_sweep, run_bench)
     from runners.registry import get_runner
     from runners.workloads import WorkloadSpec
 
     out = Output(json_out)
+    writable_dir(results_dir, "--results-dir")  # before any work, not when the record is opened
     runner_options = parse_options(option or [])
     for key, value in (("plan", str(plan) if plan else None), ("num_pool_blocks", pool_blocks), ("num_device_blocks", device_blocks),
                        ("adaptive", True if adaptive else None)):
@@ -136,28 +128,41 @@ def bench(
         out.warn("--burstiness has no effect without --request-rate: every request is released at once")
     parsed_sweep = parse_sweep(sweep) if sweep else None
     points = expand_sweep(settings, parsed_sweep)
+    check_points(points)  # every point's settings, before the first runs
     store = ResultsStore(results_dir)
-    outcomes = []
+    outcomes: list = []
     def say_dtype() -> None:  # once, when the first run starts (after its input is checked)
         if from_plan:
             out.info(f"dtype {resolution.dtype} (auto: the plan's)")
         else:
             announce_dtype(out, resolution, device)
 
-    for index, (point, point_settings) in enumerate(points):
-        try:
+    try:
+        for index, (point, point_settings) in enumerate(points):
             outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench,
                                        say_dtype if index == 0 else None))
-        except BenchInterrupted as interrupted:
-            out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
-                     f"{interrupted.record_path} (marked incomplete)")
-            raise typer.Exit(130) from None
-    if json_out:
-        payloads = [_payload(o) for o in outcomes]
-        out.json(payloads[0] if parsed_sweep is None else {"sweep_id": parsed_sweep.sweep_id, "key": parsed_sweep.key, "runs": payloads})
-        return
-    if parsed_sweep is not None:
+            note = check_failures(outcomes[-1])  # all failed: RuntimeFailure, after the points so far are printed
+            if note:
+                out.warn(note)
+    except BenchInterrupted as interrupted:
+        _print_json(out, json_out, parsed_sweep, outcomes)
+        out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
+                 f"{interrupted.record_path} (marked incomplete)" if interrupted.record_path else
+                 "[yellow]interrupted[/yellow] before any request finished; no record was kept")
+        raise typer.Exit(130) from None
+    except PieError:
+        _print_json(out, json_out, parsed_sweep, outcomes)  # --json still gets the points that finished
+        raise
+    _print_json(out, json_out, parsed_sweep, outcomes)
+    if parsed_sweep is not None and not json_out:
         _sweep_table(out, parsed_sweep, outcomes)
+
+
+def _print_json(out: Output, json_out: bool, sweep: Any, outcomes: list) -> None:
+    if not json_out or not outcomes:
+        return
+    payloads = [_payload(o) for o in outcomes]
+    out.json(payloads[0] if sweep is None else {"sweep_id": sweep.sweep_id, "key": sweep.key, "runs": payloads})
 
 
 def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict | None, run_bench: Any,

@@ -13,6 +13,7 @@ import typer
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt
 from pie_cli.output import Output, format_cell
 from pie_core.errors import EXIT_REGRESSION, BadInput
+from pie_core.inputs import check_number
 
 if TYPE_CHECKING:
     from results.compare import Comparison
@@ -49,10 +50,8 @@ def compare(
     output_format = "json" if json_out else output_format
     if output_format not in FORMATS:
         raise BadInput(f"unknown format '{output_format}'", f"use one of {', '.join(FORMATS)}")
-    if not 0 < alpha < 1:
-        raise BadInput(f"--alpha must be between 0 and 1, got {alpha}", "the usual value is 0.05")
-    if threshold < 0:
-        raise BadInput(f"--threshold must be a non-negative percentage, got {threshold}")
+    check_number(alpha, "--alpha", above=0, below=1, hint="the usual value is 0.05")
+    check_number(threshold, "--threshold", minimum=0, hint="a change in percent, e.g. --threshold 5")
     # pandas/scipy load here, not at import, so other commands start fast
     from results.compare import CompareOptions, compare as compare_sides, resolve_side
     from results.rules import parse_rules

@@ -13,7 +13,9 @@ import typer
 from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
 from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
-from pie_core.errors import BadInput, RuntimeFailure
+from pie_core.errors import RuntimeFailure
+from pie_core.inputs import writable_file
+from pie_core.json_files import save_keeping
 from profiler.hardware_profile import HardwareProfile
 from profiler.saved_profiles import default_profile_path
 
@@ -25,19 +27,6 @@ MaxSizeOpt = Annotated[Optional[str], typer.Option("--max-size", help="Largest l
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads while measuring (default: torch's, all cores); 1 is steadier on a busy machine.")]
 NoLayerOpt = Annotated[bool, typer.Option("--no-layer", help="Measure only the link, memory bandwidth and FLOP/s.")]
 ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Render a saved profile instead of measuring.")]
-
-
-def check_output_path(path: Path | None) -> None:
-    """Fail before measuring, not after, when the profile could not be written."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise BadInput(f"--output '{path}' is a directory", "give a file name, e.g. profile.json")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise BadInput(f"--output '{path}': '{parent}' is not a directory")
 
 
 class RichProgress:
@@ -158,7 +147,8 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     from pie_core.sizes import parse_size
     from profiler.run import ProfileRequest, check_device, run_profile
 
-    check_output_path(output)
+    if output is not None:
+        writable_file(output, "--output")  # before measuring, not after
     resolved = resolve_dtype_option(dtype, check_device(device))
     request = ProfileRequest(device=device, dtype=resolved.dtype, model=None if no_layer else model, quick=quick,
                              max_size_bytes=parse_size(max_size, "--max-size") if max_size is not None else None,
@@ -167,7 +157,8 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     announce_dtype(out, resolved, device)
     with out.progress(transient=True) as bar:
         result = run_profile(request, RichProgress(bar))
-    path = result.save(output or default_profile_path(result, DEFAULT_PROFILES_DIR))
+    default = default_profile_path(result, DEFAULT_PROFILES_DIR)
+    path = save_keeping(result.save, output or default, "profile", fallbacks=(default,))
     if json_out:
         out.json({"path": str(path), "profile": result.to_dict()})
     render(out, result, path)

@@ -13,6 +13,7 @@ import typer
 from pie_cli.options import DEFAULT_RESULTS_DIR, JsonOpt, ResultsDirOpt
 from pie_cli.output import Output
 from pie_core.errors import BadInput
+from pie_core.inputs import writable_file
 
 FORMATS = ("html", "markdown")
 
@@ -33,6 +34,7 @@ def report(
     """
     if output_format not in FORMATS:
         raise BadInput(f"unknown format '{output_format}'", f"use one of {', '.join(FORMATS)}")
+    path = writable_file(output or Path("pie-report.html" if output_format == "html" else "pie-report.md"), "--output")
     # pandas/matplotlib load here, not at import, so other commands start fast
     from results.compare import resolve_side
     from results.report import build_report, write_report
@@ -46,7 +48,6 @@ def report(
             if record.run_id not in seen:
                 seen.add(record.run_id)
                 records.append(record)
-    path = output or Path("pie-report.html" if output_format == "html" else "pie-report.md")
     built = build_report(records, title=title, selection=" ".join(references))
     written = write_report(built, path, output_format)
     for note in built.notes:

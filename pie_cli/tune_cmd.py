@@ -16,6 +16,8 @@ from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_opt
 from pie_cli.options import DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
 from pie_core.errors import BadInput
+from pie_core.inputs import check_number, writable_file
+from pie_core.json_files import save_keeping
 from pie_core.sizes import GIB, parse_size
 
 
@@ -93,13 +95,20 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
     from runners.workloads.stats import workload_stats
 
     out = Output(json_out)
+    if output is not None:
+        writable_file(output, "--output")  # before any profile or plan is made
     shape = resolve_model(model)
     gpu_bytes, cpu_bytes = parse_budget(gpu_memory, "--gpu-memory"), parse_budget(cpu_memory, "--cpu-memory")
-    if max_tpot_ms is not None and max_tpot_ms <= 0:
-        raise BadInput(f"--max-tpot-ms must be positive, got {max_tpot_ms:g}")
+    if max_tpot_ms is not None:
+        check_number(max_tpot_ms, "--max-tpot-ms", above=0, hint="give milliseconds per output token, e.g. --max-tpot-ms 50")
     if online and hardware:
         raise BadInput(f"--online runs the engine on this machine, but --hardware {hardware} plans for another one",
                        "drop --hardware (a profile of this machine is used) or pass --profile of this machine")
+    online_settings = None
+    if online:  # checked now, not after a quick profile
+        from runners.online_tuner import OnlineSettings
+
+        online_settings = OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed)
     stats = workload_stats(workload, model)
     if hardware is None and profile is None:
         from profiler.run import check_device
@@ -121,19 +130,18 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
     plan = make_plan(TuneRequest(shape=shape, model=model, dtype=dtype, hardware=hw, budgets=budgets, workload=stats,
                                  max_tpot_ms=max_tpot_ms, max_batch_size=max_num_seqs))
     say_dtype()
-    if online:
-        from runners.online_tuner import OnlineSettings, run_online
+    if online_settings is not None:
+        from runners.online_tuner import run_online
 
-        plan = run_online(plan, OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed,
-                                               device=hw.device), out)
+        plan = run_online(plan, dataclasses.replace(online_settings, device=hw.device), out)
     if adaptive:
         if plan.settings.num_pool_blocks < 1:
             raise BadInput("--adaptive sizes the pool within the plan's, but this plan has no pool",
                            "give the pool room with --cpu-memory, or drop --adaptive")
         plan = dataclasses.replace(plan, adaptive=True)
     if output:
-        plan.save(output)
-        out.info(f"plan written to {output}")
+        written = save_keeping(plan.save, output, "plan")
+        out.info(f"plan written to {written}")
     if json_out:
         out.json(plan)
         return

@@ -1,14 +1,24 @@
 """Atomic writes of the versioned JSON files pie keeps (profiles, plans), and JSON cleaning.
 
-Ground layer: every package above uses it. Reading and validating stay with each file's class.
+`save_keeping` is how a command saves what it measured: when the chosen path fails at the last
+moment (its output path was checked before the work, see pie_core/inputs.py, but a disk can fill),
+the file goes to a fallback and the error names where it is. Ground layer: every package above
+uses it. Reading and validating stay with each file's class.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from pie_core.errors import RuntimeFailure
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -16,9 +26,33 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # no half-written file is left beside a failed write
+        raise
     return path
+
+
+def save_keeping(save: Callable[[Path], Path], path: Path, what: str, fallbacks: Sequence[Path] = ()) -> Path:
+    """`save(path)`; if that fails, `save` to the first of `fallbacks` (then the temp directory) that takes it,
+    and raise `RuntimeFailure` naming where the file went, so what was measured is not lost."""
+    try:
+        return save(path)
+    except OSError as err:
+        failure = f"cannot write the {what} to '{path}' ({err.strerror or err})"
+        spare = Path(tempfile.gettempdir()) / f"pie-{path.stem or what}-{os.getpid()}-{secrets.token_hex(3)}.json"
+        for fallback in (*fallbacks, spare):
+            if Path(fallback) == Path(path):
+                continue
+            try:
+                kept = save(Path(fallback))
+            except OSError:
+                continue
+            raise RuntimeFailure(f"{failure}; it was saved to '{kept}' instead", f"move it where it belongs: mv {kept} {path}") from None
+        raise RuntimeFailure(f"{failure}, nor anywhere else", "free some disk space and run it again") from None
 
 
 def to_jsonable(value: Any) -> Any:

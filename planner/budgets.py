@@ -14,6 +14,7 @@ from typing import Any
 from dataclasses import dataclass
 
 from pie_core.errors import BadInput, suggest
+from pie_core.inputs import check_block_size, check_number
 from pie_core.shapes import ModelShape
 from pie_core.sizes import GIB, format_bytes
 
@@ -35,8 +36,9 @@ class Budgets:
             raise BadInput(f"--cpu-memory must be >= 0, got {self.host_memory_bytes} bytes")
         if not 0 <= self.fragmentation_fraction < 1:
             raise BadInput(f"fragmentation fraction must be in [0, 1), got {self.fragmentation_fraction}")
-        if self.block_size < 1 or self.max_num_batched_tokens < 1:
-            raise BadInput("block_size and max_num_batched_tokens must be at least 1")
+        check_block_size(self.block_size, "--block-size")  # the engine's rule: a plan pie bench refuses is never made
+        check_number(self.max_num_batched_tokens, "--max-num-batched-tokens", minimum=1, integer=True,
+                     hint="e.g. --max-num-batched-tokens 2048")
 
     def check_physical(self, device_memory_bytes: int, host_memory_bytes: int, machine: str) -> None:
         """Budgets beyond what the machine has are bad input."""

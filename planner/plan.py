@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
+from pie_core.inputs import check_block_size, readable_file
 from pie_core.json_files import write_json_atomic
 
 PLAN_SCHEMA_VERSION = 1
@@ -33,6 +34,7 @@ class EngineSettings:
     max_num_batched_tokens: int
 
     def __post_init__(self) -> None:
+        check_block_size(self.block_size, "plan block_size")
         if self.num_device_blocks < 1 or self.num_pool_blocks < 0 or self.prefetch_depth < 1 or self.max_num_seqs < 1:
             raise BadInput(f"plan settings out of range: {self}")
         if not 0.0 <= self.rebuild_fraction <= 1.0:
@@ -109,9 +111,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: Path) -> "Plan":
-        path = Path(path)
-        if not path.is_file():
-            raise BadInput(f"plan '{path}' does not exist", "write one with `pie tune --output plan.json`")
+        path = readable_file(path, "plan", "write one with `pie tune --output plan.json`")
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

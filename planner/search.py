@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from pie_core.errors import BadInput
+from pie_core.formatting import round_up
 from pie_core.sizes import format_bytes
 from planner.cost_model import Prediction, Problem, candidate_batch_sizes, predict
 from planner.lp import CandidateSolution, solve_candidates
@@ -117,9 +118,9 @@ def _solve(problem: Problem, pairs: list[tuple[int, int]], max_tpot_ms: float | 
         raise BadInput("no candidate batch fits the memory budgets", "raise --gpu-memory or --cpu-memory")
     if required and not within:
         fastest = min((p for p, _ in feasible), key=lambda p: p.tpot_ms)
-        raise BadInput(f"--max-tpot-ms {max_tpot_ms:g} cannot be met: the best achievable is {fastest.tpot_ms:.2f} ms per "
+        raise BadInput(f"--max-tpot-ms {max_tpot_ms:g} cannot be met: the best achievable is {fastest.tpot_ms:.3g} ms per "
                        f"token (batch {fastest.batch_size}) on this hardware and budget",
-                       f"use --max-tpot-ms {fastest.tpot_ms * 1.05:.2f} or more")
+                       f"use --max-tpot-ms {round_up(fastest.tpot_ms * 1.05)} or more")
     best, binding = _pick([(p, s.binding) for p, s in within]) if within else (None, ())
     return SearchResult(best=best, best_binding=binding, predictions=tuple(p for p, _ in feasible),
                         infeasible_batch=None, latency_rejected=rejected, lp_solve_s=result.solve_s,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
+from pie_core.inputs import readable_file
 from pie_core.json_files import write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -159,9 +160,7 @@ class HardwareProfile:
 
     @classmethod
     def load(cls, path: Path) -> "HardwareProfile":
-        path = Path(path)
-        if not path.is_file():
-            raise BadInput(f"profile '{path}' does not exist", "run `pie profile` first or pass --profile FILE")
+        path = readable_file(path, "profile", "run `pie profile` first, or pass the JSON file it saved")
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

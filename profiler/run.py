@@ -20,6 +20,7 @@ from pie_core.capability import dtype_support, resolve_dtype
 from pie_core.device_probe import detect_capability, free_device_bytes
 from pie_core.errors import BadInput, PieError, suggest
 from pie_core.fingerprint import collect_fingerprint, cpu_model
+from pie_core.inputs import check_seed, check_threads
 from pie_core.shapes import ModelShape, resolve_model
 from pie_core.sizes import format_bytes, free_host_bytes
 from profiler.hardware_profile import HardwareProfile
@@ -70,8 +71,8 @@ class ProfileRequest:
     def __post_init__(self) -> None:
         check_device(self.device)
         object.__setattr__(self, "dtype", resolve_dtype(self.dtype, detect_capability(self.device)).dtype)
-        if self.threads is not None and self.threads < 1:
-            raise BadInput(f"--threads must be at least 1, got {self.threads}")
+        check_threads(self.threads)  # before torch sees it: 100000 threads crashed OpenMP
+        check_seed(self.seed)
         if self.model is not None:
             resolve_model(self.model)  # unknown names and directories without config.json fail here
 

@@ -133,7 +133,8 @@ def resolve_side(reference: str, store: ResultsStore) -> Side:
     for part in [p.strip() for p in reference.split(",") if p.strip()]:
         record = store.load(part)
         if not record.complete:
-            raise BadInput(f"run '{record.run_id}' is incomplete (interrupted; no summary)", "compare finished runs")
+            raise BadInput(f"run '{record.run_id}' is incomplete (interrupted; no summary)",
+                           "pass runs that finished; `pie show` marks which are complete")
         records.append(record)
     if not records:
         raise BadInput(f"empty run reference '{reference}'", "pass a record file, a run id, or KEY=VALUE")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
+from pie_core.inputs import readable_file
 from pie_core.json_files import to_jsonable
 from results.record import RequestSample, RunHeader, RunRecord, header_from_dict
 
@@ -68,6 +69,11 @@ class RecordWriter:
         if not self._file.closed:
             self._file.close()
 
+    def discard(self) -> None:
+        """Close and remove a record that holds nothing measured (a run that failed before any request finished)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
     def __enter__(self) -> "RecordWriter":
         return self
 
@@ -77,12 +83,10 @@ class RecordWriter:
 
 def load_record(path: Path) -> RunRecord:
     """Read a record file; a torn last line (killed mid-write) is ignored and the run is incomplete."""
-    path = Path(path)
+    path = readable_file(path, "record", "pass a record file, a run id, or a selector (see `pie show`)")
     source = f"record '{path}'"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BadInput(f"{source} does not exist", "pass a record file, a run id, or a selector (see `pie show`)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise BadInput(f"cannot read {source}: {err}") from None
     entries = []
@@ -118,6 +122,9 @@ class ResultsStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"results directory '{self.root}' is a file, not a directory",
+                           "pass --results-dir a directory; it is made if missing")
 
     def writer(self, header: RunHeader) -> RecordWriter:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,14 @@
 header (machine fingerprint, git commit, workload description, the runner's effective
 settings), streams each finished request into the record, then writes the vLLM-named summary
 and the runner's telemetry. On Ctrl-C the record keeps the finished requests without a
-summary (it loads as incomplete) and `BenchInterrupted` says where it is.
+summary (it loads as incomplete) and `BenchInterrupted` says where it is. A run that fails or is
+interrupted before any request finished leaves no record (it measured nothing); one where every
+request failed keeps its record and `check_failures` makes it a `RuntimeFailure` with the first
+error (some failed: a note of how many, and why).
 
 A sweep (`--sweep request_rate=1,2,4`, `--sweep pool_blocks=0,256`) expands one settings
-object into one per point; each point is a separate record under a common `sweep_id`.
+object into one per point; each point is a separate record under a common `sweep_id`;
+`check_points` has every point's runner settings checked before the first one runs.
 
 Left out: rendering (pie_cli/bench_cmd.py) and comparing runs (results/compare.py).
 """
@@ -22,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pie_core.errors import BadInput, suggest
+from pie_core.errors import BadInput, RuntimeFailure, suggest
+from pie_core.inputs import OptionType
 from pie_core.json_files import to_jsonable
 from results.metrics import compute_metrics
 from results.record import RequestSample, RunHeader
@@ -67,7 +72,11 @@ class BenchSettings:
         if self.workload.name == "burstgpt" and not math.isinf(self.arrivals.request_rate):
             raise BadInput("--request-rate does not apply to trace replay: the trace sets the arrival times",
                            "drop --request-rate; use --time-scale to compress or stretch the trace")
-        if self.runner_options.get("adaptive") and self.runner not in ADAPTIVE_RUNNERS:
+        if self.label is not None and (not self.label.strip() or any(c in self.label for c in ",=")):
+            raise BadInput(f"--label {self.label!r} cannot be selected later (selectors are label=NAME, comma-separated)",
+                           "give a non-empty label without ',' or '=', e.g. --label main")
+        adaptive = self.runner_options.get("adaptive")
+        if adaptive is not None and OptionType(bool).parse(self.runner, "adaptive", adaptive) and self.runner not in ADAPTIVE_RUNNERS:
             raise BadInput(f"--adaptive sizes the Pie engine's pool; runner '{self.runner}' has none",
                            f"use --runner {' or --runner '.join(ADAPTIVE_RUNNERS)}, or drop --adaptive")
 
@@ -94,13 +103,16 @@ class BenchOutcome:
     workload: WorkloadInfo
     sweep_point: dict[str, Any] | None = None
     timeline: tuple[dict[str, Any], ...] = ()
+    first_error: str | None = None  # of the first failed request, if any failed
 
 
 class BenchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run: the record at `record_path` keeps `num_requests` finished requests."""
+    """Ctrl-C during a run: the record at `record_path` keeps `num_requests` finished requests
+    (`record_path` is None when none had finished: no record is kept)."""
 
-    def __init__(self, record_path: Path, num_requests: int):
-        super().__init__(f"interrupted; {num_requests} finished request(s) kept in {record_path} (marked incomplete)")
+    def __init__(self, record_path: Path | None, num_requests: int):
+        super().__init__(f"interrupted; {num_requests} finished request(s) kept in {record_path} (marked incomplete)"
+                         if record_path else "interrupted before any request finished; no record was kept")
         self.record_path = record_path
         self.num_requests = num_requests
 
@@ -141,6 +153,36 @@ def expand_sweep(settings: BenchSettings, sweep: Sweep | None) -> list[tuple[dic
     if sweep is None:
         return [(None, settings)]
     return [({sweep.key: value}, apply_point(settings, sweep.key, value)) for value in sweep.values]
+
+
+def check_points(points: list[tuple[dict[str, Any] | None, BenchSettings]]) -> None:
+    """Every sweep point's runner settings checked (the runner's `describe`) before the first point runs,
+    so a bad value at point 3 fails before points 1 and 2 are measured."""
+    if len(points) < 2:
+        return  # run_bench checks a single run before its record
+    checked: list[RunnerSpec] = []
+    for point, settings in points:
+        spec = settings.spec()
+        describe = getattr(get_runner(settings.runner), "describe", None)
+        if spec in checked or describe is None:
+            continue
+        checked.append(spec)
+        try:
+            describe(spec)
+        except BadInput as err:
+            where = ", ".join(f"{key}={value}" for key, value in (point or {}).items())
+            raise BadInput(f"sweep point {where}: {err.message}", err.hint) from None
+
+
+def check_failures(outcome: BenchOutcome) -> str | None:
+    """None when every request succeeded; a note of how many failed and the first error when some did;
+    `RuntimeFailure` (exit 1) when all did (the record stays, complete: the failures are what happened)."""
+    failed, completed = outcome.summary.get("failed") or 0, outcome.summary.get("completed") or 0
+    if not failed:
+        return None
+    if not completed:
+        raise RuntimeFailure(f"all {failed} requests failed (each is in {outcome.record_path}); the first: {outcome.first_error}")
+    return f"{failed} of {failed + completed} requests failed; the first: {outcome.first_error}"
 
 
 def check_device(device: str) -> None:
@@ -208,11 +250,13 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
         on_start(info, header.config, writer.path)
     try:
         result = runner.run(requests, spec, done)
-    except KeyboardInterrupt:
-        writer.close()
-        raise BenchInterrupted(writer.path, len(samples)) from None
-    except BaseException:
-        writer.close()  # the record stays, incomplete, with what finished
+    except BaseException as err:
+        if samples:
+            writer.close()  # the record stays, incomplete, with what finished
+        else:
+            writer.discard()  # nothing was measured: a run that never finished a request leaves no record
+        if isinstance(err, KeyboardInterrupt):
+            raise BenchInterrupted(writer.path if samples else None, len(samples)) from None
         raise
     summary = compute_metrics(samples, result.duration_s, settings.goodput_slos_ms or None,
                               result.peak_device_memory_bytes, result.peak_host_memory_bytes)
@@ -220,4 +264,4 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
     writer.finish(summary, telemetry, result.timeline)
     return BenchOutcome(record_path=writer.path, run_id=header.run_id, summary=summary, telemetry=telemetry,
                         config=result.config, workload=info, sweep_point=sweep_point,
-                        timeline=tuple(result.timeline))
+                        timeline=tuple(result.timeline), first_error=next((s.error for s in samples if not s.success), None))

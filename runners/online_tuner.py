@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from pie_core.errors import BadInput
+from pie_core.inputs import check_number, check_seed
 from pie_core.shapes import resolve_model
 from planner.hill_climber import ClimberConfig, HillClimber, Measurement, Move
 from planner.plan import Plan
@@ -48,8 +49,11 @@ class OnlineSettings:
     settle_steps: int | None = None  # iterations run before the first measurement (default: the mean output length)
 
     def __post_init__(self) -> None:
-        if self.num_prompts < 1 or self.window_steps < 1 or self.warmup_steps < 0 or self.max_moves < 1:
-            raise BadInput("--num-prompts, --window-steps and the move budget must be at least 1")
+        check_number(self.num_prompts, "--num-prompts", minimum=1, integer=True, hint="e.g. --num-prompts 64")
+        check_number(self.window_steps, "--window-steps", minimum=1, integer=True, hint="e.g. --window-steps 8")
+        if self.warmup_steps < 0 or self.max_moves < 1:
+            raise BadInput(f"warm-up steps must be >= 0 and the move budget at least 1, got {self.warmup_steps} and {self.max_moves}")
+        check_seed(self.seed)
         if self.pool_headroom < 1:
             raise BadInput(f"pool headroom must be >= 1, got {self.pool_headroom}")
 

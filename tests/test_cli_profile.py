@@ -57,7 +57,7 @@ def test_max_size_beyond_free_memory(monkeypatch, capsys):
     (["--max-size", "lots"], "cannot read --max-size 'lots'"),
     (["--max-size", "256"], "--max-size '256' has no unit"),
     (["--dtype", "int3"], "unknown dtype"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--threads", "0"], "--threads must be between 1 and"),
     (["--device", "tpu"], "unknown device"),
 ])
 def test_other_bad_options(monkeypatch, capsys, args, fragment):

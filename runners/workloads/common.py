@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
+from pie_core.inputs import check_number, check_seed, readable_file
 
 WORKLOADS = ("sharegpt", "alpaca", "jsonl", "burstgpt", "fixed", "uniform", "phases")
 OWN_ARRIVALS = ("burstgpt", "phases")  # workloads that set their own arrival times
@@ -26,6 +27,7 @@ MIN_PROMPT_LEN = 4
 MAX_PROMPT_LEN = 1024
 MAX_TOTAL_LEN = 2048
 MIN_OUTPUT_LEN = 4
+MAX_NUM_PROMPTS = 1_000_000  # every request is built (tokenized, timed) before the run starts
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ class WorkloadSpec:
             from pie_core.errors import suggest
 
             raise BadInput(f"unknown workload '{self.name}'", suggest(self.name, WORKLOADS))
-        if self.num_prompts < 1:
-            raise BadInput(f"num_prompts must be at least 1, got {self.num_prompts}")
+        check_number(self.num_prompts, "--num-prompts", minimum=1, maximum=MAX_NUM_PROMPTS, integer=True,
+                     hint=f"give 1..{MAX_NUM_PROMPTS:,} requests (all are built before the run starts)")
+        check_seed(self.seed)
         for name in ("output_len", "input_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -126,10 +129,7 @@ def read_json(path: Path) -> Any:
 
 
 def read_text(path: Path) -> str:
-    if not path.exists():
-        raise BadInput(f"dataset file '{path}' does not exist", "give --dataset-path an existing file")
-    if not path.is_file():
-        raise BadInput(f"dataset path '{path}' is not a file", "give --dataset-path a file")
+    path = readable_file(path, "dataset file", "give --dataset-path an existing file")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

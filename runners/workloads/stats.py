@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from pie_core.errors import BadInput
+from pie_core.inputs import readable_file
 from planner.budgets import BUILTIN_WORKLOADS, WorkloadStats, builtin_workload, decode_weighted_context
 from runners.workloads import WorkloadSpec, load_workload
 
@@ -17,8 +18,9 @@ def workload_stats(workload: str, model: str) -> WorkloadStats:
     if workload.strip().lower() in BUILTIN_WORKLOADS:
         return builtin_workload(workload)
     path = Path(workload).expanduser()
-    if not path.is_file():
+    if not (path.exists() or path.suffix or "/" in workload):
         builtin_workload(workload)  # raises: unknown name, listing the valid ones
+    readable_file(path, "workload file", "give a ShareGPT/Alpaca JSON or JSONL file, or --workload sharegpt|alpaca")
     name = "jsonl" if path.suffix == ".jsonl" else _json_kind(path)
     requests, info = load_workload(WorkloadSpec(name=name, model=model, dataset_path=path, num_prompts=100000))
     return WorkloadStats(name=str(path), mean_input_tokens=info.mean_prompt_len, mean_output_tokens=info.mean_output_len,
