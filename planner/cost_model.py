@@ -233,9 +233,9 @@ def decode_step_work(problem: Problem, batch_size: int, c, r) -> IterationWork:
     """The planner's steady decode iteration: `batch_size` sequences at the mean context, C copied and R rebuilt.
 
     With part of the KV pooled the device is full (the scheduler restores pooled blocks whenever
-    it has room), so each decode's new token needs device room that an eviction makes: a token's
-    worth of older K/V (or its activations, for the rebuilt share) goes to the pool every step, a
-    tier move copied before the forward (`eviction_bytes`).
+    it has room), so every new token's K/V needs device room that an eviction makes: as much older
+    K/V (or its activations, for the rebuilt share) goes to the pool, a tier move copied before
+    the forward (`eviction_bytes`).
     """
     costs = problem.costs
     rebuilt_tokens = r / (costs.kv_bytes_per_token_layer * costs.num_layers)
@@ -244,10 +244,14 @@ def decode_step_work(problem: Problem, batch_size: int, c, r) -> IterationWork:
 
 
 def eviction_bytes(problem: Problem, batch_size: int, c, r):
-    """Bytes evicted to the pool per steady decode step: one token per sequence, in the pooled kinds' mix (0 with no pool)."""
+    """Bytes evicted to the pool per steady decode step, in the pooled kinds' mix (0 with no pool): the
+    tokens written per step, one per decoding sequence plus the new prompts' (b / out prompts start
+    per step in steady state, as `Problem.prefill_per_step_s` spreads their prefill)."""
     pooled = c + r
     mix = (c + problem.costs.activation_ratio * r) / np.maximum(pooled, 1e-30)
-    return np.where(pooled > 0, batch_size * problem.kv_bytes_per_token * mix, 0.0)
+    workload = problem.workload
+    tokens = batch_size * (1 + workload.mean_input_tokens / workload.mean_output_tokens)
+    return np.where(pooled > 0, tokens * problem.kv_bytes_per_token * mix, 0.0)
 
 
 def violations(problem: Problem, batch_size: int, depth: int, split: Split) -> list[str]:
@@ -291,18 +295,22 @@ def candidate_batch_sizes(max_batch: int) -> list[int]:
 
 
 def largest_transparent_share(problem: Problem, batch_size: int, depth: int, tolerance: float = 0.03) -> float:
-    """The largest share of a batch's KV that may be pooled while the decode step stays within `tolerance`
-    of the same batch without a pool: where pooling stops being transparent (the knee).
+    """The largest share of a batch's KV that may be pooled while the time per output token stays within
+    `tolerance` of the same batch without a pool (throughput within it): where pooling stops being
+    transparent (the knee).
 
-    Priced by the planner's own step time (`decode_step_work`): the share streamed back each step
-    under the overlap rule (hidden while copy <= min(1, d - 1) * compute), and the steady eviction
-    of a token of K/V per sequence before the forward, which is never hidden. 0 when the evictions
-    alone cost more than the tolerance (a slow link), 1 when even a whole pooled KV stays within it.
+    Priced as `predict` prices a plan: the planner's own step time (`decode_step_work`: the share
+    streamed back each step under the overlap rule, hidden while copy <= min(1, d - 1) * compute,
+    and the steady evictions before the forward, never hidden) plus the prefill spread over the
+    steps. 0 when the evictions alone cost more than the tolerance (a slow link), 1 when even a
+    whole pooled KV stays within it.
     """
     need = problem.kv_need_bytes(batch_size)
+    prefill_s = problem.prefill_per_step_s(batch_size)
 
     def step_s(share: float) -> float:
-        return float(step_time(problem.costs, decode_step_work(problem, batch_size, share * need, 0.0), depth).total_s)
+        work = decode_step_work(problem, batch_size, share * need, 0.0)
+        return float(step_time(problem.costs, work, depth).total_s) + prefill_s
 
     limit = (1 + tolerance) * step_s(0.0)
     if step_s(1e-9) > limit:

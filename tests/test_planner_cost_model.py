@@ -99,3 +99,22 @@ def test_decode_weighted_context_weighs_requests_by_their_decode_steps():
     assert decode_weighted_context([(10, 1), (20, 1)]) is None  # no decode step at all
     with pytest.raises(BadInput):
         WorkloadStats("w", 100, 51, synthetic=False, decode_context_tokens=0.5)
+
+
+def test_largest_transparent_share_is_where_the_pooled_token_time_leaves_the_tolerance():
+    from planner.cost_model import decode_step_work, largest_transparent_share
+    from planner.step_time import step_time
+
+    def token_s(p, share):
+        work = decode_step_work(p, 96, share * p.kv_need_bytes(96), 0.0)
+        return step_time(p.costs, work, 2).total_s + p.prefill_per_step_s(96)
+
+    gh200 = problem("opt-13b", "gh200")
+    knee = largest_transparent_share(gh200, 96, 2, tolerance=0.03)
+    assert 0 < knee < 1
+    assert token_s(gh200, knee) <= 1.03 * token_s(gh200, 0.0) < token_s(gh200, knee + 0.01)
+    assert largest_transparent_share(gh200, 96, 2, tolerance=0.10) > knee
+    # over PCIe the steady evictions alone cost more than 3 %: no pooled share is transparent
+    h100 = problem("opt-13b", "h100-pcie")
+    assert token_s(h100, 1e-9) > 1.03 * token_s(h100, 0.0)
+    assert largest_transparent_share(h100, 96, 2, tolerance=0.03) == 0.0

@@ -17,10 +17,11 @@ def test_planner_prediction_is_the_step_time_of_its_decode_iteration():
     split = Split(need * 0.9, need * 0.1, 0.0, 2 * need * 0.1 / p.costs.num_layers)
     prediction = predict(p, 64, 2, split)
     # with a pool in use the device is full: each decode's new token evicts a token's worth of K/V first
-    work = decode_work(64, p.workload.mean_context_tokens, need * 0.1)._replace(moved_bytes=64 * p.kv_bytes_per_token)
+    tokens = 64 * (1 + p.workload.mean_input_tokens / p.workload.mean_output_tokens)  # decodes and new prompts
+    work = decode_work(64, p.workload.mean_context_tokens, need * 0.1)._replace(moved_bytes=tokens * p.kv_bytes_per_token)
     step = step_time(p.costs, work, 2)
     assert prediction.decode_step_s == pytest.approx(step.total_s)
-    assert step.moves_s == pytest.approx(64 * p.kv_bytes_per_token / p.costs.link_bytes_per_s)
+    assert step.moves_s == pytest.approx(tokens * p.kv_bytes_per_token / p.costs.link_bytes_per_s)
     unpooled = predict(p, 64, 2, Split(need, 0.0, 0.0, 0.0))  # no pool, no evictions
     assert unpooled.decode_step_s == pytest.approx(step_time(p.costs, decode_work(64, p.workload.mean_context_tokens), 2).total_s)
     assert prediction.stall_step_s == pytest.approx(step.stall_s)
