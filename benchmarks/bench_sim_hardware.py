@@ -3,14 +3,19 @@
 For each preset, `--runner sim` runs the same ShareGPT-like workload (Poisson at a fixed,
 saturating `--request-rate`, batch limit `--max-num-seqs`) while the device KV budget is cut
 to (1 - f) of the batch's KV at the workload's decode-weighted context
-(`planner.budgets.decode_weighted_context`) and the CPU pool holds the rest (with slack): f is
-the nominal pooled share. Beside each pooled run, the same device budget without a pool (what
-an engine without Pie's pool gets). The knee, where copies stop hiding, is the largest f whose
+(`planner.budgets.decode_weighted_context`) and an ample CPU pool holds the rest: f is the
+nominal pooled share. At f = 0 the device alone is ample, so the batch is the same everywhere
+and only the copies differ from the baseline. Beside each pooled run, the same device budget
+without a pool (what an engine without Pie's pool gets). The knee, where copies stop hiding, is the largest f whose
 output throughput stays within `--knee-tolerance` of f = 0, found on the grid and refined by
-bisection, and read as the share the runs at the knee really pooled (pooled over pooled plus
-device blocks in use, time-weighted over the timeline); it is set against the planner's
-largest transparent share (`planner.cost_model.largest_transparent_share`, the overlap rule at
-the same batch, context and prefetch depth). Writes docs/results/sim_hardware.json, a figure of throughput and p99 TPOT
+bisection, and read as the share the runs at the knee really pooled while the batch was full
+(pooled over pooled plus device blocks in use, time-weighted over the timeline windows that
+ran `--max-num-seqs` requests: the steady batch the planner's rule is about; the whole-run
+share, diluted by the ramp-up and the drain, is kept beside it); it is set against the planner's
+largest transparent share (`planner.cost_model.largest_transparent_share`: the largest share
+whose decode step, by the planner's step time at the same batch, context and prefetch depth,
+streamed copies under the overlap rule and the steady evictions included, stays within the
+same tolerance of no pool). Writes docs/results/sim_hardware.json, a figure of throughput and p99 TPOT
 against f (docs/results/sim_hardware_pooled_share.png), and a `pie report` of the grid runs
 (docs/results/sim_hardware_report.md, from records that share a sweep id per preset).
 
@@ -38,6 +43,7 @@ from runners.bench import BenchSettings, Sweep, run_bench
 from runners.workloads import WorkloadSpec, load_workload
 
 MODEL, DTYPE, DEPTH = "opt-13b", "float16", 2
+AMPLE = 1.3  # KV every run can hold, in units of the batch's KV at the decode-weighted context
 GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -48,10 +54,16 @@ def planner_problem(hardware: str, workload: WorkloadStats, max_num_seqs: int) -
 
 
 def blocks_for(problem: Problem, share: float, max_num_seqs: int) -> tuple[int, int, int]:
-    """(config device blocks incl. staging, pool blocks, resident device blocks) for pooled share `share`."""
+    """(config device blocks incl. staging, pool blocks, resident device blocks) for pooled share `share`.
+
+    The device keeps (1 - share) of the batch's KV and the pool the rest plus AMPLE - 1 of it, so
+    every run holds AMPLE times the batch's KV (1.3: about what fits an 80 GB device beside OPT-13B at
+    share 0) and only the copies differ from share 0, where the device alone holds it: the same
+    batch with nothing pooled, the knee's baseline.
+    """
     need = problem.kv_need_bytes(max_num_seqs) / problem.block_bytes
-    resident = max(1, round((1 - share) * need))
-    pool = math.ceil(share * need * 1.5) + max_num_seqs if share > 0 else 0
+    resident = max(1, round((1 - share) * need)) if share > 0 else math.ceil(AMPLE * need)
+    pool = math.ceil((share + AMPLE - 1) * need) if share > 0 else 0
     staging = math.ceil(DEPTH * pool / problem.costs.num_layers) if pool else 0
     return resident + staging, pool, resident
 
@@ -68,14 +80,23 @@ class Runner:
                                  label=label)
         outcome = run_bench(settings, self.store, sweep=sweep, sweep_point=point)
         record = self.store.load(outcome.run_id)
-        used = [(w["pool_blocks_used"], w["device_blocks_used"], w["duration_s"]) for w in record.timeline]
-        total = sum(d for _, _, d in used)
-        measured_share = sum(p / (p + dev) * d for p, dev, d in used if p + dev) / total if total else 0.0
+        measured_share = pooled_share(record.timeline)
+        full_batch = pooled_share([w for w in record.timeline if w["running"] >= self.args.max_num_seqs])
         s, t = outcome.summary, outcome.telemetry
         return {"run_id": outcome.run_id, "output_throughput": s["output_throughput"], "p99_tpot_ms": s["p99_tpot_ms"],
                 "median_tpot_ms": s["median_tpot_ms"], "p99_ttft_ms": s["p99_ttft_ms"], "stall_fraction": t["stall_fraction"],
                 "num_preemptions": t["num_preemptions"], "mean_batch_size": t["mean_batch_size"],
-                "measured_pooled_share": measured_share, "device_blocks": device_blocks, "pool_blocks": pool_blocks}
+                "measured_pooled_share": measured_share, "full_batch_pooled_share": full_batch,
+                "device_blocks": device_blocks, "pool_blocks": pool_blocks}
+
+
+def pooled_share(windows: list[dict]) -> float | None:
+    """Pooled over pooled plus device blocks in use, time-weighted over `windows` (None for none)."""
+    total = sum(w["duration_s"] for w in windows)
+    if not total:
+        return None
+    return sum(w["pool_blocks_used"] / (w["pool_blocks_used"] + w["device_blocks_used"]) * w["duration_s"]
+               for w in windows if w["pool_blocks_used"] + w["device_blocks_used"]) / total
 
 
 def sweep_preset(runner: Runner, hardware: str, stats: WorkloadStats, tolerance: float) -> dict:
@@ -97,16 +118,16 @@ def sweep_preset(runner: Runner, hardware: str, stats: WorkloadStats, tolerance:
         device, pool, _ = blocks_for(problem, middle, runner.args.max_num_seqs)
         refined[middle] = runner.run(hardware, device, pool, f"{hardware} bisection", {"pooled_share": middle}, None)
         low, high = (middle, high) if refined[middle]["output_throughput"] >= (1 - tolerance) * base else (low, middle)
-    predicted = largest_transparent_share(problem, runner.args.max_num_seqs, DEPTH)
+    predicted = largest_transparent_share(problem, runner.args.max_num_seqs, DEPTH, tolerance)
     knee = low if high is None else (low + high) / 2
     runs = {**pooled, **refined}  # the share the runs really pooled, at the knee's bracket
-    measured = [runs[s]["measured_pooled_share"] for s in (low, high) if s is not None]
-    measured_knee = sum(measured) / len(measured)
+    measured = [runs[s]["full_batch_pooled_share"] for s in (low, high) if s is not None]
+    measured_knee = sum(measured) / len(measured) if None not in measured else None
     return {"hardware": hardware, "label": preset(hardware).label, "link_h2d_gbps": preset(hardware).link_h2d_gbps,
             "sweep_id": sweep.sweep_id, "pooled": pooled, "device_only": device_only, "bisection": refined,
             "simulated_knee_share": knee, "knee_bracket": [low, high], "planner_largest_transparent_share": predicted,
             "simulated_knee_measured_share": measured_knee,
-            "knee_relative_difference": measured_knee / predicted - 1 if predicted else None,
+            "knee_relative_difference": measured_knee / predicted - 1 if predicted and measured_knee is not None else None,
             "nominal_knee_relative_difference": knee / predicted - 1 if predicted else None,
             "pool_gain_at_same_device_budget": {s: pooled[s]["output_throughput"] / device_only[s]["output_throughput"]
                                                 for s in device_only if device_only[s]["output_throughput"]}}
@@ -167,13 +188,15 @@ def main() -> None:
         "request_rate": args.request_rate, "max_num_seqs": args.max_num_seqs, "knee_tolerance": args.knee_tolerance,
         "presets": results}, indent=2))
     for r in results:
-        print(f"{r['hardware']}: simulated knee at measured pooled share {r['simulated_knee_measured_share']:.3f} "
+        knee, difference = r["simulated_knee_measured_share"], r["knee_relative_difference"]
+        print(f"{r['hardware']}: simulated knee at pooled share {knee if knee is not None else float('nan'):.3f} at full batch "
               f"(nominal {r['simulated_knee_share']:.3f}, bracket {r['knee_bracket']}), planner "
-              f"{r['planner_largest_transparent_share']:.3f}, difference {r['knee_relative_difference']:+.1%}")
+              f"{r['planner_largest_transparent_share']:.3f}, difference {difference if difference is not None else float('nan'):+.1%}")
         for share in GRID:
             row, alone = r["pooled"][share], r["device_only"].get(share)
             print(f"  f={share:.2f} pooled {row['output_throughput']:8.0f} tok/s p99 TPOT {row['p99_tpot_ms']:7.1f} ms "
-                  f"stall {row['stall_fraction']:.2f} measured share {row['measured_pooled_share']:.2f}"
+                  f"stall {row['stall_fraction']:.2f} measured share {row['measured_pooled_share']:.2f} "
+                  f"(at full batch {row['full_batch_pooled_share'] or 0:.2f})"
                   + (f" | device only {alone['output_throughput']:8.0f} tok/s, {alone['num_preemptions']} preemptions"
                      if alone else ""))
 
