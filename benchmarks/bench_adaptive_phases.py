@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--max-stall-fraction", type=float, default=None, help="the controller's stall limit (default: the runner's)")
     parser.add_argument("--ttft-slo-ms", type=float, default=2000.0)
     parser.add_argument("--tpot-slo-ms", type=float, default=200.0)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of every configuration, interleaved; figures are medians")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every configuration, interleaved; figures are medians")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     add_dtype_argument(parser)
