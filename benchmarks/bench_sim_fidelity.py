@@ -131,7 +131,7 @@ def median_errors(per_round: list[dict[str, float]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path, required=True, help="a `pie profile` of this machine for opt-125m (bfloat16)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of (calibration, every case); errors are the median")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (calibration, every case); errors are the median")
     parser.add_argument("--results-dir", type=Path, default=Path(".pie/results"))
     parser.add_argument("--out", type=Path, default=None, help="default docs/results/sim_fidelity_<machine>.json")
     args = parser.parse_args()
