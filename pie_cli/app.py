@@ -51,7 +51,7 @@ app.command("models")(models_cmd.models)
 
 def main() -> None:
     try:
-        code = app(standalone_mode=False)  # parse errors come here instead of click's usage box
+        code = app(standalone_mode=False, prog_name="pie")  # parse errors come here, not as click's usage box
     except NoArgsIsHelpError as err:  # bare `pie`: the help (rich prints it itself), as a usage error
         text = err.format_message()
         if text.strip():

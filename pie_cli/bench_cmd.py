@@ -19,7 +19,7 @@ from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_opt
 from pie_cli.options import DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, ResultsDirOpt, SeedOpt
 from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_options
 from pie_cli.output import Output
-from pie_core.device_probe import resolve_device
+from pie_core.device_probe import check_device, resolve_device
 from pie_core.errors import BadInput, PieError
 from pie_core.inputs import writable_dir
 from results.metrics import parse_goodput, summary_rows
@@ -85,8 +85,7 @@ def bench(
     from pie_core.dtypes import canonical_dtype
     from results.store import ResultsStore
     from runners.arrivals import ArrivalSpec
-    from runners.bench import (BenchInterrupted, BenchSettings, check_device, check_failures, check_points, expand_sweep,
-                               parse_sweep, run_bench)
+    from runners.bench import BenchInterrupted, BenchSettings, check_failures, check_points, expand_sweep, parse_sweep, run_bench
     from runners.registry import get_runner
     from runners.workloads import WorkloadSpec
 
@@ -124,6 +123,11 @@ def bench(
         arrivals=ArrivalSpec(request_rate=request_rate, burstiness=burstiness, seed=seed),
         max_concurrency=max_concurrency, save_outputs=save_outputs, runner_options=runner_options,
         goodput_slos_ms=parse_goodput(goodput or []), label=label)
+    engine_flags = [flag for flag, value in (("--plan", plan), ("--pool-blocks", pool_blocks), ("--device-blocks", device_blocks))
+                    if value is not None]
+    if engine_flags and settings.runner not in ("pie", "sim"):
+        raise BadInput(f"{engine_flags[0]} configures the Pie engine; runner '{runner}' runs its own",
+                       f"use --runner pie (or sim), or drop {engine_flags[0]}")
     if math.isinf(request_rate) and burstiness != 1.0 and not (sweep or "").startswith("request_rate"):
         out.warn("--burstiness has no effect without --request-rate: every request is released at once")
     parsed_sweep = parse_sweep(sweep) if sweep else None

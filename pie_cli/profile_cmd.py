@@ -144,8 +144,9 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
         else:
             render(out, loaded, None)
         return
+    from pie_core.device_probe import check_device
     from pie_core.sizes import parse_size
-    from profiler.run import ProfileRequest, check_device, run_profile
+    from profiler.run import ProfileRequest, run_profile
 
     if output is not None:
         writable_file(output, "--output")  # before measuring, not after

@@ -24,7 +24,7 @@ from pie_core.sizes import GIB, parse_size
 HardwareOpt = Annotated[Optional[str], typer.Option("--hardware", help="A datasheet preset: h100-pcie, h200, a100-pcie, gh200, l4 (figures to replace with a `pie profile`).")]
 ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="A HardwareProfile JSON from `pie profile` (default: this host's saved profile for the model, else a quick profile, which is saved).")]
 GpuMemoryOpt = Annotated[Optional[str], typer.Option("--gpu-memory", help="Device memory budget, e.g. 80GB or 70GiB (default: all device memory; a quarter of RAM on a CPU).")]
-CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB (default: half of host memory; a quarter of RAM on a CPU).")]
+CpuMemoryOpt = Annotated[Optional[str], typer.Option("--cpu-memory", help="CPU pool budget, e.g. 200GB, or 0GB for no pool (default: half of host memory; a quarter of RAM on a CPU).")]
 WorkloadOpt = Annotated[str, typer.Option("--workload", help="sharegpt or alpaca (published mean lengths), or a workload FILE (ShareGPT/Alpaca JSON or JSONL).")]
 MaxTpotOpt = Annotated[Optional[float], typer.Option("--max-tpot-ms", help="Latency bound: the plan's predicted time per output token must not exceed this.")]
 BlockSizeOpt = Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")]
@@ -36,9 +36,9 @@ AdaptiveOpt = Annotated[bool, typer.Option("--adaptive", help="Mark the plan so 
 OnlineWindowOpt = Annotated[int, typer.Option("--window-steps", help="--online: engine iterations measured per pool size.")]
 
 
-def parse_budget(text: str | None, option: str) -> int | None:
+def parse_budget(text: str | None, option: str, allow_zero: bool = False) -> int | None:
     """A memory budget flag in bytes (`pie_core.sizes.parse_size`: '80GB', '70GiB'), None when not given."""
-    return None if text is None else parse_size(text, option)
+    return None if text is None else parse_size(text, option, allow_zero)
 
 
 def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, device: str, out: Output):
@@ -89,7 +89,7 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
     """
     from pie_core.dtypes import canonical_dtype
     from pie_core.shapes import resolve_model
-    from pie_core.device_probe import resolve_device
+    from pie_core.device_probe import check_device, resolve_device
     from planner.budgets import Budgets, default_budgets
     from planner.tune import TuneRequest, make_plan
     from runners.workloads.stats import workload_stats
@@ -98,7 +98,7 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
     if output is not None:
         writable_file(output, "--output")  # before any profile or plan is made
     shape = resolve_model(model)
-    gpu_bytes, cpu_bytes = parse_budget(gpu_memory, "--gpu-memory"), parse_budget(cpu_memory, "--cpu-memory")
+    gpu_bytes, cpu_bytes = parse_budget(gpu_memory, "--gpu-memory"), parse_budget(cpu_memory, "--cpu-memory", allow_zero=True)
     if max_tpot_ms is not None:
         check_number(max_tpot_ms, "--max-tpot-ms", above=0, hint="give milliseconds per output token, e.g. --max-tpot-ms 50")
     if online and hardware:
@@ -111,8 +111,6 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
         online_settings = OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed)
     stats = workload_stats(workload, model)
     if hardware is None and profile is None:
-        from profiler.run import check_device
-
         device = check_device(resolve_device(device))
     hw, dtype, say_dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), device, out)
     free_now = None

@@ -45,6 +45,29 @@ def _probe_dtypes(device: str) -> tuple[str, ...]:
 _detected: dict[str, DeviceCapability] = {}
 
 
+DEVICE_KINDS = ("cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """`device` if it names a device of this machine: cpu, cuda or cuda:N (N below the GPUs torch sees).
+
+    The one check of every command's --device (after `resolve_device` turned auto into a name)."""
+    kind, colon, index = device.partition(":")
+    if kind not in DEVICE_KINDS or (colon and not index.isdigit()) or (kind == "cpu" and colon and index != "0"):
+        raise BadInput(f"unknown device '{device}'", "use cpu, cuda, cuda:N or auto")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {device} asked for, but CUDA is not available here (torch {torch.__version__})",
+                           "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        count = torch.cuda.device_count()
+        if colon and int(index) >= count:
+            raise BadInput(f"--device {device}: this machine has {count} CUDA device(s)",
+                           f"use cuda:0 to cuda:{count - 1}, or cuda")
+    return device
+
+
 def resolve_device(device: str) -> str:
     """`auto` -> cuda when torch sees a CUDA device, else cpu; any other name as given."""
     if device != "auto":

@@ -64,7 +64,7 @@ def config_value(config: dict[str, Any], key: str, kind: type, source: str, defa
         value = float(value)
     if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or (kind is float and not math.isfinite(value)):
         raise BadInput(f"{source}: config.json '{key}' must be {_KINDS[kind]}, got {value!r}",
-                       "fix config.json (save_pretrained writes it right)")
+                       "fix config.json; save_pretrained writes a valid one")
     return value
 
 

@@ -21,11 +21,12 @@ _UNITS = {"b": 1, "k": 1000, "kb": 1000, "kib": KIB, "m": 1000**2, "mb": 1000**2
 _SIZE_PATTERN = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_size(text: str, option: str = "size") -> int:
+def parse_size(text: str, option: str = "size", allow_zero: bool = False) -> int:
     """'64KiB' -> 65536, '1.5GB' -> 1500000000, '4096B' -> 4096; BadInput otherwise.
 
     The one size parser of every command, with one rule for a bare number: it is refused, since
     bytes and GiB are both plausible readings of '70' (`option` names the flag in the message).
+    A size must be positive, or with `allow_zero` may be '0GB' (a budget of nothing: no pool).
     """
     match = _SIZE_PATTERN.match(str(text))
     if match and not match.group(2):
@@ -34,6 +35,8 @@ def parse_size(text: str, option: str = "size") -> int:
     if not match or unit not in _UNITS:
         raise BadInput(f"cannot read {option} '{text}'", "write a number with a unit, e.g. 64KiB, 256MiB, 1GiB, 80GB")
     size = int(float(match.group(1)) * _UNITS[unit])
+    if allow_zero and size == 0 and float(match.group(1)) == 0:
+        return 0
     if size <= 0:
         raise BadInput(f"{option} must be positive, got '{text}'", f"give a size such as {option} 16GiB")
     return size

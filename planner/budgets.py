@@ -8,6 +8,7 @@ vLLM paper, or measured from a workload file, which also gives the decode-weight
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,16 +44,21 @@ class Budgets:
     def check_physical(self, device_memory_bytes: int, host_memory_bytes: int, machine: str) -> None:
         """Budgets beyond what the machine has are bad input."""
         if self.device_memory_bytes > device_memory_bytes:
-            raise BadInput(f"--gpu-memory {self.device_memory_bytes / GIB:.1f} GiB exceeds the "
-                           f"{device_memory_bytes / GIB:.1f} GiB of device memory on {machine}",
-                           f"give at most {device_memory_bytes / GIB:.1f} GiB")
+            raise BadInput(f"--gpu-memory {format_bytes(self.device_memory_bytes)} exceeds the "
+                           f"{format_bytes(device_memory_bytes)} of device memory on {machine}",
+                           f"give at most {_gib_floor(device_memory_bytes)}")
         if self.host_memory_bytes > host_memory_bytes:
-            raise BadInput(f"--cpu-memory {self.host_memory_bytes / GIB:.1f} GiB exceeds the "
-                           f"{host_memory_bytes / GIB:.1f} GiB of host memory on {machine}",
-                           f"give at most {host_memory_bytes / GIB:.1f} GiB")
+            raise BadInput(f"--cpu-memory {format_bytes(self.host_memory_bytes)} exceeds the "
+                           f"{format_bytes(host_memory_bytes)} of host memory on {machine}",
+                           f"give at most {_gib_floor(host_memory_bytes)}")
 
     def usable_device_bytes(self) -> float:
         return self.device_memory_bytes * (1.0 - self.fragmentation_fraction)
+
+
+def _gib_floor(size: int) -> str:
+    """A budget to suggest, rounded down to 0.1 GiB so it is never above `size`: '74.5GiB'."""
+    return f"{math.floor(size / GIB * 10) / 10:.1f}GiB"
 
 
 def activation_workspace_bytes(shape: ModelShape, dtype_bytes: int, batch_size: int, max_num_batched_tokens: int) -> float:

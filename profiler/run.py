@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from pie_core.capability import dtype_support, resolve_dtype
-from pie_core.device_probe import detect_capability, free_device_bytes
-from pie_core.errors import BadInput, PieError, suggest
+from pie_core.device_probe import check_device, detect_capability, free_device_bytes
+from pie_core.errors import BadInput, PieError
 from pie_core.fingerprint import collect_fingerprint, cpu_model
 from pie_core.inputs import check_seed, check_threads
 from pie_core.shapes import ModelShape, resolve_model
@@ -26,7 +26,6 @@ from pie_core.sizes import format_bytes, free_host_bytes
 from profiler.hardware_profile import HardwareProfile
 from profiler.link import LinkSweep, default_max_size, measure_link, sweep_sizes
 
-DEVICES = ("cpu", "cuda")
 NOISY_SPREAD = 0.5  # (p90 - p10) / median above this marks a layer timing as disturbed
 
 
@@ -44,19 +43,6 @@ class NoProgress:
         pass
 
 
-def check_device(device: str) -> str:
-    kind = device.split(":")[0]
-    if kind not in DEVICES:
-        raise BadInput(f"unknown device '{device}'", suggest(device, DEVICES))
-    if kind == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BadInput(f"--device {device} asked for, but CUDA is not available here (torch {torch.__version__})",
-                           "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
-    return device
-
-
 @dataclass(frozen=True)
 class ProfileRequest:
     device: str = "cpu"
@@ -69,10 +55,10 @@ class ProfileRequest:
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        check_device(self.device)
-        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, detect_capability(self.device)).dtype)
         check_threads(self.threads)  # before torch sees it: 100000 threads crashed OpenMP
         check_seed(self.seed)
+        check_device(self.device)
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, detect_capability(self.device)).dtype)
         if self.model is not None:
             resolve_model(self.model)  # unknown names and directories without config.json fail here
 

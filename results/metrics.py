@@ -46,6 +46,8 @@ def parse_goodput(items: Iterable[str]) -> dict[str, float]:
                 raise BadInput(f"goodput SLO '{part}' has no number after ':'", "e.g. ttft:500") from None
             if not milliseconds > 0:
                 raise BadInput(f"goodput SLO '{part}' must be positive", "give milliseconds > 0")
+            if name in slos:
+                raise BadInput(f"goodput SLO {name} given twice ({slos[name]:g} and {milliseconds:g} ms)", "give each SLO once")
             slos[name] = milliseconds
     return slos
 

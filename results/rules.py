@@ -59,6 +59,9 @@ def parse_rule(text: str) -> Rule:
     value = float(match["value"])
     if value == 0:
         raise BadInput(f"rule '{text}' has a zero threshold", "use a non-zero percentage, e.g. output_throughput:-5%")
+    if match["sign"] == "-" and value > 100:
+        raise BadInput(f"rule '{text}' can never fire: a metric cannot fall by more than 100%",
+                       "give a fall of at most 100%, e.g. output_throughput:-5%")
     return Rule(metric=match["metric"], threshold_pct=-value if match["sign"] == "-" else value)
 
 

@@ -26,7 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pie_core.device_probe import check_device
 from pie_core.errors import BadInput, RuntimeFailure, suggest
+from pie_core.formatting import round_up
 from pie_core.inputs import OptionType
 from pie_core.json_files import to_jsonable
 from results.metrics import compute_metrics
@@ -35,10 +37,11 @@ from results.store import ResultsStore, git_commit, new_run_id, utc_now
 from runners.arrivals import ArrivalSpec, assign_arrivals
 from runners.base import RunnerSpec
 from runners.registry import get_runner
-from runners.workloads import WorkloadInfo, WorkloadSpec, load_workload
+from runners.workloads import OWN_ARRIVALS, WorkloadInfo, WorkloadSpec, load_workload
 
 # sweep key -> where it goes: a settings field, a workload or arrival field, or a runner option
 ADAPTIVE_RUNNERS = ("pie", "sim")
+MAX_ARRIVAL_SPAN_S = 86400.0  # Poisson/gamma arrivals spread over more than a day are a mistyped rate
 SWEEP_TARGETS = {
     "request_rate": ("arrivals", "request_rate", float), "burstiness": ("arrivals", "burstiness", float),
     "max_concurrency": ("settings", "max_concurrency", int), "num_prompts": ("workload", "num_prompts", int),
@@ -72,11 +75,16 @@ class BenchSettings:
         if self.workload.name == "burstgpt" and not math.isinf(self.arrivals.request_rate):
             raise BadInput("--request-rate does not apply to trace replay: the trace sets the arrival times",
                            "drop --request-rate; use --time-scale to compress or stretch the trace")
+        rate, count = self.arrivals.request_rate, self.workload.num_prompts
+        if self.workload.name not in OWN_ARRIVALS and math.isfinite(rate) and (count - 1) / rate > MAX_ARRIVAL_SPAN_S:
+            raise BadInput(f"--request-rate {rate:g} spreads {count} requests over about {(count - 1) / rate / 86400:,.0f} days",
+                           f"give at least {round_up((count - 1) / MAX_ARRIVAL_SPAN_S)} requests per second (a day's span), "
+                           "or leave it out to send everything at once")
         if self.label is not None and (not self.label.strip() or any(c in self.label for c in ",=")):
             raise BadInput(f"--label {self.label!r} cannot be selected later (selectors are label=NAME, comma-separated)",
                            "give a non-empty label without ',' or '=', e.g. --label main")
         adaptive = self.runner_options.get("adaptive")
-        if adaptive is not None and OptionType(bool).parse(self.runner, "adaptive", adaptive) and self.runner not in ADAPTIVE_RUNNERS:
+        if adaptive is not None and OptionType(bool).parse(f"{self.runner} runner", "adaptive", adaptive) and self.runner not in ADAPTIVE_RUNNERS:
             raise BadInput(f"--adaptive sizes the Pie engine's pool; runner '{self.runner}' has none",
                            f"use --runner {' or --runner '.join(ADAPTIVE_RUNNERS)}, or drop --adaptive")
 
@@ -156,19 +164,22 @@ def expand_sweep(settings: BenchSettings, sweep: Sweep | None) -> list[tuple[dic
 
 
 def check_points(points: list[tuple[dict[str, Any] | None, BenchSettings]]) -> None:
-    """Every sweep point's runner settings checked (the runner's `describe`) before the first point runs,
-    so a bad value at point 3 fails before points 1 and 2 are measured."""
+    """Every sweep point's workload and runner settings (the runner's `describe`) checked before the first
+    point runs, so a bad value at point 3 fails before points 1 and 2 are measured."""
     if len(points) < 2:
         return  # run_bench checks a single run before its record
-    checked: list[RunnerSpec] = []
+    checked: list[Any] = []
     for point, settings in points:
         spec = settings.spec()
         describe = getattr(get_runner(settings.runner), "describe", None)
-        if spec in checked or describe is None:
-            continue
-        checked.append(spec)
+        workload = (settings.workload, settings.arrivals.request_rate)
         try:
-            describe(spec)
+            if workload not in checked:
+                checked.append(workload)
+                load_workload(*workload)
+            if spec not in checked and describe is not None:
+                checked.append(spec)
+                describe(spec)
         except BadInput as err:
             where = ", ".join(f"{key}={value}" for key, value in (point or {}).items())
             raise BadInput(f"sweep point {where}: {err.message}", err.hint) from None
@@ -183,17 +194,6 @@ def check_failures(outcome: BenchOutcome) -> str | None:
     if not completed:
         raise RuntimeFailure(f"all {failed} requests failed (each is in {outcome.record_path}); the first: {outcome.first_error}")
     return f"{failed} of {failed + completed} requests failed; the first: {outcome.first_error}"
-
-
-def check_device(device: str) -> None:
-    """A CUDA device asked for on a machine without one is bad input, found before any record is written."""
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise BadInput(f"unknown device '{device}'", "use cpu, cuda, cuda:N or auto")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BadInput(f"device '{device}' asked for, but CUDA is not available", "use --device cpu (or auto)")
 
 
 def machine_fingerprint(device: str) -> dict[str, Any]:

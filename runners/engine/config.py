@@ -67,6 +67,9 @@ class EngineConfig:
         # engine reads it per token, so it must not be resolved (a file read for a directory) per access.
         object.__setattr__(self, "_shape", resolve_model(self.model))
         shape = self.shape
+        if self.max_model_len is not None and not 1 <= self.max_model_len <= shape.max_positions:
+            raise BadInput(f"max_model_len must be between 1 and {shape.name}'s {shape.max_positions} positions, "
+                           f"got {self.max_model_len}", f"e.g. -O max_model_len={shape.max_positions}")
         if shape.rope_scaling:
             raise BadInput(f"{shape.name} uses '{shape.rope_scaling}' RoPE scaling, which the Pie engine does not implement",
                            "use a model without rope_scaling (e.g. llama-3-8b), or the vllm runner")

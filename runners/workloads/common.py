@@ -21,6 +21,7 @@ from pie_core.inputs import check_number, check_seed, readable_file
 
 WORKLOADS = ("sharegpt", "alpaca", "jsonl", "burstgpt", "fixed", "uniform", "phases")
 OWN_ARRIVALS = ("burstgpt", "phases")  # workloads that set their own arrival times
+INPUT_LEN_WORKLOADS = ("fixed", "uniform", "phases")  # the synthetic workloads whose prompt length --input-len sets
 TRACE_FIELDS = ("time_scale", "trace_start", "trace_duration", "trace_model", "trace_log_type")
 DEFAULT_NUM_PROMPTS = 64
 MIN_PROMPT_LEN = 4
@@ -58,6 +59,10 @@ class WorkloadSpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BadInput(f"{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.input_len is not None and self.name not in INPUT_LEN_WORKLOADS:
+            raise BadInput(f"--input-len sets the prompts of the {', '.join(INPUT_LEN_WORKLOADS)} workloads; "
+                           f"'{self.name}' takes its prompts from its data (or its published means)",
+                           "drop --input-len, or use --workload fixed or uniform")
         if not 0 <= self.range_ratio < 1:
             raise BadInput(f"range_ratio must be in [0, 1), got {self.range_ratio}")
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):
