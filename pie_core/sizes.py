@@ -38,7 +38,8 @@ def parse_size(text: str, option: str = "size", allow_zero: bool = False) -> int
     if allow_zero and size == 0 and float(match.group(1)) == 0:
         return 0
     if size <= 0:
-        raise BadInput(f"{option} must be positive, got '{text}'", f"give a size such as {option} 16GiB")
+        raise BadInput(f"{option} must be {'0 or more' if allow_zero else 'positive'}, got '{text}'",
+                       f"give a size such as {option} 16GiB" + (", or 0GB for none" if allow_zero else ""))
     return size
 
 

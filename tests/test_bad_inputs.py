@@ -318,7 +318,7 @@ OWN = [  # (id, args with MODEL / RECORD placeholders, model edit, fragment); ev
     ("label-empty", ["bench", "-m", "MODEL", *SMALL, "--label", ""], None, "cannot be selected later"),
     ("device-name", ["bench", "-m", "MODEL", *SMALL, "--device", "cuda:x"], None, "unknown device 'cuda:x'"),
     ("max-model-len-beyond", ["bench", "-m", "MODEL", *SMALL, "-O", "max_model_len=100000"], None,
-     "max_model_len must be between 1 and"),
+     "max_model_len must be between 1 and 128, got 100000"),
     ("goodput-twice", ["bench", "-m", "MODEL", *SMALL, "--goodput", "ttft:5", "--goodput", "ttft:10"], None, "given twice"),
     ("rule-never-fires", ["compare", "RECORD", "RECORD", "--fail-on", "output_throughput:-500%"], None, "can never fire"),
     ("huge-budget", ["tune", "-m", "opt-125m", "--hardware", "h100-pcie", "--gpu-memory", "99999999999999999999999GiB"], None,

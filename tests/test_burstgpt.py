@@ -96,10 +96,10 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--time-scale", "0"], "--time-scale must be a positive number"),
-    (["--time-scale", "-1"], "--time-scale must be a positive number"),
+    (["--time-scale", "0"], "--time-scale must be greater than 0"),
+    (["--time-scale", "-1"], "--time-scale must be greater than 0"),
     (["--trace-start", "1000", "--trace-duration", "5"], "no usable rows in the window"),
-    (["--trace-duration", "0"], "--trace-duration must be > 0"),
+    (["--trace-duration", "0"], "--trace-duration must be greater than 0"),
     (["--request-rate", "4"], "--request-rate does not apply to trace replay"),
     (["--trace-model", "nothing-like-it"], "no usable rows"),
     (["--dataset-path", "NOCOLS"], "lacks the column(s)"),

@@ -47,7 +47,7 @@ def test_measured_profile_is_used(tmp_path, capsys, monkeypatch):
     (["--model", "opt-66b", "--hardware", "l4", "--cpu-memory", "50GB"], "short by"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "0GB"], "must be positive"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "70"], "has no unit"),
-    (["--model", "opt-30b", "--hardware", "h100-pcie", "--cpu-memory", "-5GB"], "must be positive"),
+    (["--model", "opt-30b", "--hardware", "h100-pcie", "--cpu-memory", "-5GB"], "must be 0 or more"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--gpu-memory", "200GB"], "exceeds"),
     (["--model", "opt-30b", "--hardware", "h100-pcie", "--cpu-memory", "5TB"], "exceeds"),
     (["--model", "opt-30b", "--hardware", "h300"], "valid presets: h100-pcie"),

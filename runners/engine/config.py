@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pie_core.dtypes import canonical_dtype
 from pie_core.errors import BadInput, suggest
-from pie_core.inputs import check_block_size
+from pie_core.inputs import check_block_size, check_number
 from pie_core.shapes import ModelShape, resolve_model
 
 DEVICES = ("cpu", "cuda")
@@ -46,30 +46,26 @@ class EngineConfig:
         if self.device.split(":")[0] not in DEVICES:
             raise BadInput(f"unknown device '{self.device}'", suggest(self.device, DEVICES))
         check_block_size(self.block_size)
-        if self.num_device_blocks < 1:
-            raise BadInput(f"num_device_blocks must be at least 1, got {self.num_device_blocks}",
-                           "give the device KV budget room for at least one block")
-        if self.num_pool_blocks < 0:
-            raise BadInput(f"num_pool_blocks must be >= 0, got {self.num_pool_blocks}")
-        if self.prefetch_depth < 1:
-            raise BadInput(f"prefetch_depth must be at least 1, got {self.prefetch_depth}")
+        check_number(self.num_device_blocks, "num_device_blocks", minimum=1, integer=True,
+                     hint="give the device KV budget room for at least one block")
+        check_number(self.num_pool_blocks, "num_pool_blocks", minimum=0, integer=True, hint="0 turns the pool off")
+        check_number(self.prefetch_depth, "prefetch_depth", minimum=1, integer=True, hint="e.g. prefetch_depth 2")
         workers = COPY_WORKERS[self.device.split(":")[0]]
         if self.copy_worker is None:
             object.__setattr__(self, "copy_worker", workers[0])
         elif self.copy_worker not in workers:
             raise BadInput(f"copy_worker '{self.copy_worker}' does not exist on {self.device}",
                            f"use one of: {', '.join(workers)}")
-        if not 0.0 <= self.rebuild_fraction <= 1.0:
-            raise BadInput(f"rebuild_fraction must be in [0, 1], got {self.rebuild_fraction}")
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise BadInput("max_num_seqs and max_num_batched_tokens must be at least 1")
+        check_number(self.rebuild_fraction, "rebuild_fraction", minimum=0, maximum=1, hint="0 copies every pooled block")
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            check_number(getattr(self, name), name, minimum=1, integer=True, hint=f"e.g. {name} 64")
         # Not a dataclass field (asdict would put a whole shape into every described run config); the
         # engine reads it per token, so it must not be resolved (a file read for a directory) per access.
         object.__setattr__(self, "_shape", resolve_model(self.model))
         shape = self.shape
-        if self.max_model_len is not None and not 1 <= self.max_model_len <= shape.max_positions:
-            raise BadInput(f"max_model_len must be between 1 and {shape.name}'s {shape.max_positions} positions, "
-                           f"got {self.max_model_len}", f"e.g. -O max_model_len={shape.max_positions}")
+        if self.max_model_len is not None:
+            check_number(self.max_model_len, "max_model_len", minimum=1, maximum=shape.max_positions, integer=True,
+                         hint=f"{shape.name} has {shape.max_positions} positions")
         if shape.rope_scaling:
             raise BadInput(f"{shape.name} uses '{shape.rope_scaling}' RoPE scaling, which the Pie engine does not implement",
                            "use a model without rope_scaling (e.g. llama-3-8b), or the vllm runner")

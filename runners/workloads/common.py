@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,23 +55,20 @@ class WorkloadSpec:
                      hint=f"give 1..{MAX_NUM_PROMPTS:,} requests (all are built before the run starts)")
         check_seed(self.seed)
         for name in ("output_len", "input_len"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BadInput(f"{name.replace('_', '-')} must be at least 1, got {value}")
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), f"--{name.replace('_', '-')}", minimum=1, integer=True,
+                             hint=f"give tokens per request, e.g. --{name.replace('_', '-')} 128")
         if self.input_len is not None and self.name not in INPUT_LEN_WORKLOADS:
             raise BadInput(f"--input-len sets the prompts of the {', '.join(INPUT_LEN_WORKLOADS)} workloads; "
                            f"'{self.name}' takes its prompts from its data (or its published means)",
                            "drop --input-len, or use --workload fixed or uniform")
-        if not 0 <= self.range_ratio < 1:
-            raise BadInput(f"range_ratio must be in [0, 1), got {self.range_ratio}")
-        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
-            raise BadInput(f"--time-scale must be a positive number, got {self.time_scale}",
-                           "e.g. --time-scale 0.1 replays the trace ten times faster, 1 as recorded")
-        if self.trace_duration is not None and not self.trace_duration > 0:
-            raise BadInput(f"--trace-duration must be > 0 seconds, got {self.trace_duration}",
-                           "give the window's length in the trace's seconds")
-        if self.trace_start is not None and not math.isfinite(self.trace_start):
-            raise BadInput(f"--trace-start must be a number of seconds, got {self.trace_start}")
+        check_number(self.range_ratio, "--range-ratio", minimum=0, below=1, hint="e.g. --range-ratio 0.5: lengths within +-50%")
+        check_number(self.time_scale, "--time-scale", above=0,
+                     hint="e.g. --time-scale 0.1 replays the trace ten times faster, 1 as recorded")
+        if self.trace_duration is not None:
+            check_number(self.trace_duration, "--trace-duration", above=0, hint="give the window's length in the trace's seconds")
+        if self.trace_start is not None:
+            check_number(self.trace_start, "--trace-start", hint="give the window's start in the trace's seconds")
         if self.name != "burstgpt":
             given = [name for name in TRACE_FIELDS if getattr(self, name) != WorkloadSpec.__dataclass_fields__[name].default]
             if given:
