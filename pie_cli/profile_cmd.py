@@ -24,7 +24,7 @@ KIND_COLUMNS = (("h2d", "pinned"), ("h2d", "pageable"), ("d2h", "pinned"), ("d2h
 
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Fewer sizes, repeats and grid points (under a minute on a small CPU machine).")]
 MaxSizeOpt = Annotated[Optional[str], typer.Option("--max-size", help="Largest link transfer, e.g. 256MiB or 1GiB (default: 1GiB, 256MiB with --quick, cut to fit free memory).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads while measuring (default: torch's, all cores); 1 is steadier on a busy machine.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch intra-op threads while measuring, 1 to this machine's CPUs (default: torch's, all cores); 1 is steadier on a busy machine.")]
 NoLayerOpt = Annotated[bool, typer.Option("--no-layer", help="Measure only the link, memory bandwidth and FLOP/s.")]
 ShowOpt = Annotated[Optional[Path], typer.Option("--show", help="Render a saved profile instead of measuring.")]
 
