@@ -248,6 +248,34 @@ def test_json_prints_the_points_that_finished_when_a_later_point_fails(model_dir
     assert runs[0]["summary"]["completed"] == 6 and runs[1]["summary"]["failed"] == 6
 
 
+class _FailsBeforeAnyRequest:
+    name = "pie"
+
+    def __init__(self, error):
+        self.error = error
+
+    def describe(self, spec):
+        return {"model": spec.model}
+
+    def run(self, requests, spec, on_request_done):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("the model would not load")], ids=["ctrl-c", "failure"])
+def test_a_run_that_never_finished_a_request_leaves_no_record(error, tmp_path, monkeypatch):
+    from runners import bench
+    from runners.workloads import WorkloadSpec
+
+    monkeypatch.setattr(bench, "get_runner", lambda name: _FailsBeforeAnyRequest(error))
+    settings = bench.BenchSettings(model="opt-125m", dtype="float32",
+                                   workload=WorkloadSpec(name="fixed", input_len=8, output_len=2, num_prompts=2))
+    with pytest.raises(type(error) if isinstance(error, RuntimeError) else KeyboardInterrupt) as raised:
+        bench.run_bench(settings, ResultsStore(tmp_path / "results"))
+    assert records(tmp_path / "results") == []
+    if isinstance(error, KeyboardInterrupt):
+        assert raised.value.record_path is None and "no record was kept" in str(raised.value)
+
+
 # --- messages that mislead --------------------------------------------------------------------------
 
 def test_hints_are_never_cut_without_saying_so(model_dir, tmp_path, monkeypatch, capsys):
