@@ -20,7 +20,7 @@ from pie_cli.options import DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, R
 from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_options
 from pie_cli.output import Output
 from pie_core.device_probe import check_device, resolve_device
-from pie_core.errors import BadInput, PieError
+from pie_core.errors import BadInput
 from pie_core.inputs import writable_dir
 from results.metrics import parse_goodput, summary_rows
 
@@ -154,7 +154,7 @@ def bench(
                  f"{interrupted.record_path} (marked incomplete)" if interrupted.record_path else
                  "[yellow]interrupted[/yellow] before any request finished; no record was kept")
         raise typer.Exit(130) from None
-    except PieError:
+    except Exception:
         _print_json(out, json_out, parsed_sweep, outcomes)  # --json still gets the points that finished
         raise
     _print_json(out, json_out, parsed_sweep, outcomes)

@@ -11,7 +11,7 @@ error (some failed: a note of how many, and why).
 
 A sweep (`--sweep request_rate=1,2,4`, `--sweep pool_blocks=0,256`) expands one settings
 object into one per point; each point is a separate record under a common `sweep_id`;
-`check_points` has every point's runner settings checked before the first one runs.
+`check_points` has every point's workload and runner settings checked before the first one runs.
 
 Left out: rendering (pie_cli/bench_cmd.py) and comparing runs (results/compare.py).
 """
@@ -84,7 +84,8 @@ class BenchSettings:
             raise BadInput(f"--label {self.label!r} cannot be selected later (selectors are label=NAME, comma-separated)",
                            "give a non-empty label without ',' or '=', e.g. --label main")
         adaptive = self.runner_options.get("adaptive")
-        if adaptive is not None and OptionType(bool).parse(f"{self.runner} runner", "adaptive", adaptive) and self.runner not in ADAPTIVE_RUNNERS:
+        if adaptive is not None and OptionType(bool).parse(f"{self.runner} runner", "adaptive", adaptive) \
+                and self.runner not in ADAPTIVE_RUNNERS:
             raise BadInput(f"--adaptive sizes the Pie engine's pool; runner '{self.runner}' has none",
                            f"use --runner {' or --runner '.join(ADAPTIVE_RUNNERS)}, or drop --adaptive")
 
