@@ -44,10 +44,10 @@ PIE_OPTIONS: dict[str, OptionType] = {**ENGINE_OPTIONS, **CONTROL_OPTIONS, "plan
 DEFAULT_WINDOW_STEPS = 16
 DEFAULT_WINDOW_S = 0.5  # a window also closes after this long (long prefill steps)
 # On a CPU the "link" is a memcpy on the compute's own cores: pooled copies never hide, they buy
-# batch. benchmarks/bench_adaptive_phases.py (EPYC Zen 4) found the best static pool running at
-# up to 22 % stall per window and a larger, slower one at 28 %; the controller's burst throughput
-# was 0.89x the best static pool's at a 20 % limit and 0.84x at 25 %, so the CPU's controller backs
-# off at 20 %; on a GPU, where copies should hide on the copy engine, the controller's 10 % stands.
+# batch. benchmarks/bench_adaptive_phases.py (EPYC Zen 4) finds the best static pools running the
+# burst at 20-28 % stall per window, and the controller backing off at 20 % reaches 1.02x the best
+# static pool's burst throughput (docs/adaptive-and-traces.md); on a GPU, where copies should hide
+# on the copy engine, the controller's 10 % stands.
 CPU_MAX_STALL_FRACTION = 0.20
 
 
@@ -109,11 +109,13 @@ def controller_config_from_spec(spec: RunnerSpec, num_pool_blocks: int) -> Any:
     return ControllerConfig(capacity_blocks=num_pool_blocks, **({"max_stall_fraction": float(stall)} if stall is not None else {}))
 
 
-def pool_control_from_spec(spec: RunnerSpec, num_pool_blocks: int, set_limit: Any, start: float) -> Any:
-    """The timeline recorder, with the adaptive pool controller when one is asked for."""
+def pool_control_from_spec(spec: RunnerSpec, num_pool_blocks: int, set_limit: Any, start: float,
+                           pool_blocks_needed: Any = None) -> Any:
+    """The timeline recorder, with the adaptive pool controller when one is asked for; `pool_blocks_needed`
+    is the scheduler's (`Scheduler.pool_blocks_needed`), read once per window."""
     from runners.timeline import PoolControl, TimelineRecorder
 
-    recorder = TimelineRecorder(start, *window_of(spec))
+    recorder = TimelineRecorder(start, *window_of(spec), pool_blocks_needed=pool_blocks_needed)
     config = controller_config_from_spec(spec, num_pool_blocks)
     if config is None:
         return PoolControl(recorder)
@@ -196,7 +198,8 @@ class PieRunner:
         device = torch.device(spec.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        control = pool_control_from_spec(spec, engine.config.num_pool_blocks, engine.set_pool_limit, time.perf_counter())
+        control = pool_control_from_spec(spec, engine.config.num_pool_blocks, engine.set_pool_limit, time.perf_counter(),
+                                         engine.scheduler.pool_blocks_needed)
         driven = drive_engine(_PieStepEngine(engine, SamplingParams, control), requests, spec.max_concurrency,
                               spec.save_outputs, on_request_done,
                               hold_for_arrivals=spec.precise_arrivals)

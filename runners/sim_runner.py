@@ -150,15 +150,17 @@ class SimStepEngine:
 
     def __init__(self, target: SimTarget, clock: VirtualClock, make_control: Callable[..., PoolControl] | None = None,
                  keep_work: bool = False):
-        """`make_control(set_limit, start)`: the run's PoolControl (default: a timeline of 16-step windows, no controller);
+        """`make_control(set_limit, start, pool_blocks_needed)`: the run's PoolControl (default: a timeline of 16-step
+        windows, no controller);
         `keep_work`: keep each iteration's (IterationWork, StepTime) in `works` (calibration reads them)."""
         config, shape = target.config, target.config.shape
         self.config, self.costs, self.clock = config, target.costs, clock
         self.layout = CacheLayout.from_config(config, shape.num_layers)
         self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.control = (make_control(self.set_pool_limit, clock()) if make_control is not None
-                        else PoolControl(TimelineRecorder(clock(), 16)))
+        needed = self.scheduler.pool_blocks_needed
+        self.control = (make_control(self.set_pool_limit, clock(), needed) if make_control is not None
+                        else PoolControl(TimelineRecorder(clock(), 16, pool_blocks_needed=needed)))
         self.stats: list[IterationStats] = []
         self.works: list[tuple[IterationWork, Any]] | None = [] if keep_work else None
         self.depth = max(1, self.layout.prefetch_depth)
@@ -255,8 +257,7 @@ class SimStepEngine:
             batch_size=len(out.prefill) + len(out.decode), num_running=len(scheduler.running),
             num_waiting=len(scheduler.waiting), num_preempted=len(out.preempted), device_blocks_used=manager.device_used,
             pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
-            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=scheduler.waiting_blocks(),
-            pool_blocks_needed=scheduler.pool_blocks_needed())
+            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=scheduler.waiting_blocks())
         self.stats.append(stats)
         if self.works is not None:
             self.works.append((work, predicted))
@@ -293,8 +294,8 @@ class SimRunner:
         described = self.describe(spec)
         clock = VirtualClock()
         target = sim_target(spec)
-        engine = SimStepEngine(target, clock, lambda set_limit, start: pool_control_from_spec(
-            spec, target.config.num_pool_blocks, set_limit, start))
+        engine = SimStepEngine(target, clock, lambda set_limit, start, needed: pool_control_from_spec(
+            spec, target.config.num_pool_blocks, set_limit, start, needed))
         driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, on_request_done,
                               clock=clock, sleep=clock.sleep)
         shape, config = engine.config.shape, engine.config

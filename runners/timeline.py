@@ -2,7 +2,9 @@
 
 `TimelineRecorder.observe(stats, now, output_tokens)` takes each iteration's `IterationStats`
 (or anything with its fields: the simulator makes the same ones), the runner's clock after the
-step, and the output tokens the step produced; it closes a window after `window_steps`
+step, and the output tokens the step produced; `pool_blocks_needed`, when given (the
+scheduler's, O(running)), is read when a window closes rather than every iteration. It closes a
+window after `window_steps`
 iterations or `window_s` seconds, whichever comes first (a few long prefills must not blind a
 controller for seconds), and returns it, so a controller can act on it. `note_move` attaches the controller's
 move to the window it acted on; `close` flushes a last partial window.
@@ -12,16 +14,19 @@ Left out: deciding moves (planner/pool_controller.py).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from results.timeline import MOVES, TimelineWindow
 
 
 class TimelineRecorder:
-    def __init__(self, start: float, window_steps: int = 16, window_s: float = float("inf")):
+    def __init__(self, start: float, window_steps: int = 16, window_s: float = float("inf"),
+                 pool_blocks_needed: Callable[[], int] | None = None):
         if window_steps < 1 or not window_s > 0:
             raise ValueError(f"windows need at least one step and a positive length, got {window_steps}, {window_s}")
         self.start, self.window_steps, self.window_s = start, window_steps, window_s
+        self.pool_blocks_needed = pool_blocks_needed
         self.windows: list[TimelineWindow] = []
         self._began = start
         self._pending: list[Any] = []
@@ -47,7 +52,7 @@ class TimelineRecorder:
             stall_fraction=stall / (compute + stall) if compute + stall > 0 else 0.0,
             output_tok_s=self._tokens / duration if duration > 0 else 0.0,
             waiting_blocks=int(getattr(last, "waiting_blocks", 0)),
-            pool_blocks_needed=int(getattr(last, "pool_blocks_needed", 0)))
+            pool_blocks_needed=int(self.pool_blocks_needed()) if self.pool_blocks_needed is not None else 0)
         self.windows.append(window)
         self._began, self._pending, self._tokens = now, [], 0
         return window

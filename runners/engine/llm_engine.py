@@ -185,7 +185,7 @@ class LLMEngine:
             num_preempted=len(scheduled.preempted), device_blocks_used=manager.device_used,
             pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
             rebuilt_tokens=result.rebuilt_tokens,
-            waiting_blocks=self.scheduler.waiting_blocks(), pool_blocks_needed=self.scheduler.pool_blocks_needed()))
+            waiting_blocks=self.scheduler.waiting_blocks()))
         return changed
 
     def generate(self, prompts: list[list[int]], sampling_params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:

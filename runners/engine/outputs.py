@@ -41,7 +41,6 @@ class IterationStats:
     pool_limit_blocks: int
     rebuilt_tokens: int = 0  # pooled tokens whose K/V were rebuilt from activations
     waiting_blocks: int = 0  # KV blocks the waiting requests need to run (their tokens so far)
-    pool_blocks_needed: int = 0  # pooled blocks the running requests may hold before they finish (Scheduler)
 
     @property
     def stall_fraction(self) -> float:
