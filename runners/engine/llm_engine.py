@@ -148,7 +148,8 @@ class LLMEngine:
     # --- the loop ----------------------------------------------------------------------------
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.sampling_params
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+        if len(seq.output_token_ids) > params.min_tokens and (
+                token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids)):
             return "stop"
         if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.config.model_len:
             return "length"
