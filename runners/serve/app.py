@@ -60,8 +60,8 @@ class ServeApp:
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/v1/completions", lambda request: self._generate(request, chat=False))
-        app.router.add_post("/v1/chat/completions", lambda request: self._generate(request, chat=True))
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
         return app
 
     # --- the engine's hand-off, on this loop --------------------------------------------------------
@@ -105,6 +105,12 @@ class ServeApp:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     # --- generation ---------------------------------------------------------------------------------
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         if not self.accepting:
             raise ApiError(503, "the server is shutting down")
