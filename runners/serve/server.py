@@ -77,7 +77,11 @@ class PieServer:
         self.described = PieRunner().describe(spec)  # plan, options, weights, memory fit: checked before any work
         self.text = ServeText.load(spec.model)
         self.engine = LLMEngine(engine_config_from_spec(spec))
-        self.warmup_s = _warm_up(self.engine, SamplingParams)
+        try:
+            self.warmup_s = _warm_up(self.engine, SamplingParams)
+        except BaseException:
+            self.engine.close()
+            raise
         name = settings.served_model_name or spec.model
         self.model = ServedModel(name=name, root=spec.model, engine_config=self.engine.config,
                                  vocab_size=self.engine.model.shape.vocab_size,
@@ -109,6 +113,7 @@ class PieServer:
             await self._site.start()
         except OSError as err:
             await self._runner.cleanup()
+            self.engine.close()
             raise BadInput(f"cannot listen on {self.settings.host}:{self.settings.port}: {err.strerror or err}",
                            "choose another --port (0 picks a free one) or --host") from None
         self._loop_thread.start()
@@ -134,9 +139,7 @@ class PieServer:
             await self._runner.cleanup()
         if self._loop_thread is not None:
             self._loop_thread.stop()
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
     def ready_line(self) -> str:
         pool = self.engine.config.num_pool_blocks
