@@ -198,6 +198,8 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--num-random", type=int, default=96, help="requests of the random workload")
     parser.add_argument("--num-sharegpt", type=int, default=64, help="requests of the ShareGPT-like workload")
+    parser.add_argument("--poisson-workloads", default="random", help="workloads also run at the Poisson rate "
+                                                                        "(comma-separated: random, sharegpt)")
     parser.add_argument("--poisson-share", type=float, default=0.8, help="Poisson rate as a share of vLLM's saturated req/s")
     parser.add_argument("--vllm-kv-gib", type=float, default=4.0)
     parser.add_argument("--port", type=int, default=18431)
@@ -242,8 +244,8 @@ def main() -> None:
                         if name not in rates and (kind == "vllm" or args.no_vllm):
                             rates[name] = args.poisson_share * result["request_throughput"]
                     for name, workload in workloads.items():
-                        if name not in rates:  # vLLM runs second in the first round: it sets the rate
-                            continue
+                        if name not in rates or name not in args.poisson_workloads.split(","):
+                            continue  # rates come from vLLM's first saturated run
                         result = run_client(server.url, model_dir, workload, rates[name], work, f"{kind}-{name}-poisson-{repeat}")
                         runs.append({"server": kind, "workload": name, "rate": rates[name], "repeat": repeat, **result})
                         print(f"round {repeat} {kind:4s} {name:8s} {rates[name]:.2f}/s: median TPOT "
@@ -254,10 +256,12 @@ def main() -> None:
                 result = run_inprocess(model_dir, args.dtype, workload, work)
                 runs.append({"server": "pie-inprocess", "workload": name, "rate": "inf", "repeat": repeat, **result})
                 print(f"round {repeat} in-process {name:8s}: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
+            write_report(args, fingerprint, repeat + 1, rates, runs, quiet=True)  # rounds so far, should a later one fail
     write_report(args, fingerprint, repeats, rates, runs)
 
 
-def write_report(args: argparse.Namespace, fingerprint: dict, repeats: int, rates: dict, runs: list[dict]) -> None:
+def write_report(args: argparse.Namespace, fingerprint: dict, repeats: int, rates: dict, runs: list[dict],
+                 quiet: bool = False) -> None:
     def cell(server: str, workload: str, poisson: bool) -> list[dict]:
         return [r for r in runs if r["server"] == server and r["workload"] == workload and (r["rate"] != "inf") == poisson]
 
@@ -291,6 +295,8 @@ def write_report(args: argparse.Namespace, fingerprint: dict, repeats: int, rate
     out = args.out or (Path(tempfile.gettempdir()) / "bench_serve_quick.json" if args.quick else REPO / "docs/results/serve_cpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
+    if quiet:
+        return
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}", file=sys.stderr)
 
