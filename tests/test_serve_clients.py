@@ -80,6 +80,7 @@ def test_openai_errors_come_back_as_api_errors(client):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 @NEEDS_VLLM
 def test_vllm_benchmark_client_runs_to_the_end(served, model_dir, tmp_path):
     """vLLM's own client, streaming `random` prompts with fixed output lengths: 0 failed, exact token counts."""
@@ -97,6 +98,7 @@ def test_vllm_benchmark_client_runs_to_the_end(served, model_dir, tmp_path):
     assert result["total_output_tokens"] == num_prompts * output_len
 
 
+@pytest.mark.slow
 def test_pie_bench_openai_runner_with_defaults(served, model_dir, tmp_path):
     command = [sys.executable, "-m", "pie_cli.app", "bench", "--model", str(model_dir), "--runner", "openai",
                "-O", f"base_url={served.url}", "--workload", "fixed", "--input-len", "16", "--output-len", "8", "-n", "6",

@@ -182,6 +182,7 @@ def test_an_injected_failure_fails_one_request_and_the_next_is_served(served):
     served.engine.check_invariants()
 
 
+@pytest.mark.slow
 def test_sigterm_during_20_streams(model_dir, tmp_path):
     grace_s = 0.3
     server = ServeProcess(model_dir, "--served-model-name", "tiny", "--dtype", "float32", "--shutdown-grace", str(grace_s),
