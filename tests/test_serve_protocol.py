@@ -111,3 +111,33 @@ def test_min_tokens_keeps_a_request_past_its_stop_token(tmp_path):
     assert held.output_token_ids == tokens[:end] and held.finish_reason == ("stop" if later else "length")
     with pytest.raises(Exception, match="min_tokens"):
         SamplingParams(max_tokens=2, min_tokens=3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--adaptive"], "--adaptive needs a pool"),
+    (["--port", "70000"], "--port must be in 0..65535"),
+    (["--max-queue", "0"], "--max-queue must be at least 1"),
+    (["--shutdown-grace", "-1"], "--shutdown-grace must be >= 0"),
+    (["-O", "bogus=1"], "bogus"),
+    (["-O", "max_num_seqs=many"], "max_num_seqs"),
+])
+def test_bad_serve_input_is_one_line_exit_2(args, message, tmp_path, monkeypatch, capsys):
+    from cli_helpers import run_pie
+
+    model = tiny_model_dir(tmp_path / "m", weights=False)
+    code, _, err = run_pie(["serve", "--model", model, "--device", "cpu", *args], monkeypatch, capsys)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_a_port_in_use_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from cli_helpers import run_pie
+
+    model = tiny_model_dir(tmp_path / "m", weights=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = run_pie(["serve", "--model", model, "--device", "cpu", "--dtype", "float32",
+                                "--port", taken.getsockname()[1]], monkeypatch, capsys)
+    assert code == 2 and "cannot listen on 127.0.0.1" in err and "Traceback" not in err, err

@@ -75,11 +75,12 @@ class EngineLoop:
     # --- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            busy = self.engine.has_unfinished_requests()
-            try:
-                commands = [self.commands.get(timeout=None if busy else IDLE_POLL_S)] if not busy else []
-            except queue.Empty:
-                commands = []
+            commands = []
+            if not self.engine.has_unfinished_requests():  # idle: wait for work (and look at the stop flag)
+                try:
+                    commands.append(self.commands.get(timeout=IDLE_POLL_S))
+                except queue.Empty:
+                    pass
             while True:
                 try:
                     commands.append(self.commands.get_nowait())
