@@ -104,8 +104,9 @@ CPU_SCRIPT = textwrap.dedent("""
     q = torch.randn(2, 2, 16)
     attention.paged_decode_attention(q, cache, torch.tensor([[0, 1], [2, -1]]), torch.tensor([12, 3]), 0.25,
                                      paths.decode_variant)
-    attention.paged_prefill_attention(q, cache[0, 0, :2], cache[0, 1, :2], torch.tensor([0, 2]), 0.25, cache,
-                                      torch.tensor([[1]]), [5], paths.decode_variant)
+    layout = attention.PrefillLayout.build([0, 2], [5], "cpu")
+    attention.paged_prefill_attention(q, cache[0, 0, :2], cache[0, 1, :2], layout, 0.25, cache,
+                                      torch.tensor([[1]]), paths.decode_variant)
     print(paths.decode_attention, "triton" in sys.modules)
 """)
 
