@@ -64,7 +64,9 @@ ENGINE_SCRIPT = textwrap.dedent("""
     from runners.engine.llm_engine import LLMEngine
     from runners.engine.sampling_params import SamplingParams
 
-    assert kernels._try_triton("cpu") is None, kernels._try_triton("cpu")
+    from runners.engine.triton_smoke import AttentionGeometry
+    geometry = AttentionGeometry("float32", num_heads=4, num_kv_heads=2, head_dim=8, block_size=8)  # the model below
+    assert kernels._try_triton("cpu", geometry) is None, kernels._try_triton("cpu", geometry)
     directory = Path(sys.argv[1])
     transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96).save_pretrained(directory)

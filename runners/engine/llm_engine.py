@@ -40,6 +40,7 @@ from runners.engine.outputs import IterationStats, RequestOutput
 from runners.engine.sampler import make_generator
 from runners.engine.sampling_params import SamplingParams
 from runners.engine.scheduler import Scheduler
+from runners.engine.triton_smoke import AttentionGeometry
 from runners.engine.sequence import Sequence
 
 
@@ -66,7 +67,8 @@ class LLMEngine:
         """`capability`: the device record kernels are chosen from (default: this machine's, detected)."""
         self.config = config
         shape = config.shape
-        self.kernels = resolve_kernels(config.device, config.dtype, capability)
+        self.kernels = resolve_kernels(config.device, config.dtype, capability,
+                                       AttentionGeometry.of(shape, config.dtype, config.block_size))
         self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config),
                                  prepack=self.kernels.prepack)
         refused = getattr(self.model.lm_head, "fallback", None)

@@ -153,8 +153,8 @@ def _pow2(value: int, floor: int = MIN_DOT) -> int:
 
 @functools.lru_cache(maxsize=None)
 def multiprocessors(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (asked once per device)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """Streaming multiprocessors of a CUDA device (asked once per device); 0 elsewhere (the interpreter: no split)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
 def num_splits_for(batch: int, kv_heads: int, longest: int, num_sms: int) -> int:
@@ -189,7 +189,7 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
     tables, lens = _index(block_tables), _index(context_lens)
     longest = block_tables.shape[1] * block_size if max_len is None else max_len
     if num_splits is None:
-        num_splits = num_splits_for(batch, kv_heads, longest, multiprocessors(q.device)) if q.is_cuda else 1
+        num_splits = num_splits_for(batch, kv_heads, longest, multiprocessors(q.device))
     splits = max(1, min(num_splits, MAX_SPLITS))
     tokens_per_split = triton.cdiv(triton.cdiv(max(longest, 1), splits), BLOCK_N) * BLOCK_N
     group, block_d = num_heads // kv_heads, _pow2(head_dim)
