@@ -80,6 +80,9 @@ class LLMEngine:
         self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
         self.scheduler = Scheduler(config, self.block_manager)
         self.runner = ModelRunner(self.model, self.cache, self.layout, config.copy_worker, self.kernels.decode_variant)
+        pageable = self.cache.pageable + (self.runner.prefetcher.pageable if self.runner.prefetcher else ())
+        if pageable:  # host memory the driver would not page-lock: said where fallbacks are said
+            self.kernels = dataclasses.replace(self.kernels, fallbacks=(*self.kernels.fallbacks, *pageable))
         self.eos_token_ids = _eos_token_ids(config)
         self.stats: list[IterationStats] = []
         self._sequences: dict[str, Sequence] = {}
