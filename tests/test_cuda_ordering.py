@@ -275,10 +275,12 @@ def test_pageable_bounce_buffers_are_named_with_their_cost_and_still_stream(monk
     monkeypatch.setattr(host_memory, "_PIN_EXACT_BYTES", 0)  # every buffer takes the cudaHostRegister path
     monkeypatch.setattr(host_memory, "pinned_zeros", functools.partial(host_memory.pinned_zeros, cudart=FakeCudart(2)))
     shape = REGISTRY["opt-125m"]
-    config = EngineConfig(model="opt-125m", block_size=4, num_device_blocks=40, num_pool_blocks=24, prefetch_depth=DEPTH)
+    config = EngineConfig(model="opt-125m", block_size=4, num_device_blocks=40, num_pool_blocks=24, prefetch_depth=DEPTH,
+                          rebuild_fraction=0.25)
     layout = CacheLayout.from_config(config, shape.num_layers)
     cache = KVCache(layout, shape, torch.float32, torch.device("cpu"))
     cache.pool.copy_(torch.randn_like(cache.pool))
+    cache.pool_activations.copy_(torch.randn_like(cache.pool_activations))
     worker = prefetcher.Prefetcher(cache, "stream")
     assert len(worker.pageable) == 2  # the K/V and the activation bounce buffers
     for why in worker.pageable:
