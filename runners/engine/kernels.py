@@ -4,14 +4,15 @@
 `resolve_kernels` turns that into what will run here, trying each fast path once:
 
 - GEMMs: oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN
-  refuses the CPU), plain `F.linear`. `PIE_PREPACK=0` forces plain.
+  refuses the CPU), plain `F.linear`. The engine setting `prepack=off` forces plain.
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
   must import and, at the engine's dtype, heads, head_dim and block size, decode at every split
   count and prefill with and without a prefix must match the PyTorch path (triton_smoke.py; the
   same calls compile every variant before a step is timed), else PyTorch.
-  `PIE_DECODE_KERNEL=torch|c|triton` forces one (c and triton fail loudly when they cannot run).
+  The engine setting `decode_kernel=torch|c|triton` forces one (c and triton fail loudly when they
+  cannot run); the resolve step takes its default from `PIE_DECODE_KERNEL` once (runners/resolve.py).
   A CPU run never imports Triton.
 
 The result, `KernelPaths`, is what the engine and the profiler report (`fallbacks` lists each
@@ -21,7 +22,6 @@ Left out: CUDA GEMM choices beyond PyTorch's, CUDA graphs.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -88,13 +88,13 @@ _resolved: dict[tuple, KernelPaths] = {}
 
 
 def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None = None,
+                    decode_kernel: str = "auto", prepack: str = "auto",
                     geometry: AttentionGeometry | None = None) -> KernelPaths:
-    """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected).
-
-    `geometry`: the attention the engine will run (heads, head_dim, block size), which a Triton trial
-    uses (None: a small GQA one in `dtype`)."""
+    """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected), and the
+    engine settings `decode_kernel` (auto|c|torch|triton) and `prepack` (auto|off). `geometry`: the attention
+    the engine will run (heads, head_dim, block size), which a Triton trial uses (None: a small GQA one)."""
     cap = capability or detect_capability(device)
-    forced = (os.environ.get("PIE_PREPACK", "1"), os.environ.get("PIE_DECODE_KERNEL", "auto"))
+    forced = ("0" if prepack == "off" else "1", decode_kernel)
     geometry = geometry or AttentionGeometry(dtype, num_heads=4, num_kv_heads=2, head_dim=16, block_size=16)
     key = (cap, dtype, forced, geometry)
     if key in _resolved:
