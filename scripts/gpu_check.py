@@ -1,6 +1,6 @@
 """One short run of everything pie's CUDA paths need measured, sized to a GPU machine lent for minutes.
 
-    python scripts/gpu_check.py OUT_DIR --wheels WHEEL_DIR [--steps a,b] [--dry-run]
+    python scripts/gpu_check.py OUT_DIR --wheels WHEEL_DIR [--steps a,b] [--dry-run | --rehearse]
 
 A lent GPU comes for 15 minutes in all, start-up included, and a start costs minutes; so the step
 limits (`STEPS`) add up to `TOTAL_BUDGET_S`, at most 6 minutes, and a failed first run can be run
@@ -30,13 +30,18 @@ prints, pytest's output among it, goes to OUT_DIR/gpu_check.log as it happens.
 
 `--dry-run` (the suite, on a CPU): parses, says what `install` would run, runs `environment` and the
 `pie tune` half of `plan_and_bench` (on the built-in `h100-pcie` sheet), records the GPU steps as skipped
-with their limits, and writes the JSON and log. Left out: multi-GPU.
+with their limits, and writes the JSON and log. `--rehearse` (the suite, slow, on a CPU) runs every step's
+code as the GPU run would, on the CPU at small sizes (OPT-125m, a batch of 4, Triton under its
+interpreter; each step gets `REHEARSAL_SLOWDOWN` times its limit), so a step that would crash on the GPU
+machine crashes here first; its figures mean nothing.
+Left out: multi-GPU.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -44,8 +49,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
-from gpu_check_steps import BATCH, MODEL, STEP_FUNCTIONS, env  # noqa: E402 - beside this script
+from gpu_check_steps import BATCH, MODEL, REHEARSAL, STEP_FUNCTIONS, env  # noqa: E402 - beside this script
 
+REHEARSAL_SLOWDOWN = 4  # a rehearsal's steps get 4x their limits: a 2-core CPU under Triton's interpreter
 TOTAL_BUDGET_S = 360  # at most 6 minutes: two starts and two runs fit in a 15-minute lease
 STEPS = {  # name: (limit in seconds, needs a GPU)
     "install": (25, False), "environment": (25, False), "gpu_tests": (50, True), "profile": (55, True),
@@ -58,21 +64,21 @@ REQUIRED = {"pulp": "pulp", "pytest_timeout": "pytest-timeout", "typer": "typer"
             "transformers": "transformers", "safetensors": "safetensors", "pytest": "pytest"}
 
 
-def step_install(out: Path, dry: bool, wheels: Path) -> dict:
+def step_install(out: Path, dry: bool, wheels: Path, limit_s: float) -> dict:
     missing = sorted(REQUIRED[name] for name in REQUIRED if importlib.util.find_spec(name) is None)
     command = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), *missing]
     if dry or not missing:
-        print(f"{'dry run: ' if dry else ''}missing here: {missing or 'nothing'}; would run: {' '.join(command)}", flush=True)
+        print(f"{'dry run / rehearsal: ' if dry else ''}missing here: {missing or 'nothing'}; would run: {' '.join(command)}", flush=True)
         return {"missing": missing, "installed": False, "command": " ".join(command)}
-    done = subprocess.run(command, check=False, timeout=STEPS["install"][0] - 3)
+    done = subprocess.run(command, check=False, timeout=limit_s - 3)
     still = sorted(REQUIRED[name] for name in REQUIRED if importlib.util.find_spec(name) is None)
     if done.returncode != 0 or still:
         raise RuntimeError(f"pip exited {done.returncode}; still missing {still} (is the wheel folder for this Python?)")
     return {"missing": missing, "installed": True, "command": " ".join(command)}
 
 
-def run_step(name: str, out: Path, dry: bool, wheels: Path) -> None:
-    """Child process: run one step; it and `record` write OUT/steps/NAME.json."""
+def run_step(name: str, out: Path, dry: bool, wheels: Path, limit_s: float) -> None:
+    """Child process: run one step within `limit_s`; it and `record` write OUT/steps/NAME.json."""
     began = time.perf_counter()
     path = out / "steps" / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
@@ -82,9 +88,9 @@ def run_step(name: str, out: Path, dry: bool, wheels: Path) -> None:
                                    indent=2, default=str))
 
     if name == "install":
-        result = step_install(out, dry, wheels)
+        result = step_install(out, dry or REHEARSAL, wheels, limit_s)
     else:
-        result = STEP_FUNCTIONS[name](out, dry, record, STEPS[name][0])
+        result = STEP_FUNCTIONS[name](out, dry, record, limit_s)
     record(result, "ok")
 
 
@@ -99,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheels", type=Path, default=None, help="folder of wheels for what this Python lacks")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
     parser.add_argument("--dry-run", action="store_true", help="no GPU: parse, find the steps, run the CPU ones")
+    parser.add_argument("--rehearse", action="store_true", help="no GPU: every step's code on the CPU at small sizes")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
+    parser.add_argument("--limit-s", type=float, help=argparse.SUPPRESS)  # internal: that step's time limit
     args = parser.parse_args(argv)
     chosen = args.steps.split(",")
     unknown = [name for name in chosen if name not in STEPS]
@@ -107,13 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown steps {unknown}; expected some of {', '.join(STEPS)}")
     if "install" in chosen and (args.wheels is None or not args.wheels.is_dir()):
         parser.error(f"--wheels must be an existing folder for the install step, got {args.wheels}")
+    if args.dry_run and args.rehearse:
+        parser.error("--dry-run and --rehearse exclude each other")
+    if args.rehearse:  # read by gpu_check_steps in the children, before Triton is imported there
+        os.environ.update(PIE_GPU_CHECK_REHEARSAL="1", TRITON_INTERPRET="1")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step:
-        run_step(args.step, args.out, args.dry_run, args.wheels)
+        run_step(args.step, args.out, args.dry_run, args.wheels, args.limit_s or STEPS[args.step][0])
         return 0
     began = time.monotonic()
-    deadline = began + TOTAL_BUDGET_S
+    deadline = began + TOTAL_BUDGET_S * (REHEARSAL_SLOWDOWN if args.rehearse else 1)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dry_run": args.dry_run,
+              "rehearsal": args.rehearse,
               "total_budget_s": sum(STEPS[name][0] for name in chosen),
               "step_limits_s": {name: STEPS[name][0] for name in chosen}, "model": MODEL, "batch": BATCH, "steps": {}}
     for name in chosen:  # results of an earlier run in this folder must not pass for this one's
@@ -127,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             elif left < 5:
                 entry = {"status": "skipped", "why": f"total budget spent ({TOTAL_BUDGET_S} s)", "limit_s": limit}
             else:
-                timeout = min(limit, left)
-                command = [sys.executable, __file__, str(args.out), "--step", name, "--steps", name]
+                timeout = REHEARSAL_SLOWDOWN * limit if args.rehearse else min(limit, left)
+                command = [sys.executable, __file__, str(args.out), "--step", name, "--steps", name,
+                           "--limit-s", f"{timeout:.0f}"]
                 command += ["--wheels", str(args.wheels)] if args.wheels else []
                 command += ["--dry-run"] if args.dry_run else []
                 print(f"== {name} (limit {timeout:.0f} s)", file=log, flush=True)
