@@ -54,13 +54,13 @@ class Lengths:
     longest: int
 
     @classmethod
-    def build(cls, values: Sequence[int], device: torch.device | str) -> "Lengths":
+    def build(cls, values: Sequence[int], device: torch.device | str) -> Lengths:
         """From host values (one host-to-device copy, no read-back)."""
         values = tuple(int(value) for value in values)
         return cls(torch.tensor(values, dtype=torch.int64, device=device), values, max(values, default=0))
 
     @classmethod
-    def of(cls, lengths: "torch.Tensor | Lengths") -> "Lengths":
+    def of(cls, lengths: torch.Tensor | Lengths) -> Lengths:
         """`lengths` as is, or a tensor read back once."""
         if isinstance(lengths, Lengths):
             return lengths
@@ -78,14 +78,14 @@ class PrefillLayout:
     prefix_lens: Lengths | None  # computed tokens before each chunk; None: every chunk is a prompt's first
 
     @classmethod
-    def build(cls, bounds: Sequence[int], prefix_lens: Sequence[int], device: torch.device | str) -> "PrefillLayout":
+    def build(cls, bounds: Sequence[int], prefix_lens: Sequence[int], device: torch.device | str) -> PrefillLayout:
         bounds = tuple(int(bound) for bound in bounds)
         longest = max((end - start for start, end in zip(bounds[:-1], bounds[1:])), default=0)
         prefixes = Lengths.build(prefix_lens, device) if any(prefix_lens) else None
         return cls(torch.tensor(bounds, dtype=torch.int64, device=device), bounds, longest, prefixes)
 
     @classmethod
-    def of(cls, cu_seqlens: "torch.Tensor | PrefillLayout") -> "PrefillLayout":
+    def of(cls, cu_seqlens: torch.Tensor | PrefillLayout) -> PrefillLayout:
         """`cu_seqlens` as is, or a tensor read back once (no prefixes)."""
         if isinstance(cu_seqlens, PrefillLayout):
             return cu_seqlens

@@ -40,8 +40,8 @@ from runners.engine.models import build_model
 from runners.engine.outputs import IterationStats, RequestOutput
 from runners.engine.sampler import make_generator
 from runners.engine.sampling_params import SamplingParams
-from runners.engine.triton_smoke import AttentionGeometry
 from runners.engine.sequence import Sequence
+from runners.engine.triton_smoke import AttentionGeometry
 
 
 def _weights_dir(config: EngineConfig) -> Path | None:

@@ -151,7 +151,7 @@ def _pow2(value: int, floor: int = MIN_DOT) -> int:
     return max(floor, triton.next_power_of_2(value))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def multiprocessors(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (asked once per device); 0 elsewhere (the interpreter: no split)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0

@@ -37,7 +37,7 @@ class AttentionGeometry:
     block_size: int
 
     @classmethod
-    def of(cls, shape: ModelShape, dtype: str, block_size: int) -> "AttentionGeometry":
+    def of(cls, shape: ModelShape, dtype: str, block_size: int) -> AttentionGeometry:
         return cls(dtype, shape.num_heads, shape.num_kv_heads, shape.head_dim, block_size)
 
     def describe(self) -> str:
