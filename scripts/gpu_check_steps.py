@@ -152,7 +152,7 @@ def step_kernels(out: Path, dry: bool, record, limit_s: float) -> dict:
     from runners.engine.kernels import resolve_kernels
     from runners.engine.triton_smoke import AttentionGeometry
 
-    hbm = _load(out, "profile").get("hbm_gbps") or measure_copy_bandwidth(DEVICE, 1 << 30)[1]
+    hbm = _load(out, "profile").get("hbm_gbps") or measure_copy_bandwidth(DEVICE, 1 << (26 if REHEARSAL else 30))[1]
     rows: dict = {"hbm_gbps_read_plus_write": hbm}
     for name, (dtype_name, heads, kv_heads, head_dim) in GEOMETRIES.items():
         dtype = getattr(torch, dtype_name)

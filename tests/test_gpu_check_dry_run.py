@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,6 +71,23 @@ def test_a_step_killed_by_its_limit_keeps_what_it_recorded(tmp_path, monkeypatch
     assert module.main([str(tmp_path), "--steps", "environment"]) == 1
     entry = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["environment"]
     assert entry["status"] == "timeout" and entry["result"] == {"hbm_gbps": 3000} and entry["limit_s"] == 25
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_the_gpu_steps_code_on_the_cpu(tmp_path):
+    """The kernel and correctness steps' code, run as on the GPU but on the CPU at small sizes (Triton under its
+    interpreter): a step that would crash on a lent GPU crashes here first."""
+    wheels, out = tmp_path / "wheels", tmp_path / "out"
+    wheels.mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), str(out), "--wheels", str(wheels),
+                             "--rehearse", "--steps", "kernels,correctness"],
+                            capture_output=True, text=True, timeout=900, check=False)
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert result.returncode == 0, (report, (out / "gpu_check.log").read_text()[-3000:])
+    kernels = report["steps"]["kernels"]["result"]
+    assert {"decode_mha_fp16_dh64_b1_ctx300", "prefill_gqa_bf16_dh128_2x24"} <= set(kernels)
+    assert kernels["decode_gqa_bf16_dh128_b2_ctx64"]["triton_over_torch"] > 0
+    assert report["steps"]["correctness"]["result"]["all_equal"] is True
 
 
 def test_bad_arguments_exit_2(tmp_path):
