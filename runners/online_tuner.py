@@ -141,7 +141,11 @@ def pool_capacity_for(plan: Plan, settings: OnlineSettings) -> int:
 def run_online(plan: Plan, settings: OnlineSettings, out=None, on_move: Callable[[Move], None] | None = None) -> Plan:
     """Climb from the plan's pool size on a running engine; return the plan with the measured best."""
     capacity = pool_capacity_for(plan, settings)
-    engine = build_engine(plan, settings, capacity)
+    with build_engine(plan, settings, capacity) as engine:
+        return _climb(plan, settings, engine, capacity, out, on_move)
+
+
+def _climb(plan: Plan, settings: OnlineSettings, engine, capacity: int, out, on_move: Callable[[Move], None] | None) -> Plan:
     input_len = settings.input_len or max(1, round(plan.workload["mean_input_tokens"]))
     output_len = settings.output_len or max(1, round(plan.workload["mean_output_tokens"]))
     loop = ClosedLoop(engine, engine.model.shape.vocab_size, input_len, output_len, settings.num_prompts, settings.seed)

@@ -184,13 +184,18 @@ class PieRunner:
         return described
 
     def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
-        import torch
-
         from runners.engine.llm_engine import LLMEngine
-        from runners.engine.sampling_params import SamplingParams
 
         described = self.describe(spec)
-        engine = LLMEngine(engine_config_from_spec(spec))
+        with LLMEngine(engine_config_from_spec(spec)) as engine:  # closed when the run ends, however it ends
+            return self._run_engine(engine, described, requests, spec, on_request_done)
+
+    def _run_engine(self, engine: Any, described: dict[str, Any], requests: Sequence[BenchRequest], spec: RunnerSpec,
+                    on_request_done: RequestDone) -> RunnerResult:
+        import torch
+
+        from runners.engine.sampling_params import SamplingParams
+
         described.update(num_resident_device_blocks=engine.num_device_blocks, random_weights=bool(engine.model.random_weights),
                          kernels=engine.kernels.to_dict())
         warmup_s = _warm_up(engine, requests, SamplingParams)

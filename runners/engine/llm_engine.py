@@ -84,6 +84,34 @@ class LLMEngine:
         self._outputs: dict[str, RequestOutput] = {}
         self._order = itertools.count()
         self._generate_calls = itertools.count()
+        self.closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the prefetcher's copy thread and release the model, the device KV cache and the host pool.
+
+        Unfinished requests are aborted. Idempotent; a closed engine refuses new requests and steps.
+        `with LLMEngine(config) as engine:` closes it on the way out.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        for request_id in list(self._sequences):
+            self.abort_request(request_id)
+        self.runner.close()
+        self.runner = self.cache = self.model = None
+        if torch.device(self.config.device).type == "cuda":
+            torch.cuda.empty_cache()  # hand the cache's blocks back to the driver, not only to torch's allocator
+
+    def __enter__(self) -> "LLMEngine":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this engine is closed; build a new LLMEngine")
 
     # --- properties and knobs ----------------------------------------------------------------
     @property
@@ -115,11 +143,12 @@ class LLMEngine:
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         if request_id in self._sequences:
             raise BadInput(f"request id '{request_id}' is already in use")
-        check_request(request_id, prompt, params.max_tokens, self.config, self.model.shape.vocab_size,
+        check_request(request_id, prompt, params.max_tokens, self.config, self.config.shape.vocab_size,
                       self.layout.num_device_blocks)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     arrival_time: float | None = None) -> None:
+        self._check_open()
         prompt = [int(token) for token in prompt_token_ids]
         self._validate(request_id, prompt, sampling_params)
         order = next(self._order)
@@ -155,6 +184,7 @@ class LLMEngine:
         return None
 
     def step(self) -> list[RequestOutput]:
+        self._check_open()
         began = time.perf_counter()
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:

@@ -83,6 +83,12 @@ class ModelRunner:
         if self.device.type == "cpu":
             host_memory.keep_freed_memory()  # each step's activation buffers reuse warm heap pages
 
+    def close(self) -> None:
+        """Stop the prefetcher's thread and drop this runner's references to the model and the cache."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+        self.prefetcher = self.cache = self.model = None
+
     def _prepare(self, scheduled: SchedulerOutput) -> Batch:
         bs, device = self.block_size, self.device
         ids, positions, slots, cu, rows = [], [], [], [0], []
