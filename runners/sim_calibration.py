@@ -17,7 +17,7 @@ memcpy rate when the fit gives copies no weight), and
 block tables, sampling). A fixed per-iteration cost is not fitted: in one run it cannot be told
 from the decode layers' fixed term (both are paid once per iteration), so `decode_scale` carries
 it and `fixed_s` stays 0 (a free intercept took all decode time in a trial and then missed other
-batch sizes by 16%). `step_errors` summarises decode-only and prefill
+batch sizes; docs/simulator.md). `step_errors` summarises decode-only and prefill
 iterations' errors. Torch-free. Left out: running the engine (the caller measures it) and files.
 """
 from __future__ import annotations
