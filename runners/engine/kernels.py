@@ -4,12 +4,13 @@
 `resolve_kernels` turns that into what will run here, trying each fast path once:
 
 - GEMMs: oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN
-  refuses the CPU), plain `F.linear`. `PIE_PREPACK=0` forces plain.
+  refuses the CPU), plain `F.linear`. The engine setting `prepack=off` forces plain.
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
   must import and one tiny decode and prefill must match the PyTorch path, else PyTorch.
-  `PIE_DECODE_KERNEL=torch|c|triton` forces one (c and triton fail loudly when they cannot run).
+  The engine setting `decode_kernel=torch|c|triton` forces one (c and triton fail loudly when they
+  cannot run); the resolve step takes its default from `PIE_DECODE_KERNEL` once (runners/resolve.py).
   A CPU run never imports Triton.
 
 The result, `KernelPaths`, is what the engine and the profiler report (`fallbacks` lists each
@@ -19,7 +20,6 @@ Left out: CUDA GEMM choices beyond PyTorch's, CUDA graphs.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -102,10 +102,12 @@ def _try_triton(device: str) -> str | None:
 _resolved: dict[tuple, KernelPaths] = {}
 
 
-def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None = None) -> KernelPaths:
-    """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected)."""
+def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None = None,
+                    decode_kernel: str = "auto", prepack: str = "auto") -> KernelPaths:
+    """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected), and the
+    engine settings `decode_kernel` (auto|c|torch|triton) and `prepack` (auto|off)."""
     cap = capability or detect_capability(device)
-    forced = (os.environ.get("PIE_PREPACK", "1"), os.environ.get("PIE_DECODE_KERNEL", "auto"))
+    forced = ("0" if prepack == "off" else "1", decode_kernel)
     key = (cap, dtype, forced)
     if key in _resolved:
         return _resolved[key]

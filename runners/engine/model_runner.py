@@ -33,20 +33,11 @@ from runners.engine.attention import (
 )
 from runners.engine.block_manager import BlockMove, CacheLayout
 from runners.engine.kv_cache import KVCache
+from runners.engine.outputs import StepResult
 from runners.engine.prefetcher import Prefetcher
 from runners.engine.sampler import sample
 from runners.engine.scheduler import SchedulerOutput
 from runners.engine.sequence import DEVICE
-
-
-@dataclass(frozen=True)
-class StepResult:
-    tokens: list[int]  # one per sequence that completes this step (`SchedulerOutput.sampled`), prefills first
-    compute_s: float
-    stall_s: float
-    h2d_bytes: int
-    d2h_bytes: int
-    rebuilt_tokens: int
 
 
 @dataclass
