@@ -57,7 +57,8 @@ def check_aligned(measured: Sequence[Any], replayed: Sequence[Any]) -> bool:
 
 def _features(engine: SimStepEngine) -> tuple[np.ndarray, np.ndarray]:
     """Per iteration: [decode-layer s, prefill-layer s, copy s, batch size], and the predicted seconds left unscaled."""
-    costs, layers = engine.costs, engine.costs.num_layers
+    costs = engine.executor.costs
+    layers = costs.num_layers
     rows, rest = [], []
     for (work, predicted), stats in zip(engine.works, engine.stats):
         has_prefill = work.num_prefill_tokens > 0
