@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ class QuickRun:
     args: tuple[str, ...]
     output: str
     expect: tuple[str, ...]
-    needs: str | None = None  # "triton" or "chromium": skipped, saying so, where it is missing
+    needs: str | None = None  # "triton", "chromium" or "x86": skipped, saying so, where it is missing
     env: tuple[tuple[str, str], ...] = ()
     slow: bool = False  # over about ten seconds of CPU
 
@@ -87,7 +88,7 @@ QUICK_RUNS = {
                                               ("speedup_runner", "summary")),
     "benchmarks/bench_tune_speed.py": QuickRun(("--quick", "--out", "{out}/tune.json"), "tune.json", ("presets", "verdict")),
     "scripts/avx2_check.sh": QuickRun(("--quick", "--model", "{model}", "{out}/avx2_check.log"), "avx2_check.log",
-                                      ("== avx2 check: every step ran", "bench ran in"), slow=True),
+                                      ("== avx2 check: every step ran", "bench ran in"), needs="x86", slow=True),
     "scripts/screenshot_report.py": QuickRun(("--quick", "{out}/page.html", "{out}/page.png"), "-", ("plots rendered",),
                                              needs="chromium"),
     "scripts/triton_check.py": QuickRun(("--device", "cpu", "--quick", "--out", "{out}/triton.json"), "triton.json",
@@ -124,6 +125,8 @@ def missing(need: str | None) -> str | None:
         return "Triton is not installed here (pip install 'pie[triton]')"
     if need == "chromium" and not any(map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))):
         return "Chromium is not installed here (scripts/test.sh installs it where apt can)"
+    if need == "x86" and platform.machine() not in ("x86_64", "AMD64"):
+        return f"limits an x86 CPU to AVX2; this machine is {platform.machine()}"
     return None
 
 
