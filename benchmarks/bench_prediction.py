@@ -32,7 +32,7 @@ from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, WorkloadStats
 from planner.cost_model import Problem, Split, model_costs, predict
 from planner.hardware import from_profile
-from profiler.hardware_profile import HardwareProfile
+from profiler.hardware_profile import EngineOverhead, HardwareProfile
 from quick_mode import add_quick_argument, output_path
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     measured_all = measure_all(configs, args.input_len, args.output_len, args.repeats)
     overhead, calibration_runs = calibrate(profile, args.model, args.input_len, args.output_len, measured_all)
     print(f"calibration (engine runs distinct from the cases): {overhead}")
-    calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
+    calibrated = dataclasses.replace(profile, engine_overhead=EngineOverhead.from_dict(overhead))
     rows = []
     for case in CASES:
         config = engine_config(args.model, profile.dtype, case, args.input_len, args.output_len)
