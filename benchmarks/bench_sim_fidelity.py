@@ -78,6 +78,7 @@ def calibrate(profile_path: Path, out_path: Path) -> dict:
     engine.generate([list(r.prompt_token_ids) for r in requests],
                     [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in requests])
     measured = engine.stats[first:]
+    engine.close()
     target = sim_target(RunnerSpec(model=MODEL, dtype=DTYPE, options={**options, "profile": str(profile_path)}))
     replayed = replay(target, requests)
     if not check_aligned(measured, replayed.stats):
