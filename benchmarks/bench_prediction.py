@@ -130,6 +130,8 @@ def measure_all(configs: dict, input_len: int, output_len: int, repeats: int) ->
     for repeat in range(repeats):
         for name, (_, case) in configs.items():
             samples[name].append(run_once(engines[name], case, input_len, output_len, seed=repeat + 1))
+    for engine in engines.values():
+        engine.close()
     result = {}
     for name, runs in samples.items():
         ordered = sorted(runs, key=lambda r: r["output_tok_s"])

@@ -16,8 +16,13 @@ relative error (sim / measured - 1) is kept per round, and its median over round
 against the targets: output throughput within 10%, median TTFT and median TPOT within 15%.
 Writes docs/results/sim_fidelity_<machine>.json.
 
-Run: flock /tmp/pie-bench.lock python benchmarks/bench_sim_fidelity.py --profile PROFILE.json
-`--quick`: one round of short requests, a few per case (QUICK_SCALE), on `--model` (with its profile); never judged.
+The profile must describe this machine: without `--profile` one is taken now (and saved beside
+the results); a given profile whose fingerprint names another CPU (model, family, stepping,
+cores or capability record) is refused, since its coefficients price that machine.
+
+Run: flock /tmp/pie-bench.lock python benchmarks/bench_sim_fidelity.py [--profile PROFILE.json]
+`--quick`: one round of short requests, a few per case (QUICK_SCALE), on `--model` (a quick profile of it
+when none is given); never judged.
 """
 from __future__ import annotations
 
@@ -96,6 +101,7 @@ def calibrate(profile_path: Path, out_path: Path, scale: Scale) -> dict:
     engine.generate([list(r.prompt_token_ids) for r in requests],
                     [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in requests])
     measured = engine.stats[first:]
+    engine.close()
     target = sim_target(RunnerSpec(model=scale.model, dtype=DTYPE, options={**options, "profile": str(profile_path)}))
     replayed = replay(target, requests)
     if not check_aligned(measured, replayed.stats):
@@ -148,9 +154,44 @@ def median_errors(per_round: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.median([e[k] for e in per_round])) for k in per_round[0]}
 
 
+CPU_KEYS = ("cpu_model", "cpu_vendor", "cpu_family", "cpu_model_number", "cpu_stepping", "cpu_cores")
+
+
+def differing_cpu(recorded: dict, here: dict) -> list[str]:
+    """The CPU fields in which a profile's fingerprint differs from this machine's (fields both record)."""
+    keys = [key for key in CPU_KEYS if recorded.get(key) is not None and here.get(key) is not None]
+    differing = [f"{key} {recorded[key]!r} != {here[key]!r}" for key in keys if recorded[key] != here[key]]
+    if (recorded.get("capability") or {}) != (here.get("capability") or {}) and recorded.get("capability"):
+        differing.append("capability record")
+    return differing
+
+
+def this_machines_profile(given: Path | None, fresh_path: Path, model: str = MODEL, quick: bool = False) -> Path:
+    """`given` when it was measured on this CPU (else exit naming the difference); without one, a fresh profile of
+    `model` (`quick`: `pie profile --quick`'s grid and link sizes up to 4 MiB)."""
+    from pie_core.fingerprint import collect_fingerprint
+
+    here = collect_fingerprint("cpu")
+    if given is not None:
+        differing = differing_cpu(HardwareProfile.load(given).fingerprint or {}, here)
+        if differing:
+            raise SystemExit(f"{given} was measured on another CPU ({'; '.join(differing)}); its coefficients describe "
+                             "that machine. Leave out --profile to take one of this machine now.")
+        return given
+    from profiler.run import ProfileRequest, run_profile
+
+    print(f"profiling this machine for {model} ({DTYPE}) ...", flush=True)
+    profile = run_profile(ProfileRequest(device="cpu", dtype=DTYPE, model=model, quick=quick,
+                                         max_size_bytes=4 * 2**20 if quick else None))
+    fresh_path.parent.mkdir(parents=True, exist_ok=True)
+    return profile.save(fresh_path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", type=Path, required=True, help="a `pie profile` of this machine for opt-125m (bfloat16)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="a `pie profile` of this machine for opt-125m (bfloat16); default: take one now. "
+                             "A profile of another CPU is refused: its coefficients describe that machine")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (calibration, every case); errors are the median")
     parser.add_argument("--results-dir", type=Path, default=None, help="default .pie/results (--quick: beside --out)")
     parser.add_argument("--out", type=Path, default=None, help="default docs/results/sim_fidelity_<machine>.json")
@@ -165,6 +206,8 @@ def main() -> None:
     slug = "-".join((*cpu_model().lower().split()[:2], torch.backends.cpu.get_cpu_capability().lower()))
     out = output_path(args.out, Path(f"docs/results/sim_fidelity_{slug}.json"), args.quick)
     began = time.perf_counter()
+    fresh = out.with_name(f"profile_{'quick' if args.quick else 'full'}_{Path(scale.model).name}_cpu_{slug}.json")
+    args.profile = this_machines_profile(args.profile, fresh, scale.model, args.quick)
     store = ResultsStore(args.results_dir or (out.parent / "store" if args.quick else Path(".pie/results")))
     calibrations, runs, saturation = [], [[] for _ in range(6)], None
     for round_index in range(args.rounds):

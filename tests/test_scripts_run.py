@@ -58,6 +58,8 @@ QUICK_RUNS = {
     "benchmarks/bench_decode_kernel.py": QuickRun(("--quick", "--out", "{out}/decode.json"), "decode.json", ("rows", "kv_bytes")),
     "benchmarks/bench_engine_capacity.py": QuickRun(
         ("--quick", "--model", "{model}", "--out", "{out}/capacity.json"), "capacity.json", ("rows", "ratio_best_pool_over_off")),
+    "benchmarks/bench_engine_close.py": QuickRun(("--quick", "--out", "{out}/close.json"), "close.json",
+                                                 ("checkouts", "met", "sweep_pool_blocks")),
     "benchmarks/bench_engine_memory.py": QuickRun(
         ("--quick", "--model", "{model}", "--out", "{out}/memory.json"), "memory.json", ("checkpoints", "peak_rss_growth")),
     "benchmarks/bench_engine_throughput.py": QuickRun(
@@ -80,7 +82,7 @@ QUICK_RUNS = {
         ("--quick", "--model", "{model}", "--output-dir", "{out}/memcpy"), "memcpy/profile_memcpy_*.json",
         ("plain_copy_gbps_median", "ratio_h2d_pinned_to_plain")),
     "benchmarks/bench_sim_fidelity.py": QuickRun(
-        ("--quick", "--model", "{model}", "--profile", "{profile}", "--out", "{out}/fidelity.json"), "fidelity.json",
+        ("--quick", "--model", "{model}", "--out", "{out}/fidelity.json"), "fidelity.json",  # profiles the tiny model
         ("cases", "calibrations", "all_within_target")),
     "benchmarks/bench_sim_hardware.py": QuickRun(
         ("--quick", "--out-dir", "{out}/hardware"), "hardware/sim_hardware.json", ("presets",), slow=True),
