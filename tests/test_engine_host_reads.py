@@ -18,7 +18,6 @@ import pytest
 import torch
 from tiny_hf_model import tiny_model_dir
 
-from runners.engine import kernels
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
 from runners.engine.sampling_params import SamplingParams
@@ -49,10 +48,12 @@ def counted_reads(counter: collections.Counter):
             setattr(torch.Tensor, name, method)
 
 
-def _reads_per_step(model_dir, **extra) -> list[int]:
+def _reads_per_step(model_dir, decode_kernel: str, **extra) -> list[int]:
     config = EngineConfig(model=str(model_dir), dtype="float32", block_size=4, num_device_blocks=24,
-                          num_pool_blocks=12, prefetch_depth=2, max_num_batched_tokens=16, max_num_seqs=4, **extra)
+                          num_pool_blocks=12, prefetch_depth=2, max_num_batched_tokens=16, max_num_seqs=4,
+                          decode_kernel=decode_kernel, **extra)
     engine = LLMEngine(config)
+    assert (engine.kernels.decode_attention == "torch") == (decode_kernel == "torch")
     execute, per_step = engine.runner.execute, []
 
     def counting_execute(scheduled):
@@ -72,13 +73,11 @@ def _reads_per_step(model_dir, **extra) -> list[int]:
 
 @pytest.mark.parametrize("decode_kernel", ["auto", "torch"])
 @pytest.mark.parametrize("family,extra", [("llama", {}), ("opt", {"rebuild_fraction": 0.5})])
-def test_a_step_reads_back_once_whatever_the_layers(tmp_path, monkeypatch, decode_kernel, family, extra):
-    monkeypatch.setenv("PIE_DECODE_KERNEL", decode_kernel)
-    monkeypatch.setattr(kernels, "_resolved", {})
+def test_a_step_reads_back_once_whatever_the_layers(tmp_path, decode_kernel, family, extra):
     counts = {}
     for layers in (2, 6):
         directory = tiny_model_dir(tmp_path / f"{family}{layers}", family, num_hidden_layers=layers)
-        counts[layers] = _reads_per_step(directory, **extra)
+        counts[layers] = _reads_per_step(directory, decode_kernel, **extra)
     for layers, per_step in counts.items():  # at most one read: it does not grow with the layers
         assert max(per_step) <= 1, f"{layers} layers read back {per_step} times per step; only sampling's token ids should be"
 

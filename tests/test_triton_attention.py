@@ -111,13 +111,14 @@ ENGINE_SCRIPT = LAUNCH_RECORDER + textwrap.dedent("""
     prompts = [[(7 * i + j) % 60 + 3 for j in range(n)] for i, n in enumerate([19, 5, 33])]
     runs = {}
     for kernel in ("torch", "triton"):
-        os.environ["PIE_DECODE_KERNEL"] = kernel
         # pool on, chunked prefill: later chunks read their (partly pooled) prefix through the table
         config = EngineConfig(model=str(directory), dtype="float32", block_size=8, num_device_blocks=12,
-                              num_pool_blocks=6, prefetch_depth=2, max_num_batched_tokens=16, max_num_seqs=3)
+                              num_pool_blocks=6, prefetch_depth=2, max_num_batched_tokens=16, max_num_seqs=3,
+                              decode_kernel=kernel)
         engine = LLMEngine(config)
         outputs = engine.generate(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
         assert all(output.finish_reason == "length" for output in outputs), [o.finish_reason for o in outputs]
+        assert engine.kernels.decode_attention == kernel, engine.kernels
         runs[kernel] = [output.output_token_ids for output in outputs]
         runs[kernel + "_streamed"] = sum(stat.h2d_bytes for stat in engine.stats)
     runs["warm_up_variants"] = len(warm)

@@ -15,12 +15,12 @@ may be any value (they are clamped and masked by `context_lens`).
   PyTorch path groups sequences into length buckets so padding stays small, gathers each
   bucket's blocks with one `index_select` (K and V in one copy), and computes
   `softmax(q·kᵀ)·v` explicitly (fp32 softmax) rather than through bf16
-  `scaled_dot_product_attention`, which was about 3x slower on these machines.
+  `scaled_dot_product_attention`, which was slower on these machines (docs/engine-cpu-performance.md).
   `kernel_name(q, kv_cache)` says which path a call takes.
 - `prefill_attention` is causal attention within each sequence of a packed batch, optionally
   over a computed prefix per sequence (chunked prefill; the caller gathers the prefix through
-  its block table), fp32 math on the CPU (bf16 matmuls over the permuted views measured about
-  2x slower). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
+  its block table), fp32 math on the CPU (bf16 matmuls over the permuted views measured slower;
+  docs/engine-cpu-performance.md). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
   kernel reads them in place, the PyTorch path gathers them and calls `prefill_attention`.
 
 What the kernels need on the host (each sequence's length, the longest, a prefill's bounds) comes in
@@ -183,7 +183,9 @@ def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor, variant: str | None = N
     Triton kernel, "torch" forces the PyTorch path, as the engine does when its capability record
     selects no fast kernel or the one selected failed its trial (runners/engine/kernels.py).
     """
-    choice = _choice()
+    # The engine passes the variant its settings resolved (runners/engine/kernels.py), so the environment
+    # is read only for direct calls that leave the choice open.
+    choice = _choice() if variant is None else "auto"
     if choice == "torch" or (variant == "torch" and choice not in ("c", "triton")):
         return "torch"
     if _uses_triton(q, variant, choice):
@@ -232,9 +234,8 @@ def paged_decode_attention_torch(q: torch.Tensor, kv_cache: torch.Tensor, block_
 
 
 # Query rows per chunk in prefill attention: each chunk only multiplies the keys up to its last
-# row (about half the FLOPs of a full causal square), and 64-row score tiles stay in cache.
-# Measured on this CPU, one thread, OPT-125m heads, 264 tokens: 1.9 ms against 5.7 ms for one
-# masked square per sequence; 512 tokens: 5.9 against 14.4 ms.
+# row (about half the FLOPs of a full causal square), and 64-row score tiles stay in cache; the
+# timings against one masked square per sequence are in docs/engine-cpu-performance.md (item 5).
 _PREFILL_CHUNK = 64
 _causal_bias: dict[torch.device, torch.Tensor] = {}
 
@@ -255,8 +256,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
 
     `prefixes[i]`, when given, is sequence i's already computed K and V ([P, Hkv, dh] each): its
     chunk's tokens sit at positions P.. and attend over the prefix and causally within the chunk
-    (chunked prefill). fp32 math on the CPU (bf16 matmuls over these views measured about 2x
-    slower there); per sequence, query rows in chunks of 64 against the keys up to the chunk's
+    (chunked prefill). fp32 math on the CPU (bf16 matmuls over these views measured slower there:
+    docs/engine-cpu-performance.md); per sequence, query rows in chunks of 64 against the keys up to the chunk's
     end, the scale and the causal mask fused into one `baddbmm`. `cu_seqlens`: a tensor (read back
     once) or the bounds as host ints.
     """
@@ -310,7 +311,7 @@ def paged_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     """
     layout = PrefillLayout.of(layout)
     prefixes = layout.prefix_lens if prefix_tables is not None else None
-    if _uses_triton(q, variant, _choice()):
+    if _uses_triton(q, variant, _choice() if variant is None else "auto"):
         return triton_kernels().prefill(q, k, v, layout.cu_seqlens, scale, kv_cache, prefix_tables,
                                         None if prefixes is None else prefixes.device, max_len=layout.longest)
     gathered = None

@@ -28,7 +28,7 @@ import torch
 
 from pie_core.capability import DeviceCapability, select_kernels
 from pie_core.device_probe import detect_capability
-from runners.engine.models.linear import Linear, prepack_available
+from runners.engine.models.linear import Linear, packable
 from runners.engine.triton_smoke import AttentionGeometry
 
 LINEAR_PATHS = ("onednn-prepacked", "torch-linear")
@@ -64,8 +64,8 @@ class KernelPaths:
 def _try_prepack() -> str | None:
     """None when a bf16 weight reorders and multiplies through oneDNN here, else why not."""
     weight = torch.ones(32, 32, dtype=torch.bfloat16)
-    if not prepack_available(weight):
-        return "no oneDNN prepack in this torch (or PIE_PREPACK=0)"
+    if not packable(weight):
+        return "no oneDNN prepack in this torch"
     linear = Linear(weight, prepack=True)
     if not linear.packed:
         return linear.fallback
@@ -110,7 +110,14 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             fallbacks.append(f"{failure}; plain GEMMs")
             prepack = False
     variant = choice.c_variant if choice.decode == "c" else None
-    if variant and forced[1] == "torch":
+    if forced[1] == "c":  # asked for: this record's C build, or this machine's own; failing is an error, not a fallback
+        from runners.engine import cpu_attention
+
+        variant = variant or cpu_attention.default_variant()
+        if torch.device(device).type != "cpu" or cpu_attention.load(variant) is None:
+            raise RuntimeError(f"decode_kernel=c but the C kernel cannot run here: "
+                               f"{cpu_attention.load_error(variant) or device}")
+    elif variant and forced[1] in ("torch", "triton"):
         variant = None
     elif variant:
         from runners.engine import cpu_attention
@@ -119,7 +126,12 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             fallbacks.append(f"{cpu_attention.load_error(variant)}; PyTorch decode attention")
             variant = None
     decode = f"c-{variant}" if variant else "torch"
-    if choice.decode == "triton" and torch.device(device).type == "cuda" and forced[1] != "torch":
+    if forced[1] == "triton":
+        failure = _try_triton(device, geometry)
+        if failure:
+            raise RuntimeError(f"decode_kernel=triton but {failure}")
+        decode = "triton"
+    elif choice.decode == "triton" and torch.device(device).type == "cuda" and forced[1] != "torch":
         failure = _try_triton(device, geometry)
         if failure:
             fallbacks.append(f"{failure}; PyTorch attention")
