@@ -1,6 +1,7 @@
 """scripts/gpu_check.sh --dry-run on the CPU: it parses, finds every step, runs the ones that need no
 GPU and writes its JSON and log, so the one command prepared for a GPU machine cannot rot; its step
-limits add up to at most 6 minutes, and a step killed by its limit keeps what it had recorded."""
+limits add up to at most 6 minutes, and a step killed by its limit keeps what it had recorded; and
+`--rehearse` runs the GPU steps' code (scripts/gpu_check_steps.py) on the CPU at small sizes."""
 from __future__ import annotations
 
 import importlib.util

@@ -105,6 +105,7 @@ COVERED_ELSEWHERE = {
     "benchmarks/slowed_pie.py": "benchmarks/bench_compare_aa.py",  # the A/B side of its quick run
     "scripts/gpu_check.py": "tests/test_gpu_check_dry_run.py",  # --dry-run there
     "scripts/gpu_check.sh": "tests/test_gpu_check_dry_run.py",
+    "scripts/gpu_check_steps.py": "tests/test_gpu_check_dry_run.py",  # gpu_check.py's steps: --rehearse there
     "scripts/test.sh": ".ci/run",  # builds the environment this suite runs in, and runs it
 }
 
