@@ -10,7 +10,8 @@ per-second rates over the window. This module finds the ones a reader asks for:
 - `ROLES` / `find_series(names, role)`: running and waiting requests, KV cache usage, preemptions,
   prompt and generation tokens, the CPU pool's limit and blocks in use, bytes offloaded or moved;
 - `comparable_totals(totals)`: the counters whose totals over a run `pie compare` compares
-  (preemptions, prefix cache hits and queries, bytes moved), under `server:` + the server's name;
+  (preemptions, prefix cache hits and queries, bytes moved), under `server.` + the server's name
+  with its colons as dots (`--fail-on` rules take such names);
 - `token_check(...)`: the server's prompt and generation token counts over the run held against
   the client's, with the relative difference and a mismatch flag above `TOKEN_TOLERANCE`.
 
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 TOKEN_TOLERANCE = 0.01  # the client's and the server's token counts may differ by this share before it is a mismatch
-SERVER_PREFIX = "server:"  # telemetry keys of server totals: "server:vllm:num_preemptions_total"
+SERVER_PREFIX = "server."  # telemetry keys of server totals: "server.vllm.num_preemptions_total" (usable in --fail-on rules)
 
 # role -> (patterns tried in order on the series names, unit as a reader sees it)
 ROLES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -69,8 +70,8 @@ def find_all(names: Iterable[str], role: str) -> list[str]:
 
 
 def comparable_totals(totals: Mapping[str, float]) -> dict[str, float]:
-    """`server:` + name -> total over the run, for the counters a comparison should hold side by side."""
-    return {SERVER_PREFIX + name: float(value) for name, value in sorted(totals.items()) if _COMPARED.search(name)}
+    """`server.` + name (colons as dots) -> total over the run, for the counters a comparison should hold side by side."""
+    return {SERVER_PREFIX + name.replace(":", "."): float(value) for name, value in sorted(totals.items()) if _COMPARED.search(name)}
 
 
 def token_check(totals: Mapping[str, float], client_prompt_tokens: int, client_output_tokens: int,

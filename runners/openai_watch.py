@@ -10,7 +10,7 @@ scraper stops, one last scrape is taken (repeated for up to `SETTLE_S` while the
 generation counter still trails the client's count: a server may count a step's tokens just after
 it streamed them), and `result(samples)` builds the windows (runners/client_timeline.py) and the
 telemetry: `server_metrics` (URL, kind, scrape counts, first error, counter names, the cross-check)
-and `server:`-prefixed totals for `pie compare`; `warnings` lists what the CLI should say.
+and `server.`-prefixed totals for `pie compare`; `warnings` lists what the CLI should say.
 
 Left out: sending requests (runners/openai_runner.py).
 """
