@@ -160,7 +160,8 @@ def _timeline_figures(records: list[RunRecord], notes: list[str]) -> list[Figure
         group = record.header.sweep_id or record.run_id
         groups[group][name if name not in groups[group] else f"{name} {record.run_id[-6:]}"] = windows
     if not groups:
-        notes.append("no run in the selection stepped an engine (pie and sim runs do): no engine timeline drawn")
+        if not any(record.timeline for record in records):
+            notes.append("no run in the selection has a timeline (pie, sim and openai runs record one): no timeline drawn")
         return []
     figures = []
     for index, (group, series) in enumerate(groups.items()):
@@ -193,8 +194,6 @@ def _server_figures(records: list[RunRecord], notes: list[str]) -> list[Figure]:
                               f"{scraped.get('url') or 'the server (off)'} (server kind {scraped.get('kind') or 'unknown'}; "
                               f"{gaps} gap(s) where a scrape failed); counters drawn as rates.{checked} "
                               + " ".join(f"Left out: {why}." for why in left_out), plots.panels_figure(panels)))
-    if not figures:
-        notes.append("no openai run in the selection: no client/server figure drawn")
     return figures
 
 

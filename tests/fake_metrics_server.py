@@ -8,7 +8,7 @@ histogram), and with `pie_pool=True` also `pie:`-prefixed pool series (`pie:pool
 steps up every `pool_step_s`, `pie:pool_blocks_used`, `pie:pool_h2d_bytes_total`). `metrics_mode`:
 "ok", "html" (a web page), "missing" (404), or "breaks" (malformed text for scrapes
 `break_from` .. `break_from + break_count - 1`, then fine again). `extra_prompt_tokens` inflates the
-prompt counter (a server that served someone else too).
+prompt counter by that many per completion (a server that served someone else too).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class FakeMetricsServer:
         self.max_running = max_running
         self.lock = threading.Lock()
         self.running = self.waiting = 0
-        self.prompt_tokens, self.generation_tokens = extra_prompt_tokens, 0
+        self.extra_prompt_tokens = extra_prompt_tokens
+        self.prompt_tokens = self.generation_tokens = 0
         self.ttft_sum, self.ttft_count = 0.0, 0
         self.num_scrapes = self.num_posts = 0
         self.started = time.perf_counter()
@@ -137,7 +138,8 @@ class FakeMetricsServer:
             with self.lock:
                 self.waiting -= 1
                 self.running += 1
-                self.prompt_tokens += len(body["prompt"]) if isinstance(body["prompt"], list) else len(body["prompt"].split())
+                self.prompt_tokens += self.extra_prompt_tokens + (
+                    len(body["prompt"]) if isinstance(body["prompt"], list) else len(body["prompt"].split()))
             handler.send_response(200)
             handler.send_header("Content-Type", "text/event-stream")
             handler.end_headers()
