@@ -167,7 +167,7 @@ def _timeline_figures(records: list[RunRecord], notes: list[str]) -> list[Figure
     for index, (group, series) in enumerate(groups.items()):
         with_pool = any((w.pool_limit_blocks or 0) > 0 or (w.pool_blocks_used or 0) > 0 for ws in series.values() for w in ws)
         if not with_pool:
-            notes.append(f"no run in {group} has a CPU pool: its timeline has no pool panel")
+            notes.append(f"no run of {group} uses a CPU pool: its timeline has no pool panel")
         figures.append(Figure(f"timeline_{index}", f"Timeline of {group}",
                               f"{len(series)} run(s); each point is a window of engine iterations"
                               + ("; the pool limit moves only under --adaptive." if with_pool else "."),
