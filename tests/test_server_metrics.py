@@ -135,7 +135,7 @@ def _run(url, requests=None, **options):
 
 
 def test_run_keeps_the_server_series_per_window_and_the_tokens_agree():
-    with FakeMetricsServer(pie_pool=True, token_gap_s=0.01, pool_step_s=0.1) as server:
+    with FakeMetricsServer(pie_pool=True, token_gap_s=0.01) as server:
         samples, result = _run(server.url)
     assert all(s.success for s in samples) and result.config["server_kind"] == "pie"
     windows = timeline_windows(result.timeline)

@@ -18,7 +18,7 @@ def _bench(url, tmp_path, monkeypatch, capsys, *options, label="a"):
 
 
 def test_bench_show_report_compare_carry_the_server_series(tmp_path, monkeypatch, capsys):
-    with FakeMetricsServer(pie_pool=True, token_gap_s=0.01, pool_step_s=0.1) as server:
+    with FakeMetricsServer(pie_pool=True, token_gap_s=0.01) as server:
         runs = [_bench(server.url, tmp_path, monkeypatch, capsys, label=label) for label in ("a", "b")]
     for code, out, err in runs:
         assert code == 0, err

@@ -1,0 +1,137 @@
+"""Scraping overhead: what scraping the server's `/metrics` costs the `openai` runner's request rate.
+
+A fast fake server (tests/fake_metrics_server.py, in its own process: no token delay, a `/metrics`
+as long as vLLM's, about 49 KB) takes `--num-prompts` requests of 16 prompt / `--output-len` output
+tokens at once under `--max-concurrency`; the openai runner drives it with scraping on (every
+`--interval-s`, the default 0.5 s) and off (`-O server_metrics=off`), interleaved, the order
+alternating in each of `--repeats` pairs. The client is the bottleneck here, so what the scraper
+takes from it shows. Reports each run's request rate and the client's CPU time per request, each
+pair's ratio (on / off) and the median ratios; the target is an overhead under 2% (a median request
+rate ratio above 0.98). Writes
+docs/results/scrape_overhead_<machine>.json (`--quick`: a few small runs, nothing written unless `--out`).
+
+Run: python benchmarks/bench_scrape_overhead.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pie_core.fingerprint import cpu_model  # noqa: E402
+from runners.base import BenchRequest, RunnerSpec  # noqa: E402
+from runners.openai_runner import OpenAIRunner  # noqa: E402
+
+
+def machine() -> dict:
+    info = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        for key in ("cpu family", "model"):
+            info[key.replace(" ", "_")] = next(line.split(":")[1].strip() for line in cpuinfo.splitlines()
+                                               if line.split(":")[0].strip() == key)
+    except (OSError, StopIteration):
+        pass
+    try:
+        import torch
+
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except ImportError:
+        info["torch_cpu_capability"] = None
+    return info
+
+
+def _cpu_s() -> float:
+    """CPU seconds this process (the client, all its threads) used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def start_server(padding_histograms: int) -> tuple[subprocess.Popen, str]:
+    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "fake_metrics_server.py"),
+                               "--padding-histograms", str(padding_histograms)],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    url = server.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        server.kill()
+        raise RuntimeError(f"the fake server did not start (said {url!r})")
+    return server, url
+
+
+def one_run(url: str, args: argparse.Namespace, scrape: bool) -> dict:
+    requests = [BenchRequest(f"r{i}", None, tuple(range(5, 21)), args.output_len) for i in range(args.num_prompts)]
+    options = {"base_url": url, "model_name": "tiny", "scrape_interval_s": args.interval_s,
+               **({} if scrape else {"server_metrics": "off"})}
+    samples = []
+    cpu_began = _cpu_s()
+    result = OpenAIRunner().run(requests, RunnerSpec(model="tiny", max_concurrency=args.max_concurrency, options=options),
+                                samples.append)
+    cpu_s = _cpu_s() - cpu_began
+    failed = sum(not s.success for s in samples)
+    if failed:
+        raise RuntimeError(f"{failed} requests failed: {result.telemetry['first_errors']}")
+    scraped = result.telemetry.get("server_metrics") or {}
+    return {"scrape": scrape, "duration_s": result.duration_s, "request_rate": len(samples) / result.duration_s,
+            "client_cpu_ms_per_request": cpu_s / len(samples) * 1e3,
+            "num_scrapes": scraped.get("num_scrapes", 0), "num_failed_scrapes": scraped.get("num_failed_scrapes", 0),
+            "token_check": scraped.get("token_check")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-prompts", type=int, default=1500)
+    parser.add_argument("--output-len", type=int, default=8)
+    parser.add_argument("--max-concurrency", type=int, default=32)
+    parser.add_argument("--interval-s", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--padding-histograms", type=int, default=14)
+    parser.add_argument("--quick", action="store_true", help="2 pairs of 60 requests; writes nothing unless --out")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.num_prompts, args.repeats, args.interval_s = 60, 2, 0.1
+    server, url = start_server(args.padding_histograms)
+    try:
+        one_run(url, argparse.Namespace(**{**vars(args), "num_prompts": min(50, args.num_prompts)}), True)  # warm-up
+        pairs = []
+        for repeat in range(args.repeats):
+            order = (True, False) if repeat % 2 == 0 else (False, True)
+            runs = {scrape: one_run(url, args, scrape) for scrape in order}
+            pairs.append({"on": runs[True], "off": runs[False], "ratio": runs[True]["request_rate"] / runs[False]["request_rate"],
+                          "first": "on" if order[0] else "off"})
+            print(f"pair {repeat + 1}: on {runs[True]['request_rate']:8.1f} req/s ({runs[True]['num_scrapes']} scrapes), "
+                  f"off {runs[False]['request_rate']:8.1f} req/s, ratio {pairs[-1]['ratio']:.4f}", flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+    ratio = statistics.median(p["ratio"] for p in pairs)
+    cpu_ratio = statistics.median(p["on"]["client_cpu_ms_per_request"] / p["off"]["client_cpu_ms_per_request"] for p in pairs)
+    result = {"benchmark": "scrape_overhead", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "median_ratio_on_off": ratio, "overhead_pct": (1 - ratio) * 100, "target_overhead_pct": 2.0,
+              "meets_target": ratio > 0.98, "median_client_cpu_ratio_on_off": cpu_ratio, "pairs": pairs,
+              "note": "client request rate with scraping on / off, interleaved pairs; the fake server runs in its own process"}
+    print(f"median ratio on/off {ratio:.4f}: overhead {(1 - ratio) * 100:+.2f}% (target < 2%); "
+          f"client CPU per request on/off {cpu_ratio:.4f}")
+    out = args.out or (None if args.quick else REPO / "docs" / "results" /
+                       f"scrape_overhead_{'-'.join(cpu_model().lower().split()[:2])}.json")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
