@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import statistics
@@ -126,7 +127,7 @@ def main() -> None:
     print(f"median ratio on/off {ratio:.4f}: overhead {(1 - ratio) * 100:+.2f}% (target < 2%); "
           f"client CPU per request on/off {cpu_ratio:.4f}")
     out = args.out or (None if args.quick else REPO / "docs" / "results" /
-                       f"scrape_overhead_{'-'.join(cpu_model().lower().split()[:2])}.json")
+                       f"scrape_overhead_{'-'.join(re.sub(r'[^a-z0-9 ]', '', re.sub(r'\(r\)|\(tm\)', '', cpu_model().lower())).split()[:2])}.json")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

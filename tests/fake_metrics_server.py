@@ -184,10 +184,11 @@ if __name__ == "__main__":
     parser.add_argument("--padding-histograms", type=int, default=14)
     parser.add_argument("--token-gap-s", type=float, default=0.0)
     parser.add_argument("--max-running", type=int, default=64)
+    parser.add_argument("--pie-pool", action="store_true", help="also serve pie:-prefixed pool series")
     args = parser.parse_args()
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with FakeMetricsServer(token_gap_s=args.token_gap_s, padding_histograms=args.padding_histograms,
-                           max_running=args.max_running) as fake:
+                           max_running=args.max_running, pie_pool=args.pie_pool) as fake:
         print(fake.url, flush=True)
         stopped.wait()
