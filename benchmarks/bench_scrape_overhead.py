@@ -4,8 +4,8 @@ A fast fake server (tests/fake_metrics_server.py, in its own process: no token d
 as long as vLLM's, about 49 KB) takes `--num-prompts` requests of 16 prompt / `--output-len` output
 tokens at once under `--max-concurrency`; the openai runner drives it with scraping on (every
 `--interval-s`, the default 0.5 s) and off (`-O server_metrics=off`), interleaved, the order
-alternating in each of `--repeats` pairs. The client is the bottleneck here, so what the scraper
-takes from it shows. Reports each run's request rate and the client's CPU time per request, each
+alternating in each of `--repeats` pairs: a server that answers at once, so what the scraper takes
+from the client would show in the rate. Reports each run's request rate and the client's CPU time per request, each
 pair's ratio (on / off), their medians, the ratio of the best runs (the rate the client can reach),
 and the CPU one scrape costs this process (100 in a row) as a share of what the client spends per
 second. Target: an overhead under 2% (ratios above 0.98, a CPU share under 2%). On a shared machine
@@ -80,9 +80,10 @@ def one_run(url: str, args: argparse.Namespace, scrape: bool) -> dict:
     options = {"base_url": url, "model_name": "tiny", "scrape_interval_s": args.interval_s,
                **({} if scrape else {"server_metrics": "off"})}
     samples = []
+    runner = OpenAIRunner()
+    prepared = runner.prepare(RunnerSpec(model="tiny", max_concurrency=args.max_concurrency, options=options))
     cpu_began = _cpu_s()
-    result = OpenAIRunner().run(requests, RunnerSpec(model="tiny", max_concurrency=args.max_concurrency, options=options),
-                                samples.append)
+    result = runner.run(prepared, requests, samples.append)
     cpu_s = _cpu_s() - cpu_began
     failed = sum(not s.success for s in samples)
     if failed:

@@ -5,7 +5,7 @@
    replayed iteration by iteration through the simulator (runners/sim_calibration.py); the
    per-iteration residuals give the engine's layer scales against the profiled single layer,
    its pooled-copy rate and its per-iteration overhead, written into a copy of the profile
-   (`extra.engine_iteration_overhead`) that the cases' simulations read.
+   (`engine_overhead`) that the cases' simulations read.
 2. Cases: three workloads (all at once; Poisson near saturation, at SATURATION_SHARE of the
    first case's measured request throughput; a device budget tight enough that requests
    preempt, or pool), each with the pool off and on, on `--runner pie` (measured) and on
@@ -16,7 +16,11 @@ relative error (sim / measured - 1) is kept per round, and its median over round
 against the targets: output throughput within 10%, median TTFT and median TPOT within 15%.
 Writes docs/results/sim_fidelity_<machine>.json.
 
-Run: flock /tmp/pie-bench.lock python benchmarks/bench_sim_fidelity.py --profile PROFILE.json
+The profile must describe this machine: without `--profile` one is taken now (and saved beside
+the results); a given profile whose fingerprint names another CPU (model, family, stepping,
+cores or capability record) is refused, since its coefficients price that machine.
+
+Run: flock /tmp/pie-bench.lock python benchmarks/bench_sim_fidelity.py [--profile PROFILE.json]
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pie_core.fingerprint import cpu_model
-from profiler.hardware_profile import HardwareProfile
+from profiler.hardware_profile import EngineOverhead, HardwareProfile
 from results.store import ResultsStore
 from runners.arrivals import ArrivalSpec
 from runners.base import RunnerSpec
@@ -78,13 +82,14 @@ def calibrate(profile_path: Path, out_path: Path) -> dict:
     engine.generate([list(r.prompt_token_ids) for r in requests],
                     [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in requests])
     measured = engine.stats[first:]
+    engine.close()
     target = sim_target(RunnerSpec(model=MODEL, dtype=DTYPE, options={**options, "profile": str(profile_path)}))
     replayed = replay(target, requests)
     if not check_aligned(measured, replayed.stats):
         raise SystemExit("calibration: the replay did not schedule the engine's batches; the scheduler is not deterministic")
     overhead = fit_calibration(measured, replayed, target.hardware)
     profile = HardwareProfile.load(profile_path)
-    calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
+    calibrated = dataclasses.replace(profile, engine_overhead=EngineOverhead.from_dict(overhead))
     calibrated.save(out_path)
     after = replay(sim_target(RunnerSpec(model=MODEL, dtype=DTYPE, options={**options, "profile": str(out_path)})),
                    requests, with_overhead=True).stats
@@ -128,9 +133,42 @@ def median_errors(per_round: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.median([e[k] for e in per_round])) for k in per_round[0]}
 
 
+CPU_KEYS = ("cpu_model", "cpu_vendor", "cpu_family", "cpu_model_number", "cpu_stepping", "cpu_cores")
+
+
+def differing_cpu(recorded: dict, here: dict) -> list[str]:
+    """The CPU fields in which a profile's fingerprint differs from this machine's (fields both record)."""
+    keys = [key for key in CPU_KEYS if recorded.get(key) is not None and here.get(key) is not None]
+    differing = [f"{key} {recorded[key]!r} != {here[key]!r}" for key in keys if recorded[key] != here[key]]
+    if (recorded.get("capability") or {}) != (here.get("capability") or {}) and recorded.get("capability"):
+        differing.append("capability record")
+    return differing
+
+
+def this_machines_profile(given: Path | None, fresh_path: Path) -> Path:
+    """`given` when it was measured on this CPU (else exit naming the difference); without one, a fresh profile."""
+    from pie_core.fingerprint import collect_fingerprint
+
+    here = collect_fingerprint("cpu")
+    if given is not None:
+        differing = differing_cpu(HardwareProfile.load(given).fingerprint or {}, here)
+        if differing:
+            raise SystemExit(f"{given} was measured on another CPU ({'; '.join(differing)}); its coefficients describe "
+                             "that machine. Leave out --profile to take one of this machine now.")
+        return given
+    from profiler.run import ProfileRequest, run_profile
+
+    print(f"profiling this machine for {MODEL} ({DTYPE}) ...", flush=True)
+    profile = run_profile(ProfileRequest(device="cpu", dtype=DTYPE, model=MODEL))
+    fresh_path.parent.mkdir(parents=True, exist_ok=True)
+    return profile.save(fresh_path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", type=Path, required=True, help="a `pie profile` of this machine for opt-125m (bfloat16)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="a `pie profile` of this machine for opt-125m (bfloat16); default: take one now. "
+                             "A profile of another CPU is refused: its coefficients describe that machine")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (calibration, every case); errors are the median")
     parser.add_argument("--results-dir", type=Path, default=Path(".pie/results"))
     parser.add_argument("--out", type=Path, default=None, help="default docs/results/sim_fidelity_<machine>.json")
@@ -140,6 +178,7 @@ def main() -> None:
     slug = "-".join((*cpu_model().lower().split()[:2], torch.backends.cpu.get_cpu_capability().lower()))
     out = args.out or Path(f"docs/results/sim_fidelity_{slug}.json")
     began = time.perf_counter()
+    args.profile = this_machines_profile(args.profile, out.with_name(f"profile_full_{MODEL}_cpu_{slug}.json"))
     store = ResultsStore(args.results_dir)
     calibrations, runs, saturation = [], [[] for _ in range(6)], None
     for round_index in range(args.rounds):

@@ -3,7 +3,7 @@ token times, turned into the run's timeline, the server's totals and the token c
 
 `ServerWatch.prepare(settings)` picks the metrics URL (runners/server_metrics.py) and checks it once,
 before any request: an explicit URL that does not answer Prometheus text is `BadInput`; the
-default one that does not turns scraping off with a note. The runner then calls, on its client
+default one that does not turns scraping off with a note. Each run takes a `fresh()` copy and calls, on its client
 loop, `begin()` (a baseline scrape, then the background scraper; returns the run's start on the
 client clock), `note_tokens` from each streamed chunk, and after the last request `finish()`: the
 scraper stops, one last scrape is taken (repeated for up to `SETTLE_S` while the server's
@@ -55,6 +55,11 @@ class ServerWatch:
             watch.url, watch.kind = url, server_kind(exposition.values)
             watch.scraper = MetricsScraper(url, settings.scrape_interval_s, settings.headers())
         return watch
+
+    def fresh(self) -> "ServerWatch":
+        """The checked URL with nothing watched yet: one per run of a prepared run."""
+        scraper = None if self.scraper is None else MetricsScraper(self.scraper.url, self.interval_s, self.scraper.headers)
+        return ServerWatch(self.interval_s, self.url, self.kind, self.note, scraper)
 
     def config(self) -> dict[str, Any]:
         return {"server_metrics": self.url or "off", "server_kind": self.kind,

@@ -130,7 +130,8 @@ def _run(url, requests=None, **options):
     samples = []
     spec = RunnerSpec(model="tiny", max_concurrency=6,
                       options={"base_url": url, "scrape_interval_s": 0.1, "request_timeout_s": 30, **options})
-    result = OpenAIRunner().run(requests or _requests(), spec, samples.append)
+    runner = OpenAIRunner()
+    result = runner.run(runner.prepare(spec), requests or _requests(), samples.append)
     return samples, result
 
 
@@ -168,8 +169,8 @@ def test_explicit_metrics_url_answering_a_web_page_is_bad_input_before_any_reque
         with pytest.raises(BadInput, match="does not answer Prometheus text.*invalid metric name") as info:
             _run(server.url, server_metrics=server.url + "/metrics")
         with pytest.raises(BadInput):
-            OpenAIRunner().describe(RunnerSpec(model="tiny", options={"base_url": server.url,
-                                                                      "server_metrics": server.url + "/metrics"}))
+            OpenAIRunner().prepare(RunnerSpec(model="tiny", options={"base_url": server.url,
+                                                                     "server_metrics": server.url + "/metrics"}))
         assert server.num_posts == 0  # not even the warm-up was sent
     assert "server_metrics=off" in info.value.one_line()
 
