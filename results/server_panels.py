@@ -8,7 +8,7 @@ time axis, and one line per panel it left out for lack of data:
 - TTFT: the client's mean per window (requests whose first token came in it);
 - requests: the server's running and waiting requests;
 - KV cache usage (percent), the preemption rate, and, where the server has them (`pie serve`), the
-  CPU pool's limit and pooled blocks and the bytes moved per second.
+  CPU pool's limit, capacity and pooled blocks, the bytes moved per second and the stalled share.
 
 A window whose scrape failed is a gap (NaN) in the server's lines.
 
@@ -34,7 +34,8 @@ def server_panels(windows: Sequence[TimelineWindow]) -> tuple[list[Panel], list[
     names = server_names(windows)
     times = [w.t_s for w in windows]
     found = {role: find_series(names, role) for role in ("running", "waiting", "kv_cache_usage", "preemptions",
-                                                          "generation_tokens", "pool_limit", "pool_blocks")}
+                                                          "generation_tokens", "pool_limit", "pool_blocks",
+                                                          "pool_capacity", "stall")}
     panels: list[Panel] = []
     left_out: list[str] = []
     throughput: list[Line] = [("client output tok/s", times, [w.output_tok_s for w in windows], "-")]
@@ -63,12 +64,15 @@ def server_panels(windows: Sequence[TimelineWindow]) -> tuple[list[Panel], list[
     else:
         left_out.append("the server reports no preemption counter: no preemption panel")
     pool = [(f"server {found[role]}", times, _values(windows, found[role]), style)
-            for role, style in (("pool_limit", "-"), ("pool_blocks", ":")) if found[role]]
+            for role, style in (("pool_limit", "-"), ("pool_blocks", ":"), ("pool_capacity", "--")) if found[role]]
     if pool:
         panels.append(("Server: CPU pool limit and pooled blocks", "blocks", pool))
     moved = [(f"server {name} (rate)", times, _values(windows, name, 1 / 2**20), "-") for name in find_all(names, "moved_bytes")]
     if moved:
         panels.append(("Server: bytes moved", "MiB/s", moved))
+    if found["stall"]:
+        panels.append(("Server: stall on pool copies", "stalled seconds per second",
+                       [(f"server {found['stall']} (rate)", times, _values(windows, found["stall"]), "-")]))
     if not pool and not moved:
         left_out.append("the server reports no CPU pool or offload series (vLLM has none; `pie serve` does): no pool panel")
     return panels, left_out

@@ -8,7 +8,8 @@ per-second rates over the window. This module finds the ones a reader asks for:
 - `server_kind(names)`: "pie" when any name starts with `pie:` (`pie serve` adds its pool series to
   vLLM's names), "vllm" when any starts with `vllm:`, else "other";
 - `ROLES` / `find_series(names, role)`: running and waiting requests, KV cache usage, preemptions,
-  prompt and generation tokens, the CPU pool's limit and blocks in use, bytes offloaded or moved;
+  prompt and generation tokens, the CPU pool's limit, capacity and blocks in use, bytes offloaded or
+  moved, and the seconds the forward pass stalled on copies (`pie serve`'s `pie:` names);
 - `comparable_totals(totals)`: the counters whose totals over a run `pie compare` compares
   (preemptions, prefix cache hits and queries, bytes moved), under `server.` + the server's name
   with its colons as dots (`--fail-on` rules take such names);
@@ -35,7 +36,9 @@ ROLES: dict[str, tuple[tuple[str, ...], str]] = {
     "prompt_tokens": ((r"^[a-z_]+:prompt_tokens_total$",), "tokens/s"),
     "generation_tokens": ((r"^[a-z_]+:generation_tokens_total$",), "tokens/s"),
     "pool_limit": ((r"^pie:.*pool.*limit", r"^pie:.*limit.*pool"), "blocks"),
-    "pool_blocks": ((r"^pie:.*pool_blocks(?!.*limit)", r"^pie:.*pool(?!.*limit).*blocks"), "blocks"),
+    "pool_blocks": ((r"^pie:.*pool_blocks(?!.*limit)", r"^pie:.*pool(?!.*(limit|capacity)).*blocks"), "blocks"),
+    "pool_capacity": ((r"^pie:.*pool_capacity",), "blocks"),
+    "stall": ((r"^pie:.*stall_seconds_total$",), "s per s"),
     "moved_bytes": ((r"^pie:.*bytes_total$", r"offload.*bytes_total$", r"kv_transfer.*bytes_total$"), "bytes/s"),
 }
 # (role, column heading) for `pie show --timeline`, in order

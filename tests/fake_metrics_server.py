@@ -6,7 +6,8 @@ vLLM's names (`vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv
 `vllm:num_preemptions_total`, `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`, a TTFT
 histogram), and with `pie_pool=True` also `pie:`-prefixed pool series (`pie:pool_limit_blocks`, which
 steps up every `pool_step_tokens` generated tokens, as a controller would grow it under load,
-`pie:pool_blocks_used`, `pie:pool_h2d_bytes_total`). `metrics_mode`:
+`pie:pool_capacity_blocks`, `pie:pool_blocks_used`, `pie:h2d_bytes_total`, `pie:d2h_bytes_total`,
+`pie:stall_seconds_total`: the names `pie serve` exposes). `metrics_mode`:
 "ok", "html" (a web page), "missing" (404), or "breaks" (malformed text for scrapes
 `break_from` .. `break_from + break_count - 1`, then fine again). `extra_prompt_tokens` inflates the
 prompt counter by that many per completion (a server that served someone else too).
@@ -117,11 +118,17 @@ class FakeMetricsServer:
                 limit = 64 + 32 * min(steps, 6)
                 lines += ["# HELP pie:pool_limit_blocks The CPU pool's limit.", "# TYPE pie:pool_limit_blocks gauge",
                           f"pie:pool_limit_blocks {limit}.0",
+                          "# HELP pie:pool_capacity_blocks KV blocks allocated for the CPU pool.",
+                          "# TYPE pie:pool_capacity_blocks gauge", "pie:pool_capacity_blocks 256.0",
                           "# HELP pie:pool_blocks_used Pooled KV blocks in use.", "# TYPE pie:pool_blocks_used gauge",
                           f"pie:pool_blocks_used {min(limit, 8 * self.running)}.0",
-                          "# HELP pie:pool_h2d_bytes_total Bytes copied from the pool.",
-                          "# TYPE pie:pool_h2d_bytes_total counter",
-                          f"pie:pool_h2d_bytes_total {self.generation_tokens * 4096}.0"]
+                          "# HELP pie:h2d_bytes_total Bytes copied pool -> device.", "# TYPE pie:h2d_bytes_total counter",
+                          f"pie:h2d_bytes_total {self.generation_tokens * 4096}.0",
+                          "# HELP pie:d2h_bytes_total Bytes copied device -> pool.", "# TYPE pie:d2h_bytes_total counter",
+                          f"pie:d2h_bytes_total {self.prompt_tokens * 2048}.0",
+                          "# HELP pie:stall_seconds_total Seconds the forward pass waited on pool copies.",
+                          "# TYPE pie:stall_seconds_total counter",
+                          f"pie:stall_seconds_total {self.generation_tokens * 1e-4}"]
             for index in range(self.padding_histograms):
                 name = f"vllm:padding_{index}_seconds"
                 lines += [f"# HELP {name} A histogram as long as one of vLLM's.", f"# TYPE {name} histogram"]

@@ -63,15 +63,17 @@ def test_text_that_is_not_prometheus_exposition_is_malformed(text):
 def test_kind_and_roles_come_from_the_names():
     vllm = ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
             "vllm:num_preemptions_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total"]
-    pie = vllm + ["pie:pool_limit_blocks", "pie:pool_blocks_used", "pie:pool_h2d_bytes_total", "pie:pool_d2h_bytes_total"]
+    pie = vllm + ["pie:pool_limit_blocks", "pie:pool_capacity_blocks", "pie:pool_blocks_used", "pie:device_blocks_used",
+                  "pie:h2d_bytes_total", "pie:d2h_bytes_total", "pie:stall_seconds_total", "pie:controller_moves_total"]
     assert server_kind(vllm) == "vllm" and server_kind(pie) == "pie" and server_kind(["tgi_queue_size"]) == "other"
     assert [find_series(pie, role) for role in ("running", "waiting", "kv_cache_usage", "preemptions")] == vllm[:4]
     assert find_series(pie, "pool_limit") == "pie:pool_limit_blocks" and find_series(pie, "pool_blocks") == "pie:pool_blocks_used"
-    assert find_all(pie, "moved_bytes") == ["pie:pool_d2h_bytes_total", "pie:pool_h2d_bytes_total"]
+    assert find_series(pie, "pool_capacity") == "pie:pool_capacity_blocks" and find_series(pie, "stall") == "pie:stall_seconds_total"
+    assert find_all(pie, "moved_bytes") == ["pie:d2h_bytes_total", "pie:h2d_bytes_total"]
     assert find_series(vllm, "pool_limit") is None and find_all(vllm, "moved_bytes") == []
     totals = {"vllm:num_preemptions_total": 3.0, "vllm:prompt_tokens_total": 9.0, "vllm:prefix_cache_hits_total": 4.0,
-              "pie:pool_h2d_bytes_total": 4096.0}
-    assert comparable_totals(totals) == {"server.pie.pool_h2d_bytes_total": 4096.0, "server.vllm.num_preemptions_total": 3.0,
+              "pie:h2d_bytes_total": 4096.0}
+    assert comparable_totals(totals) == {"server.pie.h2d_bytes_total": 4096.0, "server.vllm.num_preemptions_total": 3.0,
                                          "server.vllm.prefix_cache_hits_total": 4.0}
 
 
@@ -142,7 +144,8 @@ def test_run_keeps_the_server_series_per_window_and_the_tokens_agree():
     windows = timeline_windows(result.timeline)
     assert len(windows) >= 5 and all(w.server is not None for w in windows)
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "pie:pool_limit_blocks", "pie:pool_blocks_used"):
+                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "pie:pool_limit_blocks", "pie:pool_blocks_used",
+                 "pie:h2d_bytes_total", "pie:stall_seconds_total"):
         assert all(name in w.server for w in windows[1:]), name
     assert max(w.server["vllm:num_requests_running"] for w in windows) == 4  # the fake's batch limit
     assert len({w.server["pie:pool_limit_blocks"] for w in windows}) > 1  # the pool limit moved

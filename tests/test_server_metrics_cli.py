@@ -38,13 +38,13 @@ def test_bench_show_report_compare_carry_the_server_series(tmp_path, monkeypatch
     assert code == 0, err
     assert f"server_{run_id}" in json.loads(out)["figures"]
     page = (tmp_path / "report.html").read_text()
-    assert "Token cross-check: agrees" in page and "server kind pie" in page
+    assert "Token cross-check: agrees" in page and "server kind pie" in page and "Left out" not in page
 
     code, out, err = run_pie(["compare", "label=a", "label=b", "--results-dir", tmp_path, "--json"], monkeypatch, capsys)
     assert code == 0, err
     metrics = {row["metric"]: row for row in json.loads(out)["rows"]}
     assert metrics["server.vllm.num_preemptions_total"]["direction"] == -1
-    assert metrics["server.pie.pool_h2d_bytes_total"]["before"] > 0
+    assert metrics["server.pie.h2d_bytes_total"]["before"] > 0 and metrics["server.pie.h2d_bytes_total"]["direction"] == -1
 
 
 def test_explicit_metrics_url_that_is_not_prometheus_exits_2_before_a_record(tmp_path, monkeypatch, capsys):
