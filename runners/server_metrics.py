@@ -31,7 +31,6 @@ from pie_core.errors import BadInput
 
 AVERAGED_SUFFIXES = ("_perc", "_percent", "_ratio")
 _LEFT_OUT_PREFIXES = ("python_gc_", "python_info")
-MIN_INTERVAL_S, MAX_INTERVAL_S = 0.05, 60.0
 PROBE_TIMEOUT_S = 5.0
 
 
