@@ -11,7 +11,8 @@ and the CPU one scrape costs this process (100 in a row) as a share of what the 
 second. Target: an overhead under 2% (ratios above 0.98, a CPU share under 2%). On a shared machine
 the wall-clock ratios of single pairs swing far more than 2% (the JSON keeps the load average);
 the CPU measures are the steadier ones. Writes
-docs/results/scrape_overhead_<machine>.json (`--quick`: a few small runs, nothing written unless `--out`).
+docs/results/scrape_overhead_<machine>.json (`--quick`: two small pairs, written to `--out` or a temporary
+folder, never docs/results).
 
 Run: python benchmarks/bench_scrape_overhead.py
 """
@@ -35,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pie_core.fingerprint import cpu_model  # noqa: E402
+from quick_mode import add_quick_argument, output_path  # noqa: E402
 from runners.base import BenchRequest, RunnerSpec  # noqa: E402
 from runners.openai_runner import OpenAIRunner  # noqa: E402
 from runners.server_metrics import MetricsScraper  # noqa: E402
@@ -122,7 +124,7 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--padding-histograms", type=int, default=14)
-    parser.add_argument("--quick", action="store_true", help="2 pairs of 60 requests; writes nothing unless --out")
+    add_quick_argument(parser)  # 2 pairs of 60 requests, scraping every 0.1 s
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
@@ -161,11 +163,10 @@ def main() -> None:
           f"client CPU per request on/off {cpu_ratio:.4f}; one scrape {cost['cpu_ms_per_scrape']:.2f} ms CPU = "
           f"{scrape_share:.2%} of the client's CPU at one per {args.interval_s:g} s; load {os.getloadavg()[0]:.1f}")
     slug = "-".join(re.sub(r"[^a-z0-9 ]", "", re.sub(r"\(r\)|\(tm\)", "", cpu_model().lower())).split()[:2])
-    out = args.out or (None if args.quick else REPO / "docs" / "results" / f"scrape_overhead_{slug}.json")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+    out = output_path(args.out, REPO / "docs" / "results" / f"scrape_overhead_{slug}.json", args.quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
