@@ -1,8 +1,8 @@
 """`pie serve`: the Pie engine behind an OpenAI-compatible HTTP server (runners/serve/, docs/serve.md).
 
-Parses the options into the same `RunnerSpec` that `pie bench --runner pie` builds (`--plan`,
-`--pool-blocks`, `--device-blocks`, `--adaptive`, `-O` engine options, `--dtype auto` resolved the
-same way) plus the server's `ServeSettings`, and runs `runners.serve.server.run_server`. It prints
+Parses the flags; `runners.serve.server.resolve_serve` turns them into the same `RunnerSpec` that `pie
+bench --runner pie` gets (`--plan`, `--pool-blocks`, `--device-blocks`, `--adaptive`, `-O` engine options,
+`--dtype auto` resolved the same way), and `run_server` runs it with the server's `ServeSettings`. It prints
 the URL once the engine is warm and one line per window of engine iterations.
 """
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from pie_cli.bench_cmd import parse_options
-from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype
 from pie_cli.options import DeviceOpt, ModelOpt, SeedOpt
 from pie_cli.output import Output
-from pie_core.device_probe import check_device, resolve_device
 
 
 def serve(
@@ -43,36 +42,17 @@ def serve(
       pie serve --model DIR --pool-blocks 768 --adaptive --api-key secret
       pie bench --runner openai -O base_url=http://127.0.0.1:8000   # from another shell
     """
-    from pie_core.dtypes import canonical_dtype
-    from runners.base import RunnerSpec
-    from runners.serve.server import ServeSettings, run_server
+    from runners.serve.server import ServeArgs, ServeSettings, resolve_serve, run_server
 
     out = Output()
     settings = ServeSettings(host=host, port=port, api_key=api_key, served_model_name=served_model_name,
                              max_queue=max_queue, shutdown_grace_s=shutdown_grace)
-    options = parse_options(option or [])
-    for key, value in (("plan", str(plan) if plan else None), ("num_pool_blocks", pool_blocks),
-                       ("num_device_blocks", device_blocks), ("adaptive", True if adaptive else None)):
-        if value is not None:
-            options[key] = value
-    device = resolve_device(device)
-    check_device(device)
-    dtype_name = canonical_dtype(dtype, allow_auto=True)
-    if plan is not None and dtype_name == "auto":
-        from planner.plan import Plan
-
-        dtype_name = Plan.load(plan).dtype
-        resolution = None
-    else:
-        resolution = resolve_dtype_option(dtype_name, device)
-        dtype_name = resolution.dtype
-    spec = RunnerSpec(model=model, dtype=dtype_name, device=device, seed=seed, options=options)
+    spec, resolution = resolve_serve(ServeArgs(
+        model=model, plan=plan, pool_blocks=pool_blocks, device_blocks=device_blocks, adaptive=adaptive,
+        options=parse_options(option or []), dtype=dtype, device=device, seed=seed))
 
     def log(line: str) -> None:
         out.messages.print(line, markup=False, highlight=False)
 
-    if resolution is None:
-        out.info(f"dtype {dtype_name} (auto: the plan's)")
-    else:
-        announce_dtype(out, resolution, device)
+    announce_dtype(out, resolution, spec.device)
     run_server(spec, settings, log)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pie_core.errors import BadInput, RuntimeFailure
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec
+from runners.base import BenchRequest, PreparedRun, RequestDone, RunnerResult, RunnerSpec, machine_fingerprint
 from runners.request_loop import TokenDelta, drive_engine
 from runners.vllm_setup import VllmSettings, model_directory, process_tree_peak_rss_bytes
 
@@ -58,7 +58,7 @@ class _VllmEngine:
                           load_format="dummy" if dummy_weights else "auto", **settings.engine_kwargs())
         try:
             self.engine = LLMEngine.from_engine_args(args)
-        except Exception as err:  # noqa: BLE001 - vLLM raises many types; the message is what matters
+        except Exception as err:  # vLLM raises many types; the message is what matters
             raise RuntimeFailure(f"vllm could not start on {model_dir}: {err}",
                                  "check the model directory and the vllm options (kv_cache_space_gib, "
                                  "max_model_len, dtype); PIE_DEBUG=1 shows the traceback") from err
@@ -105,7 +105,7 @@ def _warm_up(engine: _VllmEngine, requests: Sequence[BenchRequest]) -> None:
         engine.add(BenchRequest(request_id="pie-warmup", prompt=None, prompt_token_ids=tokens, output_len=2))
         while engine.has_unfinished():
             engine.step()
-    except Exception as err:  # noqa: BLE001 - vLLM's engine errors have many types
+    except Exception as err:  # vLLM's engine errors have many types
         raise RuntimeFailure(f"vllm failed during its warm-up request: {err}",
                              "see docs/vllm-cpu.md; PIE_DEBUG=1 shows the traceback") from err
 
@@ -113,12 +113,13 @@ def _warm_up(engine: _VllmEngine, requests: Sequence[BenchRequest]) -> None:
 class VllmRunner:
     name = "vllm"
 
-    def describe(self, spec: RunnerSpec) -> dict:
+    def prepare(self, spec: RunnerSpec) -> PreparedRun:
         """The settings this run will use, checked before any work (BadInput for a bad option)."""
-        return {"model": spec.model, **VllmSettings.from_spec(spec).to_config()}
-
-    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
         settings = VllmSettings.from_spec(spec)
+        return PreparedRun(spec, {"model": spec.model, **settings.to_config()}, machine_fingerprint(spec.device), settings)
+
+    def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult:
+        spec, settings = prepared.spec, prepared.state
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="pie-vllm-") as scratch:
             model_dir, dummy_weights = model_directory(spec.model, Path(scratch))

@@ -23,8 +23,8 @@ loop calls `wait(i)` right before layer i's attention (the stall is the time spe
   loop's own OpenMP threads, right before the attention that reads them. On a CPU the "link" is
   a memcpy on the cores and memory bus the compute uses, so a copy thread cannot hide behind
   compute: it takes a core from a two-thread team that then waits on it at every barrier
-  (measured: 0.71x pool-off with half the KV pooled, against 0.88x for the team copy, whose
-  whole copy time is counted as stall; docs/engine-cpu-performance.md).
+  (the team copy, whose whole copy time is counted as stall, measured faster with half the KV
+  pooled: docs/engine-cpu-performance.md, "The pool on a CPU").
 
 Left out: copying only the blocks that changed since the previous iteration (every pooled
 block is streamed every iteration, as in Pie), more than one iteration in flight.
@@ -60,6 +60,13 @@ class Prefetcher:
             self.bounce = host_memory.pinned_zeros((self.depth, slot_rows, *cache.geometry), cache.kv.dtype)
             self.bounce_activations = host_memory.pinned_zeros(
                 (self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden), cache.kv.dtype)
+        # Bounce buffers the driver would not lock: what streams through them crosses at pageable speed.
+        self.pageable = tuple(
+            f"{why}: the staging bounce buffer is pageable, so every streamed block crosses the link at pageable "
+            f"bandwidth (pie profile's pageable against pinned H2D) and the copy thread waits for each copy, "
+            f"so a pooled share hides behind less compute"
+            for why in (host_memory.pageable_reason(buffer) for buffer in (self.bounce, self.bounce_activations))
+            if why) if self.cuda else ()
         self._jobs: queue.Queue = queue.Queue()
         if not self.team:
             self._worker = threading.Thread(target=self._run, name="pie-prefetch", daemon=True)

@@ -1,8 +1,9 @@
 """Start, run and stop `pie serve`: the engine as `pie bench --runner pie` builds it, its thread, the HTTP app.
 
-`PieServer(spec, settings, log)` builds the engine from a `RunnerSpec` exactly as the pie runner does
-(runners/pie_runner.py: plan, engine options, `--adaptive` pool control, the same checks before any
-work), warms it up with one short request, and `start()` binds the HTTP server (127.0.0.1 unless told
+`resolve_serve` turns the engine flags into a `RunnerSpec` as runners/resolve.py does for `pie bench
+--runner pie`; `PieServer(spec, settings, log)` prepares and builds the engine exactly as the pie runner
+does (runners/pie_runner.py `prepare`: plan, engine options, `--adaptive` pool control, the same checks
+before any work), warms it up with one short request, and `start()` binds the HTTP server (127.0.0.1 unless told
 otherwise; port 0 picks a free one) and returns its URL. `shutdown()` stops accepting (the listening
 socket closes; requests on open connections get 503), lets in-flight requests finish for up to
 `shutdown_grace_s`, then aborts the rest (their streams end with an error chunk), and closes the
@@ -22,20 +23,59 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from pie_core.errors import BadInput
 from runners.base import RunnerSpec
-from runners.pie_runner import PieRunner, engine_config_from_spec, pool_control_from_spec
+from runners.pie_runner import PieRunner, pool_control
 from runners.serve.app import ServeApp, ServedModel
 from runners.serve.engine_loop import EngineLoop
 from runners.serve.metrics import ServeMetrics
 from runners.serve.text import ServeText
 
 ABORT_WAIT_S = 5.0  # after aborting at the end of the grace period, how long handlers get to write their error
+
+
+@dataclass(frozen=True)
+class ServeArgs:
+    """`pie serve`'s engine flags as parsed (the same as `pie bench --runner pie`'s)."""
+
+    model: str
+    plan: Path | None = None
+    pool_blocks: int | None = None
+    device_blocks: int | None = None
+    adaptive: bool = False
+    options: dict[str, str] = field(default_factory=dict)  # -O KEY=VALUE, keys normalised
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+
+def resolve_serve(args: ServeArgs) -> tuple[RunnerSpec, Any]:
+    """The engine's `RunnerSpec` and the dtype decision, made as runners/resolve.py makes them for `pie bench
+    --runner pie`: the device, the plan read once, the engine flags and kernel switches merged into the
+    options, and `--dtype auto` (the plan's with a plan, else what the device multiplies natively)."""
+    from pie_core.device_probe import check_device, resolve_device
+    from runners.hardware_source import dtype_from_plan, dtype_on_device
+    from runners.resolve import kernel_defaults
+
+    device = check_device(resolve_device(args.device))
+    options: dict[str, Any] = dict(args.options)
+    flags = {"plan": str(args.plan) if args.plan else None, "num_pool_blocks": args.pool_blocks,
+             "num_device_blocks": args.device_blocks, "adaptive": True if args.adaptive else None}
+    options.update({key: value for key, value in flags.items() if value is not None})
+    options.update(kernel_defaults(options))
+    plan = None
+    if args.plan is not None:
+        from planner.plan import Plan
+
+        plan = Plan.load(args.plan)
+    dtype = dtype_from_plan(plan, args.dtype, device) if plan is not None else dtype_on_device(args.dtype, device)
+    return RunnerSpec(model=args.model, dtype=dtype.dtype, device=device, seed=args.seed, options=options, plan=plan), dtype
 
 
 @dataclass(frozen=True)
@@ -74,9 +114,11 @@ class PieServer:
         from runners.engine.sampling_params import SamplingParams
 
         self.spec, self.settings, self.log = spec, settings, log
-        self.described = PieRunner().describe(spec)  # plan, options, weights, memory fit: checked before any work
+        prepared = PieRunner().prepare(spec)  # plan, options, weights, memory fit: checked before any work
+        self.described = prepared.config
+        engine_config, controller = prepared.state
         self.text = ServeText.load(spec.model)
-        self.engine = LLMEngine(engine_config_from_spec(spec))
+        self.engine = LLMEngine(engine_config)
         try:
             self.warmup_s = _warm_up(self.engine, SamplingParams)
         except BaseException:
@@ -88,8 +130,8 @@ class PieServer:
                                  num_device_blocks=self.engine.num_device_blocks, text_description=self.text.description)
         self.metrics = ServeMetrics(name, self.engine.num_device_blocks, self.engine.num_pool_blocks)
         self.app = ServeApp(self.model, self.text, self.metrics, settings.api_key, settings.max_queue)
-        self.control = pool_control_from_spec(spec, self.engine.config.num_pool_blocks, self.engine.set_pool_limit,
-                                              time.perf_counter(), self.engine.scheduler.pool_blocks_needed)
+        self.control = pool_control(spec, controller, self.engine.set_pool_limit, time.perf_counter(),
+                                    self.engine.scheduler.pool_blocks_needed)
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
