@@ -225,7 +225,7 @@ def test_block_size_has_one_rule_for_tune_plans_and_the_engine(model_dir, tmp_pa
     plan["settings"]["block_size"] = 3
     (tmp_path / "p.json").write_text(json.dumps(plan))
     code, _, err = run_pie(["bench", "-m", model_dir, "--plan", "p.json", *SMALL], monkeypatch, capsys)
-    bad_input(code, err, "block_size must be a power of two, got 3")
+    bad_input(code, err, "field 'settings.block_size' must be a power of two, got 3")
     code, _, err = run_pie(["bench", "-m", model_dir, *SMALL, "-O", "block_size=3"], monkeypatch, capsys)
     bad_input(code, err, "block_size must be a power of two, got 3")
 
