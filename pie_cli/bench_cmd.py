@@ -16,9 +16,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
-from pie_cli.options import DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, ResultsDirOpt, SeedOpt
+from pie_cli.options import (DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, ResultsDirOpt, SeedOpt, parse_runner_options,
+                             same_option_value)
 from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_options
-from pie_cli.output import Output
+from pie_cli.output import Output, print_error_json
 from pie_core.device_probe import check_device, resolve_device
 from pie_core.errors import BadInput
 from pie_core.inputs import writable_dir
@@ -30,15 +31,19 @@ TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> d
                   ("rebuilt_tokens", "Rebuilt tokens"))
 
 
-def parse_options(items: list[str]) -> dict[str, str]:
-    """`-O KEY=VALUE` items as {key: text}; each runner parses the text by the option's declared type."""
-    options: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"runner option '{item}' is not KEY=VALUE", "e.g. --option num_pool_blocks=256")
-        options[key.strip().replace("-", "_")] = value.strip()
-    return options
+ENGINE_FLAGS = {"plan": "--plan", "num_pool_blocks": "--pool-blocks", "num_device_blocks": "--device-blocks",
+                "adaptive": "--adaptive"}
+
+
+def _merge_flags(runner_options: dict[str, Any], written: dict[str, str], flags: dict[str, Any]) -> None:
+    """Engine flags into the -O options; a flag and an -O that give one setting two values are bad input naming both."""
+    for key, value in flags.items():
+        if value is None:
+            continue
+        flag = ENGINE_FLAGS[key] + ("" if isinstance(value, bool) else f" {value}")
+        if key in runner_options and not same_option_value(value, str(runner_options[key])):
+            raise BadInput(f"{flag} and -O {written[key]} give {key} two different values", f"give {key} once")
+        runner_options[key], written[key] = value, flag
 
 
 def bench(
@@ -85,17 +90,16 @@ def bench(
     from pie_core.dtypes import canonical_dtype
     from results.store import ResultsStore
     from runners.arrivals import ArrivalSpec
-    from runners.bench import BenchInterrupted, BenchSettings, check_failures, check_points, expand_sweep, parse_sweep, run_bench
+    from runners.bench import (SWEEP_TARGETS, BenchInterrupted, BenchSettings, check_failures, check_points, expand_sweep,
+                               parse_sweep, run_bench)
     from runners.registry import get_runner
     from runners.workloads import WorkloadSpec
 
     out = Output(json_out)
     writable_dir(results_dir, "--results-dir")  # before any work, not when the record is opened
-    runner_options = parse_options(option or [])
-    for key, value in (("plan", str(plan) if plan else None), ("num_pool_blocks", pool_blocks), ("num_device_blocks", device_blocks),
-                       ("adaptive", True if adaptive else None)):
-        if value is not None:
-            runner_options[key] = value
+    runner_options, written = parse_runner_options(option or [])
+    _merge_flags(runner_options, written, {"plan": str(plan) if plan else None, "num_pool_blocks": pool_blocks,
+                                           "num_device_blocks": device_blocks, "adaptive": True if adaptive else None})
     get_runner(runner)  # an unknown runner fails before any work
     simulated = runner.strip().lower() == "sim"
     runner_options.update(sim_hardware_options(runner.strip().lower(), hardware, profile, model, dtype))
@@ -131,6 +135,10 @@ def bench(
     if math.isinf(request_rate) and burstiness != 1.0 and not (sweep or "").startswith("request_rate"):
         out.warn("--burstiness has no effect without --request-rate: every request is released at once")
     parsed_sweep = parse_sweep(sweep) if sweep else None
+    swept = SWEEP_TARGETS[parsed_sweep.key] if parsed_sweep else None
+    if swept and swept[0] == "options" and swept[1] in written:
+        raise BadInput(f"--sweep {sweep} and {written[swept[1]] if written[swept[1]].startswith('--') else '-O ' + written[swept[1]]} "
+                       f"both set {swept[1]}", f"drop one: the sweep gives {swept[1]} each of its values in turn")
     points = expand_sweep(settings, parsed_sweep)
     check_points(points)  # every point's settings, before the first runs
     store = ResultsStore(results_dir)
@@ -149,17 +157,26 @@ def bench(
             if note:
                 out.warn(note)
     except BenchInterrupted as interrupted:
-        _print_json(out, json_out, parsed_sweep, outcomes)
+        if json_out:  # one JSON object: the interruption, the partial record, the points that finished
+            print_error_json("interrupted", "the finished requests are kept in the record, marked incomplete", 130,
+                             {"record_path": interrupted.record_path, "num_requests": interrupted.num_requests,
+                              **_json_runs(parsed_sweep, outcomes)})
         out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
                  f"{interrupted.record_path} (marked incomplete)" if interrupted.record_path else
                  "[yellow]interrupted[/yellow] before any request finished; no record was kept")
         raise typer.Exit(130) from None
-    except Exception:
-        _print_json(out, json_out, parsed_sweep, outcomes)  # --json still gets the points that finished
+    except Exception as err:
+        if json_out and outcomes:  # the error's JSON object (pie_cli/app.py) carries the points that finished
+            err.json_details = _json_runs(parsed_sweep, outcomes)
         raise
     _print_json(out, json_out, parsed_sweep, outcomes)
     if parsed_sweep is not None and not json_out:
         _sweep_table(out, parsed_sweep, outcomes)
+
+
+def _json_runs(sweep: Any, outcomes: list) -> dict[str, Any]:
+    payloads = [_payload(o) for o in outcomes]
+    return {"runs": payloads} if sweep is None else {"sweep_id": sweep.sweep_id, "key": sweep.key, "runs": payloads}
 
 
 def _print_json(out: Output, json_out: bool, sweep: Any, outcomes: list) -> None:

@@ -96,7 +96,10 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
 
     out = Output(json_out)
     if output is not None:
-        writable_file(output, "--output")  # before any profile or plan is made
+        from pie_cli.options import DEFAULT_RESULTS_DIR
+        from results.store import check_outside_store
+
+        check_outside_store(writable_file(output, "--output"), "--output", DEFAULT_RESULTS_DIR)  # before any work
     shape = resolve_model(model)
     gpu_bytes, cpu_bytes = parse_budget(gpu_memory, "--gpu-memory"), parse_budget(cpu_memory, "--cpu-memory", allow_zero=True)
     if max_tpot_ms is not None:

@@ -109,22 +109,28 @@ class Comparison:
 
 
 def parse_selector(text: str) -> dict[str, str]:
-    filters = {}
+    filters: dict[str, str] = {}
+    written: dict[str, str] = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if key not in SELECTOR_KEYS or not value:
             raise BadInput(f"cannot read selector '{text}'",
                            f"use KEY=VALUE[,KEY=VALUE] with keys {', '.join(sorted(SELECTOR_KEYS))}")
-        filters[SELECTOR_KEYS[key]] = value
+        field = SELECTOR_KEYS[key]
+        if field in filters and filters[field] != value:
+            raise BadInput(f"selector '{text}' gives {field} two values ({written[field]} and {part.strip()}); a run has one",
+                           f"a selector takes runs that match every KEY=VALUE: give {key} once")
+        filters[field], written[field] = value, part.strip()
     return filters
 
 
-def resolve_side(reference: str, store: ResultsStore) -> Side:
-    """Records for a file, a run id, a comma list of those, or a selector; complete runs only, each run once."""
+def resolve_side(reference: str, store: ResultsStore, incomplete: bool = False) -> Side:
+    """Records for a file, a run id, a comma list of those, or a selector, each run once; complete runs only,
+    unless `incomplete` (a report plots the requests an interrupted run kept)."""
     if "=" in reference:
         matched = store.select(**parse_selector(reference))
-        complete = tuple(r for r in matched if r.complete)
+        complete = tuple(r for r in matched if r.complete or incomplete)
         unreadable = tuple(f"{path}: {why}" for path, why in store.unreadable())
         if not complete:
             found = f"{len(matched)} matching run(s) are incomplete" if matched else "no runs match"
@@ -136,9 +142,10 @@ def resolve_side(reference: str, store: ResultsStore) -> Side:
     records = []
     for part in [p.strip() for p in reference.split(",") if p.strip()]:
         record = store.load(part)
-        if not record.complete:
-            raise BadInput(f"run '{record.run_id}' is incomplete (interrupted; no summary)",
-                           "pass runs that finished; `pie show` marks which are complete")
+        if not record.complete and not incomplete:
+            raise BadInput(f"run '{record.run_id}' is incomplete (interrupted; no summary), so it has no metrics to compare",
+                           f"compare runs that finished (`pie show` marks them); `pie report {part}` shows the "
+                           f"{len(record.requests)} request(s) it kept")
         records.append(record)
     if not records:
         raise BadInput(f"empty run reference '{reference}'", "pass a record file, a run id, or KEY=VALUE")

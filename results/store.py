@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
-from pie_core.inputs import readable_file
+from pie_core.inputs import check_path_length, readable_file
 from pie_core.json_files import to_jsonable
 from pie_core.json_fields import decode_text
 from results.record import HINT, RequestSample, RunHeader, RunRecord, parse_record
@@ -126,7 +126,7 @@ class ResultsStore:
     """A directory of run records (default `.pie/results/`)."""
 
     def __init__(self, root: Path):
-        self.root = Path(root)
+        self.root = check_path_length(Path(root), "--results-dir")
         if self.root.exists() and not self.root.is_dir():
             raise BadInput(f"results directory '{self.root}' is a file, not a directory",
                            "pass --results-dir a directory; it is made if missing")
@@ -163,7 +163,7 @@ class ResultsStore:
         """A record by file path or by run id (a unique prefix is enough)."""
         if not ref.strip():
             raise BadInput("an empty run id was given", "pass a run id (see `pie show`) or a record file")
-        path = Path(ref)
+        path = check_path_length(Path(ref), "run")
         if path.suffix == SUFFIX or path.exists():
             return load_record(path)
         matches = [p for p in self.paths() if p.stem.startswith(ref)]
