@@ -22,7 +22,7 @@ from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_optio
 from pie_cli.output import Output, print_error_json
 from pie_core.device_probe import check_device, resolve_device
 from pie_core.errors import BadInput
-from pie_core.inputs import writable_dir
+from pie_core.inputs import check_number, writable_dir
 from results.metrics import parse_goodput, summary_rows
 
 TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> device bytes"),
@@ -97,6 +97,8 @@ def bench(
 
     out = Output(json_out)
     writable_dir(results_dir, "--results-dir")  # before any work, not when the record is opened
+    if max_concurrency is not None:
+        check_number(max_concurrency, "--max-concurrency", minimum=1, integer=True, hint="e.g. --max-concurrency 8, or leave it out")
     runner_options, written = parse_runner_options(option or [])
     _merge_flags(runner_options, written, {"plan": str(plan) if plan else None, "num_pool_blocks": pool_blocks,
                                            "num_device_blocks": device_blocks, "adaptive": True if adaptive else None})

@@ -71,7 +71,7 @@ def save_keeping(save: Callable[[Path], Path], path: Path, what: str, fallbacks:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses, tuples and non-finite floats to plain JSON values."""
+    """Dataclasses, tuples, paths and non-finite floats to plain JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -80,4 +80,6 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Path):
+        return str(value)
     return value

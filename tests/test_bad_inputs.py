@@ -237,7 +237,7 @@ def test_every_sweep_point_is_checked_before_the_first_runs(model_dir, tmp_path,
         code, out, err = run_pie(["bench", "-m", model_dir, *SMALL, "--sweep", sweep, "--json", "--results-dir", results],
                                  monkeypatch, capsys)
         bad_input(code, err, fragment)
-        assert out == "" and records(results) == []
+        assert json.loads(out)["exit_code"] == 2 and fragment in json.loads(out)["error"] and records(results) == []
 
 
 def test_json_prints_the_points_that_finished_when_a_later_point_fails(model_dir, tmp_path, monkeypatch, capsys):
