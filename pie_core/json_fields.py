@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -117,13 +118,37 @@ def parse_json_text(text: str, source: str, hint: str) -> Any:
     try:
         data = json.loads(text)
     except RecursionError:
-        raise BadInput(f"{source} nests deeper than Python can read", hint) from None
+        raise BadInput(f"{source}:{_deep_place(text)} nests deeper than Python can read", hint) from None
     except json.JSONDecodeError as err:
         raise BadInput(f"{source} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", hint) from None
     depth_path = too_deep(data)
     if depth_path is not None:
         raise BadInput(f"{source}: field '{depth_path}' nests more than {MAX_DEPTH} levels deep; pie's files nest a few", hint)
     return data
+
+
+def _deep_place(text: str) -> str:
+    """" field 'key' (line L column C)": where `text` first nests past MAX_DEPTH, found by a scan of its brackets
+    (for text that Python's parser cannot descend into); "" when the scan finds no such place."""
+    depth, in_string, escaped = 0, False, False
+    for offset, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (not escaped and char == "\\"), in_string and (escaped or char != '"')
+            continue
+        if char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, offset) + 1
+                column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+                before = text[:offset].rstrip("[{ \t\r\n")
+                key = re.search(r'"((?:[^"\\]|\\.)*)"\s*:\s*$', before)
+                named = f" field '{key.group(1)}'" if key else ""
+                return f"{named} (line {line} column {column})"
+        elif char in "]}":
+            depth -= 1
+    return ""
 
 
 def too_deep(data: Any, limit: int = MAX_DEPTH) -> str | None:

@@ -158,8 +158,13 @@ def parse_record(text: str, source: str, path: str = "") -> RunRecord:
             if number_ == len(lines) and entries and not text.endswith("\n"):  # torn final line of an interrupted run
                 break
             raise
-    if not entries or not isinstance(entries[0][1], dict) or entries[0][1].get("type") != "header":
-        raise BadInput(f"{source} is not a pie run record (its first line is not a header)", HINT)
+    if not entries:
+        raise BadInput(f"{source} is empty: not a pie run record", HINT)
+    first = Where(f"{source} line {entries[0][0]}", HINT)
+    if not isinstance(entries[0][1], dict):
+        raise first.expected("a header object (this is not a pie run record)", entries[0][1])
+    if entries[0][1].get("type") != "header":
+        raise first.at("type").expected('"header" on a record\'s first line', entries[0][1].get("type"))
     header = header_from_dict({k: v for k, v in entries[0][1].items() if k != "type"}, f"{source} line {entries[0][0]}")
     requests, summary, telemetry, timeline, finished_at = [], None, {}, [], None
     for number_, entry in entries[1:]:
