@@ -109,6 +109,7 @@ def run_pie_engine(model_dir: Path, requests: list[Request], seed: int, dtype: s
                 finished[output.request_id] = list(output.output_token_ids)
     wall_s = time.perf_counter() - begin
     outputs = [finished[str(i)] for i in range(len(requests))]
+    engine.close()
     return RunnerStats("pie", wall_s, sum(len(o) for o in outputs), sum(len(r.prompt_token_ids) for r in requests),
                        startup_s, {"kernels": engine.kernels.to_dict(), "block_size": block_size, "num_device_blocks": blocks},
                        outputs=outputs)

@@ -177,6 +177,9 @@ def main() -> None:
     order = names[1:] + [name for i in range(1, args.repeats) for name in (reversed(names) if i % 2 else names)]
     for name in order:
         measure(name)
+    for engine in engines.values():
+        if engine is not None:
+            engine.close()
     summaries = {name: summarize(runs[name]) for name in configs}
     off = summaries["pool-off"]["median_output_tok_s"]
     ratios = {name: summaries[name]["median_output_tok_s"] / off for name in names[1:]}

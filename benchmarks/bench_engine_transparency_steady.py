@@ -47,6 +47,7 @@ def run_window(config: EngineConfig, args: argparse.Namespace) -> dict:
     stats = [loop.step() for _ in range(args.window_steps)]
     wall_s = time.perf_counter() - began
     engine.check_invariants()
+    engine.close()  # the next configuration's engine does not share the machine with this one's cache
     stall_s = sum(stat.stall_s for stat in stats)
     busy_s = stall_s + sum(stat.compute_s for stat in stats)
     output_tokens = sum(stat.batch_size for stat in stats)  # one token per scheduled sequence

@@ -31,7 +31,7 @@ from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, WorkloadStats
 from planner.cost_model import Problem, Split, model_costs, predict
 from planner.hardware import from_profile
-from profiler.hardware_profile import HardwareProfile
+from profiler.hardware_profile import EngineOverhead, HardwareProfile
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ def measure_all(configs: dict, input_len: int, output_len: int, repeats: int) ->
     for repeat in range(repeats):
         for name, (_, case) in configs.items():
             samples[name].append(run_once(engines[name], case, input_len, output_len, seed=repeat + 1))
+    for engine in engines.values():
+        engine.close()
     result = {}
     for name, runs in samples.items():
         ordered = sorted(runs, key=lambda r: r["output_tok_s"])
@@ -177,7 +179,7 @@ def main() -> None:
     measured_all = measure_all(configs, args.input_len, args.output_len, args.repeats)
     overhead, calibration_runs = calibrate(profile, args.model, args.input_len, args.output_len, measured_all)
     print(f"calibration (engine runs distinct from the cases): {overhead}")
-    calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
+    calibrated = dataclasses.replace(profile, engine_overhead=EngineOverhead.from_dict(overhead))
     rows = []
     for case in CASES:
         config = engine_config(args.model, profile.dtype, case, args.input_len, args.output_len)

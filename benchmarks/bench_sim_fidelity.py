@@ -5,7 +5,7 @@
    replayed iteration by iteration through the simulator (runners/sim_calibration.py); the
    per-iteration residuals give the engine's layer scales against the profiled single layer,
    its pooled-copy rate and its per-iteration overhead, written into a copy of the profile
-   (`extra.engine_iteration_overhead`) that the cases' simulations read.
+   (`engine_overhead`) that the cases' simulations read.
 2. Cases: three workloads (all at once; Poisson near saturation, at SATURATION_SHARE of the
    first case's measured request throughput; a device budget tight enough that requests
    preempt, or pool), each with the pool off and on, on `--runner pie` (measured) and on
@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pie_core.fingerprint import cpu_model
-from profiler.hardware_profile import HardwareProfile
+from profiler.hardware_profile import EngineOverhead, HardwareProfile
 from results.store import ResultsStore
 from runners.arrivals import ArrivalSpec
 from runners.base import RunnerSpec
@@ -78,13 +78,14 @@ def calibrate(profile_path: Path, out_path: Path) -> dict:
     engine.generate([list(r.prompt_token_ids) for r in requests],
                     [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in requests])
     measured = engine.stats[first:]
+    engine.close()
     target = sim_target(RunnerSpec(model=MODEL, dtype=DTYPE, options={**options, "profile": str(profile_path)}))
     replayed = replay(target, requests)
     if not check_aligned(measured, replayed.stats):
         raise SystemExit("calibration: the replay did not schedule the engine's batches; the scheduler is not deterministic")
     overhead = fit_calibration(measured, replayed, target.hardware)
     profile = HardwareProfile.load(profile_path)
-    calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
+    calibrated = dataclasses.replace(profile, engine_overhead=EngineOverhead.from_dict(overhead))
     calibrated.save(out_path)
     after = replay(sim_target(RunnerSpec(model=MODEL, dtype=DTYPE, options={**options, "profile": str(out_path)})),
                    requests, with_overhead=True).stats

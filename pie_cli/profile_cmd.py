@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
-from pie_cli.options import DEFAULT_PROFILES_DIR, DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype
+from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
 from pie_core.errors import RuntimeFailure
 from pie_core.inputs import writable_file
@@ -149,10 +149,13 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     from profiler.run import ProfileRequest, run_profile
 
     if output is not None:
+        from pie_cli.options import DEFAULT_RESULTS_DIR
         from results.store import check_outside_store
 
         check_outside_store(writable_file(output, "--output"), "--output", DEFAULT_RESULTS_DIR)  # before measuring
-    resolved = resolve_dtype_option(dtype, check_device(device))
+    from runners.hardware_source import dtype_on_device
+
+    resolved = dtype_on_device(dtype, check_device(device))
     request = ProfileRequest(device=device, dtype=resolved.dtype, model=None if no_layer else model, quick=quick,
                              max_size_bytes=parse_size(max_size, "--max-size") if max_size is not None else None,
                              threads=threads, seed=seed)

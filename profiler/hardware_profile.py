@@ -3,7 +3,7 @@
 This module is the contract between the profiler (which fills it) and the planner (which
 reads it). It is torch-free. Loading (`from_dict`, `load`) checks the schema version, every field's
 type, sign and finiteness (pie_core/json_fields.py), the fitted coefficients (none negative, not all
-zero), the fingerprint's memory sizes and the engine calibration in `extra`, and turns any problem
+zero), the fingerprint's memory sizes and the engine calibration (`engine_overhead`), and turns any problem
 into a one-line `BadInput` naming the file and the field.
 """
 from __future__ import annotations
@@ -31,12 +31,12 @@ _BOUNDS = {
                        "layer_flops_per_token", "kv_bytes_per_token_layer", "median_rel_error", "max_rel_error",
                        "num_fit_points", "num_holdout_points")},
     "PrefillLayerFit": {name: NON_NEGATIVE for name in ("fixed_s", "per_token_s", "per_token_sq_s", "median_rel_error")},
+    "EngineOverhead": {"fixed_s": NON_NEGATIVE, "per_seq_s": NON_NEGATIVE, "decode_scale": POSITIVE, "prefill_scale": POSITIVE,
+                       "pooled_copy_gbps": POSITIVE, "num_steps_fitted": NON_NEGATIVE},
 }
-# fingerprint sizes and engine calibration the planner reads (planner/hardware.py: from_profile)
+# fingerprint sizes the planner reads (planner/hardware.py: from_profile)
 _FINGERPRINT_BYTES = ("ram_bytes", "memory_bytes", "host_memory_bytes", "total_memory_bytes", "gpu_memory_bytes",
                       "device_memory_bytes", "cuda_memory_bytes")
-_OVERHEAD_BOUNDS = {"fixed_s": NON_NEGATIVE, "per_seq_s": NON_NEGATIVE, "decode_scale": POSITIVE,
-                    "prefill_scale": POSITIVE, "pooled_copy_gbps": POSITIVE}
 LINK_DIRECTIONS = ("h2d", "d2h", "bidirectional")
 HOST_MEMORY_KINDS = ("pinned", "pageable")
 
@@ -111,6 +111,24 @@ class PrefillLayerFit:
 
 
 @dataclass(frozen=True)
+class EngineOverhead:
+    """What an engine calibration measured beyond the layers (runners/sim_calibration.py, benchmarks): a fixed
+    and a per-sequence cost per iteration, scales on the fitted decode and prefill terms, and the rate the
+    engine copies pooled blocks at (None: the profile's sustained link rate)."""
+
+    fixed_s: float = 0.0
+    per_seq_s: float = 0.0
+    decode_scale: float = 1.0
+    prefill_scale: float = 1.0
+    pooled_copy_gbps: float | None = None
+    num_steps_fitted: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineOverhead":
+        return cls(**{item.name: data[item.name] for item in dataclasses.fields(cls) if item.name in data})
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     created_at: str
     device: str  # cpu | cuda
@@ -132,6 +150,7 @@ class HardwareProfile:
     extra: dict[str, Any] = field(default_factory=dict)
     # dtype -> {"tflops", "shape" [M, K, N], "support": native|emulated}: each dtype the device runs
     matmul_by_dtype: dict[str, Any] = field(default_factory=dict)
+    engine_overhead: EngineOverhead | None = None  # an engine calibration's terms, read by the planner and the simulator
 
     @property
     def capability(self) -> dict[str, Any]:
@@ -166,7 +185,12 @@ class HardwareProfile:
         if version != SCHEMA_VERSION:
             raise BadInput(f"{source} has schema version {version!r}; this pie reads version {SCHEMA_VERSION}", HINT)
         fields = {k: v for k, v in data.items() if k != "capability"}  # derived from the fingerprint
-        nested = {kind: _BOUNDS[kind.__name__] for kind in (BandwidthSample, LayerTiming, DecodeLayerFit, PrefillLayerFit)}
+        extra = fields.get("extra")
+        if isinstance(extra, dict) and "engine_iteration_overhead" in extra and not fields.get("engine_overhead"):
+            extra = dict(extra)  # older profiles kept the engine calibration in extra
+            fields["engine_overhead"], fields["extra"] = extra.pop("engine_iteration_overhead"), extra
+        nested = {kind: _BOUNDS[kind.__name__] for kind in (BandwidthSample, LayerTiming, DecodeLayerFit, PrefillLayerFit,
+                                                             EngineOverhead)}
         profile = read_dataclass(cls, fields, where, _BOUNDS["HardwareProfile"], nested)
         _check_profile(profile, where)
         return profile
@@ -185,13 +209,5 @@ def _check_profile(profile: HardwareProfile, where: Where) -> None:
     for key in _FINGERPRINT_BYTES:
         if (profile.fingerprint or {}).get(key) is not None:
             number(profile.fingerprint[key], where.at("fingerprint").at(key), _WHOLE, integer=True)
-    overhead = (profile.extra or {}).get("engine_iteration_overhead")
-    if overhead is not None:
-        here = where.at("extra").at("engine_iteration_overhead")
-        if not isinstance(overhead, dict):
-            raise here.expected("an object", overhead)
-        for key, bound in _OVERHEAD_BOUNDS.items():
-            if overhead.get(key) is not None:
-                number(overhead[key], here.at(key), bound)
     if profile.device.split(":")[0] not in ("cpu", "cuda"):
         raise where.at("device").expected('"cpu" or "cuda[:N]"', profile.device)

@@ -9,7 +9,7 @@ decode-layer time, prefill-layer time, copy time (the layers' wait on pooled blo
 moves) and the batch size
 (non-negative least squares, refitted without the tenth of iterations that fit worst: steps
 another process slowed). The results are what `planner.hardware.from_profile` reads from a
-profile's `extra["engine_iteration_overhead"]`: `decode_scale` and `prefill_scale` (the
+profile's `engine_overhead` (profiler/hardware_profile.py `EngineOverhead`): `decode_scale` and `prefill_scale` (the
 engine's layers against the profiled single layer, on the machine as it is now),
 `pooled_copy_gbps` (the rate the engine copies pooled blocks at; the profile's sustained
 memcpy rate when the fit gives copies no weight), and
