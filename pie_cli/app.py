@@ -108,3 +108,7 @@ def _check_repeated(args: list[str]) -> None:
     sub = getattr(command, "commands", {}).get(name) if name else None
     if sub is not None:
         check_repeated_options(sub, args[args.index(name) + 1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -133,8 +133,8 @@ def bench(
     except BenchInterrupted as interrupted:
         if json_out:  # one JSON object: the interruption, the partial record, the points that finished
             print_error_json("interrupted", "the finished requests are kept in the record, marked incomplete", 130,
-                             {"record_path": interrupted.record_path, "num_requests": interrupted.num_requests,
-                              **_json_runs(parsed_sweep, outcomes)})
+                             {**_json_runs(parsed_sweep, outcomes), "record_path": interrupted.record_path,
+                              "num_requests": interrupted.num_requests})
         out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
                  f"{interrupted.record_path} (marked incomplete)" if interrupted.record_path else
                  "[yellow]interrupted[/yellow] before any request finished; no record was kept")
@@ -149,8 +149,12 @@ def bench(
 
 
 def _json_runs(sweep: Any, outcomes: list) -> dict[str, Any]:
+    """What an error's JSON object carries of the runs that finished: the run itself (its record_path, summary, ...),
+    or a sweep's finished points."""
+    if not outcomes:
+        return {}
     payloads = [_payload(o) for o in outcomes]
-    return {"runs": payloads} if sweep is None else {"sweep_id": sweep.sweep_id, "key": sweep.key, "runs": payloads}
+    return payloads[0] if sweep is None else {"sweep_id": sweep.sweep_id, "key": sweep.key, "runs": payloads}
 
 
 def _print_json(out: Output, json_out: bool, sweep: Any, outcomes: list) -> None:

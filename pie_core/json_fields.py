@@ -118,7 +118,8 @@ def parse_json_text(text: str, source: str, hint: str) -> Any:
     try:
         data = json.loads(text)
     except RecursionError:
-        raise BadInput(f"{source}:{_deep_place(text)} nests deeper than Python can read", hint) from None
+        field, place = _deep_place(text)
+        raise BadInput(f"{source}{':' + field if field else ''} nests deeper than Python can read{place}", hint) from None
     except json.JSONDecodeError as err:
         raise BadInput(f"{source} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", hint) from None
     depth_path = too_deep(data)
@@ -127,9 +128,9 @@ def parse_json_text(text: str, source: str, hint: str) -> Any:
     return data
 
 
-def _deep_place(text: str) -> str:
-    """" field 'key' (line L column C)": where `text` first nests past MAX_DEPTH, found by a scan of its brackets
-    (for text that Python's parser cannot descend into); "" when the scan finds no such place."""
+def _deep_place(text: str) -> tuple[str, str]:
+    """(" field 'key'" or "", " (at line L column C)"): where `text` first nests past MAX_DEPTH, found by a scan of
+    its brackets (for text that Python's parser cannot descend into); ("", "") when the scan finds no such place."""
     depth, in_string, escaped = 0, False, False
     for offset, char in enumerate(text):
         if in_string:
@@ -144,11 +145,10 @@ def _deep_place(text: str) -> str:
                 column = offset - (text.rfind("\n", 0, offset) + 1) + 1
                 before = text[:offset].rstrip("[{ \t\r\n")
                 key = re.search(r'"((?:[^"\\]|\\.)*)"\s*:\s*$', before)
-                named = f" field '{key.group(1)}'" if key else ""
-                return f"{named} (line {line} column {column})"
+                return (f" field '{key.group(1)}'" if key else ""), f" (at line {line} column {column})"
         elif char in "]}":
             depth -= 1
-    return ""
+    return "", ""
 
 
 def too_deep(data: Any, limit: int = MAX_DEPTH) -> str | None:
