@@ -9,7 +9,7 @@ The target: the sweep peaks at no more than 1.25x the single point. `--repo DIR`
 checkout too (e.g. the commit before engines closed) in the same run, interleaved.
 
 Writes docs/results/engine_close_<machine>.json (or --out). `--quick` runs a tiny version (the
-suite's check that the script works). Run it alone: it measures memory, not time, but a heavy
+suite's check that the script works), writing to --out or a temporary folder, never docs/results. Run it alone: it measures memory, not time, but a heavy
 neighbour still slows it.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pie_core.fingerprint import collect_fingerprint  # noqa: E402
+from quick_mode import output_path  # noqa: E402
 
 TARGET_RATIO = 1.25
 
@@ -78,7 +79,7 @@ def main() -> None:
     mine = rows[str(REPO)]
     result["met"] = all(row["ratio"] <= TARGET_RATIO for row in mine)
     name = str(machine.get("cpu_model", "cpu")).lower().replace(" ", "-").replace("(r)", "")
-    out = args.out or REPO / "docs" / "results" / f"engine_close_{name}.json"
+    out = output_path(args.out, REPO / "docs" / "results" / f"engine_close_{name}.json", args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for repo, measured in rows.items():

@@ -12,6 +12,7 @@ pooled copy rate). Writes
 docs/results/prediction.json with each prediction, each measurement and the relative error. Run it under `flock /tmp/pie-heavy.lock`.
 
 Run: flock /tmp/pie-heavy.lock python benchmarks/bench_prediction.py --profile PROFILE.json
+`--quick`: requests of 16 prompt and 8 output tokens, one repeat (give a tiny `--model` and its profile).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from planner.budgets import Budgets, WorkloadStats
 from planner.cost_model import Problem, Split, model_costs, predict
 from planner.hardware import from_profile
 from profiler.hardware_profile import EngineOverhead, HardwareProfile
+from quick_mode import add_quick_argument, output_path
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,12 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration (median reported)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/prediction.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/prediction.json")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.input_len, args.output_len, args.repeats = 16, 8, 1
+    args.out = output_path(args.out, Path("docs/results/prediction.json"), args.quick)
     profile = HardwareProfile.load(args.profile)
     configs = {case.name: (engine_config(args.model, profile.dtype, case, args.input_len, args.output_len), case)
                for case in CALIBRATION + CASES}

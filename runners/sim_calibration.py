@@ -17,7 +17,7 @@ memcpy rate when the fit gives copies no weight), and
 block tables, sampling). A fixed per-iteration cost is not fitted: in one run it cannot be told
 from the decode layers' fixed term (both are paid once per iteration), so `decode_scale` carries
 it and `fixed_s` stays 0 (a free intercept took all decode time in a trial and then missed other
-batch sizes by 16%). `step_errors` summarises decode-only and prefill
+batch sizes; docs/simulator.md). `step_errors` summarises decode-only and prefill
 iterations' errors. Torch-free. Left out: running the engine (the caller measures it) and files.
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ def check_aligned(measured: Sequence[Any], replayed: Sequence[Any]) -> bool:
 
 def _features(engine: SimStepEngine) -> tuple[np.ndarray, np.ndarray]:
     """Per iteration: [decode-layer s, prefill-layer s, copy s, batch size], and the predicted seconds left unscaled."""
-    costs, layers = engine.costs, engine.costs.num_layers
+    costs = engine.executor.costs
+    layers = costs.num_layers
     rows, rest = [], []
     for (work, predicted), stats in zip(engine.works, engine.stats):
         has_prefill = work.num_prefill_tokens > 0
