@@ -76,7 +76,7 @@ def main() -> None:
         _fail(PieError("interrupted"), 130, json_mode, getattr(err, "json_details", None))
     except SystemExit:
         raise
-    except Exception as err:  # last-resort mapping to one line
+    except Exception as err:  # noqa: BLE001 - last-resort mapping to one line (PIE_DEBUG=1 adds the traceback)
         first_line = (str(err).strip().splitlines() or [""])[0]
         _fail(PieError(f"{type(err).__name__}: {first_line}", "rerun with PIE_DEBUG=1 for a traceback"), EXIT_RUNTIME,
               json_mode, getattr(err, "json_details", None))

@@ -9,7 +9,6 @@ into a one-line `BadInput` naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
