@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import types
 import typing
 from collections.abc import Mapping
@@ -129,25 +128,38 @@ def parse_json_text(text: str, source: str, hint: str) -> Any:
 
 
 def _deep_place(text: str) -> tuple[str, str]:
-    """(" field 'key'" or "", " (at line L column C)"): where `text` first nests past MAX_DEPTH, found by a scan of
-    its brackets (for text that Python's parser cannot descend into); ("", "") when the scan finds no such place."""
-    depth, in_string, escaped = 0, False, False
+    """(" field 'a.b[1]'" or "", " (at line L column C)"): where `text` first nests past MAX_DEPTH, found by one scan
+    of its brackets that keeps the path (for text Python's parser cannot descend into); ("", "") if none is found."""
+    frames: list[list] = []  # [bracket, key or None, list index]
+    in_string, escaped, start, last_string = False, False, 0, ""
     for offset, char in enumerate(text):
         if in_string:
-            escaped, in_string = (not escaped and char == "\\"), in_string and (escaped or char != '"')
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string, last_string = False, text[start:offset]
             continue
         if char == '"':
-            in_string = True
+            in_string, start = True, offset + 1
+        elif char == ":" and frames and frames[-1][0] == "{":
+            frames[-1][1] = last_string
+        elif char == "," and frames and frames[-1][0] == "[":
+            frames[-1][2] += 1
         elif char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
+            if len(frames) >= MAX_DEPTH:
+                steps = [f"[{index}]" if bracket == "[" else key for bracket, key, index in frames]
+                while steps and steps[-1] in ("[0]", None):  # the bare run of brackets itself: name where it starts
+                    steps.pop()
+                path = "".join(step if step.startswith("[") or not n else f".{step}"
+                               for n, step in enumerate(steps) if step is not None)
                 line = text.count("\n", 0, offset) + 1
                 column = offset - (text.rfind("\n", 0, offset) + 1) + 1
-                before = text[:offset].rstrip("[{ \t\r\n")
-                key = re.search(r'"((?:[^"\\]|\\.)*)"\s*:\s*$', before)
-                return (f" field '{key.group(1)}'" if key else ""), f" (at line {line} column {column})"
-        elif char in "]}":
-            depth -= 1
+                return (f" field '{path}'" if path else ""), f" (at line {line} column {column})"
+            frames.append([char, None, 0])
+        elif char in "]}" and frames:
+            frames.pop()
     return "", ""
 
 
