@@ -182,7 +182,7 @@ class HardwareProfile:
             raise BadInput(f"{source} is not a pie hardware profile (expected a JSON object)", HINT)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise BadInput(f"{source} has schema version {version!r}; this pie reads version {SCHEMA_VERSION}", HINT)
+            raise where.at("schema_version").error(f"is {version!r}; this pie reads schema version {SCHEMA_VERSION}")
         fields = {k: v for k, v in data.items() if k != "capability"}  # derived from the fingerprint
         extra = fields.get("extra")
         if isinstance(extra, dict) and "engine_iteration_overhead" in extra and not fields.get("engine_overhead"):

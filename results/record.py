@@ -104,10 +104,10 @@ def header_from_dict(data: dict[str, Any], source: str) -> RunHeader:
     if not isinstance(version, int) or isinstance(version, bool):
         raise where.at("schema_version").error("is missing: this is not a pie run record")
     if version > SCHEMA_VERSION:
-        raise BadInput(f"{source} has schema version {version}, newer than this pie reads ({SCHEMA_VERSION})",
+        raise BadInput(f"{source}: field 'schema_version': schema version {version} is newer than this pie reads ({SCHEMA_VERSION})",
                        "upgrade pie to read it")
     if version < SCHEMA_VERSION:
-        raise BadInput(f"{source} has old schema version {version}; this pie reads {SCHEMA_VERSION}",
+        raise BadInput(f"{source}: field 'schema_version': schema version {version} is older than this pie reads ({SCHEMA_VERSION})",
                        "re-run the benchmark with this pie")
     header = read_dataclass(RunHeader, data, where)
     if not header.run_id.strip():
