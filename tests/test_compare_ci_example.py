@@ -37,7 +37,10 @@ def test_workflow_bench_command_runs_as_written_and_records_a_run(tmp_path, monk
     workflow = yaml.safe_load(WORKFLOW.read_text())
     command = shlex.split(workflow["env"]["BENCH"]) + ["--label", "main"]
     assert command[:2] == ["pie", "bench"]
-    code, out, err = run_pie(command[1:] + ["--num-prompts", "4", "--results-dir", tmp_path, "--json"], monkeypatch, capsys)
+    command[command.index("--num-prompts") + 1] = "4"  # smaller, as written otherwise (a second --num-prompts is refused)
+    command = [part for index, part in enumerate(command)
+               if part != "--results-dir" and (index == 0 or command[index - 1] != "--results-dir")]
+    code, out, err = run_pie(command[1:] + ["--results-dir", tmp_path, "--json"], monkeypatch, capsys)
     assert code in (0, None), err
     payload = json.loads(out)
     assert payload["summary"]["completed"] == 4 and payload["summary"]["failed"] == 0
