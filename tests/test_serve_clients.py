@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cli_helpers import NEEDS_VLLM  # noqa: E402
-from serve_helpers import REPO, InProcessServer  # noqa: E402
-from tiny_hf_model import vllm_model_dir  # noqa: E402
+from cli_helpers import NEEDS_VLLM
+from serve_helpers import REPO, InProcessServer
+from tiny_hf_model import vllm_model_dir
 
 NAME = "tiny"
 VLLM_CLIENT = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runners.serve.protocol import ApiError, parse_request  # noqa: E402
-from runners.serve.text import ChoiceText, ServeText  # noqa: E402
-from tiny_hf_model import tiny_model_dir  # noqa: E402
+from runners.serve.protocol import ApiError, parse_request
+from runners.serve.text import ChoiceText, ServeText
+from tiny_hf_model import tiny_model_dir
 
 
 def refused(body, chat=False):

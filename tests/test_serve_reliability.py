@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import InProcessServer, ServeProcess, get, metric, read_stream  # noqa: E402
-from tiny_hf_model import vllm_model_dir  # noqa: E402
+from serve_helpers import InProcessServer, ServeProcess, get, metric, read_stream
+from tiny_hf_model import vllm_model_dir
 
 PROMPT = [5, 9, 12, 7, 30, 22, 8, 15]
 
