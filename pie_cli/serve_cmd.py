@@ -49,7 +49,9 @@ def serve(
                              max_queue=max_queue, shutdown_grace_s=shutdown_grace)
     spec, resolution = resolve_serve(ServeArgs(
         model=model, plan=plan, pool_blocks=pool_blocks, device_blocks=device_blocks, adaptive=adaptive,
-        options=parse_options(option or []), dtype=dtype, device=device, seed=seed))
+        options=parse_options(option or [], {"plan": str(plan) if plan else None, "num_pool_blocks": pool_blocks,
+                                             "num_device_blocks": device_blocks, "adaptive": True if adaptive else None},
+                              None), dtype=dtype, device=device, seed=seed))
 
     def log(line: str) -> None:
         out.messages.print(line, markup=False, highlight=False)
