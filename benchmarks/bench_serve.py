@@ -45,6 +45,15 @@ METRICS = ("completed", "failed", "total_output_tokens", "duration", "request_th
            "median_ttft_ms", "median_tpot_ms", "median_itl_ms", "median_e2el_ms")
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def build_model(directory: Path, dtype: str, quick: bool, seed: int) -> int:
     """OPT-125m's shape (or a tiny one) with seeded random weights and the `wID` tokenizer; returns the vocabulary size."""
     import torch
@@ -202,7 +211,7 @@ def main() -> None:
                                                                         "(comma-separated: random, sharegpt)")
     parser.add_argument("--poisson-share", type=float, default=0.8, help="Poisson rate as a share of vLLM's saturated req/s")
     parser.add_argument("--vllm-kv-gib", type=float, default=4.0)
-    parser.add_argument("--port", type=int, default=18431)
+    parser.add_argument("--port", type=int, default=None, help="first port to try (default: a free one for each server)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default docs/results/serve_cpu.json; "
                                                                "with --quick a temporary file)")
@@ -233,7 +242,8 @@ def main() -> None:
         rates: dict[str, float] = {}
         for repeat in range(repeats):
             for kind in (kinds if repeat % 2 else kinds[::-1]):
-                server = Server(kind, model_dir, args.dtype, args.port + repeat * 2 + (kind == "vllm"),
+                port = free_port() if args.port is None else args.port + repeat * 2 + (kind == "vllm")
+                server = Server(kind, model_dir, args.dtype, port,
                                 work / f"{kind}-{repeat}.log", int(args.vllm_kv_gib * 2**30))
                 try:
                     for name, workload in workloads.items():

@@ -83,6 +83,8 @@ QUICK_RUNS = {
         ("plain_copy_gbps_median", "ratio_h2d_pinned_to_plain")),
     "benchmarks/bench_scrape_overhead.py": QuickRun(("--quick", "--out", "{out}/scrape.json"), "scrape.json",
                                                     ("median_ratio_on_off", "scrape_cost", "pairs", "machine")),
+    "benchmarks/bench_serve.py": QuickRun(("--quick", "--out", "{out}/serve.json"), "serve.json",
+                                          ("summary", "runs", "machine", "workloads"), slow=True),
     "benchmarks/bench_sim_fidelity.py": QuickRun(
         ("--quick", "--model", "{model}", "--out", "{out}/fidelity.json"), "fidelity.json",  # profiles the tiny model
         ("cases", "calibrations", "all_within_target")),
