@@ -4,9 +4,10 @@ The script under test is the one a user's CI calls. This benchmark makes a git r
 checkout's files with three commits: `base`, `equal` (a comment line added, no code change) and
 `slowed` (every engine step sleeps `--slowdown` times its own wall time after it, appended to
 runners/request_loop.py: a real slowdown in the code, not a test hook). Then it runs
-`ab.sh --env current` for each pair: A/A pairs compare `base` with `equal`, A/B pairs `base` with `slowed`, each at the example's runs per side (examples/ci/pie-bench.yml
-RUNS) with the example's rules, and counts the pairs whose verdict fired (exit 3). Targets: A/A false
-alarms <= 5% of pairs, the slowdown caught in >= 9 of 10.
+`ab.sh --env current` for each pair: A/A pairs compare `base` with `equal`, A/B pairs `base` with
+`slowed`, each at the example's runs per side (examples/ci/pie-bench.yml RUNS) with its rules, and
+counts the pairs whose verdict fired (exit 3). Targets: A/A false alarms <= 5% of pairs, the slowdown
+caught in >= 9 of 10. ab.sh is run from the fixture's copy, so editing the checkout changes no run.
 
 The runs use a small OPT-shaped model with seeded random weights (a config.json written here) and one
 OpenMP thread (`--threads`), so a pair takes about a minute on a 2-core machine; the example's opt-125m
@@ -118,7 +119,8 @@ def example_settings() -> tuple[int, list[str]]:
 
 def ab_command(repo: Path, head: str, base: str, workdir: Path, args: argparse.Namespace,
                rules: list[str], model: Path) -> list[str]:
-    command = ["bash", str(AB_SCRIPT), "--env", "current", "--python", sys.executable, "--repo", str(repo),
+    # the fixture's own copy of ab.sh: editing the checkout's while a long run goes on changes nothing
+    command = ["bash", str(repo / AB_SCRIPT.relative_to(ROOT)), "--env", "current", "--python", sys.executable, "--repo", str(repo),
                "--workdir", str(workdir), "--runs", str(args.runs_per_side), "--format", "json"]
     command += [word for rule in rules for word in ("--fail-on", rule)]
     return command + [base, head, "--", "--model", str(model), "--workload", "uniform", "--input-len",
