@@ -145,7 +145,18 @@ def run_pair(kind: str, index: int, command: list[str], workdir: Path, threads: 
           f"{rows['output_throughput']['change_pct']:+.1f}% (p={rows['output_throughput']['p_value']:.3g}), "
           f"{wall_s:.0f} s", file=sys.stderr, flush=True)
     summary["machine"] = _machine(workdir)
+    summary["runs_output_throughput"] = _run_throughputs(workdir)
     return summary
+
+
+def _run_throughputs(workdir: Path) -> list[list]:
+    """[label, output tok/s] of each timed run, in the order they ran."""
+    runs = []
+    for path in sorted((workdir / "results").glob("*.jsonl")):
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        summary = next((line.get("summary") for line in lines if line.get("summary")), None) or {}
+        runs.append([lines[0].get("label"), lines[0].get("run_id"), summary.get("output_throughput")])
+    return [[label, value] for label, _, value in sorted(runs, key=lambda run: run[1])]
 
 
 def _machine(workdir: Path) -> dict:
@@ -200,12 +211,12 @@ def main() -> int:
                 print(" ".join(command))
                 continue
             pairs[kind].append(run_pair(kind, index, command, workdir / f"{kind}-{index}", args.threads))
+            result = summarize(args, pairs, example_rules, started)
+            if output:  # after every pair, so a long run stopped early keeps what it measured
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         if args.dry_run:
             return 0
-        result = summarize(args, pairs, example_rules, started)
-        if output:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"A/A: fired on {result['aa']['pairs_fired']}/{result['aa']['pairs']} pairs; A/B ({args.slowdown:.0%} slower): "
               f"caught in {result['ab']['pairs_fired']}/{result['ab']['pairs']}" + (f" -> {output}" if output else ""))
         return 0
@@ -215,10 +226,11 @@ def main() -> int:
 
 
 def summarize(args: argparse.Namespace, pairs: dict[str, list[dict]], rules: list[str], started: str) -> dict:
-    machines = [p.pop("machine") for kind in pairs for p in pairs[kind]]
+    machines = [p["machine"] for kind in pairs for p in pairs[kind]]
     result = {"command": " ".join([Path(sys.executable).name] + sys.argv), "started_at": started,
               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": next((m for m in machines if m), {}),
+              "distinct_machines_seen": len({json.dumps(m, sort_keys=True) for m in machines if m}),
               "machine_shared": "shared with other agents' builds and tests while it ran; interleaving base and head "
                                 "is what keeps the verdict from measuring that load",
               "procedure": f"examples/ci/ab.sh --env current: worktrees of base and head, one untimed warm-up each, "
@@ -234,7 +246,7 @@ def summarize(args: argparse.Namespace, pairs: dict[str, list[dict]], rules: lis
         result[kind] = {"pairs": len(items), "pairs_fired": fired, "fired_share": fired / len(items) if items else None,
                         "output_throughput_change_pct_median": statistics.median(changes) if changes else None,
                         "pair_wall_s_mean": statistics.fmean(p["wall_s"] for p in items) if items else None,
-                        "per_pair": items}
+                        "per_pair": [{k: v for k, v in p.items() if k != "machine"} for p in items]}
     result["targets_met"] = {"aa": result["aa"]["pairs"] > 0 and result["aa"]["fired_share"] <= 0.05,
                              "ab": result["ab"]["pairs"] > 0 and result["ab"]["pairs_fired"] >= 0.9 * result["ab"]["pairs"]}
     return result
