@@ -155,7 +155,7 @@ def test_servers_mode_compares_two_started_servers_and_stops_them(tmp_path):
     start = [f"{shlex.quote(sys.executable)} {script} {gap} {pids} $PORT" for gap in ("0.002", "0.008")]
     try:
         done = ab(["--servers", "--pie", PIE, "--runs", "3", "--format", "markdown", *RULE, *start, "--",
-                   "--runner", "openai", "--model", "fake", "--workload", "uniform", "--input-len", "8",
+                   "--runner", "openai", "--model", "opt-125m", "-O", "model_name=fake", "--workload", "uniform", "--input-len", "8",
                    "--output-len", "16", "--num-prompts", "8"], tmp_path / "work", timeout_s=300)
         assert done.returncode == 3, done.stderr[-2000:]
         assert done.stdout.startswith("### :x: pie compare: REGRESSION")

@@ -152,11 +152,12 @@ prepare_ref() {  # side ref: a worktree, an environment, and the command that ru
   else
     # -c puts the current folder first on sys.path; drop it, so a checkout there cannot shadow the worktree
     local launch='import sys; sys.path.remove(""); sys.argv[0] = "pie"; from pie_cli.app import main; main()'
-    local probe='import sys, os; sys.path.remove(""); import pie_cli.app, runners.bench, results.compare, pie_core.errors as e
-print("\n".join(sorted({os.path.dirname(os.path.dirname(os.path.realpath(m.__file__))) for m in (pie_cli.app, runners.bench, results.compare, e)})))'
+    local probe='import importlib.util, os, sys; sys.path.remove("")
+print("\n".join(sorted({os.path.dirname(os.path.dirname(os.path.realpath(importlib.util.find_spec(name).origin)))
+                        for name in ("pie_cli", "pie_core", "runners", "results", "profiler", "planner")})))'
     local found
     found=$(PYTHONPATH="$tree" "$python_bin" -c "$probe" 2>"$log") \
-      || die 1 "${side_description[$side]} does not import with $python_bin: $(tail -1 "$log") (full log: $log)"
+      || die 1 "${side_description[$side]}: $python_bin cannot find pie's packages: $(tail -1 "$log") (full log: $log)"
     [ "$found" = "$(cd "$tree" && pwd -P)" ] \
       || die 1 "${side_description[$side]}: $python_bin imports pie from $(echo $found), not only from the worktree (hint: use --env venv)"
     pie_command_of[$side]=$(printf '%q ' env "PYTHONPATH=$tree" "$python_bin" -c "$launch")
@@ -167,8 +168,8 @@ start_server() {  # side command: start it on a free port in its own process gro
   local side=$1 command=$2 port log
   port=$(free_port)
   log="$workdir/logs/server-$side.log"
-  side_description[$side]="$side server ($command, port $port)"
-  say "starting the ${side_description[$side]}"
+  side_description[$side]="$side server (port $port)"
+  say "starting the ${side_description[$side]}: $command"
   command -v setsid >/dev/null || die 2 "servers mode needs setsid (util-linux) to stop each server's processes"
   PORT=$port setsid bash -c "$command" >"$log" 2>&1 &
   server_pids+=($!)
