@@ -168,3 +168,16 @@ def test_servers_mode_compares_two_started_servers_and_stops_them(tmp_path):
                 continue
             os.kill(pid, signal.SIGKILL)
             pytest.fail(f"ab.sh left the server {pid} running")
+
+
+def test_benchmark_dry_run_plans_the_pairs_at_the_examples_runs(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ab_interleaved.py"), "--dry-run",
+                           "--pairs", "4", "--ab-pairs", "2", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    commands = done.stdout.splitlines()
+    runs, rules = bench_ab.example_settings()
+    assert len(commands) == 6 and all(f"--runs {runs}" in c and "ab.sh" in c for c in commands)
+    assert all(f"--fail-on {rule}" in commands[0] for rule in rules) and runs >= 3
+    shas = {line.split(" -- ")[0].split()[-1] for line in commands}
+    assert len(shas) == 2  # A/A pairs go to the equal commit, A/B pairs to the slowed one
