@@ -86,7 +86,7 @@ def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) 
     shape = resolve_model(model)
     weights = shape.weight_bytes(profile.dtype)
     budgets = Budgets(int((weights + 160 * 2**20) / 0.95), 2**30, max_num_batched_tokens=2048)
-    plan = make_plan(TuneRequest(shape=shape, model=model, dtype=profile.dtype, hardware=hardware, budgets=budgets,
+    plan = make_plan(TuneRequest(shape=shape, dtype=profile.dtype, hardware=hardware, budgets=budgets,
                                  workload=WorkloadStats("synthetic-fixed", 128, 128, synthetic=True), max_batch_size=64))
     settings = OnlineSettings(num_prompts=num_prompts, window_steps=window_steps)
     capacity = pool_capacity_for(plan, settings)

@@ -57,7 +57,7 @@ def main() -> None:
     grid = GridSize(pooled_steps=200, rebuilt_steps=10)
     for model, hardware, device_share, host_gb, workload in instances(args.quick):
         spec = preset(hardware)
-        request = TuneRequest(shape=resolve_model(model), model=model, dtype="float16", hardware=spec,
+        request = TuneRequest(shape=resolve_model(model), dtype="float16", hardware=spec,
                               budgets=Budgets(int(spec.device_memory_bytes * device_share), int(host_gb * GB)),
                               workload=builtin_workload(workload))
         try:

@@ -45,7 +45,7 @@ def main() -> None:
     out = args.out or Path(f"docs/results/sim_scale_{slug}.json")
     workload = WorkloadSpec(name="sharegpt", model="opt-30b", num_prompts=args.num_prompts, seed=0)
     with tempfile.TemporaryDirectory() as results:
-        plan = make_plan(TuneRequest(shape=resolve_model("opt-30b"), model="opt-30b", dtype="float16", hardware=preset(args.hardware),
+        plan = make_plan(TuneRequest(shape=resolve_model("opt-30b"), dtype="float16", hardware=preset(args.hardware),
                                      budgets=Budgets(*default_budgets(preset(args.hardware))), workload=builtin_workload("sharegpt")))
         plan_path = plan.save(Path(results) / "plan.json")
         settings = BenchSettings(model="opt-30b", workload=workload, runner="sim", dtype="float16", device="cpu",

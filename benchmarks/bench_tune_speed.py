@@ -47,7 +47,7 @@ def cli_run(hardware: str) -> tuple[float, dict]:
 
 def in_process(hardware: str) -> tuple[float, float]:
     spec = preset(hardware)
-    request = TuneRequest(shape=resolve_model("opt-30b"), model="opt-30b", dtype="float16", hardware=spec,
+    request = TuneRequest(shape=resolve_model("opt-30b"), dtype="float16", hardware=spec,
                           budgets=Budgets(*default_budgets(spec)), workload=builtin_workload("sharegpt"))  # as `pie tune` does
     start = time.perf_counter()
     plan = make_plan(request)

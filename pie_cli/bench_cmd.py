@@ -15,14 +15,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype
 from pie_cli.options import DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, ResultsDirOpt, SeedOpt
-from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt, sim_hardware_options
+from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt
 from pie_cli.output import Output
-from pie_core.device_probe import check_device, resolve_device
 from pie_core.errors import BadInput
 from pie_core.inputs import writable_dir
-from results.metrics import parse_goodput, summary_rows
+from results.metrics import summary_rows
 
 TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> device bytes"),
                   ("d2h_bytes", "Device -> pool bytes"), ("peak_pool_blocks_used", "Peak pool blocks used"),
@@ -82,68 +81,32 @@ def bench(
       pie bench --workload burstgpt --dataset-path BurstGPT_1.csv --trace-duration 600 --time-scale 0.1 --num-prompts 500
       pie bench --workload phases --device-blocks 177 --pool-blocks 768 --adaptive
     """
-    from pie_core.dtypes import canonical_dtype
     from results.store import ResultsStore
-    from runners.arrivals import ArrivalSpec
-    from runners.bench import BenchInterrupted, BenchSettings, check_failures, check_points, expand_sweep, parse_sweep, run_bench
-    from runners.registry import get_runner
-    from runners.workloads import WorkloadSpec
+    from runners.bench import BenchInterrupted, check_failures, run_bench
+    from runners.resolve import BenchArgs, resolve_bench
 
     out = Output(json_out)
     writable_dir(results_dir, "--results-dir")  # before any work, not when the record is opened
-    runner_options = parse_options(option or [])
-    for key, value in (("plan", str(plan) if plan else None), ("num_pool_blocks", pool_blocks), ("num_device_blocks", device_blocks),
-                       ("adaptive", True if adaptive else None)):
-        if value is not None:
-            runner_options[key] = value
-    get_runner(runner)  # an unknown runner fails before any work
-    simulated = runner.strip().lower() == "sim"
-    runner_options.update(sim_hardware_options(runner.strip().lower(), hardware, profile, model, dtype))
-    device = "cpu" if simulated else resolve_device(device)  # the simulator computes here, whatever it prices
-    check_device(device)
-    requested = dtype_name = canonical_dtype(dtype, allow_auto=True)
-    from_plan = plan is not None and dtype_name == "auto"
-    if from_plan:
-        from planner.plan import Plan
-
-        dtype_name = Plan.load(plan).dtype
-    if simulated:
-        from runners.sim_runner import sim_dtype
-
-        resolution = sim_dtype(runner_options, dtype_name)
-    else:
-        resolution = resolve_dtype_option(dtype_name, device)
-    settings = BenchSettings(
-        model=model, runner=runner.strip().lower(), dtype=resolution.dtype, dtype_requested=requested,
-        device=device, seed=seed,
-        workload=WorkloadSpec(name=workload.strip().lower(), model=model, dataset_path=dataset_path, num_prompts=num_prompts,
-                              seed=seed, output_len=output_len, input_len=input_len, range_ratio=range_ratio,
-                              time_scale=time_scale, trace_start=trace_start, trace_duration=trace_duration,
-                              trace_model=trace_model, trace_log_type=trace_log_type),
-        arrivals=ArrivalSpec(request_rate=request_rate, burstiness=burstiness, seed=seed),
-        max_concurrency=max_concurrency, save_outputs=save_outputs, runner_options=runner_options,
-        goodput_slos_ms=parse_goodput(goodput or []), label=label)
-    engine_flags = [flag for flag, value in (("--plan", plan), ("--pool-blocks", pool_blocks), ("--device-blocks", device_blocks))
-                    if value is not None]
-    if engine_flags and settings.runner not in ("pie", "sim"):
-        raise BadInput(f"{engine_flags[0]} configures the Pie engine; runner '{runner}' runs its own",
-                       f"use --runner pie (or sim), or drop {engine_flags[0]}")
-    if math.isinf(request_rate) and burstiness != 1.0 and not (sweep or "").startswith("request_rate"):
-        out.warn("--burstiness has no effect without --request-rate: every request is released at once")
-    parsed_sweep = parse_sweep(sweep) if sweep else None
-    points = expand_sweep(settings, parsed_sweep)
-    check_points(points)  # every point's settings, before the first runs
+    workload_fields = {"name": workload.strip().lower(), "dataset_path": dataset_path, "num_prompts": num_prompts,
+                       "output_len": output_len, "input_len": input_len, "range_ratio": range_ratio,
+                       "time_scale": time_scale, "trace_start": trace_start, "trace_duration": trace_duration,
+                       "trace_model": trace_model, "trace_log_type": trace_log_type}
+    resolved = resolve_bench(BenchArgs(
+        model=model, workload=workload_fields, runner=runner, plan=plan, request_rate=request_rate, burstiness=burstiness,
+        max_concurrency=max_concurrency, goodput=tuple(goodput or ()), pool_blocks=pool_blocks, device_blocks=device_blocks,
+        options=parse_options(option or []), sweep=sweep, adaptive=adaptive, save_outputs=save_outputs, label=label,
+        hardware=hardware, profile=profile, dtype=dtype, device=device, seed=seed))
+    for note in resolved.notes:
+        out.warn(note)
+    parsed_sweep = resolved.sweep
     store = ResultsStore(results_dir)
     outcomes: list = []
     def say_dtype() -> None:  # once, when the first run starts (after its input is checked)
-        if from_plan:
-            out.info(f"dtype {resolution.dtype} (auto: the plan's)")
-        else:
-            announce_dtype(out, resolution, device)
+        announce_dtype(out, resolved.dtype, resolved.settings.device)
 
     try:
-        for index, (point, point_settings) in enumerate(points):
-            outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench,
+        for index, ((point, point_settings), prepared) in enumerate(zip(resolved.points, resolved.prepared)):
+            outcomes.append(_run_point(out, store, point_settings, parsed_sweep, point, run_bench, prepared,
                                        say_dtype if index == 0 else None))
             note = check_failures(outcomes[-1])  # all failed: RuntimeFailure, after the points so far are printed
             if note:
@@ -169,7 +132,7 @@ def _print_json(out: Output, json_out: bool, sweep: Any, outcomes: list) -> None
     out.json(payloads[0] if sweep is None else {"sweep_id": sweep.sweep_id, "key": sweep.key, "runs": payloads})
 
 
-def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict | None, run_bench: Any,
+def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict | None, run_bench: Any, prepared: Any,
                say_dtype: Any = None) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -204,7 +167,8 @@ def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict |
         progress.update(state["task"], advance=1, rate=f"{state['tokens'] / elapsed:,.0f} tok/s{failed}")
 
     try:
-        outcome = run_bench(settings, store, on_request_done=on_done, on_start=on_start, sweep=sweep, sweep_point=point)
+        outcome = run_bench(settings, store, on_request_done=on_done, on_start=on_start, sweep=sweep, sweep_point=point,
+                            prepared=prepared)
     finally:
         if state["task"] is not None:
             progress.stop()

@@ -1,7 +1,7 @@
 """`--dtype auto|NAME` for the commands that compute: resolve it against the device, say it once.
 
-`auto` (the default) becomes what `pie_core.capability.choose_dtype` picks for the device's
-capability record, said on stderr with the reason. A named dtype the device only emulates still
+`auto` (the default) becomes what the resolve step decides (runners/hardware_source.py: the
+device's choice, a preset's, a profile's or a plan's), said here once on stderr with the reason. A named dtype the device only emulates still
 runs, with one warning that gives the measured matmul rate of each dtype; one it cannot run at
 all is bad input (exit 2) naming what to use instead.
 """
@@ -16,14 +16,6 @@ from pie_cli.output import Output
 DtypeAutoOpt = Annotated[str, typer.Option(
     "--dtype", help="auto (bfloat16 where the device multiplies it natively, else float32 on a CPU and float16 on a "
                     "GPU), bfloat16, float16 or float32.")]
-
-
-def resolve_dtype_option(requested: str, device: str):
-    """The `DtypeResolution` for `--dtype` on `device` (cpu, cuda, cuda:N); bad input raises here, before any work."""
-    from pie_core.capability import resolve_dtype
-    from pie_core.device_probe import detect_capability
-
-    return resolve_dtype(requested, detect_capability(device))
 
 
 def announce_dtype(out: Output, resolution, device: str) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from runners.hardware_source import DEFAULT_PROFILES_DIR  # noqa: F401 - declared with the decisions that use it
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout; human text goes to stderr.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="A registry name (e.g. opt-125m, llama-3-8b; see `pie models`) or a local Hugging Face directory.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")]
@@ -20,4 +22,3 @@ OutputPathOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="W
 ResultsDirOpt = Annotated[Path, typer.Option("--results-dir", help="Results store directory.")]
 
 DEFAULT_RESULTS_DIR = Path(".pie/results")
-DEFAULT_PROFILES_DIR = Path(".pie/profiles")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype
 from pie_cli.options import DEFAULT_PROFILES_DIR, DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
 from pie_core.errors import RuntimeFailure
@@ -150,7 +150,9 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
 
     if output is not None:
         writable_file(output, "--output")  # before measuring, not after
-    resolved = resolve_dtype_option(dtype, check_device(device))
+    from runners.hardware_source import dtype_on_device
+
+    resolved = dtype_on_device(dtype, check_device(device))
     request = ProfileRequest(device=device, dtype=resolved.dtype, model=None if no_layer else model, quick=quick,
                              max_size_bytes=parse_size(max_size, "--max-size") if max_size is not None else None,
                              threads=threads, seed=seed)

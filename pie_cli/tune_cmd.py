@@ -12,11 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype, resolve_dtype_option
+from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype
 from pie_cli.options import DeviceOpt, JsonOpt, ModelOpt, OutputPathOpt, SeedOpt
 from pie_cli.output import Output
 from pie_core.errors import BadInput
-from pie_core.inputs import check_number, writable_file
+from pie_core.inputs import writable_file
 from pie_core.json_files import save_keeping
 from pie_core.sizes import GIB, parse_size
 
@@ -41,39 +41,6 @@ def parse_budget(text: str | None, option: str, allow_zero: bool = False) -> int
     return None if text is None else parse_size(text, option, allow_zero)
 
 
-def resolve_hardware(hardware: str | None, profile: Path | None, model: str, dtype: str, device: str, out: Output):
-    """(HardwareSpec, dtype, say): `dtype` "auto" becomes the preset's, the profile's, or this machine's choice;
-    `say()` tells the user once (called when the plan is made, so bad input stays one line)."""
-    from pie_core.capability import DeviceCapability, resolve_dtype
-    from planner.hardware import from_profile, preset
-    from profiler.hardware_profile import HardwareProfile
-
-    if hardware and profile:
-        raise BadInput("--hardware and --profile both given", "use a preset or a measured profile, not both")
-    if hardware:
-        hw = preset(hardware)
-        resolution = resolve_dtype(dtype, DeviceCapability.from_dict(hw.capability))
-        return hw, resolution.dtype, lambda: resolution.requested == "auto" and out.info(resolution.message())
-    if profile:
-        hw = from_profile(HardwareProfile.load(profile), source=f"profile '{profile}'")
-        if dtype == "auto":
-            return hw, hw.profile_dtype, lambda: out.info(f"dtype {hw.profile_dtype} (auto: the profile's)")
-        return hw, dtype, lambda: None
-    resolution = resolve_dtype_option(dtype, device)
-    announce_dtype(out, resolution, device)  # said before a quick profile may run
-    return _this_machine(model, resolution.dtype, device, out), resolution.dtype, lambda: None
-
-
-def _this_machine(model: str, dtype: str, device: str, out: Output):
-    """This machine's saved profile of `device` for `model` in `dtype`, or a quick one taken now (and saved)."""
-    from pie_cli.options import DEFAULT_PROFILES_DIR
-    from planner.hardware import from_profile
-    from profiler.saved_profiles import saved_or_quick_profile
-
-    profile, source = saved_or_quick_profile(DEFAULT_PROFILES_DIR, model, dtype, device, out.info)
-    return from_profile(profile, source=source)
-
-
 def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = None, gpu_memory: GpuMemoryOpt = None,
          cpu_memory: CpuMemoryOpt = None, workload: WorkloadOpt = "sharegpt", max_tpot_ms: MaxTpotOpt = None,
          dtype: DtypeAutoOpt = "auto", block_size: BlockSizeOpt = 16, max_num_batched_tokens: MaxBatchedOpt = 2048,
@@ -87,51 +54,25 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
 
     Example: pie tune --model opt-30b --hardware h100-pcie --cpu-memory 200GB --output plan.json
     """
-    from pie_core.dtypes import canonical_dtype
-    from pie_core.shapes import resolve_model
-    from pie_core.device_probe import check_device, resolve_device
-    from planner.budgets import Budgets, default_budgets
-    from planner.tune import TuneRequest, make_plan
-    from runners.workloads.stats import workload_stats
+    from planner.tune import make_plan
+    from runners.resolve import TuneArgs, resolve_tune
 
     out = Output(json_out)
     if output is not None:
         writable_file(output, "--output")  # before any profile or plan is made
-    shape = resolve_model(model)
-    gpu_bytes, cpu_bytes = parse_budget(gpu_memory, "--gpu-memory"), parse_budget(cpu_memory, "--cpu-memory", allow_zero=True)
-    if max_tpot_ms is not None:
-        check_number(max_tpot_ms, "--max-tpot-ms", above=0, hint="give milliseconds per output token, e.g. --max-tpot-ms 50")
-    if online and hardware:
-        raise BadInput(f"--online runs the engine on this machine, but --hardware {hardware} plans for another one",
-                       "drop --hardware (a profile of this machine is used) or pass --profile of this machine")
-    online_settings = None
-    if online:  # checked now, not after a quick profile
-        from runners.online_tuner import OnlineSettings
-
-        online_settings = OnlineSettings(num_prompts=num_prompts, window_steps=window_steps, seed=seed)
-    stats = workload_stats(workload, model)
-    if hardware is None and profile is None:
-        device = check_device(resolve_device(device))
-    hw, dtype, say_dtype = resolve_hardware(hardware, profile, model, canonical_dtype(dtype, allow_auto=True), device, out)
-    free_now = None
-    if hardware is None and profile is None and hw.device != "cpu" and gpu_bytes is None:  # this GPU: what is free now
-        from pie_core.device_probe import free_device_bytes
-
-        free_now = free_device_bytes(device)
-    default_gpu, default_cpu = default_budgets(hw, free_now)
-    budgets = Budgets(gpu_bytes or default_gpu, default_cpu if cpu_bytes is None else cpu_bytes, block_size=block_size,
-                      max_num_batched_tokens=max_num_batched_tokens)
-    if hw.device == "cpu" and budgets.device_memory_bytes + budgets.host_memory_bytes > hw.host_memory_bytes:
-        raise BadInput(f"--gpu-memory plus --cpu-memory ({(budgets.device_memory_bytes + budgets.host_memory_bytes) / GIB:.1f} GiB) "
-                       f"exceed this machine's {hw.host_memory_bytes / GIB:.1f} GiB of RAM (on a CPU both tiers are RAM)",
-                       "lower one of them")
-    plan = make_plan(TuneRequest(shape=shape, model=model, dtype=dtype, hardware=hw, budgets=budgets, workload=stats,
-                                 max_tpot_ms=max_tpot_ms, max_batch_size=max_num_seqs))
-    say_dtype()
-    if online_settings is not None:
+    resolved = resolve_tune(TuneArgs(
+        model=model, hardware=hardware, profile=profile, gpu_memory_bytes=parse_budget(gpu_memory, "--gpu-memory"),
+        cpu_memory_bytes=parse_budget(cpu_memory, "--cpu-memory", allow_zero=True), workload=workload,
+        max_tpot_ms=max_tpot_ms, dtype=dtype, block_size=block_size, max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs, online=online, num_prompts=num_prompts, window_steps=window_steps, device=device,
+        seed=seed), announce=lambda resolution, where: announce_dtype(out, resolution, where), say=out.info)
+    plan = make_plan(resolved.request)
+    if not resolved.dtype_said and resolved.dtype.requested == "auto":
+        out.info(resolved.dtype.message())
+    if resolved.online is not None:
         from runners.online_tuner import run_online
 
-        plan = run_online(plan, dataclasses.replace(online_settings, device=hw.device), out)
+        plan = run_online(plan, resolved.online, out)
     if adaptive:
         if plan.settings.num_pool_blocks < 1:
             raise BadInput("--adaptive sizes the pool within the plan's, but this plan has no pool",

@@ -140,3 +140,12 @@ def default_budgets(hardware: Any, free_device_bytes: int | None = None) -> tupl
         return hardware.host_memory_bytes // 4, hardware.host_memory_bytes // 4
     device = hardware.device_memory_bytes if free_device_bytes is None else min(hardware.device_memory_bytes, free_device_bytes)
     return device, hardware.host_memory_bytes // 2
+
+
+def check_cpu_tiers(budgets: Budgets, hardware: Any) -> None:
+    """On a CPU both KV tiers are RAM: the device and pool budgets together must fit the machine's RAM."""
+    total = budgets.device_memory_bytes + budgets.host_memory_bytes
+    if hardware.device == "cpu" and total > hardware.host_memory_bytes:
+        raise BadInput(f"--gpu-memory plus --cpu-memory ({total / 2**30:.1f} GiB) exceed this machine's "
+                       f"{hardware.host_memory_bytes / 2**30:.1f} GiB of RAM (on a CPU both tiers are RAM)",
+                       "lower one of them")

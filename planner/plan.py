@@ -1,10 +1,12 @@
 """`Plan`: the tuner's answer as a frozen, versioned JSON file that `pie bench --plan` consumes.
 
-A plan holds the engine settings (in blocks, named as `EngineConfig` names them), what the cost
+A plan holds the engine settings (`runners.engine.settings.EngineSettings`, in blocks), what the cost
 model predicts for them, the no-pool baseline at the same budgets, the binding constraints in
 words, and, after `pie tune --online`, the hill-climber's moves and measured best.
-Left out: how the plan was found (search.py) and turning it into an engine (the caller does,
-with `EngineSettings.engine_kwargs()`; the engine knows nothing of plans).
+Plans written before the settings were one declaration kept the model and dtype inside
+`settings` too; those two keys are dropped on read (the plan's own `model` and `dtype` say them).
+Left out: how the plan was found (search.py) and turning it into an engine (the resolve step
+does, runners/resolve.py; the engine knows nothing of plans).
 """
 from __future__ import annotations
 
@@ -15,34 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
-from pie_core.inputs import check_block_size, readable_file
+from pie_core.inputs import readable_file
 from pie_core.json_files import write_json_atomic
+from runners.engine.settings import EngineSettings
 
 PLAN_SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    model: str
-    dtype: str
-    block_size: int
-    num_device_blocks: int  # device KV budget in blocks, staging included (the engine charges staging itself)
-    num_pool_blocks: int
-    prefetch_depth: int
-    rebuild_fraction: float
-    max_num_seqs: int
-    max_num_batched_tokens: int
-
-    def __post_init__(self) -> None:
-        check_block_size(self.block_size, "plan block_size")
-        if self.num_device_blocks < 1 or self.num_pool_blocks < 0 or self.prefetch_depth < 1 or self.max_num_seqs < 1:
-            raise BadInput(f"plan settings out of range: {self}")
-        if not 0.0 <= self.rebuild_fraction <= 1.0:
-            raise BadInput(f"plan rebuild_fraction must be in [0, 1], got {self.rebuild_fraction}")
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `runners.engine.config.EngineConfig`."""
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -100,7 +79,8 @@ class Plan:
                            f"{PLAN_SCHEMA_VERSION}", "re-run `pie tune` to make a new plan")
         try:
             fields = dict(data)
-            fields["settings"] = EngineSettings(**data["settings"])
+            fields["settings"] = EngineSettings(**{key: value for key, value in dict(data["settings"]).items()
+                                                   if key not in ("model", "dtype")})
             fields["predicted"] = Performance(**data["predicted"])
             fields["baseline"] = Performance(**data["baseline"])
             fields["binding"] = tuple(data["binding"])

@@ -19,14 +19,14 @@ from planner.budgets import Budgets, WorkloadStats, check_weights_fit
 from planner.cost_model import Prediction, Problem, model_costs
 from planner.explain import explain
 from planner.hardware import HardwareSpec
-from planner.plan import EngineSettings, Performance, Plan
+from planner.plan import Performance, Plan
+from runners.engine.settings import EngineSettings
 from planner.search import search, without_pool
 
 
 @dataclass(frozen=True)
 class TuneRequest:
     shape: ModelShape
-    model: str  # as the user named it (registry name or directory), for the engine settings
     dtype: str
     hardware: HardwareSpec
     budgets: Budgets
@@ -82,7 +82,7 @@ def settings_for(request: TuneRequest, problem: Problem, prediction: Prediction)
     pooled = split.copied_kv_bytes + split.rebuilt_kv_bytes
     # The engine takes the device KV budget including staging and charges staging against it itself.
     return EngineSettings(
-        model=request.model, dtype=request.dtype, block_size=request.budgets.block_size,
+        block_size=request.budgets.block_size,
         num_device_blocks=max(1, int((split.device_kv_bytes + split.staging_bytes) // block)),
         num_pool_blocks=int(math.ceil(pooled / block - 1e-9)) if pooled > 0 else 0,
         prefetch_depth=prediction.prefetch_depth,

@@ -1,7 +1,8 @@
 """The runner contract: what a benchmark hands a runner and what it gets back (torch-free).
 
-A runner takes `BenchRequest`s (already tokenized, each with a scheduled release time), a
-`RunnerSpec`, and a callback; it releases each request no earlier than its `arrival_s`,
+A runner prepares a `RunnerSpec` once (`prepare`: every check that needs no run, and what the
+run will use, as a `PreparedRun`), then runs it on `BenchRequest`s (already tokenized, each with
+a scheduled release time) with a callback; it releases each request no earlier than its `arrival_s`,
 honours `max_concurrency`, calls the callback with a `RequestSample` as each request finishes,
 and counts failures as samples with `success=False` instead of raising. It returns a
 `RunnerResult` with the benchmark duration, its effective settings and telemetry.
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 from pie_core.errors import BadInput
 from results.record import RequestSample
+
 
 @dataclass(frozen=True)
 class BenchRequest:
@@ -54,6 +56,7 @@ class RunnerSpec:
     save_outputs: bool = False
     max_concurrency: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # runner-specific settings
+    plan: Any = None  # the `pie tune` plan options["plan"] names, loaded once by the resolve step (runners/resolve.py)
     precise_arrivals: bool = False  # trace replay: hand each request over at its own time (drive_engine's hold_for_arrivals)
 
     def __post_init__(self) -> None:
@@ -74,10 +77,34 @@ class RunnerResult:
 RequestDone = Callable[[RequestSample], None]
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run a runner has validated once, before any record: its effective settings (kept in the record),
+    the machine that runs it, and whatever the runner resolved for `run` (an engine config, a simulated
+    target, a server's settings)."""
+
+    spec: RunnerSpec
+    config: dict[str, Any]
+    fingerprint: dict[str, Any]
+    state: Any = None
+
+
 class Runner(Protocol):
+    """`prepare` checks everything that can be checked without running (options, plan, weights, memory fit)
+    and resolves it once; `run` runs the prepared run. Every runner has both; nothing is optional."""
+
     name: str
 
-    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult: ...
+    def prepare(self, spec: RunnerSpec) -> PreparedRun: ...
+
+    def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult: ...
+
+
+def machine_fingerprint(device: str) -> dict[str, Any]:
+    """The machine a run measures on (pie_core/fingerprint.py; torch for a GPU's name)."""
+    from pie_core.fingerprint import collect_fingerprint
+
+    return collect_fingerprint(device)
 
 
 def sample_from_token_times(request: BenchRequest, run_start: float, release_time: float,

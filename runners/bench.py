@@ -11,7 +11,7 @@ error (some failed: a note of how many, and why).
 
 A sweep (`--sweep request_rate=1,2,4`, `--sweep pool_blocks=0,256`) expands one settings
 object into one per point; each point is a separate record under a common `sweep_id`;
-`check_points` has every point's workload and runner settings checked before the first one runs.
+`prepare_points` has every point's workload checked and its run prepared before the first one runs.
 
 Left out: rendering (pie_cli/bench_cmd.py) and comparing runs (results/compare.py).
 """
@@ -35,23 +35,21 @@ from results.metrics import compute_metrics
 from results.record import RequestSample, RunHeader
 from results.store import ResultsStore, git_commit, new_run_id, utc_now
 from runners.arrivals import ArrivalSpec, assign_arrivals
-from runners.base import RunnerSpec
+from runners.base import PreparedRun, RunnerSpec
+from runners.engine.settings import sweep_keys
 from runners.registry import get_runner
 from runners.workloads import OWN_ARRIVALS, WorkloadInfo, WorkloadSpec, load_workload
 
-# sweep key -> where it goes: a settings field, a workload or arrival field, or a runner option
 ADAPTIVE_RUNNERS = ("pie", "sim")
 MAX_ARRIVAL_SPAN_S = 86400.0  # Poisson/gamma arrivals spread over more than a day are a mistyped rate
+# sweep key -> where it goes: a workload or arrival field, a settings field, or (every engine setting under its
+# own name and its aliases, runners/engine/settings.py) a runner option
 SWEEP_TARGETS = {
     "request_rate": ("arrivals", "request_rate", float), "burstiness": ("arrivals", "burstiness", float),
     "max_concurrency": ("settings", "max_concurrency", int), "num_prompts": ("workload", "num_prompts", int),
     "output_len": ("workload", "output_len", int),
-    "pool_blocks": ("options", "num_pool_blocks", int), "device_blocks": ("options", "num_device_blocks", int),
-    "num_pool_blocks": ("options", "num_pool_blocks", int), "num_device_blocks": ("options", "num_device_blocks", int),
-    "prefetch_depth": ("options", "prefetch_depth", int), "copy_worker": ("options", "copy_worker", str),
-    "rebuild_fraction": ("options", "rebuild_fraction", float),
-    "max_num_seqs": ("options", "max_num_seqs", int), "max_num_batched_tokens": ("options", "max_num_batched_tokens", int),
-    "block_size": ("options", "block_size", int), "batch_size": ("options", "batch_size", int),
+    **{key: ("options", name, kind) for key, (name, kind) in sweep_keys().items()},
+    "batch_size": ("options", "batch_size", int),  # the hf runner's batch (the simulator refuses it)
 }
 
 
@@ -70,6 +68,7 @@ class BenchSettings:
     runner_options: dict[str, Any] = field(default_factory=dict)
     goodput_slos_ms: dict[str, float] = field(default_factory=dict)
     label: str | None = None
+    plan: Any = None  # the plan runner_options["plan"] names, loaded once (runners/resolve.py)
 
     def __post_init__(self) -> None:
         if self.workload.name == "burstgpt" and not math.isinf(self.arrivals.request_rate):
@@ -92,7 +91,8 @@ class BenchSettings:
     def spec(self) -> RunnerSpec:
         return RunnerSpec(model=self.model, dtype=self.dtype, device=self.device, seed=self.seed,
                           save_outputs=self.save_outputs, max_concurrency=self.max_concurrency,
-                          options=dict(self.runner_options), precise_arrivals=self.workload.name == "burstgpt")
+                          options=dict(self.runner_options), precise_arrivals=self.workload.name == "burstgpt",
+                          plan=self.plan)
 
 
 @dataclass(frozen=True)
@@ -164,26 +164,25 @@ def expand_sweep(settings: BenchSettings, sweep: Sweep | None) -> list[tuple[dic
     return [({sweep.key: value}, apply_point(settings, sweep.key, value)) for value in sweep.values]
 
 
-def check_points(points: list[tuple[dict[str, Any] | None, BenchSettings]]) -> None:
-    """Every sweep point's workload and runner settings (the runner's `describe`) checked before the first
-    point runs, so a bad value at point 3 fails before points 1 and 2 are measured."""
-    if len(points) < 2:
-        return  # run_bench checks a single run before its record
+def prepare_points(points: list[tuple[dict[str, Any] | None, BenchSettings]]) -> list[PreparedRun]:
+    """Every sweep point's workload checked and its run prepared (the runner's `prepare`: options, plan,
+    weights, memory fit) before the first point runs, so a bad value at point 3 fails before points 1
+    and 2 are measured. Each point is prepared once; `run_bench` runs what was prepared."""
+    prepared: list[PreparedRun] = []
     checked: list[Any] = []
     for point, settings in points:
-        spec = settings.spec()
-        describe = getattr(get_runner(settings.runner), "describe", None)
         workload = (settings.workload, settings.arrivals.request_rate)
         try:
-            if workload not in checked:
+            if len(points) > 1 and workload not in checked:  # a single run loads its workload once, in run_bench
                 checked.append(workload)
                 load_workload(*workload)
-            if spec not in checked and describe is not None:
-                checked.append(spec)
-                describe(spec)
+            prepared.append(get_runner(settings.runner).prepare(settings.spec()))
         except BadInput as err:
-            where = ", ".join(f"{key}={value}" for key, value in (point or {}).items())
+            if point is None:
+                raise
+            where = ", ".join(f"{key}={value}" for key, value in point.items())
             raise BadInput(f"sweep point {where}: {err.message}", err.hint) from None
+    return prepared
 
 
 def check_failures(outcome: BenchOutcome) -> str | None:
@@ -197,12 +196,6 @@ def check_failures(outcome: BenchOutcome) -> str | None:
     return f"{failed} of {failed + completed} requests failed; the first: {outcome.first_error}"
 
 
-def machine_fingerprint(device: str) -> dict[str, Any]:
-    from pie_core.fingerprint import collect_fingerprint
-
-    return collect_fingerprint(device)
-
-
 def pie_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -214,15 +207,15 @@ def pie_version() -> str:
 
 def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Callable[[RequestSample], None] | None = None,
               on_start: Callable[[WorkloadInfo, dict[str, Any], Path], None] | None = None,
-              sweep: Sweep | None = None, sweep_point: dict[str, Any] | None = None) -> BenchOutcome:
-    """Run one benchmark and store its record; see the module docstring."""
+              sweep: Sweep | None = None, sweep_point: dict[str, Any] | None = None,
+              prepared: PreparedRun | None = None) -> BenchOutcome:
+    """Run one benchmark and store its record; see the module docstring. `prepared`: the run as
+    `prepare_points` prepared it (prepared here when not given)."""
     runner = get_runner(settings.runner)
     check_device(settings.device)
-    spec = settings.spec()
-    describe = getattr(runner, "describe", None)
-    config = describe(spec) if describe else {"model": spec.model, "dtype": spec.dtype, "device": spec.device,
-                                              "seed": spec.seed, **spec.options}
-    config = {**config, "max_concurrency": settings.max_concurrency, "save_outputs": settings.save_outputs,
+    if prepared is None:
+        prepared = runner.prepare(settings.spec())
+    config = {**prepared.config, "max_concurrency": settings.max_concurrency, "save_outputs": settings.save_outputs,
               "dtype_requested": settings.dtype_requested or settings.dtype}
     requests, info = load_workload(settings.workload, settings.arrivals.request_rate)
     if info.arrivals is None:
@@ -234,7 +227,7 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
     workload = {**info.to_dict(), **arrivals, "goodput_slos_ms": dict(settings.goodput_slos_ms) or None}
     header = RunHeader(run_id=new_run_id(runner.name), created_at=utc_now(), model=settings.model, runner=runner.name,
                        workload=workload, config=to_jsonable(config),
-                       fingerprint=getattr(runner, "fingerprint", machine_fingerprint)(settings.device),
+                       fingerprint=prepared.fingerprint,
                        git_commit=git_commit(Path(__file__).parent),
                        label=settings.label, sweep_id=sweep.sweep_id if sweep else None, sweep_point=sweep_point,
                        pie_version=pie_version())
@@ -250,7 +243,7 @@ def run_bench(settings: BenchSettings, store: ResultsStore, on_request_done: Cal
     if on_start is not None:
         on_start(info, header.config, writer.path)
     try:
-        result = runner.run(requests, spec, done)
+        result = runner.run(prepared, requests, done)
     except BaseException as err:
         if samples:
             writer.close()  # the record stays, incomplete, with what finished

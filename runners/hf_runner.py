@@ -22,7 +22,15 @@ from typing import Any
 from pie_core.errors import BadInput
 from pie_core.inputs import OptionType, parse_options
 from pie_core.shapes import ModelShape, resolve_model
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
+from runners.base import (
+    BenchRequest,
+    PreparedRun,
+    RequestDone,
+    RunnerResult,
+    RunnerSpec,
+    machine_fingerprint,
+    peak_host_memory_bytes,
+)
 from runners.request_loop import TokenDelta, drive_engine
 
 DEFAULT_BATCH_SIZE = 16
@@ -105,7 +113,7 @@ class _TokenClock:
 class HFRunner:
     name = "hf"
 
-    def describe(self, spec: RunnerSpec) -> dict[str, Any]:
+    def prepare(self, spec: RunnerSpec) -> PreparedRun:
         options = parse_options("hf runner", spec.options, OPTIONS)
         batch_size = options.get("batch_size") or spec.max_concurrency or DEFAULT_BATCH_SIZE
         if spec.max_concurrency is not None:
@@ -115,15 +123,16 @@ class HFRunner:
 
         if path.is_dir() and has_weights(path):
             check_weights(resolve_model(spec.model), path)  # a corrupt file fails here, before any record
-        return {"model": spec.model, "dtype": spec.dtype, "device": spec.device, "seed": spec.seed,
-                "batch_size": batch_size, "random_weights": not (path.is_dir() and has_weights(path)),
-                "decoding": "greedy, eos disabled, static left-padded batches"}
+        config = {"model": spec.model, "dtype": spec.dtype, "device": spec.device, "seed": spec.seed,
+                  "batch_size": batch_size, "random_weights": not (path.is_dir() and has_weights(path)),
+                  "decoding": "greedy, eos disabled, static left-padded batches"}
+        return PreparedRun(spec, config, machine_fingerprint(spec.device))
 
-    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
+    def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult:
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
-        config = self.describe(spec)
+        spec, config = prepared.spec, prepared.config
         hf_model, _ = load_hf_model(spec.model, spec.dtype, spec.device, spec.seed)
         pad_id = hf_model.config.pad_token_id if hf_model.config.pad_token_id is not None else 0
         hf_model.generation_config.eos_token_id = None

@@ -119,10 +119,10 @@ def build_engine(plan: Plan, settings: OnlineSettings, pool_capacity: int):
     planned = plan.settings
     # Staging is sized to the pool's capacity; the headroom the climber may grow into gets its
     # staging on top of the planned device blocks, so resident device KV stays as planned.
-    layers = resolve_model(planned.model).num_layers
+    layers = resolve_model(plan.model).num_layers
     extra_staging = (math.ceil(planned.prefetch_depth * pool_capacity / layers)
                      - math.ceil(planned.prefetch_depth * planned.num_pool_blocks / layers))
-    kwargs = {**planned.engine_kwargs(), "num_pool_blocks": pool_capacity, "device": settings.device,
+    kwargs = {**planned.to_dict(), "model": plan.model, "dtype": plan.dtype, "num_pool_blocks": pool_capacity, "device": settings.device,
               "seed": settings.seed, "num_device_blocks": planned.num_device_blocks + max(0, extra_staging)}
     if pool_capacity == 0:
         kwargs["rebuild_fraction"] = 0.0
@@ -133,7 +133,7 @@ def pool_capacity_for(plan: Plan, settings: OnlineSettings) -> int:
     """Blocks of pool to allocate: room above the plan's pool, and at least the device tier's size
     (within the host budget) so a plan that pooled little can still be climbed from."""
     start = plan.settings.num_pool_blocks
-    block_bytes = resolve_model(plan.settings.model).kv_bytes_per_token(plan.dtype) * plan.settings.block_size
+    block_bytes = resolve_model(plan.model).kv_bytes_per_token(plan.dtype) * plan.settings.block_size
     host_blocks = int(plan.budgets["host_memory_bytes"] // block_bytes)
     return max(start + 1, int(math.ceil(start * settings.pool_headroom)), min(host_blocks, plan.settings.num_device_blocks), 4)
 
@@ -141,7 +141,11 @@ def pool_capacity_for(plan: Plan, settings: OnlineSettings) -> int:
 def run_online(plan: Plan, settings: OnlineSettings, out=None, on_move: Callable[[Move], None] | None = None) -> Plan:
     """Climb from the plan's pool size on a running engine; return the plan with the measured best."""
     capacity = pool_capacity_for(plan, settings)
-    engine = build_engine(plan, settings, capacity)
+    with build_engine(plan, settings, capacity) as engine:
+        return _climb(plan, settings, engine, capacity, out, on_move)
+
+
+def _climb(plan: Plan, settings: OnlineSettings, engine, capacity: int, out, on_move: Callable[[Move], None] | None) -> Plan:
     input_len = settings.input_len or max(1, round(plan.workload["mean_input_tokens"]))
     output_len = settings.output_len or max(1, round(plan.workload["mean_output_tokens"]))
     loop = ClosedLoop(engine, engine.model.shape.vocab_size, input_len, output_len, settings.num_prompts, settings.seed)

@@ -37,7 +37,15 @@ from typing import Any
 
 from pie_core.errors import BadInput, RuntimeFailure
 from results.record import RequestSample
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
+from runners.base import (
+    BenchRequest,
+    PreparedRun,
+    RequestDone,
+    RunnerResult,
+    RunnerSpec,
+    machine_fingerprint,
+    peak_host_memory_bytes,
+)
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
 from runners.request_loop import TokenDelta, drive_engine
 
@@ -160,20 +168,20 @@ class _StreamingEngine:
 class OpenAIRunner:
     name = "openai"
 
-    def describe(self, spec: RunnerSpec) -> dict[str, Any]:
+    def prepare(self, spec: RunnerSpec) -> PreparedRun:
         """The settings this run will use (never the API key), checked before any work: an unreachable
         endpoint fails here, before a record is opened."""
         settings = OpenAISettings.from_spec(spec, os.environ)
         served = probe_endpoint(settings)
-        return {"model": spec.model, **settings.to_config(), "model_name": settings.resolve_model_name(spec.model, served)}
+        model_name = settings.resolve_model_name(spec.model, served)
+        return PreparedRun(spec, {"model": spec.model, **settings.to_config(), "model_name": model_name},
+                           machine_fingerprint(spec.device), (settings, served, model_name))
 
-    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
-        settings = OpenAISettings.from_spec(spec, os.environ)
+    def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult:
+        spec, (settings, served, model_name) = prepared.spec, prepared.state
         if settings.prompt_format == "text" and any(r.prompt is None for r in requests):
             raise BadInput("prompt_format=text, but the workload has requests without text",
                            "use prompt_format=token_ids, or a workload read from a text dataset")
-        served = probe_endpoint(settings)  # BadInput naming the URL when it cannot be reached
-        model_name = settings.resolve_model_name(spec.model, served)
         if settings.warmup and requests:
             try:
                 asyncio.run(_warm_up(settings, model_name, min(requests, key=lambda r: r.arrival_s)))

@@ -26,17 +26,21 @@ from typing import Any
 from pie_core.errors import BadInput
 from pie_core.inputs import OptionType, parse_options
 from pie_core.shapes import resolve_model
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec, peak_host_memory_bytes
+from runners.base import (
+    BenchRequest,
+    PreparedRun,
+    RequestDone,
+    RunnerResult,
+    RunnerSpec,
+    machine_fingerprint,
+    peak_host_memory_bytes,
+)
+from runners.engine.settings import option_types
 from runners.request_loop import TokenDelta, drive_engine
 
-# Each option's declared type: `-O KEY=VALUE` text is parsed by it (pie_core/inputs.py); the ranges
-# of the engine's settings are EngineConfig's own checks.
-ENGINE_OPTIONS: dict[str, OptionType] = {
-    "block_size": OptionType(int, example="16"), "num_device_blocks": OptionType(int, example="1024"),
-    "num_pool_blocks": OptionType(int, example="256"), "prefetch_depth": OptionType(int, example="2"),
-    "copy_worker": OptionType(str, example="team"), "rebuild_fraction": OptionType(float, example="0.5"),
-    "max_num_batched_tokens": OptionType(int, example="2048"), "max_num_seqs": OptionType(int, example="32"),
-    "max_model_len": OptionType(int, example="2048")}
+# `-O` options: every engine setting (declared once, runners/engine/settings.py; ranges are its own checks),
+# then the controller's and the plan's.
+ENGINE_OPTIONS: dict[str, OptionType] = option_types()
 CONTROL_OPTIONS: dict[str, OptionType] = {
     "adaptive": OptionType(bool), "window_steps": OptionType(int, minimum=1, example="16"),
     "window_s": OptionType(float, above=0, example="0.5"), "max_stall_fraction": OptionType(float, example="0.1")}
@@ -62,16 +66,13 @@ def engine_config_from_spec(spec: RunnerSpec) -> Any:
 
     options = parse_options("pie runner", spec.options, PIE_OPTIONS)
     settings: dict[str, Any] = {"dtype": spec.dtype}
-    plan_path = options.get("plan")
-    if plan_path:
-        from planner.plan import Plan
-
-        plan = Plan.load(Path(plan_path))
+    plan, plan_path = plan_of(spec), options.get("plan")
+    if plan is not None:
         if not _same_model(plan.model, spec.model):
             raise BadInput(f"plan '{plan_path}' is for model '{plan.model}', not '{spec.model}'",
                            f"run with --model {plan.model}, or make a plan for this model with `pie tune --model {spec.model}`")
         # The dtype is the run's (`pie bench --dtype auto` resolves to the plan's; an explicit one wins).
-        settings.update({k: v for k, v in plan.settings.engine_kwargs().items() if k not in ("model", "dtype")})
+        settings.update(plan.settings.to_dict())
     settings.update({k: v for k, v in options.items() if k in ENGINE_OPTIONS and v is not None})
     return EngineConfig(model=spec.model, device=spec.device, seed=spec.seed, **settings)
 
@@ -82,13 +83,19 @@ def control_option(spec: RunnerSpec, name: str, default: Any = None) -> Any:
     return default if value is None else PIE_OPTIONS[name].parse("pie runner", name, value)
 
 
-def plan_asks_adaptive(spec: RunnerSpec) -> bool:
-    plan_path = control_option(spec, "plan")
-    if not plan_path:
-        return False
+def plan_of(spec: RunnerSpec) -> Any:
+    """The run's plan: loaded once by the resolve step (`spec.plan`), or read here when a caller built the
+    spec by hand with only the path (`options["plan"]`)."""
+    if spec.plan is not None or not spec.options.get("plan"):
+        return spec.plan
     from planner.plan import Plan
 
-    return bool(Plan.load(Path(plan_path)).adaptive)
+    return Plan.load(Path(str(spec.options["plan"])))
+
+
+def plan_asks_adaptive(spec: RunnerSpec) -> bool:
+    plan = plan_of(spec)
+    return bool(plan is not None and plan.adaptive)
 
 
 def window_of(spec: RunnerSpec) -> tuple[int, float]:
@@ -109,14 +116,13 @@ def controller_config_from_spec(spec: RunnerSpec, num_pool_blocks: int) -> Any:
     return ControllerConfig(capacity_blocks=num_pool_blocks, **({"max_stall_fraction": float(stall)} if stall is not None else {}))
 
 
-def pool_control_from_spec(spec: RunnerSpec, num_pool_blocks: int, set_limit: Any, start: float,
-                           pool_blocks_needed: Any = None) -> Any:
-    """The timeline recorder, with the adaptive pool controller when one is asked for; `pool_blocks_needed`
-    is the scheduler's (`Scheduler.pool_blocks_needed`), read once per window."""
+def pool_control(spec: RunnerSpec, config: Any, set_limit: Any, start: float, pool_blocks_needed: Any = None) -> Any:
+    """The timeline recorder, with the adaptive pool controller when `config` (a prepared run's
+    `ControllerConfig`, or None) asks for one; `pool_blocks_needed` is the scheduler's
+    (`Scheduler.pool_blocks_needed`), read once per window."""
     from runners.timeline import PoolControl, TimelineRecorder
 
     recorder = TimelineRecorder(start, *window_of(spec), pool_blocks_needed=pool_blocks_needed)
-    config = controller_config_from_spec(spec, num_pool_blocks)
     if config is None:
         return PoolControl(recorder)
     from planner.pool_controller import PoolController
@@ -163,14 +169,17 @@ def _warm_up(engine: Any, requests: Sequence[BenchRequest], params_cls: Any) -> 
 class PieRunner:
     name = "pie"
 
-    def describe(self, spec: RunnerSpec) -> dict[str, Any]:
-        """The effective engine settings, before anything runs (bad options and plans fail here)."""
+    def prepare(self, spec: RunnerSpec) -> PreparedRun:
+        """The engine config and effective settings, checked before anything runs (bad options, plans, weights
+        and memory fit fail here); the plan is read at most once."""
+        if spec.plan is None and spec.options.get("plan"):
+            spec = dataclasses.replace(spec, plan=plan_of(spec))
         config = engine_config_from_spec(spec)
         from runners.engine.loader import check_weights, has_weights
         from runners.engine.memory_fit import check_engine_fits
 
         window_of(spec)  # bad window or controller settings fail here, before any record
-        adaptive = controller_config_from_spec(spec, config.num_pool_blocks) is not None
+        controller = controller_config_from_spec(spec, config.num_pool_blocks)
         path = Path(spec.model).expanduser()
         random_weights = not (path.is_dir() and has_weights(path)) if config.random_weights is None else config.random_weights
         if not random_weights:
@@ -180,26 +189,32 @@ class PieRunner:
         described["random_weights"] = random_weights
         if spec.options.get("plan"):
             described["plan"] = str(spec.options["plan"])
-        described["adaptive"] = adaptive
-        return described
+        described["adaptive"] = controller is not None
+        return PreparedRun(spec, described, machine_fingerprint(spec.device), (config, controller))
 
-    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
+    def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult:
+        from runners.engine.llm_engine import LLMEngine
+
+        config, _ = prepared.state
+        with LLMEngine(config) as engine:  # closed when the run ends, however it ends
+            return self._run_engine(engine, prepared, requests, on_request_done)
+
+    def _run_engine(self, engine: Any, prepared: PreparedRun, requests: Sequence[BenchRequest],
+                    on_request_done: RequestDone) -> RunnerResult:
         import torch
 
-        from runners.engine.llm_engine import LLMEngine
         from runners.engine.sampling_params import SamplingParams
 
-        described = self.describe(spec)
-        engine = LLMEngine(engine_config_from_spec(spec))
-        described.update(num_resident_device_blocks=engine.num_device_blocks, random_weights=bool(engine.model.random_weights),
-                         kernels=engine.kernels.to_dict())
+        spec, (_, controller) = prepared.spec, prepared.state
+        described = {**prepared.config, "num_resident_device_blocks": engine.num_device_blocks,
+                     "random_weights": bool(engine.model.random_weights), "kernels": engine.kernels.to_dict()}
         warmup_s = _warm_up(engine, requests, SamplingParams)
         first_step = len(engine.stats)
         device = torch.device(spec.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        control = pool_control_from_spec(spec, engine.config.num_pool_blocks, engine.set_pool_limit, time.perf_counter(),
-                                         engine.scheduler.pool_blocks_needed)
+        control = pool_control(spec, controller, engine.set_pool_limit, time.perf_counter(),
+                               engine.scheduler.pool_blocks_needed)
         driven = drive_engine(_PieStepEngine(engine, SamplingParams, control), requests, spec.max_concurrency,
                               spec.save_outputs, on_request_done,
                               hold_for_arrivals=spec.precise_arrivals)

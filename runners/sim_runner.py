@@ -1,20 +1,23 @@
-"""The `sim` runner: a workload through the engine's own Scheduler and BlockManager on a virtual clock.
+"""The `sim` runner: a workload through the engine's own core (engine_core.py) on a virtual clock.
 
-No model and no torch: each iteration the real `Scheduler` decides the batch, the tier moves and
-the preemptions; `planner.step_time.step_time` (the function the planner's predictions use)
-prices the iteration from the hardware's cost coefficients; the virtual clock advances by that
-time, and each sampled sequence gets a dummy token (output lengths come from the workload). The
-one request loop (`drive_engine`) runs on that clock, so TTFT/TPOT/ITL/E2EL, the record, its
-telemetry (`summarize_stats`) and its timeline (`TimelineRecorder`) are those of a real run.
+No model and no torch: the `EngineCore` the real engine steps (scheduler, block manager, finish
+rule, `IterationStats`) runs with a `CostModelExecutor` instead of a model runner. Each
+iteration the real `Scheduler` decides the batch, the tier moves and the preemptions;
+`planner.step_time.step_time` (the function the planner's predictions use) prices it from the
+hardware's cost coefficients; the virtual clock advances by that time, and each sampled sequence
+gets a dummy token (output lengths come from the workload; a stop token ends a request as in the
+engine). The one request loop (`drive_engine`) runs on that clock, so TTFT/TPOT/ITL/E2EL, the
+record, its telemetry (`summarize_stats`) and its timeline (`TimelineRecorder`) are those of a
+real run.
 
-Hardware: option `hardware` (a datasheet preset) or `profile` (a `pie profile` JSON; the CLI
-finds this machine's saved one when neither is given). Engine options are the pie runner's
-(`plan`, ENGINE_OPTIONS); without `num_device_blocks` a preset's device is filled after weights
-and activations (as a server would), a profile's machine gets the pie runner's default. The
-record's config says `simulated` and `hardware_source`. Each iteration goes to a
-`runners.timeline.PoolControl`, built as the pie runner builds it (`pool_control_from_spec`:
-the timeline, and with `adaptive` the pool controller moving `BlockManager.set_pool_limit`).
-Left out: sampling (tokens are not computed), stop tokens, wall-clock effects the cost model
+Hardware: option `hardware` (a datasheet preset) or `profile` (a `pie profile` JSON), as the
+resolve step chose it (runners/hardware_source.py; without either it finds this machine's saved
+profile). Engine options are the pie runner's (`plan`, ENGINE_OPTIONS); without
+`num_device_blocks` a preset's device is filled after weights and activations (as a server
+would), a profile's machine gets the pie runner's default. The record's config says `simulated`
+and `hardware_source`. Each iteration goes to a `runners.timeline.PoolControl`, built as the pie
+runner builds it (`pool_control`: the timeline, and with `adaptive` the pool controller moving
+the pool limit). Left out: sampling (tokens are not computed), wall-clock effects the cost model
 does not price (see planner/step_time.py), options that only change how the real engine copies.
 """
 from __future__ import annotations
@@ -25,29 +28,31 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pie_core.capability import DeviceCapability, DtypeResolution, resolve_dtype
-from pie_core.dtypes import AUTO, canonical_dtype, dtype_bytes
+from pie_core.dtypes import dtype_bytes
 from pie_core.errors import BadInput
 from pie_core.sizes import format_bytes
 from planner.budgets import Budgets, activation_workspace_bytes, check_weights_fit
 from planner.cost_model import ModelCosts, model_costs
-from planner.hardware import HardwareSpec, from_profile, preset
+from planner.hardware import HardwareSpec
 from planner.step_time import IterationWork, step_time
 from planner.tune import check_profile_matches
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec
-from runners.engine.block_manager import BlockManager, CacheLayout
+from runners.base import BenchRequest, PreparedRun, RequestDone, RunnerResult, RunnerSpec
+from runners.engine.block_manager import CacheLayout
 from runners.engine.config import EngineConfig, check_request
-from runners.engine.outputs import IterationStats
+from runners.engine.engine_core import EngineCore
+from runners.engine.outputs import StepResult
 from runners.engine.sampling_params import SamplingParams
-from runners.engine.scheduler import Scheduler, SchedulerOutput
+from runners.engine.scheduler import SchedulerOutput
 from runners.engine.sequence import POOL
 from runners.engine.sequence import Sequence as EngineSequence
+from runners.hardware_source import explicit_source
 from runners.pie_runner import (
+    controller_config_from_spec,
     engine_config_from_spec,
-    pool_control_from_spec,
+    plan_of,
+    pool_control,
     summarize_stats,
 )
 from runners.request_loop import TokenDelta, drive_engine
@@ -83,27 +88,11 @@ class VirtualClock:
 
 
 def load_hardware(options: dict[str, Any]) -> tuple[HardwareSpec, str]:
-    name, path = options.get("hardware"), options.get("profile")
-    if name and path:
-        raise BadInput("--hardware and --profile both given", "simulate a preset or a measured profile, not both")
-    if name:
-        return preset(str(name)), f"preset {preset(str(name)).name}"
-    if path:
-        from profiler.hardware_profile import HardwareProfile
-
-        return from_profile(HardwareProfile.load(Path(path)), source=f"profile '{path}'"), f"profile {path}"
-    raise BadInput("the sim runner needs a hardware source", "pass --hardware PRESET (e.g. h100-pcie) or --profile FILE")
-
-
-def sim_dtype(options: dict[str, Any], requested: str) -> DtypeResolution:
-    """`--dtype` for what is simulated: auto is a profile's own dtype, or the preset device's choice."""
-    hardware, source = load_hardware(options)
-    name = canonical_dtype(requested, allow_auto=True)
-    if hardware.source == "profile" and name == AUTO:
-        return DtypeResolution(hardware.profile_dtype, AUTO, "native", f"the dtype {source} was measured in")
-    if hardware.capability:
-        return resolve_dtype(name, DeviceCapability.from_dict(hardware.capability))
-    return DtypeResolution(name, name, "native", f"as {source} was measured")
+    """The preset or profile the options name (runners/hardware_source.py decides and loads it)."""
+    source = explicit_source(options.get("hardware"), options.get("profile"))
+    if source is None:
+        raise BadInput("the sim runner needs a hardware source", "pass --hardware PRESET (e.g. h100-pcie) or --profile FILE")
+    return source.spec, source.label
 
 
 def sim_target(spec: RunnerSpec) -> SimTarget:
@@ -143,49 +132,20 @@ def sim_target(spec: RunnerSpec) -> SimTarget:
     return SimTarget(hardware, source, config, model_costs(shape, hardware, config.dtype))
 
 
-class SimStepEngine:
-    """The real scheduler and block manager behind `StepEngine`, priced by `step_time` on a virtual clock."""
+class CostModelExecutor:
+    """The engine core's executor with no tensors: each iteration is priced by `step_time` and advances `clock`."""
 
-    name = "sim"
-
-    def __init__(self, target: SimTarget, clock: VirtualClock, make_control: Callable[..., PoolControl] | None = None,
-                 keep_work: bool = False):
-        """`make_control(set_limit, start, pool_blocks_needed)`: the run's PoolControl (default: a timeline of 16-step
-        windows, no controller);
-        `keep_work`: keep each iteration's (IterationWork, StepTime) in `works` (calibration reads them)."""
-        config, shape = target.config, target.config.shape
-        self.config, self.costs, self.clock = config, target.costs, clock
-        self.layout = CacheLayout.from_config(config, shape.num_layers)
-        self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
-        self.scheduler = Scheduler(config, self.block_manager)
-        needed = self.scheduler.pool_blocks_needed
-        self.control = (make_control(self.set_pool_limit, clock(), needed) if make_control is not None
-                        else PoolControl(TimelineRecorder(clock(), 16, pool_blocks_needed=needed)))
-        self.stats: list[IterationStats] = []
+    def __init__(self, core: EngineCore, costs: ModelCosts, clock: VirtualClock, keep_work: bool = False):
+        """`keep_work`: keep each iteration's (IterationWork, StepTime) in `works` (calibration reads them)."""
+        config, shape, layout = core.config, core.config.shape, core.layout
+        self.core, self.costs, self.clock = core, costs, clock
+        self.block_manager, self.scheduler = core.block_manager, core.scheduler
         self.works: list[tuple[IterationWork, Any]] | None = [] if keep_work else None
-        self.depth = max(1, self.layout.prefetch_depth)
+        self.depth = max(1, layout.prefetch_depth)
+        self.block_size = config.block_size
         self.block_bytes = shape.kv_bytes_per_token(config.dtype) * config.block_size
         self.activation_block_bytes = shape.activation_bytes_per_token(config.dtype) * config.block_size
-        self.capture_bytes_per_token = shape.activation_bytes_per_token(config.dtype) if self.layout.num_pool_rebuild_blocks else 0
-        self.vocab_size, self._order = shape.vocab_size, 0
-        self.model_len = config.model_len
-
-    def add(self, request: BenchRequest) -> None:
-        """Refuse what the engine refuses (`runners.engine.config.check_request`), then queue a sequence."""
-        prompt = list(request.prompt_token_ids)
-        check_request(request.request_id, prompt, request.output_len, self.config, self.vocab_size,
-                      self.layout.num_device_blocks)
-        params = SamplingParams(max_tokens=request.output_len, ignore_eos=True)
-        self.scheduler.add(EngineSequence(request.request_id, prompt, params, self.clock(), self._order))
-        self._order += 1
-
-    def set_pool_limit(self, num_blocks: int) -> None:
-        self.block_manager.set_pool_limit(int(num_blocks))
-
-    def _finish_reason(self, seq: EngineSequence, _token: int) -> str | None:
-        outputs = len(seq.output_token_ids)
-        done = outputs >= seq.sampling_params.max_tokens or len(seq.prompt_token_ids) + outputs >= self.model_len
-        return "length" if done else None
+        self.capture_bytes_per_token = shape.activation_bytes_per_token(config.dtype) if layout.num_pool_rebuild_blocks else 0
 
     def _pooled_of(self, seq: EngineSequence) -> tuple[int, int]:
         """(K/V-kind, rebuild-kind) pooled blocks of one sequence."""
@@ -234,34 +194,60 @@ class SimStepEngine:
             num_decode=len(out.decode), decode_context_tokens=sum(seq.num_tokens for seq in out.decode),
             num_prefill_tokens=num_prefill_tokens, prefill_attention_pairs=pairs,
             num_sampled=len(out.decode) + sum(1 for seq in out.prefill if seq.completes_this_step),
-            streamed_bytes=streamed, rebuilt_tokens=(rebuild + rebuild_restores) * self.config.block_size,
+            streamed_bytes=streamed, rebuilt_tokens=(rebuild + rebuild_restores) * self.block_size,
             moved_bytes=restore_bytes + evict_bytes + capture)
         return work, restore_bytes + streamed, evict_bytes + capture
 
-    def step(self) -> list[TokenDelta]:
-        scheduler, manager = self.scheduler, self.block_manager
-        out = scheduler.schedule()
-        if out.is_empty:
-            if scheduler.has_unfinished():
-                raise AssertionError("scheduler made no progress with requests pending")
-            return []
-        work, h2d, d2h = self.work(out)
-        predicted = step_time(self.costs, work, self.depth, num_sequences=len(out.prefill) + len(out.decode))
+    def execute(self, scheduled: SchedulerOutput) -> StepResult:
+        work, h2d, d2h = self.work(scheduled)
+        predicted = step_time(self.costs, work, self.depth, num_sequences=len(scheduled.prefill) + len(scheduled.decode))
         self.clock.now += float(predicted.total_s)
-        now = self.clock.now
-        committed = scheduler.commit(out, [DUMMY_TOKEN] * int(work.num_sampled), now, self._finish_reason)
-        stats = IterationStats(
-            step=len(self.stats), wall_s=float(predicted.total_s), compute_s=float(predicted.forward_s),
-            stall_s=float(predicted.stall_s), h2d_bytes=int(h2d), d2h_bytes=int(d2h),
-            num_prefill_tokens=int(work.num_prefill_tokens), num_decode_tokens=len(out.decode),
-            batch_size=len(out.prefill) + len(out.decode), num_running=len(scheduler.running),
-            num_waiting=len(scheduler.waiting), num_preempted=len(out.preempted), device_blocks_used=manager.device_used,
-            pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
-            rebuilt_tokens=int(work.rebuilt_tokens), waiting_blocks=scheduler.waiting_blocks())
-        self.stats.append(stats)
         if self.works is not None:
             self.works.append((work, predicted))
-        self.control.after_step(stats, now, len(committed))
+        return StepResult(tokens=[DUMMY_TOKEN] * int(work.num_sampled), compute_s=float(predicted.forward_s),
+                          stall_s=float(predicted.stall_s), h2d_bytes=int(h2d), d2h_bytes=int(d2h),
+                          rebuilt_tokens=int(work.rebuilt_tokens))
+
+
+class SimStepEngine:
+    """The engine core with a `CostModelExecutor` behind `StepEngine`, on a virtual clock."""
+
+    name = "sim"
+
+    def __init__(self, target: SimTarget, clock: VirtualClock, make_control: Callable[..., PoolControl] | None = None,
+                 keep_work: bool = False):
+        """`make_control(set_limit, start, pool_blocks_needed)`: the run's PoolControl (default: a timeline of 16-step
+        windows, no controller); `keep_work`: the executor keeps each iteration's work (`works`)."""
+        self.config, self.clock = target.config, clock
+        self.core = EngineCore(target.config, lambda core: CostModelExecutor(core, target.costs, clock, keep_work),
+                               clock=clock)
+        self.layout, self.block_manager, self.scheduler = self.core.layout, self.core.block_manager, self.core.scheduler
+        self.stats, self.executor = self.core.stats, self.core.executor
+        self.works = self.executor.works
+        self.block_bytes = self.executor.block_bytes
+        needed = self.scheduler.pool_blocks_needed
+        self.control = (make_control(self.set_pool_limit, clock(), needed) if make_control is not None
+                        else PoolControl(TimelineRecorder(clock(), 16, pool_blocks_needed=needed)))
+        self.vocab_size, self._order = target.config.shape.vocab_size, 0
+
+    def add(self, request: BenchRequest) -> None:
+        """Refuse what the engine refuses (`runners.engine.config.check_request`), then queue a sequence."""
+        prompt = list(request.prompt_token_ids)
+        check_request(request.request_id, prompt, request.output_len, self.config, self.vocab_size,
+                      self.layout.num_device_blocks)
+        params = SamplingParams(max_tokens=request.output_len, ignore_eos=True)
+        self.scheduler.add(EngineSequence(request.request_id, prompt, params, self.clock(), self._order))
+        self._order += 1
+
+    def set_pool_limit(self, num_blocks: int) -> None:
+        self.core.set_pool_limit(num_blocks)
+
+    def step(self) -> list[TokenDelta]:
+        scheduled, committed = self.core.step()
+        if scheduled.is_empty:
+            return []
+        now = self.clock.now
+        self.control.after_step(self.stats[-1], now, len(committed))
         return [TokenDelta(seq.request_id, (token,), reason is not None, (now,)) for seq, token, reason in committed]
 
 
@@ -277,25 +263,26 @@ def sim_fingerprint(_device: str = "cpu") -> dict[str, Any]:
 
 class SimRunner:
     name = "sim"
-    fingerprint = staticmethod(sim_fingerprint)
 
-    def describe(self, spec: RunnerSpec) -> dict[str, Any]:
+    def prepare(self, spec: RunnerSpec) -> PreparedRun:
+        if spec.plan is None and spec.options.get("plan"):
+            spec = dataclasses.replace(spec, plan=plan_of(spec))
         target = sim_target(spec)
+        controller = controller_config_from_spec(spec, target.config.num_pool_blocks)
         hw = target.hardware
         described = {**dataclasses.asdict(target.config), "simulated": True, "hardware_source": target.source,
                      "hardware": hw.name, "hardware_label": hw.label, "cost_coefficients": target.costs.source,
                      "num_resident_device_blocks": CacheLayout.from_config(target.config, target.config.shape.num_layers).num_device_blocks}
         if spec.options.get("plan"):
             described["plan"] = str(spec.options["plan"])
-        return described
+        return PreparedRun(spec, described, sim_fingerprint(spec.device), (target, controller))
 
-    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
+    def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult:
         began = time.perf_counter()
-        described = self.describe(spec)
+        spec, (target, controller) = prepared.spec, prepared.state
         clock = VirtualClock()
-        target = sim_target(spec)
-        engine = SimStepEngine(target, clock, lambda set_limit, start, needed: pool_control_from_spec(
-            spec, target.config.num_pool_blocks, set_limit, start, needed))
+        engine = SimStepEngine(target, clock, lambda set_limit, start, needed: pool_control(
+            spec, controller, set_limit, start, needed))
         driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, on_request_done,
                               clock=clock, sleep=clock.sleep)
         shape, config = engine.config.shape, engine.config
@@ -303,5 +290,5 @@ class SimRunner:
         telemetry = {**summarize_stats(engine.stats, driven.duration_s), "simulated": True,
                      "simulated_s": clock.now, "simulator_wall_s": time.perf_counter() - began,
                      "simulated_peak_device_bytes": shape.weight_bytes(config.dtype) + peak_blocks * engine.block_bytes}
-        return RunnerResult(duration_s=driven.duration_s, config=described, telemetry=telemetry,
+        return RunnerResult(duration_s=driven.duration_s, config=prepared.config, telemetry=telemetry,
                             timeline=tuple(engine.control.recorder.close()))

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pie_core.errors import BadInput, RuntimeFailure
-from runners.base import BenchRequest, RequestDone, RunnerResult, RunnerSpec
+from runners.base import BenchRequest, PreparedRun, RequestDone, RunnerResult, RunnerSpec, machine_fingerprint
 from runners.request_loop import TokenDelta, drive_engine
 from runners.vllm_setup import VllmSettings, model_directory, process_tree_peak_rss_bytes
 
@@ -113,12 +113,13 @@ def _warm_up(engine: _VllmEngine, requests: Sequence[BenchRequest]) -> None:
 class VllmRunner:
     name = "vllm"
 
-    def describe(self, spec: RunnerSpec) -> dict:
+    def prepare(self, spec: RunnerSpec) -> PreparedRun:
         """The settings this run will use, checked before any work (BadInput for a bad option)."""
-        return {"model": spec.model, **VllmSettings.from_spec(spec).to_config()}
-
-    def run(self, requests: Sequence[BenchRequest], spec: RunnerSpec, on_request_done: RequestDone) -> RunnerResult:
         settings = VllmSettings.from_spec(spec)
+        return PreparedRun(spec, {"model": spec.model, **settings.to_config()}, machine_fingerprint(spec.device), settings)
+
+    def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult:
+        spec, settings = prepared.spec, prepared.state
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="pie-vllm-") as scratch:
             model_dir, dummy_weights = model_directory(spec.model, Path(scratch))

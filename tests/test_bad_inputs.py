@@ -180,7 +180,7 @@ def test_a_plan_for_an_h100_is_refused_up_front_saying_what_fits(tmp_path, monke
     plan_path, results = tmp_path / "h100.json", tmp_path / "results"
     code, _, err = run_pie(["tune", "--model", "opt-125m", "--hardware", "h100-pcie", "-o", plan_path], monkeypatch, capsys)
     assert code == 0, err
-    settings = {k: v for k, v in Plan.load(plan_path).settings.engine_kwargs().items() if k not in ("model", "dtype")}
+    settings = Plan.load(plan_path).settings.to_dict()
     config = EngineConfig(model="opt-125m", dtype="float32", **settings)
     need = engine_bytes(config)
     assert need.weights + need.device_kv + need.host > free_host_bytes(), "this machine could hold an H100 plan's KV"
@@ -254,10 +254,12 @@ class _FailsBeforeAnyRequest:
     def __init__(self, error):
         self.error = error
 
-    def describe(self, spec):
-        return {"model": spec.model}
+    def prepare(self, spec):
+        from runners.base import PreparedRun
 
-    def run(self, requests, spec, on_request_done):
+        return PreparedRun(spec, {"model": spec.model}, {"cpu_model": "test"})
+
+    def run(self, prepared, requests, on_request_done):
         raise self.error
 
 

@@ -94,10 +94,11 @@ def test_sweep_stores_one_record_per_point(model_dir, tmp_path, monkeypatch, cap
 
 
 def _plan(path, model, num_pool_blocks=4):
-    from planner.plan import EngineSettings, Performance, Plan
+    from planner.plan import Performance, Plan
+    from runners.engine.settings import EngineSettings
 
     zero = Performance(**{f.name: 0 for f in dataclasses.fields(Performance)})
-    settings = EngineSettings(model=model, dtype="float32", block_size=4, num_device_blocks=64, num_pool_blocks=num_pool_blocks,
+    settings = EngineSettings(block_size=4, num_device_blocks=64, num_pool_blocks=num_pool_blocks,
                               prefetch_depth=2, rebuild_fraction=0.0, max_num_seqs=8, max_num_batched_tokens=512)
     return Plan(created_at="now", model=model, dtype="float32", hardware={}, budgets={}, workload={}, settings=settings,
                 predicted=zero, baseline=zero, binding=(), explanation=(), solver={}).save(path)
@@ -163,7 +164,8 @@ def test_ttft_counts_queueing_from_arrival(model_dir):
 
     requests, _ = load_workload(WorkloadSpec("fixed", str(model_dir), num_prompts=3, input_len=8, output_len=3))
     samples = []
-    PieRunner().run(requests, RunnerSpec(str(model_dir), dtype="float32", options={"max_num_seqs": 1}), samples.append)
+    runner = PieRunner()
+    runner.run(runner.prepare(RunnerSpec(str(model_dir), dtype="float32", options={"max_num_seqs": 1})), requests, samples.append)
     ttfts = [s.ttft_s for s in sorted(samples, key=lambda s: s.request_id)]
     assert ttfts[0] < ttfts[1] < ttfts[2] and ttfts[2] > samples[0].e2el_s
 
@@ -182,7 +184,8 @@ def test_slowed_pie_sleeps_after_each_step_and_refuses_bad_fractions(model_dir, 
     monkeypatch.setattr(slowed_pie.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
     monkeypatch.setattr(pie_runner, "drive_engine", pie_runner.drive_engine)  # restored after the test
     slowed_pie.install(0.5)
-    result = pie_runner.PieRunner().run(requests, RunnerSpec(str(model_dir), dtype="float32"), lambda sample: None)
+    runner = pie_runner.PieRunner()
+    result = runner.run(runner.prepare(RunnerSpec(str(model_dir), dtype="float32")), requests, lambda sample: None)
     assert len(slept) == result.telemetry["num_steps"] and all(s > 0 for s in slept)
     assert sum(slept) < result.duration_s
     for bad in ("lots", "-1", "12"):

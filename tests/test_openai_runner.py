@@ -119,7 +119,8 @@ def run(requests, url, max_concurrency=None, save_outputs=True, **options):
     samples = []
     spec = RunnerSpec(model="tiny-model", save_outputs=save_outputs, max_concurrency=max_concurrency,
                       options={"base_url": url, **options})
-    result = OpenAIRunner().run(requests, spec, samples.append)
+    runner = OpenAIRunner()
+    result = runner.run(runner.prepare(spec), requests, samples.append)
     return {s.request_id: s for s in samples}, result
 
 
@@ -255,9 +256,9 @@ def test_text_prompts_need_text_before_anything_is_sent(server):
     assert samples["r0"].success and server.bodies[-1]["prompt"] == "a b c"
 
 
-def test_describe_checks_the_endpoint_before_a_record_is_opened(server):
+def test_prepare_checks_the_endpoint_before_a_record_is_opened(server):
     runner = OpenAIRunner()
-    config = runner.describe(RunnerSpec(model="other", options={"base_url": server.url, "api_key": "sk-secret"}))
+    config = runner.prepare(RunnerSpec(model="other", options={"base_url": server.url, "api_key": "sk-secret"})).config
     assert config["model_name"] == "tiny-model" and "sk-secret" not in json.dumps(config)
     with pytest.raises(BadInput, match="cannot reach"):
-        runner.describe(RunnerSpec(model="m", options={"base_url": "http://127.0.0.1:9", "connect_attempts": 1}))
+        runner.prepare(RunnerSpec(model="m", options={"base_url": "http://127.0.0.1:9", "connect_attempts": 1}))

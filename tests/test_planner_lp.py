@@ -20,7 +20,7 @@ GB = 10**9
 
 def _request(model="opt-30b", hardware="h100-pcie", device_gb=None, host_gb=200, max_tpot_ms=None):
     spec = preset(hardware) if isinstance(hardware, str) else hardware
-    return TuneRequest(shape=resolve_model(model), model=model, dtype="float16", hardware=spec,
+    return TuneRequest(shape=resolve_model(model), dtype="float16", hardware=spec,
                        budgets=Budgets(int(device_gb * GB) if device_gb else spec.device_memory_bytes, int(host_gb * GB)),
                        workload=builtin_workload("sharegpt"), max_tpot_ms=max_tpot_ms)
 
@@ -82,7 +82,7 @@ def test_plan_round_trips_and_rejects_other_schemas(tmp_path):
     path = plan.save(tmp_path / "plan.json")
     loaded = Plan.load(path)
     assert loaded == plan
-    settings = loaded.settings.engine_kwargs()
+    settings = loaded.settings.to_dict()
     assert settings["num_pool_blocks"] > 0 and settings["max_num_seqs"] == plan.predicted.batch_size
     data = json.loads(path.read_text())
     data["schema_version"] = 99

@@ -25,7 +25,7 @@ def test_online_climb_on_the_engine_returns_the_measured_best(tmp_path):
     kv_bytes = shape.kv_bytes_per_token("float32")
     workspace = activation_workspace_bytes(shape, 4, 16, 512)
     device = shape.weight_bytes("float32") + workspace + 8 * 48 * kv_bytes  # room for about 8 sequences of KV
-    plan = make_plan(TuneRequest(shape=shape, model=model, dtype="float32", hardware=hardware,
+    plan = make_plan(TuneRequest(shape=shape, dtype="float32", hardware=hardware,
                                  budgets=Budgets(int(device / 0.95), 64 * 2**20, block_size=16, max_num_batched_tokens=512),
                                  workload=WorkloadStats("fixed", 24, 24, synthetic=True), max_batch_size=16))
     assert plan.settings.num_pool_blocks > 0, plan.explanation

@@ -147,7 +147,7 @@ def test_settings_parse_validate_and_default_the_kv_space():
         with pytest.raises(BadInput, match=message):
             VllmSettings.from_spec(RunnerSpec(model="m", options=options), environ={})
     with pytest.raises(BadInput, match="unknown vllm option 'num_pool_blocks'"):
-        VllmRunner().describe(RunnerSpec(model="m", options={"num_pool_blocks": 4}))
+        VllmRunner().prepare(RunnerSpec(model="m", options={"num_pool_blocks": 4}))
 
 
 def test_registry_models_become_configs_transformers_accepts(tmp_path):

@@ -106,7 +106,8 @@ def _run(served, requests, **options):
     samples = []
     spec = RunnerSpec(model="tiny", save_outputs=True, max_concurrency=4,
                       options={"base_url": served["url"], "request_timeout_s": 120, **options})
-    result = OpenAIRunner().run(requests, spec, samples.append)
+    runner = OpenAIRunner()
+    result = runner.run(runner.prepare(spec), requests, samples.append)
     return {s.request_id: s for s in samples}, result
 
 

@@ -127,7 +127,9 @@ def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor, variant: str | None = N
     Triton kernel, "torch" forces the PyTorch path, as the engine does when its capability record
     selects no fast kernel or the one selected failed its trial (runners/engine/kernels.py).
     """
-    choice = _choice()
+    # The engine passes the variant its settings resolved (runners/engine/kernels.py), so the environment
+    # is read only for direct calls that leave the choice open.
+    choice = _choice() if variant is None else "auto"
     if choice == "torch" or (variant == "torch" and choice not in ("c", "triton")):
         return "torch"
     if _uses_triton(q, variant, choice):

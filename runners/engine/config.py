@@ -1,5 +1,8 @@
 """`EngineConfig`: everything the Pie engine needs, handed whole to each part (frozen, validated).
 
+Its tunable fields are `EngineSettings`' (settings.py, the one declaration of them); this adds
+the model, dtype, device, seed and weights, and the checks that need them.
+
 The engine knows nothing of the planner: a `Plan` is turned into an `EngineConfig` by the
 caller. Budgets are in blocks (the planner converts bytes to blocks).
 
@@ -16,28 +19,22 @@ from dataclasses import dataclass
 
 from pie_core.dtypes import canonical_dtype
 from pie_core.errors import BadInput, suggest
-from pie_core.inputs import check_block_size, check_number
+from pie_core.inputs import check_number
 from pie_core.shapes import ModelShape, resolve_model
+from runners.engine.settings import EngineSettings
 
 DEVICES = ("cpu", "cuda")
 # Who copies pooled blocks into staging, per device type; the first is the default (prefetcher.py).
 COPY_WORKERS = {"cpu": ("team", "thread"), "cuda": ("stream",)}
 
 
-@dataclass(frozen=True)
-class EngineConfig:
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig(EngineSettings):
+    """The engine's settings (`EngineSettings`, every tunable field) and what identifies the run."""
+
     model: str  # registry name or local Hugging Face directory
     dtype: str = "bfloat16"
     device: str = "cpu"
-    block_size: int = 16  # tokens per KV block
-    num_device_blocks: int = 1024  # KV blocks on the device (per layer, same count every layer)
-    num_pool_blocks: int = 0  # KV blocks in the CPU pool (0 = pool off)
-    prefetch_depth: int = 2  # staging slots: copies for layers i+1..i+d overlap layer i
-    copy_worker: str | None = None  # who copies pooled blocks: cpu "team" | "thread", cuda "stream"; None: the first
-    rebuild_fraction: float = 0.0  # share of pooled context kept as activations and rebuilt (KVPR)
-    max_num_batched_tokens: int = 2048  # per iteration (prefill chunks + decode tokens)
-    max_num_seqs: int = 64  # running sequences at once
-    max_model_len: int | None = None  # defaults to the model's max positions
     seed: int = 0  # for random weights and sampling
     random_weights: bool | None = None  # None: load safetensors if the model is a directory that has them
 
@@ -45,20 +42,13 @@ class EngineConfig:
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         if self.device.split(":")[0] not in DEVICES:
             raise BadInput(f"unknown device '{self.device}'", suggest(self.device, DEVICES))
-        check_block_size(self.block_size)
-        check_number(self.num_device_blocks, "num_device_blocks", minimum=1, integer=True,
-                     hint="give the device KV budget room for at least one block")
-        check_number(self.num_pool_blocks, "num_pool_blocks", minimum=0, integer=True, hint="0 turns the pool off")
-        check_number(self.prefetch_depth, "prefetch_depth", minimum=1, integer=True, hint="e.g. prefetch_depth 2")
+        super().__post_init__()  # every setting against its declared range
         workers = COPY_WORKERS[self.device.split(":")[0]]
         if self.copy_worker is None:
             object.__setattr__(self, "copy_worker", workers[0])
         elif self.copy_worker not in workers:
             raise BadInput(f"copy_worker '{self.copy_worker}' does not exist on {self.device}",
                            f"use one of: {', '.join(workers)}")
-        check_number(self.rebuild_fraction, "rebuild_fraction", minimum=0, maximum=1, hint="0 copies every pooled block")
-        for name in ("max_num_seqs", "max_num_batched_tokens"):
-            check_number(getattr(self, name), name, minimum=1, integer=True, hint=f"e.g. {name} 64")
         # Not a dataclass field (asdict would put a whole shape into every described run config); the
         # engine reads it per token, so it must not be resolved (a file read for a directory) per access.
         object.__setattr__(self, "_shape", resolve_model(self.model))
@@ -77,6 +67,11 @@ class EngineConfig:
             raise BadInput(f"rebuild_fraction {self.rebuild_fraction} saves nothing for {self.shape.name}: "
                            f"hidden {self.shape.hidden_size} >= 2 * kv_heads * head_dim {2 * self.shape.kv_dim}",
                            "set rebuild_fraction to 0 for grouped-query models")
+
+    @property
+    def settings(self) -> EngineSettings:
+        """Just the tunable settings (what a plan stores)."""
+        return EngineSettings.from_mapping(dataclasses.asdict(self))
 
     @property
     def shape(self) -> ModelShape:

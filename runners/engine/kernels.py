@@ -4,12 +4,13 @@
 `resolve_kernels` turns that into what will run here, trying each fast path once:
 
 - GEMMs: oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN
-  refuses the CPU), plain `F.linear`. `PIE_PREPACK=0` forces plain.
+  refuses the CPU), plain `F.linear`. The engine setting `prepack=off` forces plain.
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
   must import and one tiny decode and prefill must match the PyTorch path, else PyTorch.
-  `PIE_DECODE_KERNEL=torch|c|triton` forces one (c and triton fail loudly when they cannot run).
+  The engine setting `decode_kernel=torch|c|triton` forces one (c and triton fail loudly when they
+  cannot run); the resolve step takes its default from `PIE_DECODE_KERNEL` once (runners/resolve.py).
   A CPU run never imports Triton.
 
 The result, `KernelPaths`, is what the engine and the profiler report (`fallbacks` lists each
@@ -19,14 +20,13 @@ Left out: CUDA GEMM choices beyond PyTorch's, CUDA graphs.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from pie_core.capability import DeviceCapability, select_kernels
 from pie_core.device_probe import detect_capability
-from runners.engine.models.linear import Linear, prepack_available
+from runners.engine.models.linear import Linear, packable
 
 LINEAR_PATHS = ("onednn-prepacked", "torch-linear")
 
@@ -61,8 +61,8 @@ class KernelPaths:
 def _try_prepack() -> str | None:
     """None when a bf16 weight reorders and multiplies through oneDNN here, else why not."""
     weight = torch.ones(32, 32, dtype=torch.bfloat16)
-    if not prepack_available(weight):
-        return "no oneDNN prepack in this torch (or PIE_PREPACK=0)"
+    if not packable(weight):
+        return "no oneDNN prepack in this torch"
     linear = Linear(weight, prepack=True)
     if not linear.packed:
         return linear.fallback
@@ -102,10 +102,12 @@ def _try_triton(device: str) -> str | None:
 _resolved: dict[tuple, KernelPaths] = {}
 
 
-def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None = None) -> KernelPaths:
-    """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected)."""
+def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None = None,
+                    decode_kernel: str = "auto", prepack: str = "auto") -> KernelPaths:
+    """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected), and the
+    engine settings `decode_kernel` (auto|c|torch|triton) and `prepack` (auto|off)."""
     cap = capability or detect_capability(device)
-    forced = (os.environ.get("PIE_PREPACK", "1"), os.environ.get("PIE_DECODE_KERNEL", "auto"))
+    forced = ("0" if prepack == "off" else "1", decode_kernel)
     key = (cap, dtype, forced)
     if key in _resolved:
         return _resolved[key]
@@ -120,7 +122,14 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             fallbacks.append(f"{failure}; plain GEMMs")
             prepack = False
     variant = choice.c_variant if choice.decode == "c" else None
-    if variant and forced[1] == "torch":
+    if forced[1] == "c":  # asked for: this record's C build, or this machine's own; failing is an error, not a fallback
+        from runners.engine import cpu_attention
+
+        variant = variant or cpu_attention.default_variant()
+        if torch.device(device).type != "cpu" or cpu_attention.load(variant) is None:
+            raise RuntimeError(f"decode_kernel=c but the C kernel cannot run here: "
+                               f"{cpu_attention.load_error(variant) or device}")
+    elif variant and forced[1] in ("torch", "triton"):
         variant = None
     elif variant:
         from runners.engine import cpu_attention
@@ -129,7 +138,12 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             fallbacks.append(f"{cpu_attention.load_error(variant)}; PyTorch decode attention")
             variant = None
     decode = f"c-{variant}" if variant else "torch"
-    if choice.decode == "triton" and torch.device(device).type == "cuda" and forced[1] != "torch":
+    if forced[1] == "triton":
+        failure = _try_triton(device)
+        if failure:
+            raise RuntimeError(f"decode_kernel=triton but {failure}")
+        decode = "triton"
+    elif choice.decode == "triton" and torch.device(device).type == "cuda" and forced[1] != "torch":
         failure = _try_triton(device)
         if failure:
             fallbacks.append(f"{failure}; PyTorch attention")

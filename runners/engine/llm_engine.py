@@ -1,9 +1,10 @@
 """`LLMEngine`: requests in, tokens out, one scheduler iteration per `step()`.
 
-Builds the model (local safetensors, or seeded random weights labelled as such), the cache
-layout (staging charged against the device budget, see block_manager.py), the KV storage,
-the block manager, the scheduler and the model runner, then loops: schedule -> execute ->
-append tokens -> finish -> record `IterationStats`. Requests that cannot ever run (prompt
+Builds the model (local safetensors, or seeded random weights labelled as such) and an
+`EngineCore` (engine_core.py: cache layout with staging charged against the device budget, block
+manager, scheduler, finish rule, `IterationStats`) whose executor is a `ModelRunner` over the KV
+storage; each `step()` is one core iteration (schedule -> execute -> commit -> finish -> stats),
+and this class keeps the requests' outputs. Requests that cannot ever run (prompt
 longer than the context, or than what the budgets can hold) are refused at `add_request`
 with `BadInput`; in `generate` such a request comes back with finish_reason "error" and the
 others run on.
@@ -30,8 +31,8 @@ import torch
 from pie_core.capability import DeviceCapability
 from pie_core.errors import BadInput
 from runners.engine import loader
-from runners.engine.block_manager import BlockManager, CacheLayout
 from runners.engine.config import EngineConfig, check_request
+from runners.engine.engine_core import EngineCore
 from runners.engine.kernels import resolve_kernels
 from runners.engine.kv_cache import KVCache
 from runners.engine.model_runner import ModelRunner
@@ -39,7 +40,6 @@ from runners.engine.models import build_model
 from runners.engine.outputs import IterationStats, RequestOutput
 from runners.engine.sampler import make_generator
 from runners.engine.sampling_params import SamplingParams
-from runners.engine.scheduler import Scheduler
 from runners.engine.sequence import Sequence
 
 
@@ -66,24 +66,55 @@ class LLMEngine:
         """`capability`: the device record kernels are chosen from (default: this machine's, detected)."""
         self.config = config
         shape = config.shape
-        self.kernels = resolve_kernels(config.device, config.dtype, capability)
+        self.kernels = resolve_kernels(config.device, config.dtype, capability, config.decode_kernel, config.prepack)
         self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config),
                                  prepack=self.kernels.prepack)
         refused = getattr(self.model.lm_head, "fallback", None)
         if refused:  # the trial reorder passed but a real weight's did not: say so, run on plain GEMMs
             self.kernels = dataclasses.replace(self.kernels, linear="torch-linear",
                                                fallbacks=(*self.kernels.fallbacks, f"{refused}; plain GEMMs"))
-        self.layout = CacheLayout.from_config(config, shape.num_layers)
-        self.cache = KVCache(self.layout, shape, self.model.dtype, torch.device(config.device))
-        self.block_manager = BlockManager(self.layout, config.rebuild_fraction)
-        self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(self.model, self.cache, self.layout, config.copy_worker, self.kernels.decode_variant)
-        self.eos_token_ids = _eos_token_ids(config)
-        self.stats: list[IterationStats] = []
+        self.core = EngineCore(config, self._model_runner, _eos_token_ids(config))
+        self.layout, self.block_manager, self.scheduler = self.core.layout, self.core.block_manager, self.core.scheduler
+        self.stats: list[IterationStats] = self.core.stats
+        self.eos_token_ids = self.core.eos_token_ids
         self._sequences: dict[str, Sequence] = {}
         self._outputs: dict[str, RequestOutput] = {}
         self._order = itertools.count()
         self._generate_calls = itertools.count()
+        self.closed = False
+
+    def _model_runner(self, core: EngineCore) -> ModelRunner:
+        """The core's executor: the KV storage for its layout and the forward pass on real tensors."""
+        self.cache = KVCache(core.layout, self.config.shape, self.model.dtype, torch.device(self.config.device))
+        self.runner = ModelRunner(self.model, self.cache, core.layout, self.config.copy_worker, self.kernels.decode_variant)
+        return self.runner
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the prefetcher's copy thread and release the model, the device KV cache and the host pool.
+
+        Unfinished requests are aborted. Idempotent; a closed engine refuses new requests and steps.
+        `with LLMEngine(config) as engine:` closes it on the way out.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        for request_id in list(self._sequences):
+            self.abort_request(request_id)
+        self.runner.close()
+        self.runner = self.cache = self.model = self.core.executor = None
+        if torch.device(self.config.device).type == "cuda":
+            torch.cuda.empty_cache()  # hand the cache's blocks back to the driver, not only to torch's allocator
+
+    def __enter__(self) -> "LLMEngine":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this engine is closed; build a new LLMEngine")
 
     # --- properties and knobs ----------------------------------------------------------------
     @property
@@ -101,7 +132,7 @@ class LLMEngine:
 
     def set_pool_limit(self, num_blocks: int) -> None:
         """Cap pool use; takes effect at the next step (blocks move back or sequences are preempted)."""
-        self.block_manager.set_pool_limit(int(num_blocks))
+        self.core.set_pool_limit(num_blocks)
 
     def check_invariants(self) -> None:
         live = self.scheduler.running + list(self.scheduler.waiting)
@@ -115,11 +146,12 @@ class LLMEngine:
     def _validate(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         if request_id in self._sequences:
             raise BadInput(f"request id '{request_id}' is already in use")
-        check_request(request_id, prompt, params.max_tokens, self.config, self.model.shape.vocab_size,
+        check_request(request_id, prompt, params.max_tokens, self.config, self.config.shape.vocab_size,
                       self.layout.num_device_blocks)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     arrival_time: float | None = None) -> None:
+        self._check_open()
         prompt = [int(token) for token in prompt_token_ids]
         self._validate(request_id, prompt, sampling_params)
         order = next(self._order)
@@ -146,26 +178,12 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     # --- the loop ----------------------------------------------------------------------------
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        params = seq.sampling_params
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-            return "stop"
-        if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.config.model_len:
-            return "length"
-        return None
-
     def step(self) -> list[RequestOutput]:
-        began = time.perf_counter()
-        scheduled = self.scheduler.schedule()
-        if scheduled.is_empty:
-            if self.scheduler.has_unfinished():
-                raise AssertionError("scheduler made no progress with requests pending")
-            return []
-        # Token counts before the sequences advance.
-        num_prefill_tokens, num_decode_tokens = scheduled.num_prefill_tokens, scheduled.num_decode_tokens
-        result = self.runner.execute(scheduled)
+        """One iteration of the engine core; the outputs of the requests it advanced (finished ones for the last time)."""
+        self._check_open()
+        scheduled, committed = self.core.step()
         changed = []
-        for seq, _token, reason in self.scheduler.commit(scheduled, result.tokens, time.perf_counter(), self._finish_reason):
+        for seq, _token, reason in committed:
             output = self._outputs[seq.request_id]
             output.output_token_ids = list(seq.output_token_ids)
             output.first_token_time, output.token_times = seq.first_token_time, seq.token_times
@@ -176,16 +194,6 @@ class LLMEngine:
             changed.append(output)
         for seq in scheduled.preempted:
             self._outputs[seq.request_id].num_preemptions = seq.num_preemptions
-        manager = self.block_manager
-        self.stats.append(IterationStats(
-            step=len(self.stats), wall_s=time.perf_counter() - began, compute_s=result.compute_s, stall_s=result.stall_s,
-            h2d_bytes=result.h2d_bytes, d2h_bytes=result.d2h_bytes, num_prefill_tokens=num_prefill_tokens,
-            num_decode_tokens=num_decode_tokens, batch_size=len(scheduled.sequences),
-            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
-            num_preempted=len(scheduled.preempted), device_blocks_used=manager.device_used,
-            pool_blocks_used=manager.pool_used, pool_limit_blocks=manager.pool_limit_blocks,
-            rebuilt_tokens=result.rebuilt_tokens,
-            waiting_blocks=self.scheduler.waiting_blocks()))
         return changed
 
     def generate(self, prompts: list[list[int]], sampling_params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:

@@ -33,20 +33,11 @@ from runners.engine.attention import (
 )
 from runners.engine.block_manager import BlockMove, CacheLayout
 from runners.engine.kv_cache import KVCache
+from runners.engine.outputs import StepResult
 from runners.engine.prefetcher import Prefetcher
 from runners.engine.sampler import sample
 from runners.engine.scheduler import SchedulerOutput
 from runners.engine.sequence import DEVICE
-
-
-@dataclass(frozen=True)
-class StepResult:
-    tokens: list[int]  # one per sequence that completes this step (`SchedulerOutput.sampled`), prefills first
-    compute_s: float
-    stall_s: float
-    h2d_bytes: int
-    d2h_bytes: int
-    rebuilt_tokens: int
 
 
 @dataclass
@@ -82,6 +73,12 @@ class ModelRunner:
         self.prefetcher = Prefetcher(cache, copy_worker) if layout.num_pool_blocks else None
         if self.device.type == "cpu":
             host_memory.keep_freed_memory()  # each step's activation buffers reuse warm heap pages
+
+    def close(self) -> None:
+        """Stop the prefetcher's thread and drop this runner's references to the model and the cache."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+        self.prefetcher = self.cache = self.model = None
 
     def _prepare(self, scheduled: SchedulerOutput) -> Batch:
         bs, device = self.block_size, self.device

@@ -1,4 +1,5 @@
-"""What the engine hands back: per-request outputs and per-iteration telemetry (torch-free)."""
+"""What the engine hands back: per-request outputs, per-iteration telemetry, and what an executor's
+forward pass reports to the engine core (torch-free)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,3 +47,15 @@ class IterationStats:
     def stall_fraction(self) -> float:
         total = self.compute_s + self.stall_s
         return self.stall_s / total if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One forward pass, as an executor (runners/engine/engine_core.py) reports it."""
+
+    tokens: list[int]  # one per sequence that completes this step (`SchedulerOutput.sampled`), prefills first
+    compute_s: float
+    stall_s: float
+    h2d_bytes: int
+    d2h_bytes: int
+    rebuilt_tokens: int

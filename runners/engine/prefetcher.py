@@ -65,6 +65,23 @@ class Prefetcher:
             self._worker = threading.Thread(target=self._run, name="pie-prefetch", daemon=True)
             self._worker.start()
         self._active = False
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop the copy thread (it holds this prefetcher, and so the cache, alive) and drop the staging buffers.
+        Idempotent; after it the prefetcher cannot start an iteration."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._active:
+            self.finish()
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            self._jobs.put(None)  # the thread's signal to return
+            worker.join()
+            self._worker = None
+        self.cache = self.staged_activations = None
+        self.bounce = self.bounce_activations = None
 
     # --- main thread -----------------------------------------------------------------------
     def start(self, kv_indices: list[int], rebuild_indices: list[int]) -> int:
@@ -140,7 +157,10 @@ class Prefetcher:
             # thread from oversubscribing the cores the layer loop computes on.
             torch.set_num_threads(1)
         while True:
-            kv, rebuild = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:  # close()
+                return
+            kv, rebuild = job
             try:
                 with torch.inference_mode():
                     for layer in range(self.num_layers):

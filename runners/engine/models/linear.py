@@ -48,11 +48,16 @@ def padded_rows(rows: int) -> int:
     return -(-rows // step) * step
 
 
-def prepack_available(weight: torch.Tensor) -> bool:
-    """Whether `weight` is prepacked: a bf16 CPU tensor, oneDNN present, and PIE_PREPACK not 0."""
-    return (os.environ.get("PIE_PREPACK", "1") != "0" and weight.device.type == "cpu"
-            and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+def packable(weight: torch.Tensor) -> bool:
+    """Whether `weight` can be prepacked: a bf16 CPU tensor, and oneDNN present."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def prepack_available(weight: torch.Tensor) -> bool:
+    """`packable`, unless PIE_PREPACK=0 (read here only for callers that leave the choice open; the engine
+    decides once, from its `prepack` setting, runners/engine/kernels.py)."""
+    return os.environ.get("PIE_PREPACK", "1") != "0" and packable(weight)
 
 
 class Linear:
@@ -63,7 +68,7 @@ class Linear:
         self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.fallback: str | None = None
-        self.packed = prepack_available(weight) if prepack is None else bool(prepack) and prepack_available(weight)
+        self.packed = prepack_available(weight) if prepack is None else bool(prepack) and packable(weight)
         self.weight = weight
         if self.packed:
             try:
