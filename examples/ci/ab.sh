@@ -19,8 +19,9 @@
 # comparison, so the idle one costs both sides alike; on one GPU give each half its memory. Example:
 #   examples/ci/ab.sh --servers \
 #     'vllm serve facebook/opt-125m --port $PORT --gpu-memory-utilization 0.4' \
-#     'vllm serve facebook/opt-125m --port $PORT --gpu-memory-utilization 0.4 --enable-chunked-prefill' \
-#     --fail-on output_throughput:-5% -- --runner openai --model facebook/opt-125m --num-prompts 64
+#     'vllm serve facebook/opt-125m --port $PORT --gpu-memory-utilization 0.4 --max-num-seqs 128' \
+#     --fail-on output_throughput:-5% -- --runner openai --model opt-125m -O model_name=facebook/opt-125m \
+#     --num-prompts 200 --request-rate 8
 #
 # Options:
 #   --runs N             timed runs per side (default 5)
