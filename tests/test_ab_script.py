@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -97,8 +98,14 @@ def test_venv_install_is_real_and_a_failed_install_names_the_side(fixture_repo, 
     subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am",
                     "break the build"], check=True)
     subprocess.run(["git", "-C", str(repo), "checkout", "--quiet", shas["base"]], check=True)
-    install = "python -m pip install --no-deps --no-build-isolation --no-index -e ."
-    done = ab(["--env", "venv", "--system-site-packages", "--python", sys.executable, "--install", install,
+    # Offline stand-in for --system-site-packages (a venv made from this venv would see the base Python's
+    # packages, not this environment's): a .pth to this environment's packages, and its setuptools for
+    # the build (the venv's bundled one is too old for editable installs).
+    parent = sysconfig.get_paths()["purelib"]
+    install = ("echo " + shlex.quote(parent) + " > \"$(python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')/parent.pth\" "
+               "&& python -m pip uninstall --yes --quiet setuptools "
+               "&& python -m pip install --no-deps --no-build-isolation --no-index -e .")
+    done = ab(["--env", "venv", "--python", sys.executable, "--install", install,
                "--repo", str(repo), *RULE, shas["base"], "broken"] + bench_args(model), tmp_path / "v")
     assert done.returncode == 1, done.stderr[-2000:]
     assert "installing head (ref broken" in done.stderr and "install-head.log" in done.stderr

@@ -37,7 +37,9 @@
 #                                and for refs whose dependencies are the same and installed
 #   --install COMMAND    venv mode: the install command (default: python -m pip install -e .; editable
 #                        so each run record names its ref's commit)
-#   --system-site-packages  venv mode: the venvs see --python's packages (install torch once, outside)
+#   --system-site-packages  venv mode: the venvs see --python's packages (install torch once, outside;
+#                        --python must then be an installed Python, not a venv's: a venv made from a
+#                        venv sees the base installation's packages)
 #   --python PYTHON      the interpreter for venvs and for --env current (default: python3)
 #   --pie PIE            servers mode: the pie client command (default: pie)
 #   --workdir DIR        worktrees, environments, logs and results (default: a new temporary folder;
@@ -51,6 +53,7 @@
 set -euo pipefail
 
 die() { local code=$1; shift; echo "ab.sh: error: $*" >&2; exit "$code"; }
+last_error() { { grep -i "error" "$1" || cat "$1"; } | grep -v "^ *$" | tail -1; }  # the log line that says most
 say() { echo "ab.sh: $*" >&2; }
 
 runs=5 format=table seed=0 env_mode=venv install_command="python -m pip install -e ." system_site=0
@@ -148,7 +151,7 @@ prepare_ref() {  # side ref: a worktree, an environment, and the command that ru
     { "$python_bin" -m venv "${venv_flags[@]+"${venv_flags[@]}"}" "$venv" \
         && (cd "$tree" && PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" bash -c "$install_command") \
         && "$venv/bin/pie" --help; } >"$log" 2>&1 \
-      || die 1 "installing ${side_description[$side]} failed: $(tail -1 "$log") (full log: $log)"
+      || die 1 "installing ${side_description[$side]} failed: $(last_error "$log") (full log: $log)"
     pie_command_of[$side]=$(printf '%q' "$venv/bin/pie")
   else
     # -c puts the current folder first on sys.path; drop it, so a checkout there cannot shadow the worktree
