@@ -87,6 +87,10 @@ def test_bad_refs_and_usage_are_exit_2_naming_the_side(fixture_repo, tmp_path):
     assert one_ref.returncode == 2 and "expected two refs" in one_ref.stderr
     few_runs = ab(current(repo) + ["--runs", "1", shas["base"], shas["base"]] + bench_args(model), tmp_path / "c")
     assert few_runs.returncode == 2 and "--runs must be" in few_runs.stderr
+    (tmp_path / "d" / "results").mkdir(parents=True)
+    (tmp_path / "d" / "results" / "old-run.jsonl").write_text("{}\n")
+    reused = ab(current(repo) + [shas["base"], shas["base"]] + bench_args(model), tmp_path / "d")
+    assert reused.returncode == 2 and "already holds records" in reused.stderr
 
 
 @pytest.mark.slow

@@ -70,6 +70,7 @@ while [ $# -gt 0 ]; do
     --format) format=${2:?--format needs table, markdown or json}; shift 2 ;;
     --format=*) format=${1#*=}; shift ;;
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
+    --seed=*) seed=${1#*=}; shift ;;
     --env) env_mode=${2:?--env needs venv or current}; shift 2 ;;
     --env=*) env_mode=${1#*=}; shift ;;
     --install) install_command=${2:?--install needs a command}; shift 2 ;;
@@ -106,6 +107,10 @@ if [ -z "$workdir" ]; then workdir=$(mktemp -d "${TMPDIR:-/tmp}/pie-ab.XXXXXX");
 mkdir -p "$workdir/logs"
 workdir=$(cd "$workdir" && pwd)
 results="$workdir/results"
+for store in "$results" "$workdir/warmup"; do
+  [ -z "$(ls -A "$store" 2>/dev/null)" ] \
+    || die 2 "$store already holds records, which pie compare would count (hint: give a new --workdir)"
+done
 say "working in $workdir (logs in logs/, records in results/)"
 
 server_pids=() worktrees=()
