@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -187,7 +188,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 pair of each kind, 2 runs per side, a tinier model")
     parser.add_argument("--dry-run", action="store_true", help="make the repository, print the commands, run nothing")
     parser.add_argument("--output", type=Path, help="default: docs/results/ab_interleaved.json (full runs only)")
+    parser.add_argument("--summarize-only", type=Path, metavar="JSON",
+                        help="run nothing; rewrite the summary of this results file from its pairs (planned: --pairs, --ab-pairs)")
     args = parser.parse_args()
+    if args.summarize_only:
+        return resummarize(args, args.summarize_only, example_rules)
     if args.quick:
         args.pairs, args.ab_pairs, args.runs_per_side = 1, 1, 2
         args.hidden_size, args.num_layers, args.num_prompts, args.output_len = 32, 2, 8, 32
@@ -239,17 +244,56 @@ def summarize(args: argparse.Namespace, pairs: dict[str, list[dict]], rules: lis
               "omp_num_threads": args.threads,
               "workload": {"model": f"OPT-shaped, hidden {args.hidden_size}, {args.num_layers} layers, seeded random weights",
                            "input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts},
-              "targets": {"aa_fired_share_max": 0.05, "ab_caught_min": "9 of 10"}}
+              "targets": {"aa_fired_share_max": 0.05, "ab_caught_min": "9 of 10"},
+              "pairs_planned": {"aa": args.pairs, "ab": args.ab_pairs},
+              "complete": len(pairs["aa"]) >= args.pairs and len(pairs["ab"]) >= args.ab_pairs}
     for kind, items in pairs.items():
         fired = sum(p["exit_code"] == 3 for p in items)
         changes = [p["output_throughput"]["change_pct"] for p in items if p["output_throughput"]["change_pct"] is not None]
         result[kind] = {"pairs": len(items), "pairs_fired": fired, "fired_share": fired / len(items) if items else None,
                         "output_throughput_change_pct_median": statistics.median(changes) if changes else None,
                         "pair_wall_s_mean": statistics.fmean(p["wall_s"] for p in items) if items else None,
+                        **run_noise(items, args.runs_per_side, len(rules)),
                         "per_pair": [{k: v for k, v in p.items() if k != "machine"} for p in items]}
     result["targets_met"] = {"aa": result["aa"]["pairs"] > 0 and result["aa"]["fired_share"] <= 0.05,
                              "ab": result["ab"]["pairs"] > 0 and result["ab"]["pairs_fired"] >= 0.9 * result["ab"]["pairs"]}
     return result
+
+
+def run_noise(items: list[dict], runs_per_side: int, num_rules: int, alpha: float = 0.05) -> dict:
+    """The runs' noise: median over pairs of the within-side standard deviation of log output throughput,
+    and the smallest slowdown a t-test on `runs_per_side` runs per side (at alpha / rules) catches 90% of the time."""
+    from scipy import stats
+
+    sds = []
+    for pair in items:
+        sides = {}
+        for label, value in pair.get("runs_output_throughput", []):
+            if value:
+                sides.setdefault(label, []).append(math.log(value))
+        if len(sides) == 2 and all(len(v) > 1 for v in sides.values()):
+            sds.append(math.sqrt(statistics.fmean([statistics.variance(v) for v in sides.values()])))
+    if not sds:
+        return {}
+    sd = statistics.median(sds)
+    freedom = 2 * runs_per_side - 2
+    needed = (stats.t.ppf(1 - alpha / num_rules / 2, freedom) + stats.t.ppf(0.9, freedom)) * sd * math.sqrt(2 / runs_per_side)
+    return {"run_log_sd_median": sd, "smallest_slowdown_caught_90pct_pct": 100 * (1 - math.exp(-needed))}
+
+
+def resummarize(args: argparse.Namespace, path: Path, rules: list[str]) -> int:
+    """Rewrite the summary of a results file from its per-pair records (e.g. one a long run stopped early)."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    pairs = {kind: [{**pair, "machine": saved.get("machine", {})} for pair in saved[kind]["per_pair"]] for kind in ("aa", "ab")}
+    args.runs_per_side, args.slowdown, args.threads = saved["runs_per_side"], saved["slowdown"], saved["omp_num_threads"]
+    result = summarize(args, pairs, saved.get("rules", rules), saved["started_at"])
+    result["finished_at"], result["command"] = saved["finished_at"], saved["command"]
+    result["summarized_by"] = " ".join([Path(sys.executable).name] + sys.argv)
+    result["workload"] = saved["workload"]
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"A/A: fired on {result['aa']['pairs_fired']}/{result['aa']['pairs']} pairs; A/B: caught in "
+          f"{result['ab']['pairs_fired']}/{result['ab']['pairs']} -> {path}")
+    return 0
 
 
 if __name__ == "__main__":
