@@ -15,7 +15,8 @@ Usage (heavy; take the shared lock):
   python benchmarks/bench_compare_aa.py --analyze-only --results-dir .pie/compare_aa/<stamp>
 
 Writes docs/results/compare_aa.json and, from the first pairs, the markdown of a clean and of a
-regressed comparison (docs/results/compare_markdown_{clean,regression}.md).
+regressed comparison (docs/results/compare_markdown_{clean,regression}.md). `--quick`: one A/A and one
+A/B pair of one 2-request run a side (give a tiny `--model`), the store beside `--output`.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from pie_cli.compare_cmd import to_markdown  # noqa: E402
 from results.compare import CompareOptions, Side, compare, resolve_side  # noqa: E402
 from results.rules import parse_rules  # noqa: E402
 from results.store import ResultsStore  # noqa: E402
+from quick_mode import add_quick_argument, output_path  # noqa: E402
 
 DEFAULT_BENCH = ("pie bench --model {model} --runner {runner} --workload uniform --input-len 32 --output-len 32 "
                  "--num-prompts {num_prompts} --seed 0 --results-dir {results_dir} --label {label} --json")
@@ -53,6 +55,8 @@ def bench(template: str, label: str, args: argparse.Namespace, slowdown: float |
     words = shlex.split(command)
     if slowdown:  # `pie bench ...` -> `python benchmarks/slowed_pie.py FRACTION bench ...`
         words = [sys.executable, str(ROOT / "benchmarks" / "slowed_pie.py"), str(slowdown), *words[1:]]
+    elif words[0] == "pie":  # this checkout's pie, with this Python, whatever is on PATH
+        words = [sys.executable, "-m", "pie_cli.app", *words[1:]]
     for attempt in range(2):
         start = time.perf_counter()
         done = subprocess.run(words, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -149,11 +153,18 @@ def main() -> int:
                              "against another job's threads made some runs 10-20x slower (spinning OpenMP barriers)")
     parser.add_argument("--rule", action="append", dest="rules", help="rules (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--results-dir", type=Path,
-                        default=ROOT / ".pie" / "compare_aa" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="default .pie/compare_aa/<time> (--quick: beside --output)")
     parser.add_argument("--analyze-only", action="store_true", help="skip the runs; analyze --results-dir")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "results" / "compare_aa.json")
+    parser.add_argument("--output", type=Path, default=None, help="default docs/results/compare_aa.json")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.pairs, args.ab_pairs, args.runs_per_side, args.num_prompts = 1, 1, 1, 2
+    args.output = output_path(args.output, ROOT / "docs" / "results" / "compare_aa.json", args.quick)
+    if args.results_dir is None:
+        args.results_dir = (args.output.parent / "compare_aa_store" if args.quick
+                            else ROOT / ".pie" / "compare_aa" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     rules = parse_rules(args.rules or DEFAULT_RULES)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     wall = {} if args.analyze_only else run_all(args)

@@ -14,7 +14,8 @@ tok/s against the number of sequences that actually ran (mean over iterations):
 
 The headline ratio is the best `pool` point over the `pool`-series point with no pool at the
 same device budget. Writes docs/results/engine_capacity_<machine>.json. Run it alone:
-`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_capacity.py`.
+`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_capacity.py`. `--quick`: 8 short requests
+(prompts 4-24, outputs 2-8), two pool sizes, one device point, on `--model`.
 """
 from __future__ import annotations
 
@@ -28,8 +29,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine_transparency import BLOCK_SIZE, machine, make_requests, run_once, write_record  # noqa: E402
+from bench_engine_transparency import (  # noqa: E402
+    BLOCK_SIZE,
+    OUTPUT_RANGE,
+    PROMPT_RANGE,
+    QUICK_OUTPUT_RANGE,
+    QUICK_PROMPT_RANGE,
+    machine,
+    make_requests,
+    run_once,
+    write_record,
+)
 from benchmarks.bench_dtype import parse_args_with_dtype  # noqa: E402
+from quick_mode import add_quick_argument  # noqa: E402
 from runners.engine.config import EngineConfig  # noqa: E402
 
 
@@ -39,6 +51,7 @@ def mean_running(result_stats: list) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="opt-125m", help="registry name (random weights) or local model directory")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-num-seqs", type=int, default=32)
@@ -48,12 +61,16 @@ def main() -> None:
     parser.add_argument("--device-series", default="8,16", help="no-pool device budgets, in average sequences")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
+    add_quick_argument(parser)
     args = parse_args_with_dtype(parser)
     dtype = args.dtype
+    ranges = (QUICK_PROMPT_RANGE, QUICK_OUTPUT_RANGE) if args.quick else (PROMPT_RANGE, OUTPUT_RANGE)
+    if args.quick:
+        args.requests, args.max_num_seqs, args.device_seqs, args.pool_points, args.device_series = 8, 2, 4.0, 2, "6"
 
-    base = EngineConfig(model="opt-125m", dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
+    base = EngineConfig(model=args.model, dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
                         max_num_seqs=args.max_num_seqs, random_weights=True, seed=args.seed)
-    requests = make_requests(args.requests, args.seed, base.shape.vocab_size)
+    requests = make_requests(args.requests, args.seed, base.shape.vocab_size, *ranges)
     blocks = [-(-(len(prompt) + output) // BLOCK_SIZE) for prompt, output in requests]
     mean_blocks = statistics.fmean(blocks)
     budget = int(round(args.device_seqs * mean_blocks))
@@ -99,13 +116,13 @@ def main() -> None:
         row.pop("first_tokens", None)
     record = {
         "benchmark": "engine_capacity", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": fingerprint, "model": "opt-125m (random bf16 weights)",
-        "workload": {"requests": args.requests, "seed": args.seed, "prompt_range": [16, 512], "output_range": [32, 256],
+        "machine": fingerprint, "model": f"{args.model} (random {dtype} weights)",
+        "workload": {"requests": args.requests, "seed": args.seed, "prompt_range": list(ranges[0]), "output_range": list(ranges[1]),
                      "arrivals": "all at once", "synthetic": True},
         "device_budget_blocks": budget, "mean_request_blocks": mean_blocks, "prefetch_depth": args.depth,
         "max_num_seqs": args.max_num_seqs, "rows": rows, "ratio_best_pool_over_off": ratio,
     }
-    write_record(record, "engine_capacity", args.out)
+    write_record(record, "engine_capacity", args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ per distinct (token count, weight shape) -- up to `LRU_CACHE_CAPACITY` and
 batch token counts appear and levels off after; the record keeps both variables as set. Writes
 docs/results/engine_memory_<machine>.json (or `--out`). Left out: throughput (see
 bench_engine_throughput.py) and device memory. Run it alone:
-`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_memory.py`.
+`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_memory.py`. `--quick`: 24 requests, 4 in
+flight, a reading every 8.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine_transparency import machine, write_record  # noqa: E402
 from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
+from quick_mode import add_quick_argument  # noqa: E402
 from runners.engine.config import EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.engine.sampling_params import SamplingParams  # noqa: E402
@@ -147,7 +149,10 @@ def main() -> None:
     parser.add_argument("--target-growth", type=float, default=0.05, help="largest acceptable peak RSS growth")
     parser.add_argument("--out", type=Path, default=None)
     add_dtype_argument(parser)
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.num_requests, args.max_in_flight, args.checkpoint_every = 24, 4, 8
     if args.num_requests < 2 * args.checkpoint_every:
         parser.error(f"--num-requests {args.num_requests} gives fewer than two checkpoints of {args.checkpoint_every}")
     if args.max_in_flight < 1:
@@ -187,7 +192,7 @@ def main() -> None:
         "target_met": peak_growth < args.target_growth, "num_output_tokens": loop.num_output_tokens,
         "num_wrong_length": loop.num_wrong_length, "wall_s": last.elapsed_s,
     }
-    write_record(record, "engine_memory", args.out)
+    write_record(record, "engine_memory", args.out, args.quick)
 
 
 if __name__ == "__main__":

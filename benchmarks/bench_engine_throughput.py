@@ -17,7 +17,8 @@ EOS ignored). Runners:
 
 Wall time covers generation only; start-up and warm-up are reported apart. Prints a table and
 the ratios and writes docs/results/engine_throughput_cpu.json with a machine fingerprint.
-Run it alone: `flock /tmp/pie-heavy.lock python benchmarks/bench_engine_throughput.py`.
+Run it alone: `flock /tmp/pie-heavy.lock python benchmarks/bench_engine_throughput.py`. `--quick`: a
+tiny OPT shape (QUICK_SHAPE), 4 short requests, the pie, pie-kernels and hf runners; exit 1 if one fails.
 """
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
 from benchmarks.engine_loop import run_kernel_loop  # noqa: E402
+from benchmarks.quick_mode import add_quick_argument, output_path  # noqa: E402
+
+# `--quick`'s model: an OPT small enough that every runner finishes in a second.
+QUICK_SHAPE = {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2, "ffn_dim": 128, "num_attention_heads": 4,
+               "max_position_embeddings": 128, "word_embed_proj_dim": 64}
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,12 @@ def make_requests(num_requests: int, seed: int, vocab_size: int, prompt_range: t
             for _ in range(num_requests)]
 
 
-def save_model(directory: Path, seed: int, dtype: str) -> Path:
+def save_model(directory: Path, seed: int, dtype: str, shape: dict | None = None) -> Path:
+    """Seeded random OPT weights saved in `dtype`: opt-125m's shape (OPTConfig's defaults) unless `shape` overrides it."""
     import transformers
 
     torch.manual_seed(seed)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig()).to(getattr(torch, dtype))  # OPTConfig() is opt-125m's shape
+    model = transformers.OPTForCausalLM(transformers.OPTConfig(**(shape or {}))).to(getattr(torch, dtype))
     model.save_pretrained(directory, safe_serialization=True)
     return directory
 
@@ -109,6 +116,7 @@ def run_pie_engine(model_dir: Path, requests: list[Request], seed: int, dtype: s
                 finished[output.request_id] = list(output.output_token_ids)
     wall_s = time.perf_counter() - begin
     outputs = [finished[str(i)] for i in range(len(requests))]
+    engine.close()
     return RunnerStats("pie", wall_s, sum(len(o) for o in outputs), sum(len(r.prompt_token_ids) for r in requests),
                        startup_s, {"kernels": engine.kernels.to_dict(), "block_size": block_size, "num_device_blocks": blocks},
                        outputs=outputs)
@@ -216,18 +224,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runners", default="pie,pie-kernels,vllm,hf", help="comma-separated subset of pie,pie-kernels,vllm,hf")
+    parser.add_argument("--runners", default=None,
+                        help="comma-separated subset of pie,pie-kernels,vllm,hf (default: all; --quick: all but vllm)")
     parser.add_argument("--prompt-len", default="16-512", help="min-max prompt tokens")
     parser.add_argument("--output-len", default="32-256", help="min-max output tokens")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--vllm-kv-cache-gib", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "engine_throughput_cpu.json")
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/engine_throughput_cpu.json")
     add_dtype_argument(parser)
+    add_quick_argument(parser)
     parser.add_argument("--vllm-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.vllm_child:
         vllm_child(*args.vllm_child)
         return
+    if args.quick:
+        args.num_requests, args.prompt_len, args.output_len = 4, "4-16", "2-6"
+    args.runners = args.runners or ("pie,pie-kernels,hf" if args.quick else "pie,pie-kernels,vllm,hf")
+    args.out = output_path(args.out, REPO / "docs" / "results" / "engine_throughput_cpu.json", args.quick)
     try:
         prompt_range = tuple(int(x) for x in args.prompt_len.split("-"))
         output_range = tuple(int(x) for x in args.output_len.split("-"))
@@ -240,13 +254,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown runner(s) {sorted(unknown)}")
     dtype = args.dtype = resolve_bench_dtype(args.dtype, parser)
-    requests = make_requests(args.num_requests, args.seed, 50272, prompt_range, output_range)
+    shape = QUICK_SHAPE if args.quick else None
+    requests = make_requests(args.num_requests, args.seed, (shape or {}).get("vocab_size", 50272), prompt_range, output_range)
     results: list[RunnerStats] = []
     errors: dict[str, str] = {}
     machine = fingerprint()  # taken before the runs: the commit and time the measurement started from
     with tempfile.TemporaryDirectory(prefix="pie-bench-") as work_dir:
         work = Path(work_dir)
-        model_dir = save_model(work / "opt-125m-random", args.seed, dtype)
+        model_dir = save_model(work / "opt-random", args.seed, dtype, shape)
         for runner in runners:
             print(f"running {runner} ...", file=sys.stderr, flush=True)
             load_before = os.getloadavg()[0]
@@ -270,6 +285,8 @@ def main() -> None:
             results.append(stats)
             write_report(args, machine, requests, results, errors)
     write_report(args, machine, requests, results, errors, show=True)
+    if args.quick and errors:
+        sys.exit(1)
 
 
 def write_report(args, machine: dict, requests: list[Request], results: list[RunnerStats], errors: dict[str, str], show: bool = False) -> None:
@@ -294,7 +311,8 @@ def write_report(args, machine: dict, requests: list[Request], results: list[Run
         "workload": {"num_requests": len(requests), "seed": args.seed, "prompt_len_range": args.prompt_len,
                      "output_len_range": args.output_len, "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),
                      "output_tokens": sum(r.output_len for r in requests), "arrivals": "all at once",
-                     "model": f"opt-125m shape, seeded random {args.dtype} weights (transformers save_pretrained)"},
+                     "model": f"{'a tiny OPT' if args.quick else 'opt-125m'} shape, seeded random {args.dtype} weights "
+                              "(transformers save_pretrained)"},
         "dtype": args.dtype,
         "results": [{"runner": r.runner, "output_throughput_tok_s": r.output_tok_s, "total_token_throughput_tok_s": r.total_tok_s,
                      "wall_s": r.wall_s, "startup_s": r.startup_s, "output_tokens": r.output_tokens,

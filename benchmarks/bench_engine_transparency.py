@@ -17,7 +17,8 @@ Each configuration runs `--repeats` times, interleaved, after a warm-up that is 
 Reports output tok/s (median and spread), each pool's ratio to pool-off (medians), the stall
 fraction (time the layer loop waited on a copy) and the bytes streamed, and writes
 docs/results/engine_transparency_<machine>.json. Run it alone:
-`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_transparency.py`.
+`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_transparency.py`. `--quick`: 4 short requests
+(prompts 4-24, outputs 2-8), one pool share, one repeat, on `--model`.
 """
 from __future__ import annotations
 
@@ -35,14 +36,17 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_dtype import parse_args_with_dtype  # noqa: E402
 from pie_core.fingerprint import collect_fingerprint  # noqa: E402
+from quick_mode import add_quick_argument, output_path  # noqa: E402
 from runners.engine.config import COPY_WORKERS, EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.engine.sampling_params import SamplingParams  # noqa: E402
 
 BLOCK_SIZE = 16
+PROMPT_RANGE, OUTPUT_RANGE = (16, 512), (32, 256)
+QUICK_PROMPT_RANGE, QUICK_OUTPUT_RANGE = (4, 24), (2, 8)
 
 
-def make_requests(count: int, seed: int, vocab: int, prompt_range=(16, 512), output_range=(32, 256)) -> list[tuple[list[int], int]]:
+def make_requests(count: int, seed: int, vocab: int, prompt_range=PROMPT_RANGE, output_range=OUTPUT_RANGE) -> list[tuple[list[int], int]]:
     rng = random.Random(seed)
     return [([rng.randrange(4, vocab) for _ in range(rng.randint(*prompt_range))], rng.randint(*output_range))
             for _ in range(count)]
@@ -66,9 +70,9 @@ def mean_pooled_share(stats: list) -> float:
                             for stat in stats)
 
 
-def write_record(record: dict, stem: str, out: Path | None) -> None:
-    """Write a benchmark's JSON to `out`, else docs/results/<stem>_<machine>.json, and say where."""
-    out = out or REPO / "docs" / "results" / f"{stem}_{machine_name(record['machine'])}.json"
+def write_record(record: dict, stem: str, out: Path | None, quick: bool = False) -> None:
+    """Write a benchmark's JSON to `out`, else docs/results/<stem>_<machine>.json (quick: a temporary folder), and say where."""
+    out = output_path(out, REPO / "docs" / "results" / f"{stem}_{machine_name(record['machine'])}.json", quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str))
     print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}", file=sys.stderr)
@@ -130,6 +134,7 @@ def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="opt-125m", help="registry name (random weights) or local model directory")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depth", type=int, default=2, help="prefetch depth (staging slots)")
@@ -139,12 +144,16 @@ def main() -> None:
     parser.add_argument("--copy-workers", default=None,
                         help="comma-separated copy workers to measure (default: every one the device has)")
     parser.add_argument("--out", type=Path, default=None)
+    add_quick_argument(parser)
     args = parse_args_with_dtype(parser)
     dtype = args.dtype
+    ranges = (QUICK_PROMPT_RANGE, QUICK_OUTPUT_RANGE) if args.quick else (PROMPT_RANGE, OUTPUT_RANGE)
+    if args.quick:
+        args.requests, args.pool_shares, args.repeats = 4, "0.5", 1
 
-    base = EngineConfig(model="opt-125m", dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
+    base = EngineConfig(model=args.model, dtype=dtype, device=args.device, block_size=BLOCK_SIZE,
                         max_num_seqs=args.requests, random_weights=True, seed=args.seed)
-    requests = make_requests(args.requests, args.seed, base.shape.vocab_size)
+    requests = make_requests(args.requests, args.seed, base.shape.vocab_size, *ranges)
     peak = peak_blocks(requests)
     layers = base.shape.num_layers
     configs = {"pool-off": base.replace(num_device_blocks=peak + 64)}
@@ -177,6 +186,9 @@ def main() -> None:
     order = names[1:] + [name for i in range(1, args.repeats) for name in (reversed(names) if i % 2 else names)]
     for name in order:
         measure(name)
+    for engine in engines.values():
+        if engine is not None:
+            engine.close()
     summaries = {name: summarize(runs[name]) for name in configs}
     off = summaries["pool-off"]["median_output_tok_s"]
     ratios = {name: summaries[name]["median_output_tok_s"] / off for name in names[1:]}
@@ -196,14 +208,14 @@ def main() -> None:
     fingerprint = machine()
     record = {
         "benchmark": "engine_transparency", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": fingerprint, "model": "opt-125m (random bf16 weights)",
-        "workload": {"requests": args.requests, "seed": args.seed, "prompt_range": [16, 512], "output_range": [32, 256],
+        "machine": fingerprint, "model": f"{args.model} (random {dtype} weights)",
+        "workload": {"requests": args.requests, "seed": args.seed, "prompt_range": list(ranges[0]), "output_range": list(ranges[1]),
                      "arrivals": "all at once", "synthetic": True},
         "configs": {name: dataclasses.asdict(config) for name, config in configs.items()},
         "peak_kv_in_use_blocks": in_use, "pool_blocks": pools, "stall_fraction": stall,
         "results": summaries, "ratio_to_pool_off": ratios, "same_greedy_tokens": same_tokens,
     }
-    write_record(record, "engine_transparency", args.out)
+    write_record(record, "engine_transparency", args.out, args.quick)
 
 
 if __name__ == "__main__":

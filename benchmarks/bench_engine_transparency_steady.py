@@ -17,7 +17,8 @@ iterations unmeasured, then `--window-steps` measured. Reports output tok/s (tok
 over its wall time), each pool's ratio to pool-off (medians), the stall fraction, and the pooled
 share of the KV averaged over the window. Writes
 docs/results/engine_transparency_steady_<machine>.json. Run it alone:
-`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_transparency_steady.py`.
+`flock /tmp/pie-heavy.lock python benchmarks/bench_engine_transparency_steady.py`. `--quick`: 4 short
+requests in flight, windows of a few steps, one repeat, on `--model`.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine_transparency import BLOCK_SIZE, machine, mean_pooled_share, write_record  # noqa: E402
 from benchmarks.bench_dtype import parse_args_with_dtype  # noqa: E402
+from quick_mode import add_quick_argument  # noqa: E402
 from runners.engine.config import COPY_WORKERS, EngineConfig  # noqa: E402
 from runners.engine.llm_engine import LLMEngine  # noqa: E402
 from runners.online_tuner import ClosedLoop  # noqa: E402
@@ -47,6 +49,7 @@ def run_window(config: EngineConfig, args: argparse.Namespace) -> dict:
     stats = [loop.step() for _ in range(args.window_steps)]
     wall_s = time.perf_counter() - began
     engine.check_invariants()
+    engine.close()  # the next configuration's engine does not share the machine with this one's cache
     stall_s = sum(stat.stall_s for stat in stats)
     busy_s = stall_s + sum(stat.compute_s for stat in stats)
     output_tokens = sum(stat.batch_size for stat in stats)  # one token per scheduled sequence
@@ -63,6 +66,7 @@ def run_window(config: EngineConfig, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="opt-125m", help="registry name (random weights) or local model directory")
     parser.add_argument("--requests", type=int, default=64, help="requests kept in flight")
     parser.add_argument("--input-len", type=int, default=264, help="mean prompt tokens (ShareGPT-like 16-512: 264)")
     parser.add_argument("--output-len", type=int, default=144, help="mean output tokens (ShareGPT-like 32-256: 144)")
@@ -73,10 +77,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    add_quick_argument(parser)
     args = parse_args_with_dtype(parser)
     dtype = args.dtype
+    if args.quick:
+        args.requests, args.input_len, args.output_len, args.settle_steps, args.window_steps, args.repeats = 4, 16, 8, 4, 4, 1
 
-    base = EngineConfig(model="opt-125m", dtype=dtype, block_size=BLOCK_SIZE, max_num_seqs=args.requests,
+    base = EngineConfig(model=args.model, dtype=dtype, block_size=BLOCK_SIZE, max_num_seqs=args.requests,
                         random_weights=True, seed=args.seed)
     longest = -(-(args.input_len * 3 // 2 + args.output_len * 3 // 2 + 2) // BLOCK_SIZE)
     configs = {"pool-off": base.replace(num_device_blocks=args.requests * longest + 64)}
@@ -107,14 +114,14 @@ def main() -> None:
               f"{statistics.median(r['mean_running'] for r in rows):>8.1f}")
     fingerprint = machine()
     record = {"benchmark": "engine_transparency_steady", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": fingerprint, "model": "opt-125m (random bf16 weights)",
+              "machine": fingerprint, "model": f"{args.model} (random {dtype} weights)",
               "workload": {"closed_loop_requests": args.requests, "mean_input_len": args.input_len,
                            "mean_output_len": args.output_len, "seed": args.seed, "synthetic": True},
               "settle_steps": args.settle_steps, "window_steps": args.window_steps, "kv_in_use_blocks": in_use,
               "configs": {name: dataclasses.asdict(config) for name, config in configs.items()}, "runs": runs,
               "median_output_tok_s": median,
               "ratio_to_pool_off": {name: median[name] / median["pool-off"] for name in names[1:]}}
-    write_record(record, "engine_transparency_steady", args.out)
+    write_record(record, "engine_transparency_steady", args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ and window; finally the climber's choice and the sweep's best are re-measured ba
 Writes docs/results/hill_climber.json. Run the online part under `flock /tmp/pie-heavy.lock`.
 
 Run: flock /tmp/pie-heavy.lock python benchmarks/bench_hill_climber.py --profile PROFILE.json
+`--quick`: 20 curves per noise model; online (with --profile): short requests and windows on `--model`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from planner.hill_climber import ClimberConfig, Measurement, climb
 from planner.tent_fit import fit_tent
+from quick_mode import add_quick_argument, output_path
 
 
 def peaked(best_blocks: int, rise: float, fall: float, peak: float = 1000.0):
@@ -73,7 +75,7 @@ def synthetic(num_curves: int, noise: float, kind: str, seed: int = 0) -> dict:
             "share_within_5pct_pool_size_oracle": float((np.array(oracle_distances) <= 0.05).mean())}
 
 
-def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) -> dict:
+def online(profile_path: Path, model: str, window_steps: int, num_prompts: int, request_len: int = 128) -> dict:
     from pie_core.shapes import resolve_model
     from planner.budgets import Budgets, WorkloadStats
     from planner.hardware import from_profile
@@ -87,12 +89,13 @@ def online(profile_path: Path, model: str, window_steps: int, num_prompts: int) 
     weights = shape.weight_bytes(profile.dtype)
     budgets = Budgets(int((weights + 160 * 2**20) / 0.95), 2**30, max_num_batched_tokens=2048)
     plan = make_plan(TuneRequest(shape=shape, dtype=profile.dtype, hardware=hardware, budgets=budgets,
-                                 workload=WorkloadStats("synthetic-fixed", 128, 128, synthetic=True), max_batch_size=64))
+                                 workload=WorkloadStats("synthetic-fixed", request_len, request_len, synthetic=True),
+                                 max_batch_size=64))
     settings = OnlineSettings(num_prompts=num_prompts, window_steps=window_steps)
     capacity = pool_capacity_for(plan, settings)
     engine = build_engine(plan, settings, capacity)
-    loop = ClosedLoop(engine, shape.vocab_size, 128, 128, settings.num_prompts, settings.seed)
-    loop.settle(128)
+    loop = ClosedLoop(engine, shape.vocab_size, request_len, request_len, settings.num_prompts, settings.seed)
+    loop.settle(request_len)
     coarse = sorted({int(round(x)) for x in np.linspace(0, capacity, 7)} | {plan.settings.num_pool_blocks})
     sweep = {}
 
@@ -137,8 +140,12 @@ def main() -> None:
     parser.add_argument("--num-curves", type=int, default=1000, help="synthetic curves per noise model")
     parser.add_argument("--window-steps", type=int, default=16)
     parser.add_argument("--num-prompts", type=int, default=96)
-    parser.add_argument("--out", type=Path, default=Path("docs/results/hill_climber.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/hill_climber.json")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.num_curves, args.window_steps, args.num_prompts = 20, 4, 8
+    args.out = output_path(args.out, Path("docs/results/hill_climber.json"), args.quick)
     result = {"benchmark": "hill_climber", "created_at": datetime.now(timezone.utc).isoformat(),
               "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
               "machine": platform.platform(),
@@ -147,7 +154,7 @@ def main() -> None:
     for row in result["synthetic"]:
         print(json.dumps(row))
     if args.profile:
-        result["online"] = online(args.profile, args.model, args.window_steps, args.num_prompts)
+        result["online"] = online(args.profile, args.model, args.window_steps, args.num_prompts, 16 if args.quick else 128)
         print(f"online: climber {result['online']['climber_pool_blocks']} blocks vs best static "
               f"{result['online']['best_static_pool_blocks']}: {result['online']['climber_over_best_static']:.3f}x throughput")
     args.out.parent.mkdir(parents=True, exist_ok=True)

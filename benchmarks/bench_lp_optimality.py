@@ -7,7 +7,7 @@ share of the KV at every integer batch size and every prefetch depth. Instances 
 does not fit the device budget are counted and skipped. Also records plan wall time and the
 slowest single CBC solve. Writes docs/results/lp_optimality.json.
 
-Run: python benchmarks/bench_lp_optimality.py [--quick]
+Run: python benchmarks/bench_lp_optimality.py  (`--quick`: one model on two presets at one budget, in seconds)
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from planner.budgets import Budgets, builtin_workload
 from planner.exhaustive import GridSize, best_by_enumeration
 from planner.hardware import preset
 from planner.tune import TuneRequest, make_plan, problem_for
+from quick_mode import add_quick_argument, output_path
 
 GB = 10**9
 MODELS = ("opt-6.7b", "opt-13b", "opt-30b", "llama-3-8b", "llama-2-13b", "qwen2.5-7b", "mistral-7b")
@@ -34,9 +35,9 @@ WORKLOADS = ("sharegpt", "alpaca")
 
 
 def instances(quick: bool):
-    for model in MODELS[:3] if quick else MODELS:
-        for hardware in PRESETS:
-            for device_share, host_gb in BUDGETS[:2] if quick else BUDGETS:
+    for model in MODELS[:1] if quick else MODELS:
+        for hardware in PRESETS[:2] if quick else PRESETS:
+            for device_share, host_gb in BUDGETS[:1] if quick else BUDGETS:
                 workload = WORKLOADS[(len(model) + len(hardware)) % 2]
                 yield model, hardware, device_share, host_gb, workload
 
@@ -50,9 +51,10 @@ def git_commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer instances")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/lp_optimality.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/lp_optimality.json")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    args.out = output_path(args.out, Path("docs/results/lp_optimality.json"), args.quick)
     rows, skipped = [], []
     grid = GridSize(pooled_steps=200, rebuilt_steps=10)
     for model, hardware, device_share, host_gb, workload in instances(args.quick):

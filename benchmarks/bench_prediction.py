@@ -12,6 +12,7 @@ pooled copy rate). Writes
 docs/results/prediction.json with each prediction, each measurement and the relative error. Run it under `flock /tmp/pie-heavy.lock`.
 
 Run: flock /tmp/pie-heavy.lock python benchmarks/bench_prediction.py --profile PROFILE.json
+`--quick`: requests of 16 prompt and 8 output tokens, one repeat (give a tiny `--model` and its profile).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from pie_core.shapes import resolve_model
 from planner.budgets import Budgets, WorkloadStats
 from planner.cost_model import Problem, Split, model_costs, predict
 from planner.hardware import from_profile
-from profiler.hardware_profile import HardwareProfile
+from profiler.hardware_profile import EngineOverhead, HardwareProfile
+from quick_mode import add_quick_argument, output_path
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def measure_all(configs: dict, input_len: int, output_len: int, repeats: int) ->
     for repeat in range(repeats):
         for name, (_, case) in configs.items():
             samples[name].append(run_once(engines[name], case, input_len, output_len, seed=repeat + 1))
+    for engine in engines.values():
+        engine.close()
     result = {}
     for name, runs in samples.items():
         ordered = sorted(runs, key=lambda r: r["output_tok_s"])
@@ -169,15 +173,19 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration (median reported)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/prediction.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/prediction.json")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.input_len, args.output_len, args.repeats = 16, 8, 1
+    args.out = output_path(args.out, Path("docs/results/prediction.json"), args.quick)
     profile = HardwareProfile.load(args.profile)
     configs = {case.name: (engine_config(args.model, profile.dtype, case, args.input_len, args.output_len), case)
                for case in CALIBRATION + CASES}
     measured_all = measure_all(configs, args.input_len, args.output_len, args.repeats)
     overhead, calibration_runs = calibrate(profile, args.model, args.input_len, args.output_len, measured_all)
     print(f"calibration (engine runs distinct from the cases): {overhead}")
-    calibrated = dataclasses.replace(profile, extra={**profile.extra, "engine_iteration_overhead": overhead})
+    calibrated = dataclasses.replace(profile, engine_overhead=EngineOverhead.from_dict(overhead))
     rows = []
     for case in CASES:
         config = engine_config(args.model, profile.dtype, case, args.input_len, args.output_len)

@@ -7,6 +7,7 @@ sides. Reports profile / plain for the H2D pinned and pageable medians at that s
 self-describing JSON (machine, commit, command, raw samples) to docs/results/.
 
 Usage: flock /tmp/pie-heavy.lock python benchmarks/bench_profile_memcpy.py [--threads N] [--model opt-125m]
+`--quick`: link sizes up to 4 MiB, three copies a side (give a tiny `--model` for seconds).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from profiler.run import ProfileRequest, run_profile  # noqa: E402
+from quick_mode import add_quick_argument, output_path  # noqa: E402
 
 
 def plain_copy_samples(size_bytes: int, repeats: int) -> list[float]:
@@ -50,13 +52,18 @@ def main() -> None:
     parser.add_argument("--model", default="opt-125m")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default docs/results")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
+    output_dir = output_path(args.output_dir, ROOT / "docs" / "results", args.quick)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    request = ProfileRequest(device="cpu", model=args.model, quick=True, threads=args.threads)
+    request = ProfileRequest(device="cpu", model=args.model, quick=True, threads=args.threads,
+                             max_size_bytes=4 * 2**20 if args.quick else None)
     size = max(request.link_sweep()[0].sizes_bytes)
     before = plain_copy_samples(size, args.repeats)
     profile = run_profile(request)
@@ -89,9 +96,9 @@ def main() -> None:
         "profile_samples_s": {f"{d}_{k}": list(s.samples_s) for (d, k), s in at_size.items()},
         "within_15_percent": abs(at_size[("h2d", "pageable")].median_gbps / plain_gbps - 1) <= 0.15,
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.output_dir / f"profile_memcpy_{args.model}_{stamp}.json"
+    path = output_dir / f"profile_memcpy_{Path(args.model).name}_{stamp}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("samples_s") and k != "fingerprint"}, indent=2))
     print(f"wrote {path}", file=sys.stderr)

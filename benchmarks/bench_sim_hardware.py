@@ -20,6 +20,7 @@ against f (docs/results/sim_hardware_pooled_share.png), and a `pie report` of th
 (docs/results/sim_hardware_report.md, from records that share a sweep id per preset).
 
 Run: flock /tmp/pie-bench.lock python benchmarks/bench_sim_hardware.py
+`--quick`: 24 requests, batch 8, three pooled shares, one bisection (writes into `--out-dir` or a temporary folder).
 """
 from __future__ import annotations
 
@@ -41,10 +42,12 @@ from results.store import ResultsStore
 from runners.arrivals import ArrivalSpec
 from runners.bench import BenchSettings, Sweep, run_bench
 from runners.workloads import WorkloadSpec, load_workload
+from quick_mode import add_quick_argument, output_path
 
 MODEL, DTYPE, DEPTH = "opt-13b", "float16", 2
 AMPLE = 1.3  # KV every run can hold, in units of the batch's KV at the decode-weighted context
 GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+QUICK_GRID = (0.0, 0.2, 0.6)
 
 
 def planner_problem(hardware: str, workload: WorkloadStats, max_num_seqs: int) -> Problem:
@@ -101,17 +104,18 @@ def pooled_share(windows: list[dict]) -> float | None:
 
 def sweep_preset(runner: Runner, hardware: str, stats: WorkloadStats, tolerance: float) -> dict:
     problem = planner_problem(hardware, stats, runner.args.max_num_seqs)
-    sweep = Sweep("pooled_share", GRID, f"sweep-{hardware}-{secrets.token_hex(3)}")
+    grid = QUICK_GRID if runner.args.quick else GRID
+    sweep = Sweep("pooled_share", grid, f"sweep-{hardware}-{secrets.token_hex(3)}")
     pooled, device_only = {}, {}
-    for share in GRID:
+    for share in grid:
         device, pool, resident = blocks_for(problem, share, runner.args.max_num_seqs)
         pooled[share] = runner.run(hardware, device, pool, f"{hardware} pooled", {"pooled_share": share}, sweep)
         if share > 0:
             device_only[share] = runner.run(hardware, resident, 0, f"{hardware} device only", {"pooled_share": share}, sweep)
     base = pooled[0.0]["output_throughput"]
-    hidden = [s for s in GRID if pooled[s]["output_throughput"] >= (1 - tolerance) * base]
+    hidden = [s for s in grid if pooled[s]["output_throughput"] >= (1 - tolerance) * base]
     low = max(hidden)
-    high = min((s for s in GRID if s > low), default=None)
+    high = min((s for s in grid if s > low), default=None)
     refined = {}
     for _ in range(runner.args.bisections if high is not None else 0):
         middle = (low + high) / 2
@@ -166,8 +170,13 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=96)
     parser.add_argument("--knee-tolerance", type=float, default=0.03, help="throughput drop that ends the flat part")
     parser.add_argument("--bisections", type=int, default=6)
-    parser.add_argument("--out-dir", type=Path, default=Path("docs/results"))
+    parser.add_argument("--out-dir", type=Path, default=None, help="default docs/results")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.num_prompts, args.max_num_seqs, args.request_rate, args.bisections = 24, 8, 100.0, 1
+    args.out_dir = output_path(args.out_dir, Path("docs/results"), args.quick)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     workload = WorkloadSpec(name="sharegpt", model=MODEL, num_prompts=args.num_prompts, seed=0)
     requests, info = load_workload(workload)
     stats = WorkloadStats("sharegpt-synthetic", info.mean_prompt_len, info.mean_output_len, synthetic=True,
@@ -192,7 +201,7 @@ def main() -> None:
         print(f"{r['hardware']}: simulated knee at pooled share {knee if knee is not None else float('nan'):.3f} at full batch "
               f"(nominal {r['simulated_knee_share']:.3f}, bracket {r['knee_bracket']}), planner "
               f"{r['planner_largest_transparent_share']:.3f}, difference {difference if difference is not None else float('nan'):+.1%}")
-        for share in GRID:
+        for share in sorted(r["pooled"]):
             row, alone = r["pooled"][share], r["device_only"].get(share)
             print(f"  f={share:.2f} pooled {row['output_throughput']:8.0f} tok/s p99 TPOT {row['p99_tpot_ms']:7.1f} ms "
                   f"stall {row['stall_fraction']:.2f} measured share {row['measured_pooled_share']:.2f} "

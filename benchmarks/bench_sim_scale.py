@@ -8,7 +8,7 @@ the pool, the scheduler's evictions and restores are on the hot path. Reports th
 the simulator's own wall time (the runner alone, and the whole bench with workload generation
 and the record), and their ratio (target: at least 100x). Writes docs/results/sim_scale_<machine>.json.
 
-Run: flock /tmp/pie-bench.lock python benchmarks/bench_sim_scale.py
+Run: flock /tmp/pie-bench.lock python benchmarks/bench_sim_scale.py  (`--quick`: 50 requests)
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from results.store import ResultsStore
 from runners.arrivals import ArrivalSpec
 from runners.bench import BenchSettings, run_bench
 from runners.workloads import WorkloadSpec
+from quick_mode import add_quick_argument, output_path
 
 
 def main() -> None:
@@ -40,9 +41,12 @@ def main() -> None:
     parser.add_argument("--request-rate", type=float, default=3.0)
     parser.add_argument("--hardware", default="h100-pcie")
     parser.add_argument("--out", type=Path, default=None)
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.num_prompts = 50
     slug = "-".join(cpu_model().lower().split()[:2])
-    out = args.out or Path(f"docs/results/sim_scale_{slug}.json")
+    out = output_path(args.out, Path(f"docs/results/sim_scale_{slug}.json"), args.quick)
     workload = WorkloadSpec(name="sharegpt", model="opt-30b", num_prompts=args.num_prompts, seed=0)
     with tempfile.TemporaryDirectory() as results:
         plan = make_plan(TuneRequest(shape=resolve_model("opt-30b"), dtype="float16", hardware=preset(args.hardware),

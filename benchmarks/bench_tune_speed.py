@@ -10,7 +10,7 @@ under 100 ms), with a larger pooled fraction on GH200 than over PCIe. For each p
 
 Reports medians and maxima and writes docs/results/tune_speed.json. These are wall-clock
 targets, so they live here rather than in the unit tests (the tests check what the plans say).
-Run: flock /tmp/pie-heavy.lock python benchmarks/bench_tune_speed.py
+Run: flock /tmp/pie-heavy.lock python benchmarks/bench_tune_speed.py  (`--quick`: one repeat)
 """
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from planner.budgets import default_budgets  # noqa: E402
 from pie_core.fingerprint import collect_fingerprint  # noqa: E402
 from pie_core.shapes import resolve_model  # noqa: E402
-from planner.budgets import Budgets, builtin_workload  # noqa: E402
+from planner.budgets import Budgets, builtin_workload, default_budgets  # noqa: E402
 from planner.hardware import preset  # noqa: E402
 from planner.tune import TuneRequest, make_plan  # noqa: E402
+from quick_mode import add_quick_argument, output_path  # noqa: E402
 
 PRESETS = ("h100-pcie", "gh200")
 
@@ -57,8 +57,12 @@ def in_process(hardware: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "tune_speed.json")
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/tune_speed.json")
+    add_quick_argument(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+    args.out = output_path(args.out, REPO / "docs" / "results" / "tune_speed.json", args.quick)
     rows = {}
     for hardware in PRESETS:
         walls, plan = [], None

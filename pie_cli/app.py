@@ -72,7 +72,7 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as err:  # noqa: BLE001 - last-resort mapping to one line
+    except Exception as err:  # last-resort mapping to one line
         if os.environ.get("PIE_DEBUG") == "1":
             raise
         first_line = (str(err).strip().splitlines() or [""])[0]

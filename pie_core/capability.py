@@ -7,7 +7,7 @@ decides a fast path is a pure function of it, so each branch can be tested on an
 an injected record:
 
 - `dtype_support(cap, dtype)`: "native" (the device multiplies it in hardware), "emulated"
-  (it runs, converted in software, often 100x slower) or "unsupported" (it does not run).
+  (it runs, converted in software, far slower; README.md, "On the machine it meets") or "unsupported" (it does not run).
 - `choose_dtype(cap)`: bfloat16 where it is native, else float32 on a CPU and float16 on a GPU.
 - `select_kernels(cap, dtype)`: oneDNN weight prepacking for bf16 GEMMs, and which variant of
   the C decode-attention kernel to build, with its compiler flags (explicit ISA flags, never

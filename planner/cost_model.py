@@ -107,7 +107,7 @@ def model_costs(shape: ModelShape, hardware: HardwareSpec, dtype: str) -> ModelC
                              prefill_per_token_sq_s=2 * shape.hidden_size / flops_per_s)
     # The lm_head is one matmul: reading its weights at the measured memory bandwidth, and its FLOPs at
     # the measured matmul rate. (The layer fit's fixed term also holds a layer's dozens of small ops'
-    # launch costs, so scaling it by weight bytes priced OPT-125m's head at 3x what it measures.)
+    # launch costs, so scaling it by weight bytes overpriced OPT-125m's head several times; docs/simulator.md.)
     return ModelCosts(**common, decode_fixed_s=fit.fixed_s * weight_ratio * decode_scale,
                       decode_per_token_s=fit.per_token_s * flops_ratio * decode_scale,
                       decode_per_kv_token_s=fit.per_kv_token_s * kv_ratio * decode_scale,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pie_core.capability import DeviceCapability
 from pie_core.errors import BadInput
-from profiler.hardware_profile import DecodeLayerFit, HardwareProfile, PrefillLayerFit
+from profiler.hardware_profile import DecodeLayerFit, EngineOverhead, HardwareProfile, PrefillLayerFit
 
 GB = 1e9
 DATASHEET_LABEL = "datasheet figures (replace with a `pie profile` measurement)"
@@ -137,7 +137,7 @@ def from_profile(profile: HardwareProfile, source: str = "profile") -> HardwareS
         raise BadInput(f"{source} has no per-layer decode fit", "re-run `pie profile --model NAME` so layers are timed")
     fingerprint = profile.fingerprint or {}
     # Written by an engine calibration, if any: per-step overhead and the engine's pooled copy rate.
-    overhead = (profile.extra or {}).get("engine_iteration_overhead", {})
+    overhead = profile.engine_overhead or EngineOverhead()
     host_bytes = _first_int(fingerprint, ("ram_bytes", "memory_bytes", "host_memory_bytes", "total_memory_bytes")) \
         or physical_host_memory_bytes()
     if profile.device.startswith("cuda"):
@@ -151,10 +151,10 @@ def from_profile(profile: HardwareProfile, source: str = "profile") -> HardwareS
         label=f"measured profile of {profile.device_name or profile.device} ({profile.created_at})",
         device="cuda" if profile.device.startswith("cuda") else "cpu",
         device_memory_bytes=device_bytes, host_memory_bytes=host_bytes,
-        link_h2d_gbps=float(overhead.get("pooled_copy_gbps") or sustained_link_gbps(profile)),
+        link_h2d_gbps=float(overhead.pooled_copy_gbps or sustained_link_gbps(profile)),
         memory_bandwidth_gbps=profile.memory_bandwidth_gbps, matmul_tflops=profile.matmul_tflops,
         decode_fit=profile.decode_fit, prefill_fit=profile.prefill_fit, profiled_model=profile.model,
         profile_dtype=profile.dtype, link_is_memcpy=profile.link_is_memcpy,
-        iteration_fixed_s=float(overhead.get("fixed_s", 0.0)), iteration_per_seq_s=float(overhead.get("per_seq_s", 0.0)),
-        decode_scale=float(overhead.get("decode_scale", 1.0)), prefill_scale=float(overhead.get("prefill_scale", 1.0)),
+        iteration_fixed_s=float(overhead.fixed_s), iteration_per_seq_s=float(overhead.per_seq_s),
+        decode_scale=float(overhead.decode_scale), prefill_scale=float(overhead.prefill_scale),
         capability=profile.capability or None)

@@ -292,7 +292,10 @@ class HillClimber:
                 return (kept + edge) // 2, f"halfway to the stalling {edge}"
             wanted[(band, side)] = wanted.get((band, side), 0) + 1
             low, high = bands[band]
-            inside = lambda size: low * scale <= side * (size - center) <= high * scale
+
+            def inside(size: int) -> bool:
+                return low * scale <= side * (size - center) <= high * scale
+
             have = sum(len(ms) for size, ms in self.history.items() if inside(size))
             if have >= wanted[(band, side)]:
                 continue

@@ -91,6 +91,24 @@ class PrefillLayerFit:
 
 
 @dataclass(frozen=True)
+class EngineOverhead:
+    """What an engine calibration measured beyond the layers (runners/sim_calibration.py, benchmarks): a fixed
+    and a per-sequence cost per iteration, scales on the fitted decode and prefill terms, and the rate the
+    engine copies pooled blocks at (None: the profile's sustained link rate)."""
+
+    fixed_s: float = 0.0
+    per_seq_s: float = 0.0
+    decode_scale: float = 1.0
+    prefill_scale: float = 1.0
+    pooled_copy_gbps: float | None = None
+    num_steps_fitted: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineOverhead":
+        return cls(**{item.name: data[item.name] for item in dataclasses.fields(cls) if item.name in data})
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     created_at: str
     device: str  # cpu | cuda
@@ -112,6 +130,7 @@ class HardwareProfile:
     extra: dict[str, Any] = field(default_factory=dict)
     # dtype -> {"tflops", "shape" [M, K, N], "support": native|emulated}: each dtype the device runs
     matmul_by_dtype: dict[str, Any] = field(default_factory=dict)
+    engine_overhead: EngineOverhead | None = None  # an engine calibration's terms, read by the planner and the simulator
 
     @property
     def capability(self) -> dict[str, Any]:
@@ -154,6 +173,10 @@ class HardwareProfile:
             fields["decode_fit"] = DecodeLayerFit(**data["decode_fit"]) if data.get("decode_fit") else None
             fields["prefill_fit"] = PrefillLayerFit(**data["prefill_fit"]) if data.get("prefill_fit") else None
             fields["notes"] = tuple(data.get("notes", ()))
+            extra = dict(data.get("extra") or {})
+            overhead = data.get("engine_overhead") or extra.pop("engine_iteration_overhead", None)  # older profiles kept it there
+            fields["extra"] = extra
+            fields["engine_overhead"] = EngineOverhead.from_dict(overhead) if overhead else None
             return cls(**fields)
         except (KeyError, TypeError) as err:
             raise BadInput(f"{source} is not a valid pie hardware profile ({err})", "re-run `pie profile` to make a new one") from None

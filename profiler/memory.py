@@ -85,8 +85,9 @@ def measure_matmul(device: str, dtype: str, shape: tuple[int, int, int], repeats
     return timing, 2.0 * rows * inner * cols / timing.median_s / 1e12
 
 
-# A small GEMM for the rates of the dtypes a profile is not taken in: an emulated bf16 matmul runs
-# at under 1 GFLOP/s on an AVX2 CPU, where the profile's own shape would take seconds per call.
+# A small GEMM for the rates of the dtypes a profile is not taken in: an emulated bf16 matmul on an
+# AVX2 CPU is so slow (README.md, "On the machine it meets") that the profile's own shape would
+# take seconds per call.
 SIDE_MATMUL_SHAPE = (64, 512, 2048)
 
 

@@ -150,7 +150,7 @@ def _measure(request: ProfileRequest, progress: Progress) -> HardwareProfile:
     matmul_shape = default_matmul_shape(device, shape.hidden_size if shape else None)
     memory = measure_memory(device, dtype, copy_size, matmul_shape, repeats=7 if request.quick else 11)
     # Every dtype the device runs, side by side: the profile's own at its full shape, the others at a
-    # small one (an emulated dtype can be 100x slower); each says whether it is native here.
+    # small one (an emulated dtype is far slower: README.md); each says whether it is native here.
     capability = detect_capability(device)
     others = tuple(d for d in capability.runnable_dtypes if d != dtype)
     matmul_by_dtype = {dtype: {"tflops": memory.matmul_tflops, "shape": list(matmul_shape),

@@ -20,10 +20,10 @@ import matplotlib
 from pie_core.sizes import MIB
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import ticker  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import ticker
 
 AXIS_LABELS = {"pool_blocks": "CPU pool size (blocks)", "request_rate": "request rate (requests/s)",
                "max_concurrency": "max concurrency (requests)", "num_prompts": "prompts"}

@@ -48,10 +48,10 @@ PIE_OPTIONS: dict[str, OptionType] = {**ENGINE_OPTIONS, **CONTROL_OPTIONS, "plan
 DEFAULT_WINDOW_STEPS = 16
 DEFAULT_WINDOW_S = 0.5  # a window also closes after this long (long prefill steps)
 # On a CPU the "link" is a memcpy on the compute's own cores: pooled copies never hide, they buy
-# batch. benchmarks/bench_adaptive_phases.py (EPYC Zen 4) finds the best static pools running the
-# burst at 20-28 % stall per window, and the controller backing off at 20 % reaches 1.02x the best
-# static pool's burst throughput (docs/adaptive-and-traces.md); on a GPU, where copies should hide
-# on the copy engine, the controller's 10 % stands.
+# batch: benchmarks/bench_adaptive_phases.py finds the best static pools running the burst well
+# above the GPU's limit, and the controller backing off at this one matches the best static pool's
+# burst throughput (the figures: docs/adaptive-and-traces.md); on a GPU, where copies should hide on
+# the copy engine, the controller's 10 % stands.
 CPU_MAX_STALL_FRACTION = 0.20
 
 

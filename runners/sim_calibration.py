@@ -9,7 +9,7 @@ decode-layer time, prefill-layer time, copy time (the layers' wait on pooled blo
 moves) and the batch size
 (non-negative least squares, refitted without the tenth of iterations that fit worst: steps
 another process slowed). The results are what `planner.hardware.from_profile` reads from a
-profile's `extra["engine_iteration_overhead"]`: `decode_scale` and `prefill_scale` (the
+profile's `engine_overhead` (profiler/hardware_profile.py `EngineOverhead`): `decode_scale` and `prefill_scale` (the
 engine's layers against the profiled single layer, on the machine as it is now),
 `pooled_copy_gbps` (the rate the engine copies pooled blocks at; the profile's sustained
 memcpy rate when the fit gives copies no weight), and
@@ -17,7 +17,7 @@ memcpy rate when the fit gives copies no weight), and
 block tables, sampling). A fixed per-iteration cost is not fitted: in one run it cannot be told
 from the decode layers' fixed term (both are paid once per iteration), so `decode_scale` carries
 it and `fixed_s` stays 0 (a free intercept took all decode time in a trial and then missed other
-batch sizes by 16%). `step_errors` summarises decode-only and prefill
+batch sizes; docs/simulator.md). `step_errors` summarises decode-only and prefill
 iterations' errors. Torch-free. Left out: running the engine (the caller measures it) and files.
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ def check_aligned(measured: Sequence[Any], replayed: Sequence[Any]) -> bool:
 
 def _features(engine: SimStepEngine) -> tuple[np.ndarray, np.ndarray]:
     """Per iteration: [decode-layer s, prefill-layer s, copy s, batch size], and the predicted seconds left unscaled."""
-    costs, layers = engine.costs, engine.costs.num_layers
+    costs = engine.executor.costs
+    layers = costs.num_layers
     rows, rest = [], []
     for (work, predicted), stats in zip(engine.works, engine.stats):
         has_prefill = work.num_prefill_tokens > 0

@@ -58,7 +58,7 @@ class _VllmEngine:
                           load_format="dummy" if dummy_weights else "auto", **settings.engine_kwargs())
         try:
             self.engine = LLMEngine.from_engine_args(args)
-        except Exception as err:  # noqa: BLE001 - vLLM raises many types; the message is what matters
+        except Exception as err:  # vLLM raises many types; the message is what matters
             raise RuntimeFailure(f"vllm could not start on {model_dir}: {err}",
                                  "check the model directory and the vllm options (kv_cache_space_gib, "
                                  "max_model_len, dtype); PIE_DEBUG=1 shows the traceback") from err
@@ -105,7 +105,7 @@ def _warm_up(engine: _VllmEngine, requests: Sequence[BenchRequest]) -> None:
         engine.add(BenchRequest(request_id="pie-warmup", prompt=None, prompt_token_ids=tokens, output_len=2))
         while engine.has_unfinished():
             engine.step()
-    except Exception as err:  # noqa: BLE001 - vLLM's engine errors have many types
+    except Exception as err:  # vLLM's engine errors have many types
         raise RuntimeFailure(f"vllm failed during its warm-up request: {err}",
                              "see docs/vllm-cpu.md; PIE_DEBUG=1 shows the traceback") from err
 

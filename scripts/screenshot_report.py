@@ -1,6 +1,7 @@
 """Screenshot a `pie report` HTML page in headless Chromium and check that its plots rendered.
 
 Usage: python scripts/screenshot_report.py report.html report.png [--width 1300 --height 2600]
+       python scripts/screenshot_report.py --quick page.html page.png   # writes a one-plot page first, then checks it
 
 Exits 0 and prints what it found when the screenshot shows the plots (enough coloured plot
 pixels, e.g. matplotlib's tab:blue / tab:orange lines), 1 otherwise, 2 without Chromium.
@@ -42,6 +43,29 @@ def screenshot(html_path: Path, png_path: Path, width: int = 1300, height: int =
     return png_path
 
 
+def write_sample_page(html_path: Path) -> Path:
+    """A page with one small matplotlib plot, a line in each plot colour, embedded as a PNG data URI."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4, 3), dpi=100)
+    for offset, colour in enumerate(PLOT_COLOURS):
+        axis.plot([0, 1], [offset, offset + 1], color=colour, linewidth=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    html_path = Path(html_path)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text("<!doctype html><html><body><img alt=\"plot\" src=\"data:image/png;base64,"
+                         + base64.b64encode(buffer.getvalue()).decode("ascii") + "\"></body></html>\n", encoding="utf-8")
+    return html_path
+
+
 def plot_pixels(png_path: Path, tolerance: int = 40) -> dict[str, int]:
     """How many pixels of the screenshot are close to each plot colour."""
     import matplotlib.image
@@ -59,10 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1300)
     parser.add_argument("--height", type=int, default=2600)
     parser.add_argument("--min-pixels", type=int, default=500, help="plot-coloured pixels required per colour")
+    parser.add_argument("--quick", action="store_true",
+                        help="write a one-plot page to HTML first (overwriting it) and check it in a 500x400 window")
     args = parser.parse_args(argv)
     if find_chromium() is None:
         print("error: no Chromium found (hint: apt-get install -y chromium)", file=sys.stderr)
         return 2
+    if args.quick:
+        write_sample_page(args.html)
+        args.width, args.height = 500, 400
     path = screenshot(args.html, args.png, args.width, args.height)
     counts = plot_pixels(path)
     ok = all(count >= args.min_pixels for count in counts.values())

@@ -8,8 +8,9 @@ blocks, padding entries in the block tables (-1, 0 and a huge index), staged blo
 the top of the cache, as staging slots are), GQA and MHA, block sizes 8 and 16, split and
 unsplit decode, and chunked prefill over a paged prefix next to a prefill without one. Every
 case runs in fp32, fp16 and bf16. The last line of output is one JSON object:
-`{"device", "interpreter", "max_abs_error": {dtype: float}, "tolerance": {dtype: float}, "cases", "passed"}`;
-the exit status is 1 when any error is above its dtype's tolerance.
+`{"device", "interpreter", "max_abs_error": {dtype: float}, "tolerance": {dtype: float}, "cases", "passed"}`,
+also written to `--out` when given; the exit status is 1 when any error is above its dtype's tolerance.
+`--quick`: float32 only, the first decode and the first prefill case.
 Left out: timing (gpu_check.py's kernel step measures that).
 """
 from __future__ import annotations
@@ -110,25 +111,36 @@ CASES = (  # (name, kind, arguments)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--dtypes", default=None, help=f"comma-separated (default: {','.join(DTYPES)}; --quick: float32)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON summary here")
+    parser.add_argument("--quick", action="store_true", help="float32, one decode and one prefill case")
     args = parser.parse_args(argv)
     interpreter = os.environ.get("TRITON_INTERPRET") == "1"
     if args.device == "cpu" and not interpreter:
         parser.error("on the CPU the kernels run only under TRITON_INTERPRET=1")
+    names = (args.dtypes or ("float32" if args.quick else ",".join(DTYPES))).split(",")
+    unknown = sorted(set(names) - set(DTYPES))
+    if unknown:
+        parser.error(f"unknown dtypes {unknown}; choose from {', '.join(DTYPES)}")
+    cases = [CASES[0], next(c for c in CASES if c[1] == "prefill")] if args.quick else list(CASES)
     errors: dict[str, float] = {}
-    for name in args.dtypes.split(","):
+    for name in names:
         dtype = DTYPES[name]
         worst = 0.0
-        for seed, (case, kind, kwargs) in enumerate(CASES):
+        for seed, (case, kind, kwargs) in enumerate(cases):
             run = decode_case if kind == "decode" else prefill_case
             error = run(dtype, args.device, seed=seed, **kwargs)
             print(f"{name:9s} {case:28s} max abs error {error:.3g}", flush=True)
             worst = max(worst, error)
         errors[name] = worst
     passed = all(errors[name] <= TOLERANCE[name] for name in errors)
-    print(json.dumps({"device": args.device, "interpreter": interpreter, "max_abs_error": errors,
-                      "tolerance": {name: TOLERANCE[name] for name in errors}, "cases": [c[0] for c in CASES],
-                      "passed": passed}))
+    summary = json.dumps({"device": args.device, "interpreter": interpreter, "max_abs_error": errors,
+                          "tolerance": {name: TOLERANCE[name] for name in errors}, "cases": [c[0] for c in cases],
+                          "passed": passed})
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(summary + "\n")
+    print(summary)
     return 0 if passed else 1
 
 

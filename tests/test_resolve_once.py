@@ -143,3 +143,22 @@ def test_the_engine_runs_the_kernels_its_settings_name(model_dir, monkeypatch):
     assert paths.decode_attention == "torch" and paths.linear == "torch-linear" and paths.decode_variant == "torch"
     config = EngineConfig(model=str(model_dir), dtype="float32", block_size=4, num_device_blocks=32, decode_kernel="torch")
     assert config.settings.decode_kernel == "torch" and "decode_kernel" in config.settings.to_dict()
+
+
+def test_profile_overhead_is_a_typed_field_and_older_profiles_move_it_there(tmp_path):
+    from planner.hardware import from_profile
+    from planner_fixtures import synthetic_profile
+    from profiler.hardware_profile import EngineOverhead, HardwareProfile
+
+    profile = dataclasses.replace(synthetic_profile(), engine_overhead=EngineOverhead(per_seq_s=2e-4, decode_scale=1.5))
+    loaded = HardwareProfile.load(profile.save(tmp_path / "typed.json"))
+    assert loaded.engine_overhead == profile.engine_overhead
+    spec = from_profile(loaded)
+    assert spec.iteration_per_seq_s == 2e-4 and spec.decode_scale == 1.5
+    older = profile.to_dict()
+    older["engine_overhead"] = None
+    older["extra"] = {"engine_iteration_overhead": {"per_seq_s": 3e-4, "prefill_scale": 0.5}}
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    moved = HardwareProfile.load(tmp_path / "older.json")
+    assert moved.engine_overhead == EngineOverhead(per_seq_s=3e-4, prefill_scale=0.5) and moved.extra == {}
+    assert from_profile(moved).prefill_scale == 0.5

@@ -15,12 +15,12 @@ may be any value (they are clamped and masked by `context_lens`).
   PyTorch path groups sequences into length buckets so padding stays small, gathers each
   bucket's blocks with one `index_select` (K and V in one copy), and computes
   `softmax(q·kᵀ)·v` explicitly (fp32 softmax) rather than through bf16
-  `scaled_dot_product_attention`, which was about 3x slower on these machines.
+  `scaled_dot_product_attention`, which was slower on these machines (docs/engine-cpu-performance.md).
   `kernel_name(q, kv_cache)` says which path a call takes.
 - `prefill_attention` is causal attention within each sequence of a packed batch, optionally
   over a computed prefix per sequence (chunked prefill; the caller gathers the prefix through
-  its block table), fp32 math on the CPU (bf16 matmuls over the permuted views measured about
-  2x slower). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
+  its block table), fp32 math on the CPU (bf16 matmuls over the permuted views measured slower;
+  docs/engine-cpu-performance.md). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
   kernel reads them in place, the PyTorch path gathers them and calls `prefill_attention`.
 
 Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi.
@@ -177,9 +177,8 @@ def paged_decode_attention_torch(q: torch.Tensor, kv_cache: torch.Tensor, block_
 
 
 # Query rows per chunk in prefill attention: each chunk only multiplies the keys up to its last
-# row (about half the FLOPs of a full causal square), and 64-row score tiles stay in cache.
-# Measured on this CPU, one thread, OPT-125m heads, 264 tokens: 1.9 ms against 5.7 ms for one
-# masked square per sequence; 512 tokens: 5.9 against 14.4 ms.
+# row (about half the FLOPs of a full causal square), and 64-row score tiles stay in cache; the
+# timings against one masked square per sequence are in docs/engine-cpu-performance.md (item 5).
 _PREFILL_CHUNK = 64
 _causal_bias: dict[torch.device, torch.Tensor] = {}
 
@@ -200,8 +199,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
 
     `prefixes[i]`, when given, is sequence i's already computed K and V ([P, Hkv, dh] each): its
     chunk's tokens sit at positions P.. and attend over the prefix and causally within the chunk
-    (chunked prefill). fp32 math on the CPU (bf16 matmuls over these views measured about 2x
-    slower there); per sequence, query rows in chunks of 64 against the keys up to the chunk's
+    (chunked prefill). fp32 math on the CPU (bf16 matmuls over these views measured slower there:
+    docs/engine-cpu-performance.md); per sequence, query rows in chunks of 64 against the keys up to the chunk's
     end, the scale and the causal mask fused into one `baddbmm`.
     """
     total, num_heads, head_dim = q.shape

@@ -3,8 +3,8 @@
 Why C: decode attention on these CPUs is memory-bound, and any pure-PyTorch version must
 first gather each sequence's scattered KV blocks into a contiguous tensor (the flat
 `[blocks, 2, block_size, Hkv, dh]` layout has no uniform token stride), which reads and writes
-the whole context again and page-faults a fresh buffer every layer: measured 25-70 ms per layer
-at batch 64 against ~4 ms for reading the KV once. This kernel reads K and V in place through
+the whole context again and page-faults a fresh buffer every layer, several times the cost of
+reading the KV once (docs/engine-cpu-performance.md). This kernel reads K and V in place through
 the block table, once each: pass 1 `q·k` per token (fp32 accumulate), softmax, pass 2 `p·v`.
 A work item is one sequence (or, for small batches, a range of its KV heads). Each block is
 visited once, flash-decoding style: q·k for the block's tokens with all heads of a token

@@ -5,15 +5,16 @@ Two measured problems on the CPU (docs/engine-cpu-performance.md):
 - Decode attention reads each sequence's KV blocks (48 KiB per block and layer for OPT-125m)
   from wherever the block manager put them in a cache of about a gigabyte. With 4 KiB pages
   every block spans a dozen pages, each a TLB miss and a fresh start for the hardware
-  prefetcher: the decode kernel read 4.1 GB/s from a 1 GiB cache of shuffled blocks and
-  19.9 GB/s from the same cache on 2 MiB pages. `zeros()` therefore allocates large CPU tensors
-  2 MiB-aligned and asks for transparent huge pages (`madvise(MADV_HUGEPAGE)`, which works in
+  prefetcher: the decode kernel ran several times faster over the same cache of shuffled blocks
+  on 2 MiB pages (docs/engine-cpu-performance.md, item 2). `zeros()` therefore allocates large CPU
+  tensors 2 MiB-aligned and asks for transparent huge pages (`madvise(MADV_HUGEPAGE)`, which works in
   the kernel's default `madvise` THP mode) before the first touch.
 - Every step allocates activation buffers of several MiB (prefill: tokens x 3072 for OPT's MLP).
   glibc serves those with fresh `mmap`s and returns them on free, so each step page-faults
-  them in again (a ReLU over 2041 x 3072 bf16 took 21 ms instead of ~1 ms). `keep_freed_memory()`
-  raises glibc's mmap and trim thresholds (`mallopt`) so freed buffers stay in the heap and the
-  next step reuses warm pages -- what vLLM-CPU gets from preloading tcmalloc.
+  them in again (a ReLU over a prefill's activations took many times its warm time:
+  docs/engine-cpu-performance.md, item 3). `keep_freed_memory()` raises glibc's mmap and trim
+  thresholds (`mallopt`) so freed buffers stay in the heap and the next step reuses warm pages --
+  what vLLM-CPU gets from preloading tcmalloc.
 
 Both are best effort: on a kernel or libc without them nothing changes but the speed.
 `PIE_HUGE_PAGES=0` and `PIE_MALLOC_TUNING=0` switch them off.

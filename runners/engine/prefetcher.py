@@ -23,8 +23,8 @@ loop calls `wait(i)` right before layer i's attention (the stall is the time spe
   loop's own OpenMP threads, right before the attention that reads them. On a CPU the "link" is
   a memcpy on the cores and memory bus the compute uses, so a copy thread cannot hide behind
   compute: it takes a core from a two-thread team that then waits on it at every barrier
-  (measured: 0.71x pool-off with half the KV pooled, against 0.88x for the team copy, whose
-  whole copy time is counted as stall; docs/engine-cpu-performance.md).
+  (the team copy, whose whole copy time is counted as stall, measured faster with half the KV
+  pooled: docs/engine-cpu-performance.md, "The pool on a CPU").
 
 Left out: copying only the blocks that changed since the previous iteration (every pooled
 block is streamed every iteration, as in Pie), more than one iteration in flight.

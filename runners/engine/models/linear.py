@@ -2,9 +2,8 @@
 
 On the CPU with bf16 weights, `F.linear` hands oneDNN a plain row-major weight and oneDNN
 reorders it into its blocked layout on every call: for decode-sized batches that reorder
-costs as much as the GEMM (measured here, OPT-125m shapes, 64 tokens: 270 us plain against
-129 us prepacked for q/k/v; the 50272-row lm_head 7.1 ms against 3.3 ms). So on the CPU a bf16
-weight is reordered once with `torch.ops.mkldnn._reorder_linear_weight` and multiplied with
+costs as much as the GEMM (OPT-125m shapes, 64 tokens: docs/engine-cpu-performance.md, item 1).
+So on the CPU a bf16 weight is reordered once with `torch.ops.mkldnn._reorder_linear_weight` and multiplied with
 `torch.ops.mkldnn._linear_pointwise`, which also fuses the ReLU of OPT's fc1 -- the same
 prepacking vLLM-CPU and torch.compile's CPU freezing do. Everywhere else (CUDA, fp32/fp16,
 torch builds without oneDNN, or `PIE_PREPACK=0`) it is plain `F.linear`, so the fp32 models the
@@ -16,12 +15,12 @@ plain, `packed` is False and `fallback` says why, and the run goes on.
 The prepacked tensor replaces the plain one (no second copy of the weights is kept).
 oneDNN (and ideep) keep one primitive per distinct (token count, weight shape), so a long run
 that meets every token count from 1 to `max_num_batched_tokens` grows its RSS for thousands of
-requests (benchmarks/bench_engine_memory.py measured +9.7 % over 5,000 requests). A prepacked
+requests (benchmarks/bench_engine_memory.py; the figure is in README.md's results table). A prepacked
 GEMM therefore runs a call of more than 64 rows at a bucket (`padded_rows`: 16 buckets per
 octave, so at most 1/16 more rows, about 3 % on average), which bounds the primitives to about
 64 + 16 per doubling of the token budget per weight. Up to 64 rows (decode batches) it runs as
-is: there the GEMM time grows with the rows (measured 73 us at 3 rows, 232 us at 16 for a
-768x3072 bf16 weight), so a power-of-two bucket would cost up to 1.5x.
+is: there the GEMM time grows with the rows (docs/engine-cpu-performance.md, "Smaller
+measurements"), so padding them to a bucket would cost time.
 Left out: int8/fp8 weights, prepacking for fp16.
 """
 from __future__ import annotations
