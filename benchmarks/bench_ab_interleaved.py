@@ -12,9 +12,9 @@ caught in >= 9 of 10. ab.sh is run from the fixture's copy, so editing the check
 The runs use a small OPT-shaped model with seeded random weights (a config.json written here) and one
 OpenMP thread (`--threads`), so a pair takes about a minute on a 2-core machine; the example's opt-125m
 runs are longer, and so less noisy relative to a 10% change. `--quick`: one pair of each kind at 2 runs
-per side with a tinier model (a real check in well under a minute); `--dry-run`: make the repository
-and print the commands, run nothing. Writes docs/results/ab_interleaved.json (not in --quick/--dry-run
-unless --output is given).
+per side with a tinier model (a real check, about a minute; its JSON goes to --out or a temporary
+folder, never docs/results); `--dry-run`: make the repository and print the commands, run nothing
+(seconds). Writes docs/results/ab_interleaved.json.
 
 Usage: python benchmarks/bench_ab_interleaved.py [--pairs 20] [--ab-pairs 10] [--quick|--dry-run]
 """
@@ -33,6 +33,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from quick_mode import RESULTS, add_quick_argument, output_path
 
 ROOT = Path(__file__).resolve().parents[1]
 AB_SCRIPT = ROOT / "examples" / "ci" / "ab.sh"
@@ -185,9 +187,9 @@ def main() -> int:
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run (0: inherit)")
     parser.add_argument("--workdir", type=Path, help="default: a new temporary folder, removed at the end")
-    parser.add_argument("--quick", action="store_true", help="1 pair of each kind, 2 runs per side, a tinier model")
+    add_quick_argument(parser)  # here: 1 pair of each kind, 2 runs per side, a tinier model (about a minute)
     parser.add_argument("--dry-run", action="store_true", help="make the repository, print the commands, run nothing")
-    parser.add_argument("--output", type=Path, help="default: docs/results/ab_interleaved.json (full runs only)")
+    parser.add_argument("--output", "--out", type=Path, help="default: docs/results/ab_interleaved.json")
     parser.add_argument("--summarize-only", type=Path, metavar="JSON",
                         help="run nothing; rewrite the summary of this results file from its pairs (planned: --pairs, --ab-pairs)")
     args = parser.parse_args()
@@ -196,7 +198,7 @@ def main() -> int:
     if args.quick:
         args.pairs, args.ab_pairs, args.runs_per_side = 1, 1, 2
         args.hidden_size, args.num_layers, args.num_prompts, args.output_len = 32, 2, 8, 32
-    output = args.output or (None if args.quick or args.dry_run else ROOT / "docs" / "results" / "ab_interleaved.json")
+    output = None if args.dry_run else output_path(args.output, RESULTS / "ab_interleaved.json", args.quick)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pie-ab-bench-"))
     repo = workdir / "repo"
     repo.mkdir(parents=True, exist_ok=True)
