@@ -152,6 +152,8 @@ def _run_point(out: Output, store: Any, settings: Any, sweep: Any, point: dict |
             out.info(f"skipped {info.num_malformed} malformed and {info.num_filtered} filtered entries")
         for note in info.notes:
             out.warn(note)
+        if config.get("server_metrics_note"):
+            out.info(config["server_metrics_note"])
         if config.get("random_weights"):
             out.warn(f"{settings.model}: seeded random weights (seed {settings.seed}); throughput is real, text is not")
         out.info(f"record: {path}")
@@ -188,6 +190,13 @@ def _result_table(out: Output, outcome: Any) -> None:
         rows.append(["Kernels", f"GEMMs {kernels['linear']}, decode attention {kernels['decode_attention']} ({kernels['dtype']})"])
         for why in kernels.get("fallbacks", ()):
             out.warn(f"kernel fallback: {why}")
+    scraped = outcome.telemetry.get("server_metrics") or {}
+    if scraped.get("url"):
+        check = scraped.get("token_check")
+        rows.append(["Server metrics", f"{scraped['kind']}; {scraped['num_scrapes']} scrapes, {scraped['num_failed_scrapes']} failed"
+                     + (f"; tokens {'MISMATCH' if check['mismatch'] else 'agree'} ({check['max_relative_difference']:.2%})" if check else "")])
+    for warning in outcome.telemetry.get("warnings", ()):
+        out.warn(warning)
     title = "Serving Benchmark Result" + (f" ({outcome.sweep_point})" if outcome.sweep_point else "")
     out.table(title, ["metric", "value"], rows, caption=f"run {outcome.run_id} -> {outcome.record_path}")
 

@@ -24,7 +24,7 @@ def show(
     runner: Filter = None,
     sweep_id: Annotated[Optional[str], typer.Option("--sweep-id", help="Only runs of this sweep.")] = None,
     requests: Annotated[bool, typer.Option("--requests", help="With a run: list its requests too.")] = False,
-    timeline: Annotated[bool, typer.Option("--timeline", help="With a run: its timeline (pool limit, blocks, requests, stall, tok/s, controller moves per window).")] = False,
+    timeline: Annotated[bool, typer.Option("--timeline", help="With a run: its timeline (pool limit, blocks, requests, stall, tok/s, controller moves per window; for --runner openai, the client's tok/s and TTFT and the server's series per scrape).")] = False,
     results_dir: ResultsDirOpt = DEFAULT_RESULTS_DIR,
     json_out: JsonOpt = False,
 ) -> None:
@@ -90,7 +90,14 @@ def _detail(out: Output, record: Any, with_requests: bool) -> None:
     out.table(f"Run {record.run_id}", ["field", "value"], rows)
     if record.summary is not None:
         out.table("Serving Benchmark Result", ["metric", "value"], [list(row) for row in summary_rows(record.summary)])
-        telemetry = {k: v for k, v in record.telemetry.items() if k != "effective_config"}
+        telemetry = {k: v for k, v in record.telemetry.items() if k not in ("effective_config", "server_metrics")}
+        scraped = record.telemetry.get("server_metrics") or {}
+        if scraped.get("url"):
+            check = scraped.get("token_check") or {}
+            telemetry["server metrics"] = (f"{scraped.get('kind')} at {scraped['url']}: {scraped.get('num_scrapes')} scrapes, "
+                                           f"{scraped.get('num_failed_scrapes')} failed")
+            telemetry["server token check"] = (f"{'MISMATCH' if check['mismatch'] else 'agrees'}: within "
+                                               f"{check['max_relative_difference']:.2%}" if check else "not possible")
         if telemetry:
             out.table("Runner telemetry", ["field", "value"], [[k, v] for k, v in telemetry.items()])
     else:
@@ -106,11 +113,41 @@ def _timeline(out: Output, record: Any) -> None:
 
     windows = timeline_windows(record.timeline)
     if not windows:
-        out.warn(f"run {record.run_id} has no timeline (only runs that step an engine, pie and sim, record one)")
+        out.warn(f"run {record.run_id} has no timeline (runs that step an engine, pie and sim, and openai runs record one)")
+        return
+    if not windows[0].engine:
+        _client_timeline(out, record, windows)
         return
     moves = sum(1 for w in windows if w.move in ("grow", "shrink", "rearm"))
     out.table(f"Timeline of {record.run_id}", [label for _, label in TIMELINE_COLUMNS], timeline_rows(windows),
               caption=f"{len(windows)} windows, {moves} pool moves" + (" (adaptive)" if record.header.config.get("adaptive") else ""))
+
+
+def _client_timeline(out: Output, record: Any, windows: list) -> None:
+    """An openai run: the client's columns, then the server's that the record holds (results/server_series.py)."""
+    from results.server_series import SHOW_COLUMNS, find_series
+    from results.timeline import CLIENT_COLUMNS, server_names
+
+    names = server_names(windows)
+    chosen = [(find_series(names, role), heading) for role, heading in SHOW_COLUMNS]
+    chosen = [(name, heading) for name, heading in chosen if name is not None]
+    rows = []
+    for w in windows:
+        row = [getattr(w, key) for key, _ in CLIENT_COLUMNS]
+        for name, _ in chosen:
+            value = None if w.server is None else w.server.get(name)
+            row.append("gap" if w.server is None else (f"{value:.0%}" if value is not None and name.endswith("_perc") else value))
+        rows.append(row)
+    scraped = (record.telemetry or {}).get("server_metrics") or {}
+    gaps = sum(1 for w in windows if w.server is None)
+    caption = f"{len(windows)} windows on the client's clock"
+    if scraped.get("url"):
+        caption += (f"; server {scraped.get('kind')} at {scraped['url']}, {gaps} gap(s); "
+                    f"{len(names) - len(chosen)} more series in `pie show {record.run_id} --json`")
+    else:
+        caption += "; server metrics were off" + (f" ({scraped['note']})" if scraped.get("note") else "")
+    out.table(f"Timeline of {record.run_id}", [label for _, label in CLIENT_COLUMNS] + [h for _, h in chosen], rows,
+              caption=caption)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -2,8 +2,10 @@
 
 The layer is the engine's own: `runners.engine.models.build_model(shape, ..., num_layers=1)`
 with seeded random weights, run through `layer_forward` with the engine's kernels
-(`write_kv`, `paged_decode_attention`, `prefill_attention`) over a paged `kv_cache` allocated
-for each grid point. The profiler imports engine model code (lazily, so the rest of the
+(`write_kv`, `paged_decode_attention`, `paged_prefill_attention`, with the decode variant the engine
+resolves: on CUDA the Triton kernels for decode and prefill, tried at this layer's geometry first)
+over a paged `kv_cache` allocated for each grid point. Lengths are handed over as the engine's
+prepare builds them (on the host), so a timed call reads nothing back from the device. The profiler imports engine model code (lazily, so the rest of the
 profiler stays importable without it) because there must be one implementation of a layer:
 the cost model is fitted to exactly what the engine will run. Building one layer lets
 `--model opt-30b` be profiled on a machine that cannot hold the whole model (the token
@@ -153,12 +155,14 @@ class LayerBench:
         from runners.engine import host_memory
         from runners.engine.kernels import resolve_kernels
         from runners.engine.models import build_model  # lazy: the engine's layer is the one timed
+        from runners.engine.triton_smoke import AttentionGeometry
 
         self.shape, self.dtype, self.device, self.seed = shape, dtype, device, seed
         self.host_memory = host_memory
         if torch.device(device).type == "cpu":
             host_memory.keep_freed_memory()  # as the engine does: steps reuse warm heap pages
-        self.kernels = resolve_kernels(device, dtype)  # the engine's own choice, fallbacks included
+        # The engine's own choice, fallbacks included, tried at this layer's geometry.
+        self.kernels = resolve_kernels(device, dtype, geometry=AttentionGeometry.of(shape, dtype, BLOCK_SIZE))
         self.model = build_model(shape, dtype, device, seed=seed, num_layers=1, prepack=self.kernels.prepack)
         self.torch = torch
 
@@ -188,13 +192,13 @@ class LayerBench:
 
     def decode_call(self, batch_size: int, context_len: int) -> Callable[[], object]:
         """One decode step of the layer: each sequence has `context_len` cached tokens and adds one."""
-        from runners.engine.attention import paged_decode_attention, write_kv
+        from runners.engine.attention import Lengths, paged_decode_attention, write_kv
 
         torch = self.torch
         kv_cache, block_tables = self._cache(batch_size, context_len + 1)
         positions = torch.full((batch_size, 1), context_len, dtype=torch.long, device=self.device)
         slot_mapping = self._slots(block_tables, positions)
-        context_lens = torch.full((batch_size,), context_len + 1, dtype=torch.int32, device=self.device)
+        context_lens = Lengths.build([context_len + 1] * batch_size, self.device)
         generator = torch.Generator().manual_seed(self.seed + 1)
         hidden = torch.randn(batch_size, self.shape.hidden_size, generator=generator).to(self.device, self.model.dtype)
         scale = self.model.attention_scale
@@ -207,26 +211,27 @@ class LayerBench:
 
     def prefill_call(self, batch_size: int, prompt_len: int) -> Callable[[], object]:
         """One prefill of the layer: `batch_size` prompts of `prompt_len` tokens packed together."""
-        from runners.engine.attention import prefill_attention, write_kv
+        from runners.engine.attention import PrefillLayout, paged_prefill_attention, write_kv
 
         torch = self.torch
         kv_cache, block_tables = self._cache(batch_size, prompt_len)
         positions = torch.arange(prompt_len, device=self.device)[None, :].expand(batch_size, prompt_len)
         slot_mapping = self._slots(block_tables, positions)
-        cu_seqlens = torch.arange(0, (batch_size + 1) * prompt_len, prompt_len, dtype=torch.int32, device=self.device)
+        layout = PrefillLayout.build(range(0, (batch_size + 1) * prompt_len, prompt_len), [0] * batch_size, self.device)
         generator = torch.Generator().manual_seed(self.seed + 2)
         hidden = torch.randn(batch_size * prompt_len, self.shape.hidden_size, generator=generator).to(self.device, self.model.dtype)
         scale = self.model.attention_scale
 
         def attention(index, q, k, v):
             write_kv(kv_cache, slot_mapping, k, v)
-            return prefill_attention(q, k, v, cu_seqlens, scale)
+            return paged_prefill_attention(q, k, v, layout, scale, kv_cache, None, self.kernels.decode_variant)
 
         return self._layer_step(hidden, positions, attention)
 
     def _layer_step(self, hidden, positions, attention) -> Callable[[], object]:
-        """The timed call: one forward of the layer through the given attention."""
-        torch, flat_positions = self.torch, positions.reshape(-1)
+        """The timed call: one forward of the layer through the given attention (RoPE tables made once
+        outside it, as the engine makes them once per step for all layers)."""
+        torch, flat_positions = self.torch, self.model.prepare_positions(positions.reshape(-1))
 
         def step():
             with torch.inference_mode():

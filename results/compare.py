@@ -147,6 +147,8 @@ def resolve_side(reference: str, store: ResultsStore) -> Side:
 
 def direction(metric: str) -> int:
     """+1 when higher is better, -1 when lower is better, 0 when unknown."""
+    if metric.startswith("server."):  # a server's total over the run (results/server_series.comparable_totals)
+        return 1 if "prefix_cache_hits" in metric else (-1 if any(w in metric for w in ("preemption", "bytes", "stall")) else 0)
     if "throughput" in metric or "goodput" in metric or metric.endswith("_tok_s") or metric == "completed":
         return 1
     if metric == "failed" or metric.endswith(("_ms", "_s", "_bytes")) or "stall" in metric:

@@ -4,8 +4,11 @@
   one line per series, mean of repeated runs with min-max bars;
 - `latency_cdf_figure`: TTFT, TPOT and E2EL distributions as CDFs, one line per series;
 - `telemetry_figure`: bytes moved over the host link and stall fraction of pie runs;
-- `timeline_figure`: pool limit and pooled blocks, running requests, and output throughput
-  against time, one line per run (the runs of a sweep overlaid), controller moves marked.
+- `timeline_figure`: pool limit and pooled blocks (only when a run has a pool), running requests,
+  and output throughput against time, one line per run (the runs of a sweep overlaid), controller
+  moves marked;
+- `panels_figure`: a row of time panels given as lines (the client's and the server's series of an
+  openai run, results/report.py chooses them); a NaN is a gap in a line.
 
 Every axis carries its unit, every line a legend entry, and layout is constrained so text does
 not overlap. Left out: choosing what to plot (results/report.py) and interactivity.
@@ -137,26 +140,51 @@ def telemetry_figure(runs: pd.DataFrame, byte_columns: Sequence[str], x_label: s
     return _png(figure)
 
 
-def timeline_figure(series: Mapping[str, Sequence]) -> bytes:
-    """`series`: name -> TimelineWindows (results/timeline.py), in time order."""
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+def timeline_figure(series: Mapping[str, Sequence], with_pool: bool = True) -> bytes:
+    """`series`: name -> TimelineWindows (results/timeline.py), in time order; `with_pool` draws the pool panel."""
+    figure, axes = plt.subplots(1, 3 if with_pool else 2, figsize=(13 if with_pool else 9, 3.8), layout="constrained")
+    pool_axis, request_axis, rate_axis = axes if with_pool else (None, *axes)
     for index, (name, windows) in enumerate(series.items()):
         color = f"C{index % 10}"
         times = [w.t_s for w in windows]
-        axes[0].step(times, [w.pool_limit_blocks for w in windows], where="post", color=color, label=f"{name} limit")
-        axes[0].plot(times, [w.pool_blocks_used for w in windows], color=color, linestyle=":", label=f"{name} in use")
-        moved = [w for w in windows if w.move in ("grow", "shrink", "rearm")]
-        axes[0].scatter([w.t_s for w in moved], [w.pool_limit_blocks for w in moved], color=color, s=12, zorder=3)
-        axes[1].plot(times, [w.running for w in windows], color=color, label=f"{name} running")
-        axes[1].plot(times, [w.waiting for w in windows], color=color, linestyle="--", label=f"{name} waiting")
-        axes[2].plot(times, [w.output_tok_s for w in windows], color=color, label=name)
-    titles = (("CPU pool (blocks)", "Pool limit (steps, dots = moves) and pooled blocks in use"),
-              ("requests", "Running and waiting requests"), ("output throughput (tokens/s)", "Output throughput per window"))
-    for axis, (label, title) in zip(axes, titles):
+        if pool_axis is not None:
+            pool_axis.step(times, [w.pool_limit_blocks for w in windows], where="post", color=color, label=f"{name} limit")
+            pool_axis.plot(times, [w.pool_blocks_used for w in windows], color=color, linestyle=":", label=f"{name} in use")
+            moved = [w for w in windows if w.move in ("grow", "shrink", "rearm")]
+            pool_axis.scatter([w.t_s for w in moved], [w.pool_limit_blocks for w in moved], color=color, s=12, zorder=3)
+        request_axis.plot(times, [w.running for w in windows], color=color, label=f"{name} running")
+        request_axis.plot(times, [w.waiting for w in windows], color=color, linestyle="--", label=f"{name} waiting")
+        rate_axis.plot(times, [w.output_tok_s for w in windows], color=color, label=name)
+    titles = ((pool_axis, "CPU pool (blocks)", "Pool limit (steps, dots = moves) and pooled blocks in use", 2),
+              (request_axis, "requests", "Running and waiting requests", 2),
+              (rate_axis, "output throughput (tokens/s)", "Output throughput per window", 1))
+    for axis, label, title, per_series in titles:
+        if axis is None:
+            continue
         axis.set_xlabel("time since the run started (s)")
         axis.set_ylabel(label)
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
         axis.set_ylim(bottom=0)
-        _legend(axis, len(series) * (1 if axis is axes[2] else 2))
+        _legend(axis, len(series) * per_series)
+    return _png(figure)
+
+
+def panels_figure(panels: Sequence[tuple[str, str, Sequence[tuple[str, Sequence[float], Sequence[float], str]]]],
+                  columns: int = 3) -> bytes:
+    """`panels`: (title, y label, lines), each line (label, times in s, values, matplotlib style such as "-" or "--")."""
+    columns = 4 if len(panels) > 6 and columns == 3 else columns
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.4 * rows), layout="constrained", squeeze=False)
+    for axis, (title, label, lines) in zip(axes.flat, panels):
+        for index, (name, times, values, style) in enumerate(lines):
+            axis.plot(times, values, style, color=f"C{index % 10}", label=name, linewidth=1.5, markersize=3)
+        axis.set_xlabel("time since the run started (s)")
+        axis.set_ylabel(label)
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.set_ylim(bottom=0)
+        _legend(axis, len(lines))
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
     return _png(figure)

@@ -2,9 +2,11 @@
 
 `build_report` turns records into a runs table and figures: throughput and TPOT against each
 swept setting (records that share a sweep id, drawn per runner/label), latency CDFs per runner,
-link bytes / stall fraction for pie runs that carry telemetry, and the timeline of each run
-(one plot per run; the runs of one sweep overlaid in one plot). A figure that the records
-cannot support is left out with a note saying why. Torch-free.
+link bytes / stall fraction for pie runs that carry telemetry, the timeline of each run that
+stepped an engine (one plot per run; the runs of one sweep overlaid in one plot; the pool panel only
+when a run has a pool), and for each openai run its client and server series on one time axis
+(results/server_panels.py). A figure, or a panel, that the records cannot support (nothing to
+draw, or only zeros) is left out with a note saying why. Torch-free.
 
 Left out: choosing records (the CLI resolves references) and comparisons (results/compare.py).
 """
@@ -23,6 +25,7 @@ from pie_core.formatting import format_cell
 from results import plots
 from results.compare import request_values
 from results.record import RunRecord, runner_label
+from results.server_panels import server_panels
 from results.timeline import timeline_windows
 
 RUN_COLUMNS = ("run_id", "runner", "label", "sweep", "output_throughput", "request_throughput", "mean_ttft_ms",
@@ -126,6 +129,9 @@ def _telemetry_figure(runs: pd.DataFrame, notes: list[str]) -> list[Figure]:
     if pie_runs.empty or not (byte_columns or has_stall):
         notes.append("no pie runs with link/stall telemetry in the selection: no link figure drawn")
         return []
+    if not (pie_runs[byte_columns].fillna(0).to_numpy().any() or (has_stall and pie_runs["stall_fraction"].fillna(0).any())):
+        notes.append("the pie runs moved no bytes over the link and never stalled (no pool in use): no link figure drawn")
+        return []
     single_sweep = pie_runs["sweep_parameter"].nunique() == 1 and pie_runs["sweep_value"].notna().all()
     if single_sweep:
         parameter = pie_runs["sweep_parameter"].iloc[0]
@@ -145,7 +151,7 @@ def _timeline_figures(records: list[RunRecord], notes: list[str]) -> list[Figure
     groups: dict[str, dict[str, list]] = defaultdict(dict)
     for record in records:
         windows = timeline_windows(record.timeline)
-        if not windows:
+        if not windows or not windows[0].engine:
             continue
         point = record.header.sweep_point or {}
         name = ", ".join(f"{k}={v}" for k, v in point.items()) or _series(record)
@@ -154,12 +160,41 @@ def _timeline_figures(records: list[RunRecord], notes: list[str]) -> list[Figure
         group = record.header.sweep_id or record.run_id
         groups[group][name if name not in groups[group] else f"{name} {record.run_id[-6:]}"] = windows
     if not groups:
-        notes.append("no run in the selection has a timeline (pie and sim runs record one): no timeline drawn")
+        if not any(record.timeline for record in records):
+            notes.append("no run in the selection has a timeline (pie, sim and openai runs record one): no timeline drawn")
         return []
-    return [Figure(f"timeline_{index}", f"Timeline of {group}",
-                   f"{len(series)} run(s); each point is a window of engine iterations; the pool limit moves only "
-                   f"under --adaptive.", plots.timeline_figure(series))
-            for index, (group, series) in enumerate(groups.items())]
+    figures = []
+    for index, (group, series) in enumerate(groups.items()):
+        with_pool = any((w.pool_limit_blocks or 0) > 0 or (w.pool_blocks_used or 0) > 0 for ws in series.values() for w in ws)
+        if not with_pool:
+            notes.append(f"no run of {group} uses a CPU pool: its timeline has no pool panel")
+        figures.append(Figure(f"timeline_{index}", f"Timeline of {group}",
+                              f"{len(series)} run(s); each point is a window of engine iterations"
+                              + ("; the pool limit moves only under --adaptive." if with_pool else "."),
+                              plots.timeline_figure(series, with_pool)))
+    return figures
+
+
+def _server_figures(records: list[RunRecord], notes: list[str]) -> list[Figure]:
+    figures = []
+    for record in records:
+        windows = timeline_windows(record.timeline)
+        if not windows or windows[0].engine:
+            continue
+        scraped = (record.telemetry or {}).get("server_metrics") or {}
+        panels, left_out = server_panels(windows)
+        if not scraped.get("url"):
+            left_out = ["server metrics were off for this run: client series only"]
+        gaps = sum(1 for w in windows if w.server is None) if scraped.get("url") else 0
+        check = scraped.get("token_check")
+        checked = (f" Token cross-check: {'MISMATCH' if check['mismatch'] else 'agrees'}, within "
+                   f"{check['max_relative_difference']:.2%}." if check else "")
+        figures.append(Figure(f"server_{record.run_id}", f"Client and server over time: {_series(record)} {record.run_id}",
+                              f"{len(windows)} windows on the client's clock, one per scrape of "
+                              f"{scraped.get('url') or 'the server (off)'} (server kind {scraped.get('kind') or 'unknown'}; "
+                              f"{gaps} gap(s) where a scrape failed); counters drawn as rates.{checked} "
+                              + " ".join(f"Left out: {why}." for why in left_out), plots.panels_figure(panels)))
+    return figures
 
 
 def build_report(records: list[RunRecord], title: str = "pie report", selection: str = "") -> Report:
@@ -168,7 +203,7 @@ def build_report(records: list[RunRecord], title: str = "pie report", selection:
     runs = runs_frame(records)
     notes: list[str] = []
     figures = (_sweep_figures(runs, notes) + _cdf_figure(records, notes) + _telemetry_figure(runs, notes)
-               + _timeline_figures(records, notes))
+               + _timeline_figures(records, notes) + _server_figures(records, notes))
     models = sorted({r.header.model for r in records})
     if len(models) > 1:
         notes.append(f"the selection mixes models ({', '.join(models)})")

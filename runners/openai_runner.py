@@ -17,12 +17,18 @@ Options (`RunnerSpec.options`): `base_url` (required, e.g. http://127.0.0.1:8000
 (served name; default: the spec's model, or the one model the server lists), `warmup` (default
 true: the first prompt is sent once, untimed, as `vllm bench serve` does), `prompt_format`
 (`token_ids` or `text`), `request_timeout_s`, `connect_attempts`, `connect_retry_s`,
-`max_connections`, `vllm_extras`, `api_key` (default: $OPENAI_API_KEY; never stored).
+`max_connections`, `vllm_extras`, `api_key` (default: $OPENAI_API_KEY; never stored),
+`server_metrics` (a Prometheus URL, or `off`; default: the server's `/metrics` when it answers) and
+`scrape_interval_s` (default 0.5).
+
+While it runs, the server's `/metrics` is scraped on the client's clock (runners/openai_watch.py):
+the record's timeline has one window per scrape with the client's output tok/s and TTFT beside the
+server's series, and the telemetry the server's totals and the token cross-check.
 
 Failed requests (HTTP errors, timeouts, broken streams) are counted, not fatal. An endpoint that
 cannot be reached before the run starts is a `BadInput` naming the URL, after bounded retries.
 
-Left out: chat completions, sampling other than greedy, and server-side memory figures.
+Left out: chat completions and sampling other than greedy.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ from runners.base import (
     peak_host_memory_bytes,
 )
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
+from runners.openai_watch import ServerWatch
 from runners.request_loop import TokenDelta, drive_engine
 
 
@@ -110,8 +117,8 @@ class _StreamingEngine:
 
     name = "openai"
 
-    def __init__(self, settings: OpenAISettings, model_name: str, connections: int):
-        self.settings, self.model_name, self.connections = settings, model_name, connections
+    def __init__(self, settings: OpenAISettings, model_name: str, connections: int, watch: ServerWatch):
+        self.settings, self.model_name, self.connections, self.watch = settings, model_name, connections, watch
         self.events: queue.Queue[TokenDelta] = queue.Queue()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="pie-openai-client", daemon=True)
@@ -135,6 +142,7 @@ class _StreamingEngine:
             num_times, num_ids = len(state.token_times), len(state.token_ids)
             state.feed(chunk, at)
             if len(state.token_times) > num_times:
+                self.watch.note_tokens(request_id, state.token_times[num_times:])
                 self.events.put(TokenDelta(request_id, tuple(state.token_ids[num_ids:]), False,
                                            tuple(state.token_times[num_times:])))
             return state.error is not None
@@ -159,6 +167,10 @@ class _StreamingEngine:
     def step(self) -> list[TokenDelta]:
         return self.wait_step(None)
 
+    def call(self, coroutine: Any, timeout_s: float = 30.0) -> Any:
+        """Run `coroutine` on the client loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=timeout_s)
+
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.session.close(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -174,11 +186,13 @@ class OpenAIRunner:
         settings = OpenAISettings.from_spec(spec, os.environ)
         served = probe_endpoint(settings)
         model_name = settings.resolve_model_name(spec.model, served)
-        return PreparedRun(spec, {"model": spec.model, **settings.to_config(), "model_name": model_name},
-                           machine_fingerprint(spec.device), (settings, served, model_name))
+        watch = ServerWatch.prepare(settings)  # BadInput: an explicit metrics URL that does not answer
+        return PreparedRun(spec, {"model": spec.model, **settings.to_config(), "model_name": model_name, **watch.config()},
+                           machine_fingerprint(spec.device), (settings, served, model_name, watch))
 
     def run(self, prepared: PreparedRun, requests: Sequence[BenchRequest], on_request_done: RequestDone) -> RunnerResult:
-        spec, (settings, served, model_name) = prepared.spec, prepared.state
+        spec, (settings, served, model_name, checked) = prepared.spec, prepared.state
+        watch = checked.fresh()
         if settings.prompt_format == "text" and any(r.prompt is None for r in requests):
             raise BadInput("prompt_format=text, but the workload has requests without text",
                            "use prompt_format=token_ids, or a workload read from a text dataset")
@@ -196,15 +210,23 @@ class OpenAIRunner:
             samples.append(sample)
             on_request_done(sample)
 
-        engine = _StreamingEngine(settings, model_name, settings.max_connections or spec.max_concurrency or 256)
+        engine = _StreamingEngine(settings, model_name, settings.max_connections or spec.max_concurrency or 256, watch)
+        finished = False
         try:
+            engine.call(watch.begin(time.perf_counter))
             driven = drive_engine(engine, requests, spec.max_concurrency, spec.save_outputs, done)
+            engine.call(watch.finish(time.perf_counter, sum(s.output_len for s in samples if s.success)))
+            finished = True
         finally:
+            if not finished:
+                engine.call(watch.abandon())
             engine.close()
+        timeline, watched = watch.result(samples)
         failures = [s.error for s in samples if not s.success]
         telemetry = {"num_failed": len(failures), "first_errors": failures[:3], "served_models": served,
                      "token_ids_from_server": all(s.output_token_ids is not None for s in samples
                                                   if s.success) if spec.save_outputs else None}
-        return RunnerResult(duration_s=driven.duration_s, config={**settings.to_config(), "model_name": model_name},
-                            telemetry=telemetry, peak_device_memory_bytes=None,
-                            peak_host_memory_bytes=peak_host_memory_bytes())
+        return RunnerResult(duration_s=driven.duration_s,
+                            config={**settings.to_config(), "model_name": model_name, **watch.config()},
+                            telemetry={**telemetry, **watched}, peak_device_memory_bytes=None,
+                            peak_host_memory_bytes=peak_host_memory_bytes(), timeline=timeline)

@@ -27,7 +27,8 @@ from runners.base import BenchRequest, RunnerSpec
 PROMPT_FORMATS = ("token_ids", "text")
 _OPTIONS: dict[str, type] = {"base_url": str, "model_name": str, "prompt_format": str, "request_timeout_s": float,
                              "connect_attempts": int, "connect_retry_s": float, "max_connections": int,
-                             "vllm_extras": bool, "api_key": str, "warmup": bool}
+                             "vllm_extras": bool, "api_key": str, "warmup": bool, "server_metrics": str,
+                             "scrape_interval_s": float}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class OpenAISettings:
     vllm_extras: bool = True
     warmup: bool = True
     api_key: str | None = field(default=None, repr=False)
+    server_metrics: str | None = None  # a /metrics URL, "off", or None: base_url's root + /metrics when it answers
+    scrape_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
         parsed = urlparse(self.base_url)
@@ -53,6 +56,9 @@ class OpenAISettings:
         if not self.request_timeout_s > 0 or not self.connect_retry_s >= 0:
             raise BadInput("openai request_timeout_s must be > 0 and connect_retry_s >= 0, "
                            f"got {self.request_timeout_s} and {self.connect_retry_s}")
+        if not 0.05 <= self.scrape_interval_s <= 60:
+            raise BadInput(f"openai scrape_interval_s must be between 0.05 and 60 seconds, got {self.scrape_interval_s}",
+                           "e.g. scrape_interval_s=0.5")
         if self.connect_attempts < 1 or (self.max_connections is not None and self.max_connections < 1):
             raise BadInput("openai connect_attempts and max_connections must be at least 1, "
                            f"got {self.connect_attempts} and {self.max_connections}")
@@ -93,7 +99,7 @@ class OpenAISettings:
         return {"base_url": self.base_url, "completions_url": self.completions_url,
                 "prompt_format": self.prompt_format, "request_timeout_s": self.request_timeout_s,
                 "max_connections": self.max_connections, "vllm_extras": self.vllm_extras, "warmup": self.warmup,
-                "api_key_set": bool(self.api_key)}
+                "api_key_set": bool(self.api_key), "scrape_interval_s": self.scrape_interval_s}
 
 
 def completion_body(settings: OpenAISettings, model_name: str, request: BenchRequest) -> dict[str, Any]:

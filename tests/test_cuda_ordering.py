@@ -14,14 +14,19 @@ so the test sees the order in which the prefetcher *asks* for things, which is w
 - `finish` synchronises the copy stream and the compute stream, also after a failure in the copy
   thread or a layer loop that stopped early, and the next iteration is staged correctly.
 
-Also here: `pinned_zeros` page-locks exactly the bytes asked for (fake `cudart`), and a device
-KV cache that cannot fit in free device memory is refused in one line.
+Also here: `pinned_zeros` page-locks exactly the bytes asked for (fake `cudart`); when the driver
+refuses, CUDA's last error is cleared (through the runtime, or a stand-in libcudart built here and
+called through ctypes, as the real one is), the memory stays pageable, and the prefetcher says what
+that costs and still streams; and a device KV cache that cannot fit in free device memory is refused in one line.
 Left out: anything a GPU must measure (overlap, bandwidth); scripts/gpu_check.py does that.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
 import itertools
+import subprocess
 import threading
 import time
 
@@ -221,6 +226,67 @@ class FakeCudart:
     def cudaHostUnregister(self, pointer):
         self.calls.append(("unregister", pointer))
         return 0
+
+    def cudaGetErrorString(self, result):
+        return "out of memory" if result == 2 else f"error {result}"
+
+    def cudaGetLastError(self):
+        self.calls.append(("get_last_error",))
+        return 0
+
+
+class CudartWithoutLastError(FakeCudart):
+    """torch.cuda.cudart() as it is: no cudaGetLastError."""
+
+    cudaGetLastError = None
+
+
+def test_a_refused_registration_clears_the_error_and_leaves_the_memory_pageable():
+    runtime = FakeCudart(result=2)  # cudaErrorMemoryAllocation
+    tensor = host_memory.pinned_zeros((80, 1024, 256), torch.float32, cudart=runtime)  # 80 MiB: the register path
+    assert [call[0] for call in runtime.calls] == ["register", "get_last_error"]
+    assert tensor.shape == (80, 1024, 256) and not tensor.any() and not hasattr(tensor, "_pie_pinned")
+    assert host_memory.pageable_reason(tensor) == "cudaHostRegister refused to lock 0.08 GiB (out of memory)"
+    tensor.fill_(1.0)  # plain host memory, usable as such
+    locked = host_memory.pinned_zeros((80, 1024, 256), torch.float32, cudart=FakeCudart())
+    assert host_memory.pageable_reason(locked) is None
+
+
+def test_the_error_is_cleared_in_the_loaded_libcudart_when_torch_offers_no_call(tmp_path, monkeypatch):
+    source = tmp_path / "stub.c"
+    source.write_text("static int calls; int cudaGetLastError(void) { return ++calls; } int calls_made(void) { return calls; }")
+    library = tmp_path / "libcudart.so.13"
+    subprocess.run(["cc", "-shared", "-fPIC", str(source), "-o", str(library)], check=True, timeout=60)
+    maps = f"7f00-7f10 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n7f20-7f30 r-xp 00000000 08:01 43 {library}\n"
+    assert host_memory.loaded_library("libcudart.so", maps) == str(library)
+    assert host_memory.loaded_library("libcudart.so", "7f00-7f10 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n") is None
+    monkeypatch.setattr(host_memory, "loaded_library", lambda name, maps=None: str(library))
+    tensor = host_memory.pinned_zeros((80, 1024, 256), torch.float32, cudart=CudartWithoutLastError(result=2))
+    assert ctypes.CDLL(str(library)).calls_made() == 1  # the same loaded library: its state was reset once
+    assert "could not be cleared" not in host_memory.pageable_reason(tensor)
+    monkeypatch.setattr(host_memory, "loaded_library", lambda name, maps=None: None)
+    tensor = host_memory.pinned_zeros((80, 1024, 256), torch.float32, cudart=CudartWithoutLastError(result=2))
+    assert host_memory.pageable_reason(tensor).endswith("CUDA's last error could not be cleared")
+
+
+@pytest.mark.timeout(60)
+def test_pageable_bounce_buffers_are_named_with_their_cost_and_still_stream(monkeypatch):
+    monkeypatch.setattr(prefetcher, "cuda", FakeCuda())
+    monkeypatch.setattr(host_memory, "_PIN_EXACT_BYTES", 0)  # every buffer takes the cudaHostRegister path
+    monkeypatch.setattr(host_memory, "pinned_zeros", functools.partial(host_memory.pinned_zeros, cudart=FakeCudart(2)))
+    shape = REGISTRY["opt-125m"]
+    config = EngineConfig(model="opt-125m", block_size=4, num_device_blocks=40, num_pool_blocks=24, prefetch_depth=DEPTH,
+                          rebuild_fraction=0.25)
+    layout = CacheLayout.from_config(config, shape.num_layers)
+    cache = KVCache(layout, shape, torch.float32, torch.device("cpu"))
+    cache.pool.copy_(torch.randn_like(cache.pool))
+    cache.pool_activations.copy_(torch.randn_like(cache.pool_activations))
+    worker = prefetcher.Prefetcher(cache, "stream")
+    assert len(worker.pageable) == 2  # the K/V and the activation bounce buffers
+    for why in worker.pageable:
+        assert why.startswith("cudaHostRegister refused to lock") and "(out of memory)" in why
+        assert "staging bounce buffer is pageable" in why and "pageable bandwidth" in why
+    _iteration(worker, cache, layout)  # the copies still arrive, in order
 
 
 def test_pinned_pool_locks_exactly_its_bytes():

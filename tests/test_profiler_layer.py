@@ -128,3 +128,22 @@ def test_grid_spec_validates(changes):
 
     with pytest.raises(BadInput):
         dataclasses.replace(GridSpec.for_run(True), **changes)
+
+
+def test_prefill_is_timed_through_the_engines_prefill_kernel(monkeypatch):
+    """On CUDA the engine runs Triton prefill; the profiler must time (and fit) that kernel, not the PyTorch one."""
+    import dataclasses
+
+    from runners.engine import attention
+
+    bench = LayerBench(TINY, "float32", "cpu")
+    bench.kernels = dataclasses.replace(bench.kernels, decode_attention="triton", c_variant=None)  # as resolved on CUDA
+    calls, original = [], attention.paged_prefill_attention
+
+    def recording(q, k, v, layout, scale, kv_cache=None, prefix_tables=None, variant=None):
+        calls.append((variant, layout.bounds, layout.longest, prefix_tables))
+        return original(q, k, v, layout, scale, kv_cache, prefix_tables, "torch")
+
+    monkeypatch.setattr(attention, "paged_prefill_attention", recording)
+    bench.prefill_call(2, 16)()
+    assert calls == [("triton", (0, 16, 32), 16, None)]

@@ -77,3 +77,16 @@ def test_request_rate_sweep_skips_infinite_rate(tmp_path):
     report = build_report(store.records(), selection="sweep=rates")
     assert report.figures[0].name == "sweep_request_rate"
     assert report.runs["sweep_value"].isna().sum() == 1
+
+
+def test_pie_runs_without_a_pool_draw_no_empty_link_figure_or_pool_panel(tmp_path):
+    store = ResultsStore(tmp_path)
+    no_pool = [{**w, "pool_limit_blocks": 0, "pool_blocks_used": 0, "stall_fraction": 0.0} for w in synthetic_timeline(3)]
+    write_run(store, seed=3, runner="pie", telemetry={"stall_fraction": 0.0, "h2d_bytes": 0, "d2h_bytes": 0},
+              timeline=no_pool)
+    report = build_report(store.records(), selection="x")
+    assert [f.name for f in report.figures] == ["latency_cdf", "timeline_0"]
+    assert any("moved no bytes over the link" in n for n in report.notes)
+    assert any("uses a CPU pool: its timeline has no pool panel" in n for n in report.notes)
+    image = matplotlib.image.imread(io.BytesIO(report.figures[1].png), format="png")
+    assert image.shape[1] < 1100  # two panels (about 990 px wide), not three (about 1430)

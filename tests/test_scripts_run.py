@@ -83,6 +83,8 @@ QUICK_RUNS = {
     "benchmarks/bench_profile_memcpy.py": QuickRun(
         ("--quick", "--model", "{model}", "--output-dir", "{out}/memcpy"), "memcpy/profile_memcpy_*.json",
         ("plain_copy_gbps_median", "ratio_h2d_pinned_to_plain")),
+    "benchmarks/bench_scrape_overhead.py": QuickRun(("--quick", "--out", "{out}/scrape.json"), "scrape.json",
+                                                    ("median_ratio_on_off", "scrape_cost", "pairs", "machine")),
     "benchmarks/bench_sim_fidelity.py": QuickRun(
         ("--quick", "--model", "{model}", "--out", "{out}/fidelity.json"), "fidelity.json",  # profiles the tiny model
         ("cases", "calibrations", "all_within_target")),
@@ -107,6 +109,7 @@ COVERED_ELSEWHERE = {
     "benchmarks/slowed_pie.py": "benchmarks/bench_compare_aa.py",  # the A/B side of its quick run
     "scripts/gpu_check.py": "tests/test_gpu_check_dry_run.py",  # --dry-run there
     "scripts/gpu_check.sh": "tests/test_gpu_check_dry_run.py",
+    "scripts/gpu_check_steps.py": "tests/test_gpu_check_dry_run.py",  # gpu_check.py's steps: --rehearse there
     "scripts/test.sh": ".ci/run",  # builds the environment this suite runs in, and runs it
 }
 

@@ -4,7 +4,8 @@ One server for the module: a tiny seeded OPT model with a tokenizer trained here
 vLLM's OpenAI server (what `vllm serve DIR --dtype bfloat16 --enforce-eager` runs) with a small KV cache, a bounded start-up wait,
 and SIGTERM at the end. Checks streamed TTFT/ITL for sanity (0 < TTFT <= E2EL, ITL count =
 output tokens - 1), exact output lengths, text and token-id prompts, a failed request counted
-(not fatal), and `pie bench --runner openai` end to end. Skipped only when vllm is not importable.
+(not fatal), `pie bench --runner openai` end to end, and the server's `/metrics` scraped into the
+record's windows with the token cross-check. Skipped only when vllm is not importable.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pytest
 from cli_helpers import NEEDS_VLLM
 
 from results.store import load_record
+from results.timeline import timeline_windows
 from runners.base import BenchRequest, RunnerSpec
 from runners.openai_runner import OpenAIRunner
 
@@ -155,3 +157,24 @@ def test_pie_bench_openai_end_to_end(served, tmp_path):
     record = load_record(Path(payload["record_path"]))
     assert all(len(s.itl_s) == s.output_len - 1 == 5 for s in record.requests)
     assert payload["config"]["model_name"] == "tiny"
+
+
+def test_server_metrics_per_window_and_the_token_cross_check(served):
+    """Every window holds vLLM's running and waiting requests, KV cache usage and token counters; the server's
+    token counts over the run agree with the client's within 1% (runners/openai_watch.py)."""
+    requests = _requests(served["tokenizer"], 8)
+    samples, result = _run(served, requests, scrape_interval_s=0.2)
+    assert all(s.success for s in samples.values())
+    windows = timeline_windows(result.timeline)
+    assert len(windows) >= 2 and all(w.server is not None for w in windows)
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total"):
+        assert all(name in w.server for w in windows), name
+    scraped = result.telemetry["server_metrics"]
+    assert result.config["server_kind"] == scraped["kind"] == "vllm" and scraped["num_failed_scrapes"] == 0
+    check = scraped["token_check"]
+    assert check["prompt"]["client"] == sum(r.prompt_len for r in requests)
+    assert check["generation"]["client"] == sum(r.output_len for r in requests)
+    assert not check["mismatch"] and check["max_relative_difference"] <= 0.01
+    generated = sum(w.server["vllm:generation_tokens_total"] * w.duration_s for w in windows)
+    assert generated == pytest.approx(check["generation"]["server"], rel=0.05)  # the rates add up to the total

@@ -23,11 +23,18 @@ may be any value (they are clamped and masked by `context_lens`).
   docs/engine-cpu-performance.md). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
   kernel reads them in place, the PyTorch path gathers them and calls `prefill_attention`.
 
+What the kernels need on the host (each sequence's length, the longest, a prefill's bounds) comes in
+`Lengths` and `PrefillLayout`, built once per step by the model runner from host lists, so no layer
+reads a count back from the device (on a GPU each read is a sync). Given a plain tensor instead
+(tests, the profiler), a call reads it back once.
+
 Left out: sliding-window masking (Mistral's 4096-token window is not applied), ALiBi.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -36,6 +43,55 @@ from runners.engine import cpu_attention
 KERNELS = ("auto", "c", "torch", "triton")
 # Sequences are grouped so that each group pads to at most this factor of its shortest context.
 _BUCKET_GROWTH = 1.5
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """Token counts per sequence: int64 on the device for the kernels, and the same on the host."""
+
+    device: torch.Tensor
+    host: tuple[int, ...]
+    longest: int
+
+    @classmethod
+    def build(cls, values: Sequence[int], device: torch.device | str) -> Lengths:
+        """From host values (one host-to-device copy, no read-back)."""
+        values = tuple(int(value) for value in values)
+        return cls(torch.tensor(values, dtype=torch.int64, device=device), values, max(values, default=0))
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor | Lengths) -> Lengths:
+        """`lengths` as is, or a tensor read back once."""
+        if isinstance(lengths, Lengths):
+            return lengths
+        values = tuple(lengths.tolist())
+        return cls(lengths, values, max(values, default=0))
+
+
+@dataclass(frozen=True)
+class PrefillLayout:
+    """A packed prefill: chunk bounds on the device and the host, the longest chunk, computed prefixes."""
+
+    cu_seqlens: torch.Tensor  # [N + 1] int64 on the device
+    bounds: tuple[int, ...]  # the same offsets on the host
+    longest: int
+    prefix_lens: Lengths | None  # computed tokens before each chunk; None: every chunk is a prompt's first
+
+    @classmethod
+    def build(cls, bounds: Sequence[int], prefix_lens: Sequence[int], device: torch.device | str) -> PrefillLayout:
+        bounds = tuple(int(bound) for bound in bounds)
+        longest = max((end - start for start, end in zip(bounds[:-1], bounds[1:])), default=0)
+        prefixes = Lengths.build(prefix_lens, device) if any(prefix_lens) else None
+        return cls(torch.tensor(bounds, dtype=torch.int64, device=device), bounds, longest, prefixes)
+
+    @classmethod
+    def of(cls, cu_seqlens: torch.Tensor | PrefillLayout) -> PrefillLayout:
+        """`cu_seqlens` as is, or a tensor read back once (no prefixes)."""
+        if isinstance(cu_seqlens, PrefillLayout):
+            return cu_seqlens
+        bounds = tuple(cu_seqlens.tolist())
+        longest = max((end - start for start, end in zip(bounds[:-1], bounds[1:])), default=0)
+        return cls(cu_seqlens, bounds, longest, None)
 
 
 def write_kv(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -145,34 +201,35 @@ def kernel_name(q: torch.Tensor, kv_cache: torch.Tensor, variant: str | None = N
 
 
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                           context_lens: torch.Tensor, scale: float, variant: str | None = None) -> torch.Tensor:
+                           context_lens: torch.Tensor | Lengths, scale: float, variant: str | None = None) -> torch.Tensor:
     """q[B, Hq, dh] attends over each sequence's first `context_lens[b]` cached tokens -> [B, Hq, dh].
 
     `variant`: the C build to use (None: this machine's own), or "torch" for the PyTorch path.
     """
     name = kernel_name(q, kv_cache, variant)
+    lengths = Lengths.of(context_lens)
     if name == "c":
-        return cpu_attention.paged_decode(q, kv_cache, block_tables, context_lens, scale,
-                                          None if variant == "torch" else variant)
+        return cpu_attention.paged_decode(q, kv_cache, block_tables, lengths.device, scale,
+                                          None if variant == "torch" else variant, max_len=lengths.longest)
     if name == "triton":
-        return triton_kernels().paged_decode(q, kv_cache, block_tables, context_lens, scale)
-    return paged_decode_attention_torch(q, kv_cache, block_tables, context_lens, scale)
+        return triton_kernels().paged_decode(q, kv_cache, block_tables, lengths.device, scale, max_len=lengths.longest)
+    return paged_decode_attention_torch(q, kv_cache, block_tables, lengths, scale)
 
 
 def paged_decode_attention_torch(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                                 context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                                 context_lens: torch.Tensor | Lengths, scale: float) -> torch.Tensor:
     """The PyTorch path of `paged_decode_attention` (any device and dtype)."""
     block_size = kv_cache.shape[2]
-    lens = context_lens.tolist()
+    lengths = Lengths.of(context_lens)
     tables = block_tables.clamp(min=0, max=kv_cache.shape[0] - 1)
-    groups = decode_buckets(lens, block_size)
+    groups = decode_buckets(list(lengths.host), block_size)
     if len(groups) == 1:
         indices, width = groups[0]
-        return _attend_group(q, kv_cache, tables[:, :width], context_lens, scale).to(q.dtype)
+        return _attend_group(q, kv_cache, tables[:, :width], lengths.device, scale).to(q.dtype)
     out = torch.empty_like(q)
     for indices, width in groups:
         rows = torch.tensor(indices, device=q.device)
-        out[rows] = _attend_group(q[rows], kv_cache, tables[rows, :width], context_lens[rows], scale).to(q.dtype)
+        out[rows] = _attend_group(q[rows], kv_cache, tables[rows, :width], lengths.device[rows], scale).to(q.dtype)
     return out
 
 
@@ -193,7 +250,7 @@ def _causal_bias_for(length: int, device: torch.device) -> torch.Tensor:
     return bias
 
 
-def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | Sequence[int],
                       scale: float, prefixes: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> torch.Tensor:
     """Causal attention within each packed sequence: q[T, Hq, dh], k/v[T, Hkv, dh] -> [T, Hq, dh].
 
@@ -201,12 +258,13 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     chunk's tokens sit at positions P.. and attend over the prefix and causally within the chunk
     (chunked prefill). fp32 math on the CPU (bf16 matmuls over these views measured slower there:
     docs/engine-cpu-performance.md); per sequence, query rows in chunks of 64 against the keys up to the chunk's
-    end, the scale and the causal mask fused into one `baddbmm`.
+    end, the scale and the causal mask fused into one `baddbmm`. `cu_seqlens`: a tensor (read back
+    once) or the bounds as host ints.
     """
     total, num_heads, head_dim = q.shape
     group = num_heads // k.shape[1]
     out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
+    bounds = cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else list(cu_seqlens)
     spans = list(zip(bounds[:-1], bounds[1:]))
     prefixes = prefixes or [None] * len(spans)
     compute = torch.float32 if q.device.type == "cpu" else q.dtype
@@ -243,18 +301,21 @@ def gather_prefix(kv_cache: torch.Tensor, table: torch.Tensor, num_tokens: int) 
     return flat[0], flat[1]
 
 
-def paged_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
-                            kv_cache: torch.Tensor, prefix_tables: torch.Tensor | None, prefix_lens: list[int],
+def paged_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PrefillLayout | torch.Tensor,
+                            scale: float, kv_cache: torch.Tensor | None = None, prefix_tables: torch.Tensor | None = None,
                             variant: str | None = None) -> torch.Tensor:
-    """`prefill_attention` with each prefix given as a block table row (`prefix_tables[N, M]`, `prefix_lens[N]`, 0: none).
+    """`prefill_attention` with each prefix given as a block table row (`prefix_tables[N, M]`, `layout.prefix_lens`).
 
+    `layout`: the step's `PrefillLayout` (a `cu_seqlens` tensor is read back once: no prefixes then).
     The Triton kernel reads the prefixes in place; the PyTorch path gathers them (`gather_prefix`).
     """
-    if _uses_triton(q, variant, _choice()):
-        lens = None if prefix_tables is None else torch.tensor(prefix_lens, dtype=torch.int32, device=q.device)
-        return triton_kernels().prefill(q, k, v, cu_seqlens, scale, kv_cache, prefix_tables, lens)
-    prefixes = None
-    if prefix_tables is not None:
-        prefixes = [gather_prefix(kv_cache, prefix_tables[row], length) if length else None
-                    for row, length in enumerate(prefix_lens)]
-    return prefill_attention(q, k, v, cu_seqlens, scale, prefixes)
+    layout = PrefillLayout.of(layout)
+    prefixes = layout.prefix_lens if prefix_tables is not None else None
+    if _uses_triton(q, variant, _choice() if variant is None else "auto"):
+        return triton_kernels().prefill(q, k, v, layout.cu_seqlens, scale, kv_cache, prefix_tables,
+                                        None if prefixes is None else prefixes.device, max_len=layout.longest)
+    gathered = None
+    if prefixes is not None:
+        gathered = [gather_prefix(kv_cache, prefix_tables[row], length) if length else None
+                    for row, length in enumerate(prefixes.host)]
+    return prefill_attention(q, k, v, layout.bounds, scale, gathered)

@@ -152,14 +152,18 @@ def _splits(batch: int, kv_heads: int) -> int:
 
 
 def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                 context_lens: torch.Tensor, scale: float, variant: str | None = None) -> torch.Tensor:
-    """Same contract as `attention.paged_decode_attention`; caller checked `supports` for this variant."""
+                 context_lens: torch.Tensor, scale: float, variant: str | None = None,
+                 max_len: int | None = None) -> torch.Tensor:
+    """Same contract as `attention.paged_decode_attention`; caller checked `supports` for this variant.
+
+    `max_len`: the longest context, known on the host (None: read from `context_lens`)."""
     batch, heads, head_dim = q.shape
     num_blocks, _, block_size, kv_heads, _ = kv_cache.shape
     query = q.to(kv_cache.dtype).contiguous()
     tables = block_tables.to(torch.int64).contiguous()
     lens = context_lens.to(torch.int64).contiguous()
-    max_len = int(lens.max()) if batch else 0
+    if max_len is None:
+        max_len = int(lens.max()) if batch else 0
     if batch and tables.shape[1] * block_size < max_len:
         raise ValueError(f"block table width {tables.shape[1]} x block size {block_size} < context length {max_len}")
     out = torch.empty_like(query)

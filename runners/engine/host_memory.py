@@ -23,7 +23,12 @@ On CUDA machines the pool and the bounce buffers must be page-locked, and `pin_m
 gives blocks of torch's caching host allocator, which rounds each one up to a power of two: a
 40 GiB pool would lock 64 GiB of RAM, which may not exist. `pinned_zeros()` therefore takes
 large tensors as ordinary aligned memory of exactly their size and page-locks that range
-(`cudaHostRegister`, undone when the tensor goes); if the driver refuses, `pin_memory=True`.
+(`cudaHostRegister`, undone when the tensor goes). If the driver refuses (a locked-memory limit, too
+little RAM), the memory stays pageable, `pageable_reason(tensor)` says why, and the engine names what
+that costs (kernels' fallbacks); CUDA's last-error state is cleared first, because the failed call
+leaves it set and torch's next kernel-launch check would report it as that kernel's error. torch's
+`cudart()` has no `cudaGetLastError`, so it is called in the libcudart torch already loaded (found in
+/proc/self/maps) through ctypes.
 Left out: explicit hugetlbfs pages, NUMA placement (these machines have one node).
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ import contextlib
 import ctypes
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -104,18 +110,65 @@ class _Registration:
             self.runtime.cudaHostUnregister(self.pointer)
 
 
+def loaded_library(name: str, maps: str | None = None) -> str | None:
+    """Path of a shared library this process has mapped whose file name starts with `name` (from /proc/self/maps)."""
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return None
+    for line in maps.splitlines():
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if os.path.basename(path).startswith(name):
+            return path
+    return None
+
+
+def clear_cuda_error(runtime) -> bool:
+    """Reset this thread's CUDA last-error state after a failed runtime call; False when no way to do it was found."""
+    get_last_error = getattr(runtime, "cudaGetLastError", None)
+    if get_last_error is None:
+        path = loaded_library("libcudart.so")
+        if path is None:
+            return False
+        try:
+            get_last_error = ctypes.CDLL(path).cudaGetLastError  # the library torch loaded: same per-thread state
+        except (OSError, AttributeError):
+            return False
+        get_last_error.restype = ctypes.c_int
+    get_last_error()
+    return True
+
+
+def _error_name(runtime, result) -> str:
+    with contextlib.suppress(Exception):
+        return str(runtime.cudaGetErrorString(result))
+    return f"CUDA error {int(result)}"
+
+
 def pinned_zeros(shape: tuple[int, ...], dtype: torch.dtype, cudart=None) -> torch.Tensor:
-    """Zeroed page-locked host memory of exactly `shape` (for CUDA copies); `cudart`: torch.cuda.cudart()."""
+    """Zeroed page-locked host memory of exactly `shape` (for CUDA copies); `cudart`: torch.cuda.cudart().
+
+    When the driver refuses to lock it, the tensor is pageable and `pageable_reason` says why."""
     nbytes = _nbytes(shape, dtype)
     if nbytes < _PIN_EXACT_BYTES:
         return torch.zeros(shape, dtype=dtype, pin_memory=True)
     runtime = cudart if cudart is not None else torch.cuda.cudart()
     tensor, raw = _aligned_zeros(shape, dtype, advise=huge_pages_enabled())
     pointer = tensor.data_ptr()
-    if int(runtime.cudaHostRegister(pointer, nbytes, 0)) != 0:  # cudaSuccess is 0
-        return torch.zeros(shape, dtype=dtype, pin_memory=True)
+    result = runtime.cudaHostRegister(pointer, nbytes, 0)
+    if int(result) != 0:  # cudaSuccess is 0
+        cleared = clear_cuda_error(runtime)
+        tensor._pie_pageable = (f"cudaHostRegister refused to lock {nbytes / 2**30:.2f} GiB ({_error_name(runtime, result)})"
+                                + ("" if cleared else "; CUDA's last error could not be cleared"))
+        return tensor
     tensor._pie_pinned = _Registration(runtime, pointer, raw)  # unregistered when the tensor goes
     return tensor
+
+
+def pageable_reason(tensor: torch.Tensor) -> str | None:
+    """Why `pinned_zeros` had to leave `tensor` pageable; None when it is page-locked (or was never meant to be)."""
+    return getattr(tensor, "_pie_pageable", None)
 
 
 def keep_freed_memory() -> bool:

@@ -8,7 +8,9 @@
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
-  must import and one tiny decode and prefill must match the PyTorch path, else PyTorch.
+  must import and, at the engine's dtype, heads, head_dim and block size, decode at every split
+  count and prefill with and without a prefix must match the PyTorch path (triton_smoke.py; the
+  same calls compile every variant before a step is timed), else PyTorch.
   The engine setting `decode_kernel=torch|c|triton` forces one (c and triton fail loudly when they
   cannot run); the resolve step takes its default from `PIE_DECODE_KERNEL` once (runners/resolve.py).
   A CPU run never imports Triton.
@@ -27,6 +29,7 @@ import torch
 from pie_core.capability import DeviceCapability, select_kernels
 from pie_core.device_probe import detect_capability
 from runners.engine.models.linear import Linear, packable
+from runners.engine.triton_smoke import AttentionGeometry
 
 LINEAR_PATHS = ("onednn-prepacked", "torch-linear")
 
@@ -73,42 +76,27 @@ def _try_prepack() -> str | None:
     return None if float(out[0, 0]) == 32.0 else f"oneDNN prepacked GEMM gave {float(out[0, 0])}, expected 32"
 
 
-def _try_triton(device: str) -> str | None:
-    """None when the Triton kernels import and match the PyTorch paths on a tiny case on `device`, else why not."""
-    from runners.engine import attention
+def _try_triton(device: str, geometry: AttentionGeometry) -> str | None:
+    """None when the Triton kernels import and match the PyTorch paths at the engine's geometry on `device`,
+    else why not; the same calls compile every variant the engine's steps launch (triton_smoke.py)."""
+    from runners.engine import triton_smoke
 
-    kernels = attention.triton_kernels()
-    if kernels is None:
-        return attention.triton_error()
-    generator = torch.Generator().manual_seed(0)
-    cache = torch.randn(6, 2, 16, 2, 16, generator=generator).to(device, torch.float16)
-    tables = torch.tensor([[3, 1, -1], [0, 5, 2]], device=device)
-    lens = torch.tensor([20, 40], device=device)
-    q = torch.randn(2, 4, 16, generator=generator).to(device, torch.float16)
-    k, v = cache[0, 0], cache[0, 1]  # 16 packed tokens, one sequence
-    cu = torch.tensor([0, 16], device=device)
-    try:
-        pairs = [(kernels.paged_decode(q, cache, tables, lens, 0.25),
-                  attention.paged_decode_attention_torch(q, cache, tables, lens, 0.25)),
-                 (kernels.prefill(q[0].expand(16, 4, 16), k, v, cu, 0.25, cache, tables[:1], lens[:1]),
-                  attention.prefill_attention(q[0].expand(16, 4, 16), k, v, cu, 0.25,
-                                              [attention.gather_prefix(cache, tables[0], 20)]))]
-        error = max(float((got.float() - want.float()).abs().max()) for got, want in pairs)
-    except Exception as err:  # noqa: BLE001 - a compiler or driver failure is a fallback, not a crash
-        return f"Triton attention failed its smoke test ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})"
-    return None if error < 1e-2 else f"Triton attention differs from the PyTorch path by {error:.3g} on its smoke test"
+    return triton_smoke.trial(geometry, device)
 
 
 _resolved: dict[tuple, KernelPaths] = {}
 
 
 def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None = None,
-                    decode_kernel: str = "auto", prepack: str = "auto") -> KernelPaths:
+                    decode_kernel: str = "auto", prepack: str = "auto",
+                    geometry: AttentionGeometry | None = None) -> KernelPaths:
     """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected), and the
-    engine settings `decode_kernel` (auto|c|torch|triton) and `prepack` (auto|off)."""
+    engine settings `decode_kernel` (auto|c|torch|triton) and `prepack` (auto|off). `geometry`: the attention
+    the engine will run (heads, head_dim, block size), which a Triton trial uses (None: a small GQA one)."""
     cap = capability or detect_capability(device)
     forced = ("0" if prepack == "off" else "1", decode_kernel)
-    key = (cap, dtype, forced)
+    geometry = geometry or AttentionGeometry(dtype, num_heads=4, num_kv_heads=2, head_dim=16, block_size=16)
+    key = (cap, dtype, forced, geometry)
     if key in _resolved:
         return _resolved[key]
     choice = select_kernels(cap, dtype)
@@ -139,12 +127,12 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             variant = None
     decode = f"c-{variant}" if variant else "torch"
     if forced[1] == "triton":
-        failure = _try_triton(device)
+        failure = _try_triton(device, geometry)
         if failure:
             raise RuntimeError(f"decode_kernel=triton but {failure}")
         decode = "triton"
     elif choice.decode == "triton" and torch.device(device).type == "cuda" and forced[1] != "torch":
-        failure = _try_triton(device)
+        failure = _try_triton(device, geometry)
         if failure:
             fallbacks.append(f"{failure}; PyTorch attention")
         else:

@@ -74,6 +74,14 @@ class KVCache:
                                pin and self.rebuild)
         self.pool_activations = _zeros((layout.num_layers, self.num_pool_rebuild_blocks, layout.block_size,
                                         shape.hidden_size), dtype, cpu, pin and self.rebuild)
+        # Where cudaHostRegister refused (host_memory.pinned_zeros), what stays pageable and what that costs.
+        self.pageable = tuple(
+            f"{why}: the {name} is pageable memory; it is only read and written by host copies (streamed blocks cross "
+            f"the link from the pinned bounce buffers, evictions and restores copy through pageable memory anyway), "
+            f"so this costs no link bandwidth"
+            for name, tensor in (("KV pool", self.pool), ("activation capture store", self.captured),
+                                 ("pooled activation store", self.pool_activations))
+            if (why := host_memory.pageable_reason(tensor)))
         element = self.kv.element_size()
         self.block_layer_bytes = self.kv[0].numel() * element  # one block of one layer, K and V
         self.activation_block_layer_bytes = layout.block_size * shape.hidden_size * element

@@ -41,6 +41,7 @@ from runners.engine.outputs import IterationStats, RequestOutput
 from runners.engine.sampler import make_generator
 from runners.engine.sampling_params import SamplingParams
 from runners.engine.sequence import Sequence
+from runners.engine.triton_smoke import AttentionGeometry
 
 
 def _weights_dir(config: EngineConfig) -> Path | None:
@@ -66,7 +67,8 @@ class LLMEngine:
         """`capability`: the device record kernels are chosen from (default: this machine's, detected)."""
         self.config = config
         shape = config.shape
-        self.kernels = resolve_kernels(config.device, config.dtype, capability, config.decode_kernel, config.prepack)
+        self.kernels = resolve_kernels(config.device, config.dtype, capability, config.decode_kernel, config.prepack,
+                                       geometry=AttentionGeometry.of(shape, config.dtype, config.block_size))
         self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config),
                                  prepack=self.kernels.prepack)
         refused = getattr(self.model.lm_head, "fallback", None)
@@ -77,6 +79,9 @@ class LLMEngine:
         self.layout, self.block_manager, self.scheduler = self.core.layout, self.core.block_manager, self.core.scheduler
         self.stats: list[IterationStats] = self.core.stats
         self.eos_token_ids = self.core.eos_token_ids
+        pageable = self.cache.pageable + (self.runner.prefetcher.pageable if self.runner.prefetcher else ())
+        if pageable:  # host memory the driver would not page-lock: said where fallbacks are said
+            self.kernels = dataclasses.replace(self.kernels, fallbacks=(*self.kernels.fallbacks, *pageable))
         self._sequences: dict[str, Sequence] = {}
         self._outputs: dict[str, RequestOutput] = {}
         self._order = itertools.count()

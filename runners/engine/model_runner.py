@@ -5,12 +5,18 @@
 2. packs the batch, prefills first: input ids, positions, `slot_mapping` (new tokens always land
    in resident device blocks), `cu_seqlens` for prefill, and for decode (and for each prefill
    chunk after a sequence's first, over its computed prefix) one block table whose entries are
-   either a resident block or a position in the staging slot;
+   either a resident block or a position in the staging slot. Everything per layer that only
+   depends on the step is made here, once: the tables remapped for every layer ([L, N, M]: resident
+   blocks at `layer * n_dev + block`, staged ones at their slot's rows), the slot mapping per layer,
+   the RoPE tables (`model.prepare_positions`), and the lengths the kernels need on the host
+   (`Lengths`, `PrefillLayout`: the longest context and chunk, each prefix's length), so the
+   layer loop reads nothing back from the device (on a GPU each read is a sync) and launches no
+   per-layer index arithmetic;
 3. starts the prefetcher on the batch's pooled blocks and runs the layers. Layer i's attention
    writes the new K/V, waits for staging slot `i % d` (rebuilding K/V from activations for
    rebuild-kind blocks), runs prefill attention (a later chunk reads its prefix through the
-   table: in place with Triton, gathered on the PyTorch path) and decode attention through the table remapped to layer i (`i * n_dev + block` or
-   `staging_base + slot * S + position`), and releases the slot;
+   table: in place with Triton, gathered on the PyTorch path) and decode attention through layer i's
+   table, and releases the slot;
 4. computes logits for the last token of each sequence that completes (every decode, and the
    prefill chunks that end a prompt) and samples.
 
@@ -27,6 +33,8 @@ import torch
 
 from runners.engine import host_memory
 from runners.engine.attention import (
+    Lengths,
+    PrefillLayout,
     paged_decode_attention,
     paged_prefill_attention,
     write_kv,
@@ -40,24 +48,22 @@ from runners.engine.scheduler import SchedulerOutput
 from runners.engine.sequence import DEVICE
 
 
-@dataclass
+@dataclass(frozen=True)
 class Batch:
     input_ids: torch.Tensor
-    positions: torch.Tensor
-    slot_mapping: torch.Tensor  # resident slot, layer 0
-    slots_cpu: torch.Tensor
-    cu_seqlens: torch.Tensor | None
+    positions: torch.Tensor  # for the embedding
+    layer_positions: object  # `model.prepare_positions(positions)`: what every layer takes (RoPE tables once)
+    layer_slots: torch.Tensor  # [L, T]: each new token's slot in layer l's resident rows
+    slots_cpu: torch.Tensor  # layer 0's slots on the host (activation capture)
+    prefill: PrefillLayout | None
     num_prefill_tokens: int
     logit_rows: torch.Tensor
-    decode_base: torch.Tensor | None  # [B, M]: resident block index or staging position
-    decode_pooled: torch.Tensor | None  # [B, M] 1 where the entry is staged
-    context_lens: torch.Tensor | None
-    prefix_base: torch.Tensor | None  # [num_prefills, M] per prefill chunk after a first: resident block or staging position
-    prefix_pooled: torch.Tensor | None  # [num_prefills, M] 1 where the entry is staged
-    prefix_lens: list[int]  # computed prefix tokens per prefill chunk (0: a first chunk)
+    prefix_tables: torch.Tensor | None  # [L, num_prefills, M]: chunks after a first read their prefix through row i
+    decode_tables: torch.Tensor | None  # [L, B, M]
+    context_lens: Lengths | None
     kv_indices: list[int]
     rebuild_indices: list[int]
-    rebuild_positions: torch.Tensor | None  # token positions of rebuild blocks, [n_rebuild * block_size]
+    rebuild_positions: object  # prepared positions of rebuild blocks' tokens, [n_rebuild * block_size]; None: none
 
 
 class ModelRunner:
@@ -71,6 +77,12 @@ class ModelRunner:
         self.block_size = layout.block_size
         self.num_layers = layout.num_layers
         self.prefetcher = Prefetcher(cache, copy_worker) if layout.num_pool_blocks else None
+        layers = torch.arange(self.num_layers, dtype=torch.int64, device=self.device)
+        # Where layer l's entries point: resident blocks at l * n_dev + block, staged ones at slot (l % d)'s rows.
+        self._resident_base = (layers * cache.num_device_blocks)[:, None, None]
+        self._staging_base = torch.tensor([cache.staging_row_base(layer % max(1, layout.prefetch_depth))
+                                           for layer in range(self.num_layers)], device=self.device)[:, None, None]
+        self._layer_tokens = (layers * cache.num_device_blocks * self.block_size)[:, None]
         if self.device.type == "cpu":
             host_memory.keep_freed_memory()  # each step's activation buffers reuse warm heap pages
 
@@ -79,6 +91,12 @@ class ModelRunner:
         if self.prefetcher is not None:
             self.prefetcher.close()
         self.prefetcher = self.cache = self.model = None
+
+    def _layer_tables(self, rows: list[list[int]], masks: list[list[int]]) -> torch.Tensor:
+        """[L, N, M] block tables, one per layer, from rows of resident blocks or staging positions (mask 1)."""
+        base = torch.tensor(rows, dtype=torch.int64, device=self.device)
+        pooled = torch.tensor(masks, dtype=torch.bool, device=self.device)
+        return torch.where(pooled, base + self._staging_base, base + self._resident_base)
 
     def _prepare(self, scheduled: SchedulerOutput) -> Batch:
         bs, device = self.block_size, self.device
@@ -131,14 +149,13 @@ class ModelRunner:
             positions.append(position)
             slots.append(ref.index * bs + position % bs)
             rows.append(len(ids) - 1)
-        base = pooled = lens = None
+        decode_tables = lens = None
         if scheduled.decode:
             width = max(len(seq.block_table) for seq in scheduled.decode)
             base_rows, pooled_rows = zip(*(table(seq, width) for seq in scheduled.decode))
-            base = torch.tensor(base_rows, dtype=torch.int64, device=device)
-            pooled = torch.tensor(pooled_rows, dtype=torch.int64, device=device)
-            lens = torch.tensor([seq.num_tokens for seq in scheduled.decode], dtype=torch.int64, device=device)
-        prefix_base = prefix_pooled = None
+            decode_tables = self._layer_tables(list(base_rows), list(pooled_rows))
+            lens = Lengths.build([seq.num_tokens for seq in scheduled.decode], device)
+        prefix_tables = None
         prefix_lens = [0] * len(scheduled.prefill)
         if contexts:  # one table row per prefill (first chunks' rows unused), as decode tables are built
             width = max(len(row) for _, _, row, _ in contexts)
@@ -146,19 +163,20 @@ class ModelRunner:
             pooled_rows = [[0] * width for _ in scheduled.prefill]
             for index, start, row, mask in contexts:
                 base_rows[index][:len(row)], pooled_rows[index][:len(mask)], prefix_lens[index] = row, mask, start
-            prefix_base = torch.tensor(base_rows, dtype=torch.int64, device=device)
-            prefix_pooled = torch.tensor(pooled_rows, dtype=torch.int64, device=device)
+            prefix_tables = self._layer_tables(base_rows, pooled_rows)
         slots_cpu = torch.tensor(slots, dtype=torch.int64)
+        position_ids = torch.tensor(positions, dtype=torch.int64, device=device)
+        rebuild = None
+        if rebuild_stage:
+            rebuild = self.model.prepare_positions(torch.tensor(rebuild_positions, dtype=torch.int64, device=device))
         return Batch(
             input_ids=torch.tensor(ids, dtype=torch.int64, device=device),
-            positions=torch.tensor(positions, dtype=torch.int64, device=device),
-            slot_mapping=slots_cpu.to(device), slots_cpu=slots_cpu,
-            cu_seqlens=torch.tensor(cu, dtype=torch.int64, device=device) if scheduled.prefill else None,
+            positions=position_ids, layer_positions=self.model.prepare_positions(position_ids),
+            layer_slots=slots_cpu.to(device)[None, :] + self._layer_tokens, slots_cpu=slots_cpu,
+            prefill=PrefillLayout.build(cu, prefix_lens, device) if scheduled.prefill else None,
             num_prefill_tokens=num_prefill, logit_rows=torch.tensor(rows, dtype=torch.int64, device=device),
-            decode_base=base, decode_pooled=pooled, context_lens=lens,
-            prefix_base=prefix_base, prefix_pooled=prefix_pooled, prefix_lens=prefix_lens,
-            kv_indices=list(kv_stage), rebuild_indices=list(rebuild_stage),
-            rebuild_positions=torch.tensor(rebuild_positions, dtype=torch.int64, device=device) if rebuild_stage else None)
+            prefix_tables=prefix_tables, decode_tables=decode_tables, context_lens=lens,
+            kv_indices=list(kv_stage), rebuild_indices=list(rebuild_stage), rebuild_positions=rebuild)
 
     def _restore(self, moves: list[BlockMove]) -> int:
         """Pool -> device moves (the pool limit shrank, or the device has room again); rebuild-kind
@@ -167,8 +185,8 @@ class ModelRunner:
         rebuild = [move for move in moves if move.rebuild]
         if rebuild:
             activations = self.cache.restore_activations(rebuild)  # [L, k, bs, h]
-            positions = torch.tensor([move.position + offset for move in rebuild for offset in range(self.block_size)],
-                                     device=self.device)
+            positions = self.model.prepare_positions(torch.tensor(
+                [move.position + offset for move in rebuild for offset in range(self.block_size)], device=self.device))
             resident = self.cache.resident()
             devices = torch.tensor([move.device_index for move in rebuild], device=self.device)
             for layer in range(self.num_layers):
@@ -218,28 +236,21 @@ class ModelRunner:
     def _forward(self, batch: Batch, streaming: bool) -> tuple[torch.Tensor, int]:
         model, cache, kv = self.model, self.cache, self.cache.kv
         scale = model.attention_scale
-        tokens_per_layer = cache.num_device_blocks * self.block_size
         prefill_tokens = batch.num_prefill_tokens
         captured = 0
 
         def attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            write_kv(kv, batch.slot_mapping + layer * tokens_per_layer, k, v)
+            write_kv(kv, batch.layer_slots[layer], k, v)
             if streaming:
                 self._stage(layer, batch)
-            slot_base = cache.staging_row_base(layer % max(1, self.layout.prefetch_depth))
-            offset = layer * cache.num_device_blocks
             parts = []
             if prefill_tokens:
-                tables = None
-                if batch.prefix_base is not None:
-                    tables = batch.prefix_base + offset + batch.prefix_pooled * (slot_base - offset)
+                tables = None if batch.prefix_tables is None else batch.prefix_tables[layer]
                 parts.append(paged_prefill_attention(q[:prefill_tokens], k[:prefill_tokens], v[:prefill_tokens],
-                                                     batch.cu_seqlens, scale, kv, tables, batch.prefix_lens,
-                                                     self.decode_variant))
-            if batch.decode_base is not None:
-                table = batch.decode_base + offset + batch.decode_pooled * (slot_base - offset)
-                parts.append(paged_decode_attention(q[prefill_tokens:], kv, table, batch.context_lens, scale,
-                                                    self.decode_variant))
+                                                     batch.prefill, scale, kv, tables, self.decode_variant))
+            if batch.decode_tables is not None:
+                parts.append(paged_decode_attention(q[prefill_tokens:], kv, batch.decode_tables[layer],
+                                                    batch.context_lens, scale, self.decode_variant))
             if streaming:
                 self.prefetcher.release(layer)
             return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -248,5 +259,5 @@ class ModelRunner:
         for layer in range(self.num_layers):
             if cache.rebuild:
                 captured += cache.capture(layer, batch.slots_cpu, hidden)
-            hidden = model.layer_forward(layer, hidden, batch.positions, attention)
+            hidden = model.layer_forward(layer, hidden, batch.layer_positions, attention)
         return hidden, captured

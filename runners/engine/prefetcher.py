@@ -60,6 +60,13 @@ class Prefetcher:
             self.bounce = host_memory.pinned_zeros((self.depth, slot_rows, *cache.geometry), cache.kv.dtype)
             self.bounce_activations = host_memory.pinned_zeros(
                 (self.depth, cache.num_pool_rebuild_blocks, cache.block_size, hidden), cache.kv.dtype)
+        # Bounce buffers the driver would not lock: what streams through them crosses at pageable speed.
+        self.pageable = tuple(
+            f"{why}: the staging bounce buffer is pageable, so every streamed block crosses the link at pageable "
+            f"bandwidth (pie profile's pageable against pinned H2D) and the copy thread waits for each copy, "
+            f"so a pooled share hides behind less compute"
+            for why in (host_memory.pageable_reason(buffer) for buffer in (self.bounce, self.bounce_activations))
+            if why) if self.cuda else ()
         self._jobs: queue.Queue = queue.Queue()
         if not self.team:
             self._worker = threading.Thread(target=self._run, name="pie-prefetch", daemon=True)

@@ -16,6 +16,17 @@ padding entries into range and masks everything at or past `context_lens`.
   within each packed chunk, after a computed prefix read through the sequence's block table
   (chunked prefill); one program per (sequence, 64-row query tile, query head).
 
+Bounded variants, so that no compile lands inside a timed step: the split count comes from
+`SPLIT_COUNTS` and is a launch dimension, not a compile-time constant (the decode kernel only knows
+whether it splits, the merge kernel takes the count at run time); every integer that changes with
+the batch or the context (table widths, tokens per split, the cache's block count) is marked
+`do_not_specialize`, and the block-table pointer (a per-layer view) is not specialised on its
+alignment. So a model, a dtype and a block size compile exactly `VARIANTS_PER_GEOMETRY` kernels:
+decode unsplit and split, the merge, prefill with and without a prefix, which the start-up trial
+(`triton_smoke.py`) compiles before the engine serves. Row strides are passed as the contiguous
+layout's (a size-1 dimension may carry any stride in torch, which would be one more variant).
+Sequence-length maxima come from the caller (`max_len`), so a step reads nothing back from the GPU.
+
 Semantics follow the PyTorch paths: q·kᵀ in the cache dtype (fp32 caches use IEEE fp32 dots,
 not TF32), scale and softmax in fp32, probabilities cast to the cache dtype for p·v.
 Runs under `TRITON_INTERPRET=1` on a CPU (the suite's check against the PyTorch path). Triton
@@ -26,6 +37,7 @@ Left out: sliding windows, ALiBi, quantised caches, CUDA graphs.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -35,6 +47,9 @@ import triton.language as tl
 BLOCK_N = 64  # tokens per tile
 MIN_DOT = 16  # tl.dot needs every dimension >= 16
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+SPLIT_COUNTS = (1, 2, 4, 8, 16)  # decode splits a context into one of these many parts
+MAX_SPLITS = SPLIT_COUNTS[-1]
+VARIANTS_PER_GEOMETRY = 5  # decode unsplit / split, merge, prefill with / without a prefix
 
 
 def _fp32_dot(dtype: torch.dtype) -> bool:
@@ -75,11 +90,15 @@ def _paged_kv_tile(kv_ptr, tables_ptr, seq, first, end, kv_head, dims, dim_mask,
     return k, v, valid
 
 
-@triton.jit
+# Integers that change with the batch or the context: never compiled in as constants or divisibility facts.
+_DECODE_VARYING = ("num_blocks", "tokens_per_split", "stride_tb")
+
+
+@triton.jit(do_not_specialize=_DECODE_VARYING, do_not_specialize_on_alignment=("tables_ptr", "q_ptr"))
 def _decode_kernel(q_ptr, kv_ptr, tables_ptr, lens_ptr, out_ptr, acc_ptr, stat_ptr, scale, num_blocks, tokens_per_split,
                    stride_qb, stride_qh, stride_tb, stride_cb, stride_ckv, stride_co, stride_ch,
                    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, FP32_DOT: tl.constexpr):
+                   BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, FP32_DOT: tl.constexpr):
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     length = tl.load(lens_ptr + seq)
     rows = tl.arange(0, BLOCK_G)
@@ -99,25 +118,25 @@ def _decode_kernel(q_ptr, kv_ptr, tables_ptr, lens_ptr, out_ptr, acc_ptr, stat_p
                                      stride_tb, stride_cb, stride_ckv, stride_co, stride_ch, BLOCK_SIZE, BLOCK_N)
         m, l, acc = _online_softmax(q, k, v, valid[None, :], scale, m, l, acc, FP32_DOT)
     out_mask = row_mask[:, None] & dim_mask[None, :]
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
         tl.store(out_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:  # partials [B, Hq, S, BLOCK_D] and (max, sum) [B, Hq, S, 2], merged by _merge_kernel
-        part = (seq * GROUP * tl.num_programs(1) + heads) * NUM_SPLITS + split
+        part = (seq * GROUP * tl.num_programs(1) + heads) * tl.num_programs(2) + split
         tl.store(acc_ptr + part[:, None] * BLOCK_D + dims[None, :], acc, mask=out_mask)
         tl.store(stat_ptr + part * 2, m, mask=row_mask)
         tl.store(stat_ptr + part * 2 + 1, l, mask=row_mask)
 
 
-@triton.jit
-def _merge_kernel(acc_ptr, stat_ptr, out_ptr, stride_qb, stride_qh, num_heads,
-                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
+@triton.jit(do_not_specialize=("num_splits",))
+def _merge_kernel(acc_ptr, stat_ptr, out_ptr, stride_qb, stride_qh, num_heads, num_splits,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     seq, head = tl.program_id(0), tl.program_id(1)
     splits = tl.arange(0, BLOCK_S)
     dims = tl.arange(0, BLOCK_D)
-    split_mask = splits < NUM_SPLITS
-    part = (seq * num_heads + head) * NUM_SPLITS + splits
+    split_mask = splits < num_splits
+    part = (seq * num_heads + head) * num_splits + splits
     m = tl.load(stat_ptr + part * 2, mask=split_mask, other=float("-inf"))
     l = tl.load(stat_ptr + part * 2 + 1, mask=split_mask, other=0.0)
     acc = tl.load(acc_ptr + part[:, None] * BLOCK_D + dims[None, :], mask=split_mask[:, None], other=0.0)
@@ -132,28 +151,47 @@ def _pow2(value: int, floor: int = MIN_DOT) -> int:
     return max(floor, triton.next_power_of_2(value))
 
 
-def _num_splits(batch: int, kv_heads: int, longest: int, device: torch.device) -> int:
-    """Split long contexts only when (sequence, KV head) pairs cannot fill twice the GPU's SMs."""
-    if device.type != "cuda":
-        return 1
-    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(programs, batch * kv_heads), triton.cdiv(longest, 4 * BLOCK_N), 16))
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (asked once per device); 0 elsewhere (the interpreter: no split)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
+def num_splits_for(batch: int, kv_heads: int, longest: int, num_sms: int) -> int:
+    """The split count from `SPLIT_COUNTS` for this batch: split long contexts only when (sequence, KV head)
+    pairs cannot fill twice the GPU's SMs, never into parts shorter than 4 tiles; rounded down to the set."""
+    wanted = min(triton.cdiv(2 * num_sms, max(1, batch * kv_heads)), triton.cdiv(max(longest, 1), 4 * BLOCK_N))
+    return max(count for count in SPLIT_COUNTS if count <= max(1, wanted))
+
+
+def _rows(tensor: torch.Tensor) -> tuple[int, int]:
+    """(row stride, head stride) of a contiguous [T, H, D] tensor as its layout has them (a size-1 dim may not)."""
+    return tensor.shape[1] * tensor.shape[2], tensor.shape[2]
+
+
+def _index(tensor: torch.Tensor) -> torch.Tensor:
+    """int64 and contiguous: the one pointer type the kernels are compiled for (no copy when it already is)."""
+    return tensor.to(torch.int64).contiguous()
 
 
 def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
-                 scale: float, num_splits: int | None = None) -> torch.Tensor:
-    """Same contract as `attention.paged_decode_attention`; `num_splits` None: chosen for the GPU."""
+                 scale: float, num_splits: int | None = None, max_len: int | None = None) -> torch.Tensor:
+    """Same contract as `attention.paged_decode_attention`; `num_splits` None: chosen for the GPU from `SPLIT_COUNTS`.
+
+    `max_len`: the longest context, known on the host (None: the table's width in tokens).
+    """
     batch, num_heads, head_dim = q.shape
     num_blocks, _, block_size, kv_heads, _ = kv_cache.shape
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, whatever q's strides
     if batch == 0:
         return out
     q = q.contiguous()
-    tables = block_tables.contiguous()
-    lens = context_lens.to(torch.int32).contiguous()
-    longest = block_tables.shape[1] * block_size
-    splits = num_splits or _num_splits(batch, kv_heads, longest, q.device)
-    tokens_per_split = triton.cdiv(triton.cdiv(longest, splits), BLOCK_N) * BLOCK_N
+    tables, lens = _index(block_tables), _index(context_lens)
+    longest = block_tables.shape[1] * block_size if max_len is None else max_len
+    if num_splits is None:
+        num_splits = num_splits_for(batch, kv_heads, longest, multiprocessors(q.device))
+    splits = max(1, min(num_splits, MAX_SPLITS))
+    tokens_per_split = triton.cdiv(triton.cdiv(max(longest, 1), splits), BLOCK_N) * BLOCK_N
     group, block_d = num_heads // kv_heads, _pow2(head_dim)
     if splits > 1:
         acc = torch.empty(batch, num_heads, splits, block_d, dtype=torch.float32, device=q.device)
@@ -161,19 +199,22 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
     else:
         acc = stats = out  # unused
     strides = kv_cache.stride()
+    stride_qb, stride_qh = _rows(q)
     _decode_kernel[(batch, kv_heads, splits)](
         q, kv_cache, tables, lens, out, acc, stats, scale, num_blocks, tokens_per_split,
-        q.stride(0), q.stride(1), tables.stride(0), strides[0], strides[1], strides[2], strides[3],
+        stride_qb, stride_qh, tables.shape[1], strides[0], strides[1], strides[2], strides[3],
         GROUP=group, BLOCK_G=_pow2(group), HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
-        BLOCK_N=BLOCK_N, NUM_SPLITS=splits, FP32_DOT=_fp32_dot(kv_cache.dtype))
+        BLOCK_N=BLOCK_N, SPLIT=splits > 1, FP32_DOT=_fp32_dot(kv_cache.dtype))
     if splits > 1:
-        _merge_kernel[(batch, num_heads)](acc, stats, out, out.stride(0), out.stride(1), num_heads,
-                                          HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=splits,
-                                          BLOCK_S=_pow2(splits, 2))
+        _merge_kernel[(batch, num_heads)](acc, stats, out, stride_qb, stride_qh, num_heads, splits,
+                                          HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=MAX_SPLITS)
     return out
 
 
-@triton.jit
+_PREFILL_VARYING = ("num_blocks", "stride_tb")
+
+
+@triton.jit(do_not_specialize=_PREFILL_VARYING, do_not_specialize_on_alignment=("tables_ptr",))
 def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, kv_ptr, tables_ptr, prefix_ptr, scale, num_blocks,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_tb, stride_cb, stride_ckv, stride_co, stride_ch,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -216,34 +257,36 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, kv_ptr, tables_ptr, pr
 
 def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
             kv_cache: torch.Tensor | None = None, prefix_tables: torch.Tensor | None = None,
-            prefix_lens: torch.Tensor | None = None) -> torch.Tensor:
+            prefix_lens: torch.Tensor | None = None, max_len: int | None = None) -> torch.Tensor:
     """Causal attention per packed sequence, q[T, Hq, dh], k/v[T, Hkv, dh] -> [T, Hq, dh].
 
     With `prefix_lens[N]` (0: none) and `prefix_tables[N, M]`, sequence i's chunk first attends
     over its `prefix_lens[i]` computed tokens in `kv_cache`, read through row i of the table.
+    `max_len`: the longest chunk, known on the host (None: read from `cu_seqlens`, one device read-back).
     """
     total, num_heads, head_dim = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, whatever q's strides
     num_seqs = cu_seqlens.numel() - 1
     if total == 0 or num_seqs == 0:
         return out
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    cu = cu_seqlens.to(torch.int32).contiguous()
-    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    cu = _index(cu_seqlens)
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if max_len is None else max_len
     block_d = _pow2(head_dim)
     block_m = 64 if block_d <= 128 else 32
     has_prefix = prefix_lens is not None
-    if has_prefix:
-        cache, tables, prefix = kv_cache, prefix_tables.contiguous(), prefix_lens.to(torch.int32).contiguous()
-        num_blocks, block_size, strides = cache.shape[0], cache.shape[2], cache.stride()
-        table_stride = tables.stride(0)
+    tables, prefix = (_index(prefix_tables), _index(prefix_lens)) if has_prefix else (cu, cu)  # unused without
+    if kv_cache is not None:  # the engine always passes its cache: one set of strides with a prefix or without
+        num_blocks, block_size, strides = kv_cache.shape[0], kv_cache.shape[2], kv_cache.stride()
     else:
-        cache, tables, prefix = q, cu, cu  # unused
-        num_blocks, block_size, strides, table_stride = 1, 1, (0, 0, 0, 0), 0
+        kv_cache, num_blocks, block_size, strides = q, 1, 1, (0, 0, 0, 0)
+    stride_qt, stride_qh = _rows(q)
+    stride_kt, stride_kh = _rows(k)
     grid = (num_seqs, triton.cdiv(longest, block_m), num_heads)
     _prefill_kernel[grid](
-        q, k, v, out, cu, cache, tables, prefix, scale, num_blocks,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), table_stride, strides[0], strides[1], strides[2], strides[3],
+        q, k, v, out, cu, kv_cache, tables, prefix, scale, num_blocks,
+        stride_qt, stride_qh, stride_kt, stride_kh, tables.shape[1] if has_prefix else 0,
+        strides[0], strides[1], strides[2], strides[3],
         GROUP=num_heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
         BLOCK_M=block_m, BLOCK_N=BLOCK_N, HAS_PREFIX=has_prefix, FP32_DOT=_fp32_dot(q.dtype))
     return out

@@ -26,6 +26,10 @@ class DecoderModel(Protocol):
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
 
+    def prepare_positions(self, positions: torch.Tensor) -> object:
+        """What `layer_forward` and `layer_kv_from_input` take as positions for a whole step (RoPE tables once)."""
+        ...
+
     def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor,
                       attention: Attention) -> torch.Tensor: ...
 

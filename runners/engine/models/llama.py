@@ -5,6 +5,8 @@ convention, grouped-query attention (Hkv <= Hq), SwiGLU MLP, optional q/k/v bias
 tied or separate lm_head. q/k/v and gate/up are fused into one GEMM each at build time, and
 every GEMM goes through `Linear` (models/linear.py: weights prepacked for oneDNN on the CPU).
 The attention is a callback the engine supplies, so K arrives at the cache already rotated.
+The RoPE tables of a step's positions are computed once (`prepare_positions`) and reused by every
+layer; a plain positions tensor still works (computed per call).
 
 Left out: rope scaling (Llama 3.1 long context), Mistral's sliding window (the kernels do not
 mask it), Qwen2's sliding-window layers.
@@ -60,17 +62,32 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[
     return angles.cos(), angles.sin()
 
 
+@dataclass(frozen=True)
+class RotaryPositions:
+    """A step's positions with their cos/sin tables, computed once (`LlamaModel.prepare_positions`) for every layer."""
+
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def _cos_sin(positions: torch.Tensor | RotaryPositions, shape: ModelShape) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(positions, RotaryPositions):
+        return positions.cos, positions.sin
+    return rope_cos_sin(positions, shape.head_dim, shape.rope_theta)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-def project_qkv(layer: LlamaLayer, shape: ModelShape, x: torch.Tensor, positions: torch.Tensor):
+def project_qkv(layer: LlamaLayer, shape: ModelShape, x: torch.Tensor, positions: torch.Tensor | RotaryPositions):
     """Normed input -> q[T, Hq, dh], k[T, Hkv, dh] (both rotated), v[T, Hkv, dh]."""
     tokens, head_dim = x.shape[0], shape.head_dim
     q, k, v = layer.qkv(x).split([shape.hidden_size, shape.kv_dim, shape.kv_dim], dim=-1)
-    cos, sin = rope_cos_sin(positions, head_dim, shape.rope_theta)
+    cos, sin = _cos_sin(positions, shape)
     q = apply_rope(q.reshape(tokens, shape.num_heads, head_dim), cos, sin)
     k = apply_rope(k.reshape(tokens, shape.num_kv_heads, head_dim), cos, sin)
     return q, k, v.reshape(tokens, shape.num_kv_heads, head_dim)
@@ -91,7 +108,7 @@ def layer_kv_from_input(layer: LlamaLayer, shape: ModelShape, layer_input: torch
     tokens, head_dim, h, kv = layer_input.shape[0], shape.head_dim, shape.hidden_size, shape.kv_dim
     x = rms_norm(layer_input, layer.input_norm_weight, shape.norm_eps)
     k, v = layer.qkv(x)[:, h:].split(kv, dim=-1)  # the q part is wasted; rebuilds are a small share of tokens
-    cos, sin = rope_cos_sin(positions, head_dim, shape.rope_theta)
+    cos, sin = _cos_sin(positions, shape)
     k = apply_rope(k.reshape(tokens, shape.num_kv_heads, head_dim), cos, sin)
     return k, v.reshape(tokens, shape.num_kv_heads, head_dim)
 
@@ -108,6 +125,11 @@ class LlamaModel:
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.embed_tokens)
+
+    def prepare_positions(self, positions: torch.Tensor) -> RotaryPositions:
+        """The step's positions with their RoPE tables, for every layer's `layer_forward`/`layer_kv_from_input`."""
+        cos, sin = rope_cos_sin(positions, self.shape.head_dim, self.shape.rope_theta)
+        return RotaryPositions(positions, cos, sin)
 
     def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
         return layer_forward(self.layers[index], self.shape, index, hidden, positions, attention)

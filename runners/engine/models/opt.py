@@ -108,6 +108,10 @@ class OPTModel:
             x = self.project_in(x)
         return x + F.embedding(positions + _POSITION_OFFSET, self.embed_positions)
 
+    def prepare_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """OPT's positions enter at the embedding only: the layers take them as they are."""
+        return positions
+
     def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
         return layer_forward(self.layers[index], self.shape, index, hidden, attention)
 
