@@ -153,6 +153,7 @@ FAKE_SERVER = textwrap.dedent('''
             self.wfile.write(f"data: {json.dumps(payload)}\\n\\n".encode())
             self.wfile.flush()
 
+    ThreadingHTTPServer.request_queue_size = 64  # the default 5 drops connections of a burst: 1 s TCP retries
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[3])), Handler)
     server.daemon_threads = True
     server.serve_forever()
