@@ -1,17 +1,23 @@
 """The typer app: every command is registered here, one module per command.
 
 `main()` is the console entry point. It maps `PieError` to a one-line message and its exit
-code, and a parse error (an unknown option, a value of the wrong type) to one line with the
-command's `--help` as the hint, exit 2; any other exception becomes a one-line runtime error,
-with the traceback only when PIE_DEBUG=1.
+code, and a parse error (an unknown option, a value of the wrong type, a single-valued option
+given twice with different values) to one line with the command's `--help` as the hint, exit 2;
+any other exception becomes a one-line runtime error. Under `--json` every failure also writes one
+JSON object on stdout (error, hint, exit code, and what was kept, e.g. a partial record's path).
+PIE_DEBUG=1 adds the traceback on stderr and changes nothing else.
 """
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
+import typer.main
 
+from pie_cli.options import check_repeated_options
+from pie_cli.output import print_error_json
 from pie_core.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, PieError
 
 try:  # typer >= 0.20 vendors click
@@ -50,7 +56,10 @@ app.command("models")(models_cmd.models)
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    json_mode = _json_mode(args)
     try:
+        _check_repeated(args)
         code = app(standalone_mode=False, prog_name="pie")  # parse errors come here, not as click's usage box
     except NoArgsIsHelpError as err:  # bare `pie`: the help (rich prints it itself), as a usage error
         text = err.format_message()
@@ -60,25 +69,45 @@ def main() -> None:
     except UsageError as err:
         command = err.ctx.command_path if err.ctx is not None else "pie"
         message = " ".join(err.format_message().split()).rstrip(".")
-        print(f"error: {message} (hint: see `{command} --help`)", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        _fail(PieError(message, f"see `{command} --help`"), EXIT_BAD_INPUT, json_mode)
     except PieError as err:
-        if os.environ.get("PIE_DEBUG") == "1":
-            raise
-        print(f"error: {err.one_line()}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail(err, err.exit_code, json_mode)
+    except KeyboardInterrupt as err:
+        _fail(PieError("interrupted"), 130, json_mode, getattr(err, "json_details", None))
     except SystemExit:
         raise
-    except Exception as err:  # last-resort mapping to one line
-        if os.environ.get("PIE_DEBUG") == "1":
-            raise
+    except Exception as err:  # noqa: BLE001 - last-resort mapping to one line (PIE_DEBUG=1 adds the traceback)
         first_line = (str(err).strip().splitlines() or [""])[0]
-        print(f"error: {type(err).__name__}: {first_line} (hint: rerun with PIE_DEBUG=1 for a traceback)", file=sys.stderr)
-        sys.exit(EXIT_RUNTIME)
+        _fail(PieError(f"{type(err).__name__}: {first_line}", "rerun with PIE_DEBUG=1 for a traceback"), EXIT_RUNTIME,
+              json_mode, getattr(err, "json_details", None))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(err: PieError, exit_code: int, json_mode: bool, details: dict | None = None) -> None:
+    """One `error:` line on stderr (after the traceback with PIE_DEBUG=1), one JSON object on stdout under --json."""
+    if os.environ.get("PIE_DEBUG") == "1":
+        traceback.print_exc(file=sys.stderr)  # the traceback is added; the message and the exit code stay
+    print(f"error: {err.one_line()}", file=sys.stderr)
+    if json_mode:
+        print_error_json(err.message, err.hint, exit_code, {**getattr(err, "json_details", {}), **(details or {})})
+    sys.exit(exit_code)
+
+
+def _json_mode(args: list[str]) -> bool:
+    """Whether the command was asked for JSON (`--json`, or `pie compare --format json`)."""
+    args = args[: args.index("--")] if "--" in args else args
+    if "--json" in args:
+        return True
+    return any(a == "--format=json" or (a == "--format" and args[i + 1:i + 2] == ["json"]) for i, a in enumerate(args))
+
+
+def _check_repeated(args: list[str]) -> None:
+    """A single-valued option given twice with different values is bad input (pie_cli/options.py)."""
+    name = next((a for a in args if not a.startswith("-")), None)
+    command = typer.main.get_command(app)
+    sub = getattr(command, "commands", {}).get(name) if name else None
+    if sub is not None:
+        check_repeated_options(sub, args[args.index(name) + 1:])
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pie_cli.dtype_option import DtypeAutoOpt, announce_dtype
-from pie_cli.options import DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, ResultsDirOpt, SeedOpt
+from pie_cli.options import (DEFAULT_RESULTS_DIR, DeviceOpt, JsonOpt, ModelOpt, ResultsDirOpt, SeedOpt, parse_runner_options,
+                             same_option_value)
 from pie_cli.sim_option import SimHardwareOpt, SimProfileOpt
-from pie_cli.output import Output
+from pie_cli.output import Output, print_error_json
 from pie_core.errors import BadInput
-from pie_core.inputs import writable_dir
+from pie_core.inputs import check_number, writable_dir
 from results.metrics import summary_rows
 
 TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> device bytes"),
@@ -29,14 +30,28 @@ TELEMETRY_ROWS = (("stall_fraction", "Stall fraction"), ("h2d_bytes", "Pool -> d
                   ("rebuilt_tokens", "Rebuilt tokens"))
 
 
-def parse_options(items: list[str]) -> dict[str, str]:
-    """`-O KEY=VALUE` items as {key: text}; each runner parses the text by the option's declared type."""
-    options: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"runner option '{item}' is not KEY=VALUE", "e.g. --option num_pool_blocks=256")
-        options[key.strip().replace("-", "_")] = value.strip()
+ENGINE_FLAGS = {"plan": "--plan", "num_pool_blocks": "--pool-blocks", "num_device_blocks": "--device-blocks",
+                "adaptive": "--adaptive"}
+
+
+def parse_options(items: list[str], flags: dict[str, Any], sweep: str | None) -> dict[str, str]:
+    """`-O KEY=VALUE` items as {key: text} (pie_cli/options.py); an engine flag or the --sweep key that gives one of
+    them another value is bad input naming both (the resolve step puts the flags on top of the options)."""
+    from runners.bench import SWEEP_TARGETS
+
+    options, written = parse_runner_options(items)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        flag = ENGINE_FLAGS[key] + ("" if isinstance(value, bool) else f" {value}")
+        if key in options and not same_option_value(value, options[key]):
+            raise BadInput(f"{flag} and -O {written[key]} give {key} two different values", f"give {key} once")
+        written[key] = flag
+    target = SWEEP_TARGETS.get((sweep or "").partition("=")[0].strip().lower().replace("-", "_"))
+    if target and target[0] == "options" and target[1] in written:
+        given = written[target[1]] if written[target[1]].startswith("--") else f"-O {written[target[1]]}"
+        raise BadInput(f"--sweep {sweep} and {given} both set {target[1]}",
+                       f"drop one: the sweep gives {target[1]} each of its values in turn")
     return options
 
 
@@ -87,6 +102,8 @@ def bench(
 
     out = Output(json_out)
     writable_dir(results_dir, "--results-dir")  # before any work, not when the record is opened
+    if max_concurrency is not None:
+        check_number(max_concurrency, "--max-concurrency", minimum=1, integer=True, hint="e.g. --max-concurrency 8, or leave it out")
     workload_fields = {"name": workload.strip().lower(), "dataset_path": dataset_path, "num_prompts": num_prompts,
                        "output_len": output_len, "input_len": input_len, "range_ratio": range_ratio,
                        "time_scale": time_scale, "trace_start": trace_start, "trace_duration": trace_duration,
@@ -94,7 +111,9 @@ def bench(
     resolved = resolve_bench(BenchArgs(
         model=model, workload=workload_fields, runner=runner, plan=plan, request_rate=request_rate, burstiness=burstiness,
         max_concurrency=max_concurrency, goodput=tuple(goodput or ()), pool_blocks=pool_blocks, device_blocks=device_blocks,
-        options=parse_options(option or []), sweep=sweep, adaptive=adaptive, save_outputs=save_outputs, label=label,
+        options=parse_options(option or [], {"plan": str(plan) if plan else None, "num_pool_blocks": pool_blocks,
+                                             "num_device_blocks": device_blocks, "adaptive": True if adaptive else None},
+                              sweep), sweep=sweep, adaptive=adaptive, save_outputs=save_outputs, label=label,
         hardware=hardware, profile=profile, dtype=dtype, device=device, seed=seed))
     for note in resolved.notes:
         out.warn(note)
@@ -112,17 +131,30 @@ def bench(
             if note:
                 out.warn(note)
     except BenchInterrupted as interrupted:
-        _print_json(out, json_out, parsed_sweep, outcomes)
+        if json_out:  # one JSON object: the interruption, the partial record, the points that finished
+            print_error_json("interrupted", "the finished requests are kept in the record, marked incomplete", 130,
+                             {**_json_runs(parsed_sweep, outcomes), "record_path": interrupted.record_path,
+                              "num_requests": interrupted.num_requests})
         out.info(f"[yellow]interrupted[/yellow]: {interrupted.num_requests} finished request(s) kept in "
                  f"{interrupted.record_path} (marked incomplete)" if interrupted.record_path else
                  "[yellow]interrupted[/yellow] before any request finished; no record was kept")
         raise typer.Exit(130) from None
-    except Exception:
-        _print_json(out, json_out, parsed_sweep, outcomes)  # --json still gets the points that finished
+    except Exception as err:
+        if json_out and outcomes:  # the error's JSON object (pie_cli/app.py) carries the points that finished
+            err.json_details = _json_runs(parsed_sweep, outcomes)
         raise
     _print_json(out, json_out, parsed_sweep, outcomes)
     if parsed_sweep is not None and not json_out:
         _sweep_table(out, parsed_sweep, outcomes)
+
+
+def _json_runs(sweep: Any, outcomes: list) -> dict[str, Any]:
+    """What an error's JSON object carries of the runs that finished: the run itself (its record_path, summary, ...),
+    or a sweep's finished points."""
+    if not outcomes:
+        return {}
+    payloads = [_payload(o) for o in outcomes]
+    return payloads[0] if sweep is None else {"sweep_id": sweep.sweep_id, "key": sweep.key, "runs": payloads}
 
 
 def _print_json(out: Output, json_out: bool, sweep: Any, outcomes: list) -> None:

@@ -19,6 +19,13 @@ from pie_core.formatting import format_cell
 from pie_core.json_files import to_jsonable
 
 
+def print_error_json(message: str, hint: str | None, exit_code: int, details: dict[str, Any] | None = None) -> None:
+    """The one JSON object a failed command writes on stdout under --json: the error, the hint, the exit code, and
+    what was kept (e.g. `record_path` of a partial record, `runs` finished before the failure)."""
+    payload = {"error": message, "hint": hint, "exit_code": exit_code, **(details or {})}
+    print(json.dumps(to_jsonable(payload), indent=2), flush=True)
+
+
 class Output:
     """The one output helper: `data` console on stdout, `messages` console on stderr."""
 

@@ -149,7 +149,10 @@ def profile(model: ModelOpt = "opt-125m", quick: QuickOpt = False, device: Devic
     from profiler.run import ProfileRequest, run_profile
 
     if output is not None:
-        writable_file(output, "--output")  # before measuring, not after
+        from pie_cli.options import DEFAULT_RESULTS_DIR
+        from results.store import check_outside_store
+
+        check_outside_store(writable_file(output, "--output"), "--output", DEFAULT_RESULTS_DIR)  # before measuring
     from runners.hardware_source import dtype_on_device
 
     resolved = dtype_on_device(dtype, check_device(device))

@@ -41,7 +41,10 @@ def show(
         raise BadInput(f"{flag} shows one run, but no run was given", f"e.g. pie show RUN_ID {flag} (list runs with `pie show`)")
     if run is None:
         records = store.select(label=label, model=model, runner=runner, sweep_id=sweep_id)
-        _list(out, records, store)
+        for _, why in store.unreadable():
+            out.warn(f"left out a record pie cannot read: {why}")
+        filters = {"--label": label, "--model": model, "--runner": runner, "--sweep-id": sweep_id}
+        _list(out, records, store, " ".join(f"{flag} {value}" for flag, value in filters.items() if value is not None))
         return
     record = store.load(run)
     if json_out:
@@ -52,7 +55,7 @@ def show(
         _timeline(out, record)
 
 
-def _list(out: Output, records: list, store: Any) -> None:
+def _list(out: Output, records: list, store: Any, filters: str = "") -> None:
     rows = []
     for record in records:
         summary, header = record.summary or {}, record.header
@@ -65,7 +68,12 @@ def _list(out: Output, records: list, store: Any) -> None:
         out.json({"results_dir": str(store.root), "runs": rows})
         return
     if not rows:
-        out.info(f"no runs in {store.root} (run `pie bench` to make one)")
+        total = len(store.records())
+        if filters and total:
+            out.info(f"no run in {store.root} matches {filters} (it holds {total} run{'s' if total != 1 else ''}; "
+                     "`pie show` lists them all)")
+        else:
+            out.info(f"no runs in {store.root} (run `pie bench` to make one)")
         return
     out.table(f"Runs in {store.root}", ["run", "created", "runner", "model", "workload", "label", "sweep", "complete",
                                         "requests", "output tok/s", "mean TTFT (ms)", "mean TPOT (ms)"],

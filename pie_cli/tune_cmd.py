@@ -59,7 +59,10 @@ def tune(model: ModelOpt, hardware: HardwareOpt = None, profile: ProfileOpt = No
 
     out = Output(json_out)
     if output is not None:
-        writable_file(output, "--output")  # before any profile or plan is made
+        from pie_cli.options import DEFAULT_RESULTS_DIR
+        from results.store import check_outside_store
+
+        check_outside_store(writable_file(output, "--output"), "--output", DEFAULT_RESULTS_DIR)  # before any work
     resolved = resolve_tune(TuneArgs(
         model=model, hardware=hardware, profile=profile, gpu_memory_bytes=parse_budget(gpu_memory, "--gpu-memory"),
         cpu_memory_bytes=parse_budget(cpu_memory, "--cpu-memory", allow_zero=True), workload=workload,

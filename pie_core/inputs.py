@@ -7,7 +7,8 @@ Each check raises a one-line `BadInput` that names the input, what was given and
   the planner's one rule);
 - option values by their declared type: `OptionType` and `parse_options` (`-O KEY=VALUE` of every runner);
 - paths to read: `readable_file` (missing, a directory, or a file of another kind are each said as such);
-- paths to write: `writable_file` and `writable_dir`, checked before any work starts, creating nothing.
+- paths to write: `writable_file` and `writable_dir`, checked before any work starts, creating nothing;
+- every path's length (`check_path_length`: a name or a whole path longer than the file system takes).
 
 Sizes are `pie_core/sizes.py` (`parse_size`); model directories `pie_core/model_dir.py`; plans,
 profiles and records are read by their own classes through `readable_file`.
@@ -163,7 +164,7 @@ def readable_file(path: Path | str, what: str, hint: str) -> Path:
 
     `what` names the kind of file ('plan', 'profile', 'dataset file'); `hint` says where a right one comes from.
     """
-    path = Path(path).expanduser()
+    path = check_path_length(Path(path).expanduser(), what)
     if path.is_dir():
         raise BadInput(f"{what} '{path}' is a directory, not a file", hint)
     if not path.is_file():
@@ -172,6 +173,26 @@ def readable_file(path: Path | str, what: str, hint: str) -> Path:
         raise BadInput(f"{what} '{path}' does not exist", hint)
     if not os.access(path, os.R_OK):
         raise BadInput(f"{what} '{path}' cannot be read (permission denied)", hint)
+    return path
+
+
+def _limit(name: str, default: int) -> int:
+    try:
+        return int(os.pathconf("/", name))
+    except (AttributeError, OSError, ValueError):
+        return default
+
+
+def check_path_length(path: Path, name: str) -> Path:
+    """`path` unless one of its names, or the whole path, is longer than the file system takes (OSError 36 later)."""
+    longest = max((part for part in path.parts), key=lambda part: len(os.fsencode(part)), default="")
+    most_name, most_path = _limit("PC_NAME_MAX", 255), _limit("PC_PATH_MAX", 4096)
+    if len(os.fsencode(longest)) > most_name:
+        raise BadInput(f"{name} '{longest[:40]}...' is a name of {len(os.fsencode(longest))} bytes; the file system takes "
+                       f"at most {most_name}", "use a shorter name")
+    if len(os.fsencode(str(path))) >= most_path:
+        raise BadInput(f"{name} is a path of {len(os.fsencode(str(path)))} bytes; the file system takes less than {most_path}",
+                       "use a shorter path")
     return path
 
 
@@ -194,7 +215,7 @@ def _can_create_in(directory: Path) -> bool:
 def writable_file(path: Path | str, name: str) -> Path:
     """A path a result file can be written to, checked before any work: not a directory, and its nearest
     existing parent a directory where files can be made. Nothing is created."""
-    path = Path(path).expanduser()
+    path = check_path_length(Path(path).expanduser(), name)
     if path.is_dir():
         raise BadInput(f"{name} '{path}' is a directory", f"give a file name, e.g. {path / 'out.json'}")
     if path.exists() and not os.access(path, os.W_OK):
@@ -209,7 +230,7 @@ def writable_file(path: Path | str, name: str) -> Path:
 
 def writable_dir(path: Path | str, name: str) -> Path:
     """A directory results can be written into (made later if missing), checked before any work."""
-    path = Path(path).expanduser()
+    path = check_path_length(Path(path).expanduser(), name)
     if path.exists() and not path.is_dir():
         raise BadInput(f"{name} '{path}' is a file, not a directory", "give a directory; it is made if missing")
     parent = _nearest_existing(path)

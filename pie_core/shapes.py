@@ -17,6 +17,11 @@ from pie_core.model_dir import MISSING, config_value, read_config
 FAMILIES = ("opt", "llama", "mistral", "qwen2")
 
 
+# ModelShape field -> the Hugging Face config.json key it comes from (OPT names some of them differently)
+CONFIG_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
+               "intermediate_size": "intermediate_size (ffn_dim in OPT)", "max_positions": "max_position_embeddings"}
+
+
 @dataclass(frozen=True)
 class ModelShape:
     name: str
@@ -42,9 +47,13 @@ class ModelShape:
             raise BadInput(f"model family '{self.family}' is not supported", f"supported: {', '.join(FAMILIES)}")
         for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size", "max_positions"):
             if getattr(self, field) <= 0:
-                raise BadInput(f"{self.name}: {field} must be positive, got {getattr(self, field)}")
+                key = CONFIG_KEYS.get(field, field)
+                raise BadInput(f"{self.name}: {field} must be positive, got {getattr(self, field)}",
+                               f"fix '{key}' in the model's config.json (save_pretrained writes a valid one)")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise BadInput(f"{self.name}: hidden_size {self.hidden_size} / num_heads {self.num_heads} / num_kv_heads {self.num_kv_heads} do not divide evenly")
+            raise BadInput(f"{self.name}: hidden_size {self.hidden_size} / num_heads {self.num_heads} / num_kv_heads {self.num_kv_heads} do not divide evenly",
+                           "fix the model's config.json: hidden_size must be a multiple of num_attention_heads, and "
+                           "num_attention_heads of num_key_value_heads")
 
     # --- derived sizes -------------------------------------------------------------------
     @property

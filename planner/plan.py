@@ -11,13 +11,10 @@ does, runners/resolve.py; the engine knows nothing of plans).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pie_core.errors import BadInput
-from pie_core.inputs import readable_file
 from pie_core.json_files import write_json_atomic
 from runners.engine.settings import EngineSettings
 
@@ -72,28 +69,13 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "plan") -> "Plan":
-        if not isinstance(data, dict):
-            raise BadInput(f"{source} is not a pie plan (expected a JSON object)")
-        if data.get("schema_version") != PLAN_SCHEMA_VERSION:
-            raise BadInput(f"{source} has plan schema version {data.get('schema_version')!r}; this pie reads "
-                           f"{PLAN_SCHEMA_VERSION}", "re-run `pie tune` to make a new plan")
-        try:
-            fields = dict(data)
-            fields["settings"] = EngineSettings(**{key: value for key, value in dict(data["settings"]).items()
-                                                   if key not in ("model", "dtype")})
-            fields["predicted"] = Performance(**data["predicted"])
-            fields["baseline"] = Performance(**data["baseline"])
-            fields["binding"] = tuple(data["binding"])
-            fields["explanation"] = tuple(data["explanation"])
-            return cls(**fields)
-        except (KeyError, TypeError) as err:
-            raise BadInput(f"{source} is not a valid pie plan ({err})", "re-run `pie tune` to make a new plan") from None
+        """Every field checked (planner/plan_file.py)."""
+        from planner.plan_file import plan_from_dict
+
+        return plan_from_dict(cls, data, source)
 
     @classmethod
     def load(cls, path: Path) -> "Plan":
-        path = readable_file(path, "plan", "write one with `pie tune --output plan.json`")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BadInput(f"plan '{path}' is not valid JSON ({err})", "re-run `pie tune` to make a new plan") from None
-        return cls.from_dict(data, source=f"plan '{path}'")
+        from planner.plan_file import load_plan
+
+        return load_plan(cls, path)

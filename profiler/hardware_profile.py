@@ -1,22 +1,41 @@
 """`HardwareProfile`: what `pie profile` measured, as a versioned, self-describing JSON file.
 
 This module is the contract between the profiler (which fills it) and the planner (which
-reads it). It is torch-free. Loading checks the schema version and the structure and turns
-any problem into a one-line `BadInput`.
+reads it). It is torch-free. Loading (`from_dict`, `load`) checks the schema version, every field's
+type, sign and finiteness (pie_core/json_fields.py), the fitted coefficients (none negative, not all
+zero), the fingerprint's memory sizes and the engine calibration (`engine_overhead`), and turns any problem
+into a one-line `BadInput` naming the file and the field.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
-from pie_core.inputs import readable_file
-from pie_core.json_files import write_json_atomic
+from pie_core.json_fields import NON_NEGATIVE, POSITIVE, Range, Where, number, read_dataclass
+from pie_core.json_files import read_json_file, write_json_atomic
 
 SCHEMA_VERSION = 1
+HINT = "re-run `pie profile` to make a new one"
+_WHOLE = Range(minimum=1)
+_BOUNDS = {
+    "HardwareProfile": {"memory_bandwidth_gbps": POSITIVE, "matmul_tflops": POSITIVE},
+    "BandwidthSample": {"size_bytes": _WHOLE, "samples_s": NON_NEGATIVE, "median_gbps": POSITIVE, "p10_gbps": NON_NEGATIVE,
+                        "p90_gbps": NON_NEGATIVE},
+    "LayerTiming": {"batch_size": _WHOLE, "context_len": NON_NEGATIVE, "median_s": NON_NEGATIVE, "p10_s": NON_NEGATIVE,
+                    "p90_s": NON_NEGATIVE, "samples_s": NON_NEGATIVE},
+    "DecodeLayerFit": {name: NON_NEGATIVE for name in ("fixed_s", "per_token_s", "per_kv_token_s", "layer_weight_bytes",
+                       "layer_flops_per_token", "kv_bytes_per_token_layer", "median_rel_error", "max_rel_error",
+                       "num_fit_points", "num_holdout_points")},
+    "PrefillLayerFit": {name: NON_NEGATIVE for name in ("fixed_s", "per_token_s", "per_token_sq_s", "median_rel_error")},
+    "EngineOverhead": {"fixed_s": NON_NEGATIVE, "per_seq_s": NON_NEGATIVE, "decode_scale": POSITIVE, "prefill_scale": POSITIVE,
+                       "pooled_copy_gbps": POSITIVE, "num_steps_fitted": NON_NEGATIVE},
+}
+# fingerprint sizes the planner reads (planner/hardware.py: from_profile)
+_FINGERPRINT_BYTES = ("ram_bytes", "memory_bytes", "host_memory_bytes", "total_memory_bytes", "gpu_memory_bytes",
+                      "device_memory_bytes", "cuda_memory_bytes")
 LINK_DIRECTIONS = ("h2d", "d2h", "bidirectional")
 HOST_MEMORY_KINDS = ("pinned", "pageable")
 
@@ -158,34 +177,36 @@ class HardwareProfile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "HardwareProfile":
+        where = Where(source, HINT)
         if not isinstance(data, dict):
-            raise BadInput(f"{source} is not a pie hardware profile (expected a JSON object)")
+            raise BadInput(f"{source} is not a pie hardware profile (expected a JSON object)", HINT)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise BadInput(f"{source} has schema version {version!r}; this pie reads version {SCHEMA_VERSION}",
-                           "re-run `pie profile` to make a new one")
-        try:
-            fields = dict(data)
-            fields.pop("capability", None)  # derived from the fingerprint (kept beside it by the first writers)
-            fields["link"] = tuple(BandwidthSample(**{**s, "samples_s": tuple(s["samples_s"])}) for s in data["link"])
-            fields["layer_timings"] = tuple(LayerTiming(**{**t, "samples_s": tuple(t.get("samples_s", ()))})
-                                            for t in data["layer_timings"])
-            fields["decode_fit"] = DecodeLayerFit(**data["decode_fit"]) if data.get("decode_fit") else None
-            fields["prefill_fit"] = PrefillLayerFit(**data["prefill_fit"]) if data.get("prefill_fit") else None
-            fields["notes"] = tuple(data.get("notes", ()))
-            extra = dict(data.get("extra") or {})
-            overhead = data.get("engine_overhead") or extra.pop("engine_iteration_overhead", None)  # older profiles kept it there
-            fields["extra"] = extra
-            fields["engine_overhead"] = EngineOverhead.from_dict(overhead) if overhead else None
-            return cls(**fields)
-        except (KeyError, TypeError) as err:
-            raise BadInput(f"{source} is not a valid pie hardware profile ({err})", "re-run `pie profile` to make a new one") from None
+            raise where.at("schema_version").error(f"is {version!r}; this pie reads schema version {SCHEMA_VERSION}")
+        fields = {k: v for k, v in data.items() if k != "capability"}  # derived from the fingerprint
+        extra = fields.get("extra")
+        if isinstance(extra, dict) and "engine_iteration_overhead" in extra and not fields.get("engine_overhead"):
+            extra = dict(extra)  # older profiles kept the engine calibration in extra
+            fields["engine_overhead"], fields["extra"] = extra.pop("engine_iteration_overhead"), extra
+        nested = {kind: _BOUNDS[kind.__name__] for kind in (BandwidthSample, LayerTiming, DecodeLayerFit, PrefillLayerFit,
+                                                             EngineOverhead)}
+        profile = read_dataclass(cls, fields, where, _BOUNDS["HardwareProfile"], nested)
+        _check_profile(profile, where)
+        return profile
 
     @classmethod
     def load(cls, path: Path) -> "HardwareProfile":
-        path = readable_file(path, "profile", "run `pie profile` first, or pass the JSON file it saved")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BadInput(f"profile '{path}' is not valid JSON ({err})", "re-run `pie profile` to make a new one") from None
+        data = read_json_file(path, "profile", "run `pie profile` first, or pass the JSON file it saved", HINT)
         return cls.from_dict(data, source=f"profile '{path}'")
+
+
+def _check_profile(profile: HardwareProfile, where: Where) -> None:
+    """What types alone do not say: a fit that predicts zero time, a link without H2D, sizes and calibration."""
+    for name, fit in (("decode_fit", profile.decode_fit), ("prefill_fit", profile.prefill_fit)):
+        if fit is not None and not (fit.fixed_s > 0 or fit.per_token_s > 0):
+            raise where.at(name).error("predicts a layer takes no time (fixed_s and per_token_s are both 0)")
+    for key in _FINGERPRINT_BYTES:
+        if (profile.fingerprint or {}).get(key) is not None:
+            number(profile.fingerprint[key], where.at("fingerprint").at(key), _WHOLE, integer=True)
+    if profile.device.split(":")[0] not in ("cpu", "cuda"):
+        raise where.at("device").expected('"cpu" or "cuda[:N]"', profile.device)

@@ -9,7 +9,6 @@ Left out: where the folder is (the CLI's default, `.pie/profiles`) and loading (
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,9 @@ from typing import Any
 from pie_core.capability import DeviceCapability
 from pie_core.device_probe import detect_capability
 from pie_core.dtypes import canonical_dtype
+from pie_core.errors import BadInput
 from pie_core.fingerprint import fingerprint_slug, hostname_hash
+from pie_core.json_files import read_json_file
 
 
 def saved_profile(folder: Path, model: str, dtype: str, device: str = "cpu") -> Path | None:
@@ -29,10 +30,12 @@ def saved_profile(folder: Path, model: str, dtype: str, device: str = "cpu") -> 
     matches = []
     for path in folder.glob("*.json"):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
+            data = read_json_file(path, "profile", "", "")
+        except BadInput:
+            continue  # not a readable profile: not this machine's (loading it by name says why)
         if not isinstance(data, dict) or data.get("model") != model or not data.get("decode_fit"):
+            continue
+        if not isinstance(data.get("fingerprint") or {}, dict) or not isinstance(data.get("created_at", ""), str):
             continue
         if (data.get("fingerprint") or {}).get("hostname_sha256") != hostname_hash():
             continue

@@ -28,7 +28,7 @@ from pie_core.errors import BadInput
 from results import machines
 from results import significance as sig
 from results.record import RunRecord, runner_label
-from results.rules import Rule, check_metrics
+from results.rules import Rule, check_metrics, direction
 from results.store import ResultsStore
 
 SELECTOR_KEYS = {"label": "label", "model": "model", "runner": "runner", "commit": "git_commit",
@@ -44,6 +44,8 @@ class Side:
     reference: str
     records: tuple[RunRecord, ...]
     skipped_incomplete: tuple[str, ...] = ()  # run ids a selector matched but that did not finish
+    repeated: tuple[str, ...] = ()  # run ids reached more than once (repeated ids, overlapping selectors, copies): kept once
+    unreadable: tuple[str, ...] = ()  # "file: why" for each record file a selector's scan could not read
 
     def __post_init__(self) -> None:
         if not self.records:
@@ -111,49 +113,62 @@ class Comparison:
 
 
 def parse_selector(text: str) -> dict[str, str]:
-    filters = {}
+    filters: dict[str, str] = {}
+    written: dict[str, str] = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if key not in SELECTOR_KEYS or not value:
             raise BadInput(f"cannot read selector '{text}'",
                            f"use KEY=VALUE[,KEY=VALUE] with keys {', '.join(sorted(SELECTOR_KEYS))}")
-        filters[SELECTOR_KEYS[key]] = value
+        field = SELECTOR_KEYS[key]
+        if field in filters and filters[field] != value:
+            raise BadInput(f"selector '{text}' gives {field} two values ({written[field]} and {part.strip()}); a run has one",
+                           f"a selector takes runs that match every KEY=VALUE: give {key} once")
+        filters[field], written[field] = value, part.strip()
     return filters
 
 
-def resolve_side(reference: str, store: ResultsStore) -> Side:
-    """Records for a file, a run id, a comma list of those, or a selector; complete runs only."""
+def resolve_side(reference: str, store: ResultsStore, incomplete: bool = False) -> Side:
+    """Records for a file, a run id, a comma list of those, or a selector, each run once; complete runs only,
+    unless `incomplete` (a report plots the requests an interrupted run kept)."""
     if "=" in reference:
         matched = store.select(**parse_selector(reference))
-        complete = tuple(r for r in matched if r.complete)
+        complete = tuple(r for r in matched if r.complete or incomplete)
+        unreadable = tuple(f"{path}: {why}" for path, why in store.unreadable())
         if not complete:
             found = f"{len(matched)} matching run(s) are incomplete" if matched else "no runs match"
             raise BadInput(f"{found} for selector '{reference}' in {store.root} "
                            f"({len(store.paths())} record file(s) searched)",
                            "check the label/model/runner/commit with `pie show`, or pass --results-dir")
-        return Side(reference, complete, tuple(r.run_id for r in matched if not r.complete))
+        distinct, repeated = distinct_runs(complete)
+        return Side(reference, distinct, tuple(r.run_id for r in matched if not r.complete), repeated, unreadable)
     records = []
     for part in [p.strip() for p in reference.split(",") if p.strip()]:
         record = store.load(part)
-        if not record.complete:
-            raise BadInput(f"run '{record.run_id}' is incomplete (interrupted; no summary)",
-                           "pass runs that finished; `pie show` marks which are complete")
+        if not record.complete and not incomplete:
+            raise BadInput(f"run '{record.run_id}' is incomplete (interrupted; no summary), so it has no metrics to compare",
+                           f"compare runs that finished (`pie show` marks them); `pie report {part}` shows the "
+                           f"{len(record.requests)} request(s) it kept")
         records.append(record)
     if not records:
         raise BadInput(f"empty run reference '{reference}'", "pass a record file, a run id, or KEY=VALUE")
-    return Side(reference, tuple(records))
+    distinct, repeated = distinct_runs(records)
+    return Side(reference, distinct, repeated=repeated)
 
 
-def direction(metric: str) -> int:
-    """+1 when higher is better, -1 when lower is better, 0 when unknown."""
-    if metric.startswith("server."):  # a server's total over the run (results/server_series.comparable_totals)
-        return 1 if "prefix_cache_hits" in metric else (-1 if any(w in metric for w in ("preemption", "bytes", "stall")) else 0)
-    if "throughput" in metric or "goodput" in metric or metric.endswith("_tok_s") or metric == "completed":
-        return 1
-    if metric == "failed" or metric.endswith(("_ms", "_s", "_bytes")) or "stall" in metric:
-        return -1
-    return 0
+def distinct_runs(records) -> tuple[tuple[RunRecord, ...], tuple[str, ...]]:
+    """(each run once, in first-seen order; the run ids seen more than once). A run is its run id: two copies
+    of one record file are one run, so a test never sees a run twice as if it were two measurements."""
+    kept: dict[str, RunRecord] = {}
+    repeated: list[str] = []
+    for record in records:
+        if record.run_id in kept:
+            if record.run_id not in repeated:
+                repeated.append(record.run_id)
+            continue
+        kept[record.run_id] = record
+    return tuple(kept.values()), tuple(repeated)
 
 
 def _numbers(source: dict[str, Any] | None) -> dict[str, float]:
@@ -189,6 +204,17 @@ def _workload_key(record: RunRecord) -> str:
     return json.dumps(workload, sort_keys=True, default=str)
 
 
+def _workload_difference(records) -> str:
+    """'num_prompts: 8 vs 16; seed: 0 vs 1': the workload fields that differ, not the whole workloads."""
+    workloads = [{k: v for k, v in (r.header.workload or {}).items() if k not in _IGNORED_WORKLOAD_KEYS} for r in records]
+    keys = sorted({k for w in workloads for k in w if any(w.get(k) != other.get(k) for other in workloads)})
+    parts = []
+    for key in keys[:4]:
+        values = list(dict.fromkeys(json.dumps(w.get(key), sort_keys=True, default=str)[:40] for w in workloads))
+        parts.append(f"{key}: {' vs '.join(values[:3])}")
+    return "; ".join(parts) + (f"; and {len(keys) - 4} more field(s)" if len(keys) > 4 else "")
+
+
 def check_comparable(before: Side, after: Side, force: bool) -> list[str]:
     """Refuse different models/workloads (unless forced); return warnings (machines differ, forced)."""
     records = before.records + after.records
@@ -199,7 +225,7 @@ def check_comparable(before: Side, after: Side, force: bool) -> list[str]:
     if len(models) > 1:
         problems.append(f"different models ({', '.join(models)})")
     if len(workloads) > 1:
-        problems.append(f"different workloads ({' vs '.join(workloads[:2])})")
+        problems.append(f"different workloads ({_workload_difference(records)})")
     if problems and not force:
         raise BadInput(f"refusing to compare runs of {' and '.join(problems)}", "pass --force to compare anyway")
     warnings += [f"compared despite {p} (--force)" for p in problems]
@@ -267,6 +293,7 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
     warnings += [machines.machine_warning(differences)] if differences else []
     warnings += [f"{side.reference}: ignored {len(side.skipped_incomplete)} incomplete run(s) "
                  f"({', '.join(side.skipped_incomplete)})" for side in (before, after) if side.skipped_incomplete]
+    warnings += [f"left out record file {text}" for text in dict.fromkeys(before.unreadable + after.unreadable)]
     # Runner telemetry (stall, link bytes, steps) is compared only where every run carries it.
     telemetry_keys = set.intersection(*(set(_numbers(r.telemetry)) for r in before.records + after.records))
     per_run = {name: pd.DataFrame([run_metrics(r, telemetry_keys) for r in side.records]) for name, side in
@@ -302,7 +329,7 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
                      "rules": ", ".join(r.text for r in matching), "fired": ", ".join(fired)})
     table = pd.DataFrame(rows)
     fired = tuple(text for cell in table["fired"] if cell for text in cell.split(", ")) if len(table) else ()
-    notes = _notes(before, after)
+    notes = _notes(before, after) + _repeat_notes(before, after)
     if len({r.metric for r in rules}) > 1:
         notes.append(f"rows with a rule are tested at alpha/{len({r.metric for r in rules})} = {rule_alpha:.3g} "
                      "(Bonferroni), so all rules together keep a false-positive rate of at most alpha")
@@ -314,6 +341,16 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
                         "the difference may come from the configuration, not the code")
     return Comparison(table, before, after, tuple(rules), fired, tuple(warnings), tuple(notes), headline,
                       tuple(findings), options, tuple(changes), differences)
+
+
+def _repeat_notes(before: Side, after: Side) -> list[str]:
+    notes = [f"{side.reference}: run{'s' if len(side.repeated) > 1 else ''} {', '.join(side.repeated)} reached more than once "
+             "(a repeated id, overlapping selectors or copies of one record); each run counts once"
+             for side in (before, after) if side.repeated]
+    shared = [run_id for run_id in before.run_ids if run_id in set(after.run_ids)]
+    if shared:
+        notes.append(f"run{'s' if len(shared) > 1 else ''} {', '.join(shared)} on both sides: a run compared with itself shows no change")
+    return notes
 
 
 def _notes(before: Side, after: Side) -> list[str]:

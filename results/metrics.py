@@ -14,6 +14,8 @@ Left out: rendering (the CLI's job) and comparison between runs (results/compare
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -69,9 +71,11 @@ def tpot_s(sample: RequestSample) -> float | None:
 def compute_metrics(samples: Sequence[RequestSample], duration_s: float, goodput_slos_ms: dict[str, float] | None = None,
                     peak_device_memory_bytes: int | None = None, peak_host_memory_bytes: int | None = None) -> dict[str, Any]:
     """The summary dictionary stored in a record (vLLM key names, plus `failed`, `duration_s`, memory)."""
+    done = [s for s in samples if s.success]
+    if not done and duration_s == 0:  # every request failed at once (e.g. refused): rates are 0, not undefined
+        duration_s = math.inf
     if not duration_s > 0:
         raise BadInput(f"benchmark duration must be positive, got {duration_s}")
-    done = [s for s in samples if s.success]
     ttfts = [s.ttft_s for s in done if s.ttft_s is not None]
     e2els = [s.e2el_s for s in done if s.e2el_s is not None]
     tpots = [t for t in (tpot_s(s) for s in done) if t is not None]
@@ -79,7 +83,7 @@ def compute_metrics(samples: Sequence[RequestSample], duration_s: float, goodput
     total_input = sum(s.prompt_len for s in done)
     total_output = sum(s.output_len for s in done)
     summary: dict[str, Any] = {
-        "duration_s": float(duration_s), "completed": len(done), "failed": len(samples) - len(done),
+        "duration_s": float(duration_s) if math.isfinite(duration_s) else 0.0, "completed": len(done), "failed": len(samples) - len(done),
         "total_input_tokens": total_input, "total_output_tokens": total_output,
         "request_throughput": len(done) / duration_s, "output_throughput": total_output / duration_s,
         "total_token_throughput": (total_input + total_output) / duration_s,

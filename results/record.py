@@ -3,6 +3,11 @@
 On disk a record is a JSON-lines file: a header line (who, what, where, how), one line per
 finished request (flushed as it finishes), and a summary line last. A file without a summary
 line is an interrupted run: it loads as `complete=False` with the requests it finished.
+
+`parse_record` is the one way a record's text is read: every line is checked against its schema
+(pie_core/json_fields.py: types, signs, finiteness, nesting) and across fields (a request's TTFT
+is not after its end), and any problem is one `BadInput` naming the file, the line and the field.
+Only a torn last line (a run killed mid-write) is forgiven: the run is then incomplete.
 """
 from __future__ import annotations
 
@@ -11,8 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pie_core.errors import BadInput
+from pie_core.json_fields import NON_NEGATIVE, Where, number, parse_json_text, read_dataclass
 
 SCHEMA_VERSION = 1
+HINT = "a record is written by `pie bench`; restore the file, or move it out of the results directory"
+_SECONDS = ("arrival_s", "ttft_s", "e2el_s", "itl_s", "sent_s")
+REQUEST_BOUNDS = {name: NON_NEGATIVE for name in ("prompt_len", "output_len", "output_token_ids", *_SECONDS)}
 
 
 @dataclass(frozen=True)
@@ -32,13 +41,12 @@ class RequestSample:
     sent_s: float | None = None  # when the runner actually handed it to the backend (trace replay checks this)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RequestSample":
-        data = dict(data)
-        data.pop("type", None)
-        data["itl_s"] = tuple(data.get("itl_s") or ())
-        if data.get("output_token_ids") is not None:
-            data["output_token_ids"] = tuple(data["output_token_ids"])
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: Where | None = None) -> "RequestSample":
+        where = where or Where("request", HINT)
+        sample = read_dataclass(cls, data, where, REQUEST_BOUNDS)
+        if sample.ttft_s is not None and sample.e2el_s is not None and sample.ttft_s > sample.e2el_s + 1e-9:
+            raise where.at("ttft_s").error(f"({sample.ttft_s:g} s) is after the request's end, e2el_s ({sample.e2el_s:g} s)")
+        return sample
 
 
 @dataclass(frozen=True)
@@ -91,17 +99,86 @@ class RunRecord:
 
 
 def header_from_dict(data: dict[str, Any], source: str) -> RunHeader:
+    where = Where(source, HINT)
     version = data.get("schema_version")
-    if not isinstance(version, int):
-        raise BadInput(f"{source} is not a pie run record (no schema version)", "pass a file written by `pie bench`")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise where.at("schema_version").error("is missing: this is not a pie run record")
     if version > SCHEMA_VERSION:
-        raise BadInput(f"{source} has schema version {version}, newer than this pie reads ({SCHEMA_VERSION})",
+        raise BadInput(f"{source}: field 'schema_version': schema version {version} is newer than this pie reads ({SCHEMA_VERSION})",
                        "upgrade pie to read it")
     if version < SCHEMA_VERSION:
-        raise BadInput(f"{source} has old schema version {version}; this pie reads {SCHEMA_VERSION}",
+        raise BadInput(f"{source}: field 'schema_version': schema version {version} is older than this pie reads ({SCHEMA_VERSION})",
                        "re-run the benchmark with this pie")
-    fields = {f.name for f in dataclasses.fields(RunHeader)}
-    try:
-        return RunHeader(**{k: v for k, v in data.items() if k in fields})
-    except TypeError as err:
-        raise BadInput(f"{source} has an invalid header ({err})", "pass a file written by `pie bench`") from None
+    header = read_dataclass(RunHeader, data, where)
+    if not header.run_id.strip():
+        raise where.at("run_id").error("is empty")
+    return header
+
+
+def _summary_line(entry: dict[str, Any], where: Where) -> tuple[dict[str, Any], dict[str, Any], list, str | None]:
+    """(summary, telemetry, timeline, finished_at) of a summary line, each checked."""
+    from results.timeline import TimelineWindow
+
+    summary = entry.get("summary")
+    if not isinstance(summary, dict):
+        raise where.at("summary").expected("an object of metrics", summary)
+    for key, value in summary.items():
+        if isinstance(value, dict) or value is None:
+            continue
+        number(value, where.at("summary").at(key), NON_NEGATIVE, integer=key in ("completed", "failed"))
+    telemetry = entry.get("telemetry", {})
+    if not isinstance(telemetry, dict):
+        raise where.at("telemetry").expected("an object", telemetry)
+    timeline = entry.get("timeline") or []
+    if not isinstance(timeline, list):
+        raise where.at("timeline").expected("a list of windows", timeline)
+    for index, window in enumerate(timeline):
+        read_dataclass(TimelineWindow, window, where.at("timeline").at(index), _WINDOW_BOUNDS)
+    finished_at = entry.get("finished_at")
+    if finished_at is not None and not isinstance(finished_at, str):
+        raise where.at("finished_at").expected("a time as text", finished_at)
+    return summary, telemetry, timeline, finished_at
+
+
+_WINDOW_BOUNDS = {name: NON_NEGATIVE for name in ("t_s", "duration_s", "num_steps", "pool_limit_blocks", "pool_blocks_used",
+                                                  "device_blocks_used", "running", "waiting", "preempted", "stall_fraction",
+                                                  "output_tok_s", "waiting_blocks", "pool_blocks_needed")}
+
+
+def parse_record(text: str, source: str, path: str = "") -> RunRecord:
+    """A record from its text (module docstring); `source` names it in messages ("record 'x.jsonl'")."""
+    lines = text.splitlines()
+    entries: list[tuple[int, Any]] = []
+    for number_, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append((number_, parse_json_text(line, f"{source} line {number_}", HINT)))
+        except BadInput:
+            if number_ == len(lines) and entries and not text.endswith("\n"):  # torn final line of an interrupted run
+                break
+            raise
+    if not entries:
+        raise BadInput(f"{source} is empty: not a pie run record", HINT)
+    first = Where(f"{source} line {entries[0][0]}", HINT)
+    if not isinstance(entries[0][1], dict):
+        raise first.expected("a header object (this is not a pie run record)", entries[0][1])
+    if entries[0][1].get("type") != "header":
+        raise first.at("type").expected('"header" on a record\'s first line', entries[0][1].get("type"))
+    header = header_from_dict({k: v for k, v in entries[0][1].items() if k != "type"}, f"{source} line {entries[0][0]}")
+    requests, summary, telemetry, timeline, finished_at = [], None, {}, [], None
+    for number_, entry in entries[1:]:
+        where = Where(f"{source} line {number_}", HINT)
+        if not isinstance(entry, dict):
+            raise where.expected("an object", entry)
+        kind = entry.get("type")
+        if summary is not None:
+            raise where.error(f"follows the summary line (a {kind!r} line after the run finished)")
+        if kind == "request":
+            requests.append(RequestSample.from_dict({k: v for k, v in entry.items() if k != "type"}, where))
+        elif kind == "summary":
+            summary, telemetry, timeline, finished_at = _summary_line(entry, where)
+        else:
+            raise where.at("type").expected("\"request\" or \"summary\"", kind)
+    return RunRecord(header=header, requests=tuple(requests), summary=summary, telemetry=telemetry,
+                     timeline=tuple(timeline), finished_at=finished_at, source=path)

@@ -4,6 +4,8 @@ A rule names a metric and a signed threshold in percent. `-5%` fires when the me
 5% or more, `+10%` when it rose by 10% or more. A rule fires only on a significant change past
 its threshold (significance first, then threshold, as asv does); a change that was not tested
 against run-to-run noise (one run per side) fires only when the caller allows untested changes.
+`direction` says which way is better for each metric, and a rule whose sign points the better way
+(it could fire only on an improvement, e.g. `mean_ttft_ms:-50%`) is refused with the rule meant.
 
 Left out: absolute thresholds (`p99_ttft_ms:+50ms`) and rules over several metrics.
 """
@@ -16,6 +18,17 @@ from dataclasses import dataclass
 from pie_core.errors import BadInput, suggest
 
 _RULE = re.compile(r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_.]*)\s*:\s*(?P<sign>[+-])\s*(?P<value>\d+(?:\.\d+)?)\s*%?\s*$")
+
+
+def direction(metric: str) -> int:
+    """+1 when higher is better, -1 when lower is better, 0 when unknown."""
+    if metric.startswith("server."):  # a server's total over the run (results/server_series.comparable_totals)
+        return 1 if "prefix_cache_hits" in metric else (-1 if any(w in metric for w in ("preemption", "bytes", "stall")) else 0)
+    if "throughput" in metric or "goodput" in metric or metric.endswith("_tok_s") or metric == "completed":
+        return 1
+    if metric == "failed" or metric.endswith(("_ms", "_s", "_bytes")) or "stall" in metric:
+        return -1
+    return 0
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,14 @@ def parse_rule(text: str) -> Rule:
     if match["sign"] == "-" and value > 100:
         raise BadInput(f"rule '{text}' can never fire: a metric cannot fall by more than 100%",
                        "give a fall of at most 100%, e.g. output_throughput:-5%")
-    return Rule(metric=match["metric"], threshold_pct=-value if match["sign"] == "-" else value)
+    rule = Rule(metric=match["metric"], threshold_pct=-value if match["sign"] == "-" else value)
+    better = direction(rule.metric)
+    if better and (rule.threshold_pct > 0) == (better > 0):
+        meant = f"{rule.metric}:{'-' if better > 0 else '+'}{value:g}%"
+        way = "higher" if better > 0 else "lower"
+        raise BadInput(f"--fail-on '{text}' would fire only when {rule.metric} improves ({way} is better), "
+                       f"calling an improvement a regression", f"to fail when it gets worse, write --fail-on {meant}")
+    return rule
 
 
 def parse_rules(texts: Iterable[str]) -> tuple[Rule, ...]:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
-from pie_core.inputs import readable_file
+from pie_core.inputs import check_path_length, readable_file
 from pie_core.json_files import to_jsonable
-from results.record import RequestSample, RunHeader, RunRecord, header_from_dict
+from pie_core.json_fields import decode_text
+from results.record import HINT, RequestSample, RunHeader, RunRecord, parse_record
 
 SUFFIX = ".jsonl"
 
@@ -82,70 +83,87 @@ class RecordWriter:
 
 
 def load_record(path: Path) -> RunRecord:
-    """Read a record file; a torn last line (killed mid-write) is ignored and the run is incomplete."""
+    """Read and check a record file (results/record.py: `parse_record`); any problem is one BadInput naming it."""
     path = readable_file(path, "record", "pass a record file, a run id, or a selector (see `pie show`)")
     source = f"record '{path}'"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInput(f"cannot read {source}: {err}") from None
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):  # torn final line of an interrupted run
-                break
-            raise BadInput(f"{source} is corrupt at line {number}", "the file is not valid JSON lines") from None
-    if not entries or not isinstance(entries[0], dict) or entries[0].get("type") != "header":
-        raise BadInput(f"{source} is not a pie run record (no header line)", "pass a file written by `pie bench`")
-    header = header_from_dict({k: v for k, v in entries[0].items() if k != "type"}, source)
-    requests, summary, telemetry, timeline, finished_at = [], None, {}, [], None
-    for entry in entries[1:]:
-        kind = entry.get("type") if isinstance(entry, dict) else None
-        try:
-            if kind == "request":
-                requests.append(RequestSample.from_dict(entry))
-            elif kind == "summary":
-                summary, telemetry, finished_at = entry["summary"], entry.get("telemetry", {}), entry.get("finished_at")
-                timeline = list(entry.get("timeline") or [])
-        except (TypeError, KeyError) as err:
-            raise BadInput(f"{source} has an invalid {kind} line ({err})") from None
-    return RunRecord(header=header, requests=tuple(requests), summary=summary, telemetry=telemetry,
-                     timeline=tuple(timeline), finished_at=finished_at, source=str(path))
+        raw = path.read_bytes()
+    except OSError as err:
+        raise BadInput(f"cannot read {source}: {err.strerror or err}", "check the file's permissions") from None
+    return parse_record(decode_text(raw, source, HINT), source, str(path))
+
+
+def looks_like_record(path: Path) -> bool:
+    """Whether `path` is a file whose first line is a run record's header (what no other writer may replace)."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(64).decode("utf-8", "replace").replace(" ", "")
+    except OSError:
+        return False
+    return start.startswith('{"type":"header"')
+
+
+def check_outside_store(path: Path, flag: str, store_root: Path | None = None) -> Path:
+    """`path` unless writing there would replace a run record or put a file into a results store (bad input).
+
+    A store is `store_root`, or any directory that already holds a run record."""
+    path = Path(path).expanduser()
+    hint = f"give {flag} a path outside the results directory, e.g. {flag} {path.name if not path.name.endswith(SUFFIX) else 'out'}"
+    if path.is_file() and looks_like_record(path):
+        raise BadInput(f"{flag} '{path}' is a run record; writing there would destroy it", hint)
+    directory = path.parent.resolve() if path.parent.exists() else None
+    if directory is None:
+        return path
+    if store_root is not None and Path(store_root).expanduser().exists() and directory == Path(store_root).expanduser().resolve():
+        raise BadInput(f"{flag} '{path}' is inside the results directory '{store_root}', which only `pie bench` writes", hint)
+    if any(looks_like_record(other) for other in sorted(directory.glob(f"*{SUFFIX}"))[:50]):
+        raise BadInput(f"{flag} '{path}' is inside a results directory ('{path.parent}' holds run records), "
+                       "which only `pie bench` writes", hint)
+    return path
 
 
 class ResultsStore:
     """A directory of run records (default `.pie/results/`)."""
 
     def __init__(self, root: Path):
-        self.root = Path(root)
+        self.root = check_path_length(Path(root), "--results-dir")
         if self.root.exists() and not self.root.is_dir():
             raise BadInput(f"results directory '{self.root}' is a file, not a directory",
                            "pass --results-dir a directory; it is made if missing")
+        self._scanned: tuple | None = None  # (records, unreadable), read once per store object
 
     def writer(self, header: RunHeader) -> RecordWriter:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._scanned = None
         return RecordWriter(self.root / f"{header.run_id}{SUFFIX}", header)
 
     def paths(self) -> list[Path]:
         return sorted(self.root.glob(f"*{SUFFIX}")) if self.root.is_dir() else []
 
     def records(self) -> list[RunRecord]:
-        """Every readable record, oldest first; unreadable files are skipped (use load() to see why)."""
-        found = []
-        for path in self.paths():
-            try:
-                found.append(load_record(path))
-            except BadInput:
-                continue
-        return sorted(found, key=lambda r: (r.header.created_at, r.run_id))
+        """Every readable record, oldest first; files it cannot read are left out and kept in `unreadable()`."""
+        return list(self._scan()[0])
+
+    def unreadable(self) -> list[tuple[Path, str]]:
+        """(file, why) for each record file in the store that could not be read, in file order."""
+        return list(self._scan()[1])
+
+    def _scan(self) -> tuple[tuple[RunRecord, ...], tuple[tuple[Path, str], ...]]:
+        if self._scanned is None:
+            found, broken = [], []
+            for path in self.paths():
+                try:
+                    found.append(load_record(path))
+                except BadInput as err:
+                    broken.append((path, err.message))
+            self._scanned = (tuple(sorted(found, key=lambda r: (r.header.created_at, r.run_id))), tuple(broken))
+        return self._scanned
 
     def load(self, ref: str) -> RunRecord:
         """A record by file path or by run id (a unique prefix is enough)."""
-        path = Path(ref)
+        if not ref.strip():
+            raise BadInput("an empty run id was given", "pass a run id (see `pie show`) or a record file")
+        path = check_path_length(Path(ref), "run")
         if path.suffix == SUFFIX or path.exists():
             return load_record(path)
         matches = [p for p in self.paths() if p.stem.startswith(ref)]

@@ -91,6 +91,8 @@ def test_bad_refs_and_usage_are_exit_2_naming_the_side(fixture_repo, tmp_path):
     (tmp_path / "d" / "results" / "old-run.jsonl").write_text("{}\n")
     reused = ab(current(repo) + [shas["base"], shas["base"]] + bench_args(model), tmp_path / "d")
     assert reused.returncode == 2 and "already holds records" in reused.stderr
+    labelled = ab(current(repo) + [shas["base"], shas["base"]] + bench_args(model) + ["--label", "x"], tmp_path / "e")
+    assert labelled.returncode == 2 and "leave '--label' out" in labelled.stderr
 
 
 @pytest.mark.slow

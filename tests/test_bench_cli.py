@@ -116,7 +116,7 @@ def test_plan_configures_the_engine(model_dir, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--dataset-path", "/nonexistent/sg.json"], "does not exist"),
-    (["--dataset-path", "BROKEN"], "cannot parse"),
+    (["--dataset-path", "BROKEN"], "is not valid JSON"),
     (["--runner", "vlm"], "unknown runner"),
     (["--workload", "sharegtp"], "unknown workload"),
     (["--request-rate", "0"], "request rate must be > 0"),

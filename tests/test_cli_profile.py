@@ -73,7 +73,7 @@ def test_output_that_is_a_directory_fails_before_measuring(monkeypatch, capsys, 
 @pytest.mark.parametrize("content, fragment", [
     ("{broken", "not valid JSON"),
     (json.dumps({"schema_version": SCHEMA_VERSION + 41}), "schema version"),
-    (json.dumps({"schema_version": SCHEMA_VERSION, "link": []}), "not a valid pie hardware profile"),
+    (json.dumps({"schema_version": SCHEMA_VERSION, "link": []}), "field 'created_at' is missing"),
 ])
 def test_show_rejects_corrupt_or_wrong_version(monkeypatch, capsys, tmp_path, content, fragment):
     path = tmp_path / "profile.json"

@@ -115,7 +115,7 @@ def test_load_missing_file(tmp_path):
     ([1, 2], "not a pie hardware profile"),
     ({"schema_version": SCHEMA_VERSION + 1}, "schema version"),
     ({"schema_version": None}, "schema version"),
-    ({"schema_version": SCHEMA_VERSION, "device": "cpu"}, "not a valid pie hardware profile"),
+    ({"schema_version": SCHEMA_VERSION, "device": "cpu"}, "field .created_at. is missing"),
 ])
 def test_load_corrupt_or_wrong_version(tmp_path, payload, pattern):
     with pytest.raises(BadInput, match=pattern):

@@ -67,7 +67,7 @@ def test_report_cli(tmp_path, monkeypatch, capsys):
     code, _, err = run_pie(["report", "label=missing", "--results-dir", store.root], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1 and "label=missing" in err
     code, _, err = run_pie(["report", "label=sweep", "--format", "pdf", "--results-dir", store.root], monkeypatch, capsys)
-    assert code == 2 and "unknown format" in err
+    assert code == 2 and "unknown --format" in err
 
 
 def test_request_rate_sweep_skips_infinite_rate(tmp_path):

@@ -116,7 +116,7 @@ def test_bad_inputs(tmp_path):
         load_workload(WorkloadSpec("sharegpt", "opt-125m", tmp_path / "missing.json"))
     broken = tmp_path / "broken.json"
     broken.write_text("[{")
-    with pytest.raises(BadInput, match="cannot parse"):
+    with pytest.raises(BadInput, match="is not valid JSON"):
         load_workload(WorkloadSpec("sharegpt", "opt-125m", broken))
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"conversations": []}))

@@ -99,7 +99,11 @@ case "$format" in table|markdown|json) ;; *) die 2 "unknown --format '$format' (
 case "$env_mode" in venv|current) ;; *) die 2 "unknown --env '$env_mode' (hint: venv or current)" ;; esac
 has_seed=0
 for arg in "${bench_args[@]+"${bench_args[@]}"}"; do
-  case "$arg" in --seed|--seed=*) has_seed=1 ;; esac
+  case "$arg" in
+    --seed|--seed=*) has_seed=1 ;;
+    --label|--label=*|--results-dir|--results-dir=*)
+      die 2 "ab.sh gives each run its --label and --results-dir; leave '$arg' out of the pie bench arguments" ;;
+  esac
 done
 [ "$has_seed" = 1 ] || bench_args+=(--seed "$seed")
 

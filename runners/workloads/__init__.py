@@ -20,7 +20,7 @@ from runners.base import BenchRequest
 from runners.workloads.alpaca import read_alpaca
 from runners.workloads.burstgpt import read_burstgpt
 from runners.workloads.common import (DEFAULT_NUM_PROMPTS, OWN_ARRIVALS, WORKLOADS, LengthFilter, WorkloadInfo, WorkloadSpec,
-                                      no_requests_error, take_requests)
+                                      malformed_note, no_requests_error, take_requests)
 from runners.workloads.phases import phased_requests
 from runners.workloads.jsonl import DEFAULT_OUTPUT_LEN, load_jsonl
 from runners.workloads.sharegpt import read_sharegpt
@@ -69,11 +69,13 @@ def _from_file(spec: WorkloadSpec, path: Path, max_model_len: int, vocab_size: i
         length_filter = LengthFilter(max_model_len, fixed_output=spec.output_len is not None)
         requests, filtered = take_requests(entries, tokenizer, spec, length_filter, spec.name)
     if not requests:
-        raise no_requests_error(path, malformed, filtered, max_model_len)
+        raise no_requests_error(path, len(malformed), filtered, max_model_len, malformed[:1])
     if len(requests) < spec.num_prompts:
         notes.append(f"only {len(requests)} of {spec.num_prompts} requested prompts were usable")
+    if malformed:
+        notes.append(malformed_note(path, malformed))
     return requests, _info(spec, requests, max_model_len, name=spec.name, synthetic=False, source=str(path),
-                           tokenizer=tokenizer.description, dataset_path=str(path), num_malformed=malformed,
+                           tokenizer=tokenizer.description, dataset_path=str(path), num_malformed=len(malformed),
                            num_filtered=filtered, notes=tuple(notes))
 
 

@@ -9,13 +9,12 @@ Left out: the Alpaca prompt template ("Below is an instruction..."): raw fields 
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
-from runners.workloads.common import TextEntry, read_json, read_text
+from runners.workloads.common import TextEntry, parse_line, read_json, read_text
 
 
 def _entry(item: Any, need_output: bool) -> TextEntry | None:
@@ -38,10 +37,7 @@ def _items(path: Path) -> list[Any]:
         items = []
         for line in read_text(path).splitlines():
             if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError:
-                    items.append(None)  # counted as malformed
+                items.append(parse_line(line)[0])  # not JSON: None, counted as malformed
         return items
     data = read_json(path)
     if not isinstance(data, list):
@@ -50,10 +46,11 @@ def _items(path: Path) -> list[Any]:
     return data
 
 
-def read_alpaca(path: Path, seed: int, need_output: bool) -> tuple[list[TextEntry], int]:
-    """(entries in seeded-shuffled order, number of malformed entries)."""
+def read_alpaca(path: Path, seed: int, need_output: bool) -> tuple[list[TextEntry], list[str]]:
+    """(entries in seeded-shuffled order, what was malformed: "entry 3: ...")."""
     items = _items(path)
     entries = [_entry(item, need_output) for item in items]
     kept = [e for e in entries if e is not None]
     random.Random(seed).shuffle(kept)
-    return kept, len(items) - len(kept)
+    needed = "'instruction'" + (" and 'output'" if need_output else "") + " as text (and 'input' text or absent)"
+    return kept, [f"entry {index}: needs {needed}" for index, entry in enumerate(entries) if entry is None]

@@ -10,13 +10,13 @@ Left out: reading any particular file format (one module per format).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pie_core.errors import BadInput
 from pie_core.inputs import check_number, check_seed, readable_file
+from pie_core.json_fields import decode_text, parse_json_text
 
 WORKLOADS = ("sharegpt", "alpaca", "jsonl", "burstgpt", "fixed", "uniform", "phases")
 OWN_ARRIVALS = ("burstgpt", "phases")  # workloads that set their own arrival times
@@ -119,29 +119,47 @@ class LengthFilter:
         return output_len >= 1 and prompt_len + output_len <= self.max_total_len
 
 
-def read_json(path: Path) -> Any:
-    """A whole JSON file; a missing or unreadable file is a one-line BadInput."""
-    text = read_text(path)
+DATASET_HINT = "is it the dataset file, and complete?"
+
+
+def read_json(path: Path, what: str = "dataset file") -> Any:
+    """A whole JSON file; missing, unreadable, not UTF-8, not JSON or nested too deep is a one-line BadInput."""
+    return parse_json_text(read_text(path, what), f"{what} '{path}'", DATASET_HINT)
+
+
+def read_text(path: Path, what: str = "dataset file") -> str:
+    """A UTF-8 text file (a byte-order mark is dropped; UTF-16 and other encodings are named as such)."""
+    path = readable_file(path, what, "give --dataset-path an existing file")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadInput(f"cannot parse '{path}' as JSON: {err.msg} at line {err.lineno}",
-                       "is it the dataset file, and complete?") from None
+        raw = path.read_bytes()
+    except OSError as err:
+        raise BadInput(f"cannot read '{path}': {err.strerror or err}", "is it a file you may read?") from None
+    return decode_text(raw, f"{what} '{path}'", "give a UTF-8 dataset file")
 
 
-def read_text(path: Path) -> str:
-    path = readable_file(path, "dataset file", "give --dataset-path an existing file")
+def parse_line(line: str) -> tuple[Any, str | None]:
+    """(value, None) for a JSON line, or (None, why) when it is not one (invalid, or nested too deep)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInput(f"cannot read '{path}': {err}", "is it a UTF-8 text file you may read?") from None
+        return parse_json_text(line, "line", DATASET_HINT), None
+    except BadInput as err:
+        return None, err.message.removeprefix("line ").removeprefix(": ")
 
 
-def no_requests_error(path: Path | None, malformed: int, filtered: int, model_len: int) -> BadInput:
+def malformed_note(path: Path, malformed: list[str]) -> str:
+    """One warning naming how many entries were skipped as malformed, and the first of them."""
+    return f"{path.name}: skipped {len(malformed)} malformed entr{'y' if len(malformed) == 1 else 'ies'}; the first: {malformed[0]}"
+
+
+def no_requests_error(path: Path | None, malformed: int, filtered: int, model_len: int,
+                      first_malformed: list[str] = (), length_flag: str = "--output-len") -> BadInput:
+    """No request survived: says how many were malformed (naming the first) and how many the length filter dropped.
+    `length_flag` is the command's flag that fixes output lengths ('' when it has none, e.g. `pie tune`)."""
     where = f"'{path}'" if path else "the workload"
+    first = f"; the first malformed: {first_malformed[0]}" if first_malformed else ""
+    fix = "fix the file's entries" if malformed and not filtered else (
+        f"give shorter entries, or fix output lengths with {length_flag}" if length_flag else "give shorter entries")
     return BadInput(f"{where} gave no usable requests ({malformed} malformed, {filtered} outside the length filter "
-                    f"of prompt {MIN_PROMPT_LEN}..{MAX_PROMPT_LEN} tokens and total <= {min(MAX_TOTAL_LEN, model_len)})",
-                    "check the file's format, or fix lengths with --output-len")
+                    f"of prompt {MIN_PROMPT_LEN}..{MAX_PROMPT_LEN} tokens and total <= {min(MAX_TOTAL_LEN, model_len)}{first})", fix)
 
 
 @dataclass(frozen=True)

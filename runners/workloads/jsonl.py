@@ -12,12 +12,11 @@ Left out: per-line sampling settings (benchmarks are greedy with a fixed length)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from runners.base import BenchRequest
-from runners.workloads.common import WorkloadSpec, read_text
+from runners.workloads.common import WorkloadSpec, parse_line, read_text
 
 DEFAULT_OUTPUT_LEN = 128
 
@@ -51,24 +50,26 @@ def _prompt(item: dict[str, Any], tokenizer: Any, vocab_size: int) -> tuple[str 
 
 
 def load_jsonl(path: Path, tokenizer: Any, spec: WorkloadSpec, max_model_len: int,
-               vocab_size: int) -> tuple[list[BenchRequest], int, int, int]:
-    """(requests, num_malformed, num_filtered, num_defaulted_output_len)."""
+               vocab_size: int) -> tuple[list[BenchRequest], list[str], int, int]:
+    """(requests, what was malformed ("line 3: ..."), num_filtered, num_defaulted_output_len)."""
     requests: list[BenchRequest] = []
-    malformed = filtered = defaulted = 0
-    for line in read_text(path).splitlines():
+    malformed: list[str] = []
+    filtered = defaulted = 0
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if len(requests) >= spec.num_prompts:
             break
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            malformed += 1
+        item, why = parse_line(line)
+        if why is not None:
+            malformed.append(f"line {number}: {why}")
             continue
         prompt = _prompt(item, tokenizer, vocab_size) if isinstance(item, dict) else None
         output_len, used_default = _output_len(item, tokenizer, spec) if prompt else (None, False)
         if prompt is None or output_len is None:
-            malformed += 1
+            malformed.append(f"line {number}: " + ("not an object" if not isinstance(item, dict) else
+                             "no usable prompt (text, or token ids in the vocabulary)" if prompt is None else
+                             "output_len/max_tokens is not a whole number of at least 1"))
             continue
         text, ids = prompt
         if len(ids) + output_len > max_model_len:

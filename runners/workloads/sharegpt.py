@@ -30,8 +30,8 @@ def _entry(item: Any) -> TextEntry | None:
     return TextEntry(prompt=first["value"], completion=second["value"])
 
 
-def read_sharegpt(path: Path, seed: int) -> tuple[list[TextEntry], int]:
-    """(entries in seeded-shuffled order, number of malformed entries)."""
+def read_sharegpt(path: Path, seed: int) -> tuple[list[TextEntry], list[str]]:
+    """(entries in seeded-shuffled order, what was malformed: "entry 3: ...")."""
     data = read_json(path)
     if not isinstance(data, list):
         raise BadInput(f"'{path}' is not a ShareGPT file (expected a JSON list of conversations, got {type(data).__name__})",
@@ -39,4 +39,5 @@ def read_sharegpt(path: Path, seed: int) -> tuple[list[TextEntry], int]:
     entries = [_entry(item) for item in data]
     kept = [e for e in entries if e is not None]
     random.Random(seed).shuffle(kept)
-    return kept, len(entries) - len(kept)
+    return kept, [f"entry {index}: no 'conversations' list with two turns whose 'value' is text"
+                  for index, entry in enumerate(entries) if entry is None]
