@@ -44,11 +44,12 @@ def _root() -> None:
 
 
 # --- command registration, in the order a user works: measure, plan, run, inspect, compare -------
-from pie_cli import bench_cmd, compare_cmd, models_cmd, profile_cmd, report_cmd, show_cmd, tune_cmd  # noqa: E402
+from pie_cli import bench_cmd, compare_cmd, models_cmd, profile_cmd, report_cmd, serve_cmd, show_cmd, tune_cmd  # noqa: E402
 
 app.command("profile")(profile_cmd.profile)
 app.command("tune")(tune_cmd.tune)
 app.command("bench")(bench_cmd.bench)
+app.command("serve")(serve_cmd.serve)
 app.command("show")(show_cmd.show)
 app.command("compare")(compare_cmd.compare)
 app.command("report")(report_cmd.report)

@@ -53,10 +53,11 @@ class EngineCore:
         self.block_manager.set_pool_limit(int(num_blocks))
 
     def finish_reason(self, seq: Sequence, token: int) -> str | None:
-        """The one finish rule: "stop" for a stop token (or EOS unless ignored), "length" at `max_tokens` or
-        the context length, else None."""
+        """The one finish rule: "stop" for a stop token (or EOS unless ignored) once `min_tokens` other tokens
+        came before it, "length" at `max_tokens` or the context length, else None."""
         params = seq.sampling_params
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+        if len(seq.output_token_ids) > params.min_tokens and (
+                token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids)):
             return "stop"
         if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.config.model_len:
             return "length"

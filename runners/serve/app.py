@@ -1,0 +1,229 @@
+"""The HTTP side of `pie serve`: aiohttp.web routes, checks, and streaming (docs/serve.md).
+
+Routes: `GET /health`, `GET /v1/models`, `GET /metrics`, `POST /v1/completions`,
+`POST /v1/chat/completions`. A generate request is parsed (protocol.py), its model name checked
+(404), its prompts tokenized (text.py) and checked against the context and the device budget (400),
+then admitted unless `max_queue` requests already wait for their first token (503 with
+`Retry-After`), and handed to the engine thread. Its tokens come back on this loop in one
+`deliver(events)` call per engine step and are streamed as SSE chunks (one per token and choice,
+`data: [DONE]` last) or collected into one JSON response. A client that goes away cancels its
+handler (aiohttp's handler cancellation), and the handler's `finally` aborts what is still running,
+which frees its blocks. With an API key, every `/v1/` route needs `Authorization: Bearer KEY` (401).
+
+Left out: starting, logging and stopping (server.py), and the engine (engine_loop.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from pie_core.errors import BadInput
+from runners.engine.config import check_request
+from runners.engine.sampling_params import SamplingParams
+from runners.serve.engine_loop import TokenEvent
+from runners.serve.metrics import CONTENT_TYPE
+from runners.serve.protocol import ApiError, GenerateRequest, bad, parse_request
+from runners.serve.responses import ChoiceState, ResponseHead, error_chunk, full_response, stream_chunk, usage_chunk
+
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the routes need to know about the model behind them."""
+
+    name: str  # the served model name
+    root: str  # --model as given
+    engine_config: Any  # runners.engine.config.EngineConfig
+    vocab_size: int
+    num_device_blocks: int  # resident, after staging
+    text_description: str
+
+
+class ServeApp:
+    def __init__(self, model: ServedModel, text: Any, metrics: Any, api_key: str | None, max_queue: int):
+        self.model, self.text, self.metrics, self.api_key, self.max_queue = model, text, metrics, api_key, max_queue
+        self.engine: Any = None  # the EngineLoop, set by the server once the loop exists
+        self.streams: dict[str, tuple[asyncio.Queue, ChoiceState]] = {}
+        self.queued = 0  # admitted requests (choices) without a first event yet
+        self.active = 0  # generate handlers running
+        self.accepting = True
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._auth])
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    # --- the engine's hand-off, on this loop --------------------------------------------------------
+    def deliver(self, events: list[TokenEvent]) -> None:
+        for event in events:
+            entry = self.streams.get(event.request_id)
+            if entry is not None:
+                entry[0].put_nowait((entry[1], event))
+
+    # --- middlewares and small routes ---------------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as err:
+            headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
+            return web.json_response(err.body(), status=err.status, headers=headers)
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            return web.json_response(ApiError(err.status, f"{err.reason}: {request.method} {request.path}").body(),
+                                     status=err.status)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.api_key and request.path.startswith("/v1/") and \
+                request.headers.get("Authorization", "") != f"Bearer {self.api_key}":
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
+        return await handler(request)
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.model.name, "object": "model", "created": int(time.time()), "owned_by": "pie",
+            "root": self.model.root, "max_model_len": self.model.engine_config.model_len,
+            "tokenizer": self.model.text_description}]})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    # --- generation ---------------------------------------------------------------------------------
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        if not self.accepting:
+            raise ApiError(503, "the server is shutting down")
+        arrival = time.perf_counter()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise bad(f"the request body is not valid JSON: {err}") from None
+        parsed = parse_request(body, chat)
+        if parsed.model is not None and parsed.model != self.model.name:
+            raise ApiError(404, f"The model `{parsed.model}` does not exist; this server serves `{self.model.name}`", "model")
+        if parsed.stop and not self.text.exact:
+            raise bad("'stop' strings need the model's tokenizer; this server uses an approximate one "
+                      "(use stop_token_ids)", "stop")
+        prompts = [self.text.chat_prompt(parsed.messages)] if chat else \
+            [list(p) if isinstance(p, tuple) else self.text.encode(p) for p in parsed.prompts]
+        params = [self._params(parsed, ids) for ids in prompts]
+        if self.queued + len(prompts) > self.max_queue:
+            raise ApiError(503, f"{self.queued} requests are waiting (the limit is --max-queue {self.max_queue}); retry later")
+        head = ResponseHead(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time()), self.model.name,
+                            chat, parsed.return_token_ids)
+        events: asyncio.Queue = asyncio.Queue()
+        choices = [ChoiceState(index, f"{head.response_id}-{index}", ids, self.text.choice(parsed.stop))
+                   for index, ids in enumerate(prompts)]
+        self.active += 1
+        try:
+            for choice, choice_params in zip(choices, params):
+                self.streams[choice.request_id] = (events, choice)
+                self.queued += 1
+                self.engine.submit(choice.request_id, choice.prompt_token_ids, choice_params, arrival)
+            if parsed.stream:
+                return await self._stream(request, head, parsed, choices, events)
+            return await self._collect(head, choices, events)
+        finally:
+            self.active -= 1
+            for choice in choices:
+                self.streams.pop(choice.request_id, None)
+                if not choice.started:
+                    self.queued -= 1
+                if not choice.done:
+                    self.engine.abort(choice.request_id)
+
+    def _params(self, parsed: GenerateRequest, prompt: list[int]) -> SamplingParams:
+        config = self.model.engine_config
+        room = config.model_len - len(prompt)
+        max_tokens = parsed.max_tokens if parsed.max_tokens is not None else max(1, room)
+        if len(prompt) + max_tokens > config.model_len:
+            raise bad(f"This model's maximum context length is {config.model_len} tokens. However, you requested "
+                      f"{len(prompt) + max_tokens} tokens ({len(prompt)} in the prompt, {max_tokens} in the completion). "
+                      "Reduce the prompt or max_tokens.", "max_tokens")
+        try:
+            check_request("request", prompt, max_tokens, config, self.model.vocab_size, self.model.num_device_blocks)
+            return SamplingParams(max_tokens=max_tokens, min_tokens=parsed.min_tokens, temperature=parsed.temperature,
+                                  top_p=parsed.top_p, seed=parsed.seed, ignore_eos=parsed.ignore_eos,
+                                  stop_token_ids=parsed.stop_token_ids)
+        except BadInput as err:
+            raise bad(err.one_line(), "prompt" if "prompt" in str(err) or "token ids" in str(err) else None) from None
+
+    async def _events(self, events: asyncio.Queue) -> list[tuple[ChoiceState, TokenEvent]]:
+        batch = [await events.get()]
+        while not events.empty():
+            batch.append(events.get_nowait())
+        return batch
+
+    def _advance(self, choice: ChoiceState, event: TokenEvent) -> tuple[list[int], str]:
+        """Apply one event to its choice: the new token ids and the text to send now."""
+        if not choice.started:
+            choice.started = True
+            self.queued -= 1
+        if event.finished and event.error is not None:
+            choice.finish_reason = "error"
+            return [], ""
+        new_ids = list(event.token_ids)
+        choice.token_ids.extend(new_ids)
+        delta = choice.text.push(new_ids, final=event.finished)
+        choice.output += delta
+        if choice.text.stopped:
+            choice.finish_reason = "stop"
+            if not event.finished:
+                self.streams.pop(choice.request_id, None)
+                self.engine.abort(choice.request_id)
+        elif event.finished:
+            choice.finish_reason = event.finish_reason or "stop"
+        return new_ids, delta
+
+    async def _collect(self, head: ResponseHead, choices: list[ChoiceState], events: asyncio.Queue) -> web.Response:
+        while not all(c.done for c in choices):
+            for choice, event in await self._events(events):
+                self._advance(choice, event)
+                if choice.finish_reason == "error":
+                    raise ApiError(event.status, f"request failed: {event.error}")
+        return web.json_response(full_response(head, choices))
+
+    async def _stream(self, request: web.Request, head: ResponseHead, parsed: GenerateRequest,
+                      choices: list[ChoiceState], events: asyncio.Queue) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            while not all(c.done for c in choices):
+                lines = []
+                for choice, event in await self._events(events):
+                    new_ids, delta = self._advance(choice, event)
+                    if choice.finish_reason == "error":
+                        lines.append(error_chunk(f"request failed: {event.error}", event.status))
+                        await response.write("".join(lines).encode() + b"data: [DONE]\n\n")
+                        return response
+                    if new_ids or delta or choice.done:
+                        lines.append(stream_chunk(head, choice, new_ids, delta,
+                                                  choices if parsed.continuous_usage_stats else None))
+                await response.write("".join(lines).encode())
+            tail = usage_chunk(head, choices) if parsed.include_usage else ""
+            await response.write(tail.encode() + b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client went away; `finally` in _generate aborts what still runs
+        return response

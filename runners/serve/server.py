@@ -1,0 +1,211 @@
+"""Start, run and stop `pie serve`: the engine as `pie bench --runner pie` builds it, its thread, the HTTP app.
+
+`resolve_serve` turns the engine flags into a `RunnerSpec` as runners/resolve.py does for `pie bench
+--runner pie`; `PieServer(spec, settings, log)` prepares and builds the engine exactly as the pie runner
+does (runners/pie_runner.py `prepare`: plan, engine options, `--adaptive` pool control, the same checks
+before any work), warms it up with one short request, and `start()` binds the HTTP server (127.0.0.1 unless told
+otherwise; port 0 picks a free one) and returns its URL. `shutdown()` stops accepting (the listening
+socket closes; requests on open connections get 503), lets in-flight requests finish for up to
+`shutdown_grace_s`, then aborts the rest (their streams end with an error chunk), and closes the
+engine. `run_server` is the blocking form for the CLI: SIGINT or SIGTERM start that shutdown, and it
+returns normally (exit 0).
+
+Why aiohttp.web: it is already a dependency (the openai runner's client), it streams with plain
+`StreamResponse.write`, and it can cancel a handler when its client disconnects, which is how an
+abandoned stream frees its blocks. vLLM's own stack (FastAPI on uvicorn) would add three packages
+for the same asyncio server.
+
+Left out: TLS, multiple models, and more than one engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pie_core.errors import BadInput
+from runners.base import RunnerSpec
+from runners.pie_runner import PieRunner, pool_control
+from runners.serve.app import ServeApp, ServedModel
+from runners.serve.engine_loop import EngineLoop
+from runners.serve.metrics import ServeMetrics
+from runners.serve.text import ServeText
+
+ABORT_WAIT_S = 5.0  # after aborting at the end of the grace period, how long handlers get to write their error
+
+
+@dataclass(frozen=True)
+class ServeArgs:
+    """`pie serve`'s engine flags as parsed (the same as `pie bench --runner pie`'s)."""
+
+    model: str
+    plan: Path | None = None
+    pool_blocks: int | None = None
+    device_blocks: int | None = None
+    adaptive: bool = False
+    options: dict[str, str] = field(default_factory=dict)  # -O KEY=VALUE, keys normalised
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+
+def resolve_serve(args: ServeArgs) -> tuple[RunnerSpec, Any]:
+    """The engine's `RunnerSpec` and the dtype decision, made as runners/resolve.py makes them for `pie bench
+    --runner pie`: the device, the plan read once, the engine flags and kernel switches merged into the
+    options, and `--dtype auto` (the plan's with a plan, else what the device multiplies natively)."""
+    from pie_core.device_probe import check_device, resolve_device
+    from runners.hardware_source import dtype_from_plan, dtype_on_device
+    from runners.resolve import kernel_defaults
+
+    device = check_device(resolve_device(args.device))
+    options: dict[str, Any] = dict(args.options)
+    flags = {"plan": str(args.plan) if args.plan else None, "num_pool_blocks": args.pool_blocks,
+             "num_device_blocks": args.device_blocks, "adaptive": True if args.adaptive else None}
+    options.update({key: value for key, value in flags.items() if value is not None})
+    options.update(kernel_defaults(options))
+    plan = None
+    if args.plan is not None:
+        from planner.plan import Plan
+
+        plan = Plan.load(args.plan)
+    dtype = dtype_from_plan(plan, args.dtype, device) if plan is not None else dtype_on_device(args.dtype, device)
+    return RunnerSpec(model=args.model, dtype=dtype.dtype, device=device, seed=args.seed, options=options, plan=plan), dtype
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    served_model_name: str | None = None  # default: --model as given
+    max_queue: int = 1024  # requests waiting for their first token before new ones get 503
+    shutdown_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise BadInput(f"--port must be in 0..65535, got {self.port}", "e.g. --port 8000 (0 picks a free port)")
+        if self.max_queue < 1:
+            raise BadInput(f"--max-queue must be at least 1, got {self.max_queue}", "e.g. --max-queue 1024")
+        if not self.shutdown_grace_s >= 0:
+            raise BadInput(f"--shutdown-grace must be >= 0 seconds, got {self.shutdown_grace_s}", "e.g. --shutdown-grace 30")
+        if self.api_key is not None and not self.api_key.strip():
+            raise BadInput("--api-key is empty", "give a key, or leave the option out")
+
+
+def _warm_up(engine: Any, params_cls: Any) -> float:
+    """One short untimed request, so one-time costs (kernel builds, first GEMMs) are paid before the URL is printed."""
+    began = time.perf_counter()
+    prompt = [index % engine.model.shape.vocab_size for index in range(4, 20)]
+    engine.add_request("__pie_serve_warmup__", prompt, params_cls(max_tokens=2, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    return time.perf_counter() - began
+
+
+class PieServer:
+    def __init__(self, spec: RunnerSpec, settings: ServeSettings, log: Callable[[str], None]):
+        from runners.engine.llm_engine import LLMEngine
+        from runners.engine.sampling_params import SamplingParams
+
+        self.spec, self.settings, self.log = spec, settings, log
+        prepared = PieRunner().prepare(spec)  # plan, options, weights, memory fit: checked before any work
+        self.described = prepared.config
+        engine_config, controller = prepared.state
+        self.text = ServeText.load(spec.model)
+        self.engine = LLMEngine(engine_config)
+        try:
+            self.warmup_s = _warm_up(self.engine, SamplingParams)
+        except BaseException:
+            self.engine.close()
+            raise
+        name = settings.served_model_name or spec.model
+        self.model = ServedModel(name=name, root=spec.model, engine_config=self.engine.config,
+                                 vocab_size=self.engine.model.shape.vocab_size,
+                                 num_device_blocks=self.engine.num_device_blocks, text_description=self.text.description)
+        self.metrics = ServeMetrics(name, self.engine.num_device_blocks, self.engine.num_pool_blocks)
+        self.app = ServeApp(self.model, self.text, self.metrics, settings.api_key, settings.max_queue)
+        self.control = pool_control(spec, controller, self.engine.set_pool_limit, time.perf_counter(),
+                                    self.engine.scheduler.pool_blocks_needed)
+        self.url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._loop_thread: EngineLoop | None = None
+
+    @property
+    def engine_loop(self) -> EngineLoop:
+        assert self._loop_thread is not None, "start() the server first"
+        return self._loop_thread
+
+    async def start(self) -> str:
+        loop = asyncio.get_running_loop()
+        self._loop_thread = EngineLoop(self.engine, self.metrics, self.control,
+                                       lambda events: loop.call_soon_threadsafe(self.app.deliver, events), self.log)
+        self.app.engine = self._loop_thread
+        self._runner = web.AppRunner(self.app.build(), handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=ABORT_WAIT_S)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        try:
+            await self._site.start()
+        except OSError as err:
+            await self._runner.cleanup()
+            self.engine.close()
+            raise BadInput(f"cannot listen on {self.settings.host}:{self.settings.port}: {err.strerror or err}",
+                           "choose another --port (0 picks a free one) or --host") from None
+        self._loop_thread.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self.settings.host}:{port}"
+        return self.url
+
+    async def shutdown(self) -> None:
+        self.app.accepting = False
+        if self._site is not None:
+            await self._site.stop()
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        while self.app.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.app.active:
+            self.log(f"grace period of {self.settings.shutdown_grace_s:g} s over: aborting {len(self.app.streams)} request(s)")
+            for request_id in list(self.app.streams):
+                self.engine_loop.abort(request_id, "the server is shutting down; the request was aborted")
+            deadline = time.monotonic() + ABORT_WAIT_S
+            while self.app.active and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._loop_thread is not None:
+            self._loop_thread.stop()
+        self.engine.close()
+
+    def ready_line(self) -> str:
+        pool = self.engine.config.num_pool_blocks
+        adaptive = " (adaptive)" if self.described.get("adaptive") else ""
+        weights = "seeded random weights" if self.described.get("random_weights") else "weights from the model directory"
+        return (f"pie serve: ready at {self.url} - model '{self.model.name}' ({weights}, {self.engine.config.dtype} on "
+                f"{self.engine.config.device}); device {self.engine.num_device_blocks} blocks, pool {pool} blocks{adaptive}; "
+                f"tokens: {self.text.description}; warm-up {self.warmup_s:.1f} s")
+
+
+def run_server(spec: RunnerSpec, settings: ServeSettings, log: Callable[[str], None]) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; returns when everything has stopped."""
+    server = PieServer(spec, settings, log)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await server.start()
+        log(server.ready_line())
+        await stop.wait()
+        log(f"pie serve: stopping (up to {settings.shutdown_grace_s:g} s for {server.app.active} in-flight request(s))")
+        await server.shutdown()
+        log("pie serve: stopped")
+
+    asyncio.run(main())
