@@ -35,6 +35,9 @@ def compare(
         "--fail-on", help="Rule METRIC:-N% or METRIC:+N%; exit 3 when a significant change passes it. Repeatable.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, markdown (for a CI comment) or json.")] = "table",
     force: Annotated[bool, typer.Option("--force", help="Compare runs of different models or workloads anyway.")] = False,
+    allow_different_machines: Annotated[bool, typer.Option(
+        "--allow-different-machines", help="Give a verdict on runs from different machines (CPU, cores, capability, "
+                                           "GPU), marked 'different machines' in every format.")] = False,
     fail_untested: Annotated[bool, typer.Option(
         "--fail-untested", help="Let rules fire on changes that could not be tested (one run per side).")] = False,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level (rules share it, Bonferroni).")] = 0.05,
@@ -61,7 +64,8 @@ def compare(
     store = ResultsStore(results_dir)
     before, after = resolve_side(base, store), resolve_side(new, store)
     comparison = compare_sides(before, after, rules, CompareOptions(alpha=alpha, threshold_pct=threshold, force=force,
-                                                                      allow_untested=fail_untested))
+                                                                      allow_untested=fail_untested,
+                                                                      allow_different_machines=allow_different_machines))
     out = Output(json_mode=output_format == "json")
     for warning in comparison.warnings:
         out.warn(warning)

@@ -2,7 +2,8 @@
 
 A side is a record file, a run id, a comma-separated list of those, or a selector over the store
 (`label=main`, `model=opt-125m,runner=pie`, `commit=abc123`, `sweep=<id>`). `compare()` refuses
-runs of different models or workloads unless forced, warns when machines differ, tests every
+runs of different models or workloads unless forced, and runs of different machines unless allowed
+(`results.machines`; other fingerprint differences only warn), tests every
 metric (see `results.significance` for which test and why), marks each row as asv does, and
 applies the rules. Torch-free; rendering (rich, markdown, JSON) is the CLI's job.
 
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pie_core.errors import BadInput
+from results import machines
 from results import significance as sig
 from results.record import RunRecord, runner_label
 from results.rules import Rule, check_metrics, direction
@@ -66,6 +68,7 @@ class CompareOptions:
     threshold_pct: float = 5.0  # display threshold for + - ~ marks
     force: bool = False  # compare different models / workloads anyway
     allow_untested: bool = False  # let rules fire on changes that could not be tested
+    allow_different_machines: bool = False  # give a verdict across machines (marked as such)
     num_resamples: int = 1000
     seed: int = 0
 
@@ -89,6 +92,7 @@ class Comparison:
     findings: tuple[str, ...]  # one sentence per rule metric (or key metric without rules)
     options: CompareOptions = field(default_factory=CompareOptions)
     config_changes: tuple[str, ...] = ()  # "dtype: bfloat16 -> float32", one per setting that differs
+    machine_differences: tuple[str, ...] = ()  # "cpu_family: 25 -> 26" (results/machines.py), allowed by the user
 
     @property
     def verdict(self) -> str:
@@ -102,7 +106,7 @@ class Comparison:
         rows = self.frame.astype(object).where(self.frame.notna(), None).to_dict(orient="records")
         return {"verdict": self.verdict, "regression": self.regression, "fired_rules": list(self.fired),
                 "rules": [r.text for r in self.rules], "warnings": list(self.warnings), "notes": list(self.notes),
-                "config_changes": list(self.config_changes),
+                "config_changes": list(self.config_changes), "different_machines": list(self.machine_differences),
                 "alpha": self.options.alpha, "threshold_pct": self.options.threshold_pct,
                 "before": {"reference": self.before.reference, "run_ids": self.before.run_ids},
                 "after": {"reference": self.after.reference, "run_ids": self.after.run_ids}, "rows": rows}
@@ -284,6 +288,9 @@ def _mark(metric: str, before: float, after: float, ratio: float | None, signifi
 
 def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: CompareOptions = CompareOptions()) -> Comparison:
     warnings = check_comparable(before, after, options.force)
+    differences = machines.check_same_machine(before.reference, before.records, after.reference, after.records,
+                                              options.allow_different_machines)
+    warnings += [machines.machine_warning(differences)] if differences else []
     warnings += [f"{side.reference}: ignored {len(side.skipped_incomplete)} incomplete run(s) "
                  f"({', '.join(side.skipped_incomplete)})" for side in (before, after) if side.skipped_incomplete]
     warnings += [f"left out record file {text}" for text in dict.fromkeys(before.unreadable + after.unreadable)]
@@ -327,12 +334,13 @@ def compare(before: Side, after: Side, rules: tuple[Rule, ...] = (), options: Co
         notes.append(f"rows with a rule are tested at alpha/{len({r.metric for r in rules})} = {rule_alpha:.3g} "
                      "(Bonferroni), so all rules together keep a false-positive rate of at most alpha")
     headline, findings = build_verdict(table, rules, fired, options.threshold_pct)
+    headline = machines.mark_headline(headline, differences)
     changes = config_changes(before, after)
     if changes:
         warnings.append(f"configuration changed between the sides ({'; '.join(changes)}): "
                         "the difference may come from the configuration, not the code")
     return Comparison(table, before, after, tuple(rules), fired, tuple(warnings), tuple(notes), headline,
-                      tuple(findings), options, tuple(changes))
+                      tuple(findings), options, tuple(changes), differences)
 
 
 def _repeat_notes(before: Side, after: Side) -> list[str]:

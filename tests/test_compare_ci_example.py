@@ -1,4 +1,4 @@
-"""The CI example must be a valid workflow whose `pie compare` invocation works as written."""
+"""The CI example must be a valid workflow whose ab.sh, `pie bench` and `pie compare` invocations work as written."""
 import shlex
 from pathlib import Path
 
@@ -17,10 +17,13 @@ WORKFLOW = Path(__file__).resolve().parents[1] / "examples" / "ci" / "pie-bench.
 def test_workflow_is_valid_and_compares_with_rules(tmp_path, monkeypatch, capsys):
     workflow = yaml.safe_load(WORKFLOW.read_text())
     steps = {step.get("name"): step for step in workflow["jobs"]["bench"]["steps"]}
-    assert {"Compare with main", "Post the verdict on the pull request"} <= set(steps)
+    compare_step = steps["Benchmark base and head interleaved, compare"]["run"]
+    assert "Post the verdict on the pull request" in steps
     assert "pull_request" in workflow[True]  # `on:` parses as the YAML boolean True
     rules = shlex.split(workflow["env"]["RULES"])
-    assert "--fail-on" in rules and "--format markdown" in steps["Compare with main"]["run"]
+    assert "--fail-on" in rules and "--format markdown" in compare_step
+    assert "examples/ci/ab.sh" in compare_step and '--runs "$RUNS"' in compare_step and "-- $BENCH" in compare_step
+    assert (WORKFLOW.parent / "ab.sh").exists()
     store = ResultsStore(tmp_path)
     for k in range(3):
         write_run(store, seed=k, label="main")
@@ -31,16 +34,14 @@ def test_workflow_is_valid_and_compares_with_rules(tmp_path, monkeypatch, capsys
 
 
 def test_workflow_bench_command_runs_as_written_and_records_a_run(tmp_path, monkeypatch, capsys):
-    """The workflow's `pie bench` line, run here with fewer prompts and another results folder (later flags win)."""
+    """The workflow's `pie bench` arguments, run here with fewer prompts and another results folder (later flags win)."""
     import json
 
     workflow = yaml.safe_load(WORKFLOW.read_text())
-    command = shlex.split(workflow["env"]["BENCH"]) + ["--label", "main"]
-    assert command[:2] == ["pie", "bench"]
+    command = ["bench", *shlex.split(workflow["env"]["BENCH"]), "--label", "main"]
     command[command.index("--num-prompts") + 1] = "4"  # smaller, as written otherwise (a second --num-prompts is refused)
-    command = [part for index, part in enumerate(command)
-               if part != "--results-dir" and (index == 0 or command[index - 1] != "--results-dir")]
-    code, out, err = run_pie(command[1:] + ["--results-dir", tmp_path, "--json"], monkeypatch, capsys)
+    assert "--results-dir" not in command and "--label" not in command[:-2]  # ab.sh gives both
+    code, out, err = run_pie(command + ["--results-dir", tmp_path, "--json"], monkeypatch, capsys)
     assert code in (0, None), err
     payload = json.loads(out)
     assert payload["summary"]["completed"] == 4 and payload["summary"]["failed"] == 0

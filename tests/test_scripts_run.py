@@ -50,6 +50,8 @@ class QuickRun:
 
 
 QUICK_RUNS = {
+    "benchmarks/bench_ab_interleaved.py": QuickRun(  # its own tinier model: the pairs run examples/ci/ab.sh
+        ("--quick", "--out", "{out}/ab.json"), "ab.json", ("aa", "ab", "machine", "targets_met"), slow=True),
     "benchmarks/bench_adaptive_phases.py": QuickRun(
         ("--quick", "--model", "{model}", "--out", "{out}/adaptive.json"), "adaptive.json", ("runs", "checks", "met")),
     "benchmarks/bench_compare_aa.py": QuickRun(
