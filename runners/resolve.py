@@ -88,8 +88,24 @@ def kernel_defaults(options: dict[str, Any], environ: dict[str, str] | None = No
     return found
 
 
-def runner_options(args: BenchArgs, runner: str) -> dict[str, Any]:
-    """-O options with the engine flags on top (and, for the engine's runners, the kernel defaults)."""
+def plan_and_dtype(plan_path: Path | None, requested: str, device: str) -> tuple[Any, DtypeResolution]:
+    """The plan (read once, here) and the dtype of a run on this device: auto is the plan's, else the device's choice."""
+    plan = load_plan(plan_path)
+    return plan, dtype_on_device(requested, device) if plan is None else dtype_from_plan(plan, requested, device)
+
+
+def load_plan(plan_path: Path | None) -> Any:
+    """The `pie tune` plan a run names (None without one): the one read of its file in a run."""
+    if plan_path is None:
+        return None
+    from planner.plan import Plan
+
+    return Plan.load(plan_path)
+
+
+def runner_options(args: Any, runner: str) -> dict[str, Any]:
+    """-O options with the engine flags on top (and, for the engine's runners, the kernel defaults). `args`: a
+    `BenchArgs`, or anything with its `options`, `plan`, `pool_blocks`, `device_blocks` and `adaptive`."""
     options: dict[str, Any] = dict(args.options)
     flags = {"plan": str(args.plan) if args.plan else None, "num_pool_blocks": args.pool_blocks,
              "num_device_blocks": args.device_blocks, "adaptive": True if args.adaptive else None}
@@ -117,22 +133,16 @@ def resolve_bench(args: BenchArgs) -> ResolvedBench:
     options = runner_options(args, runner)
     device = "cpu" if runner == "sim" else check_device(resolve_device(args.device))
     check_device(device)
-    plan = None
-    if args.plan is not None:
-        from planner.plan import Plan
-
-        plan = Plan.load(args.plan)  # the one read of the plan file
     source = None
-    if runner == "sim":
+    if runner == "sim":  # the dtype of what is simulated, not of this machine
+        plan = load_plan(args.plan)
         source = explicit_source(args.hardware, args.profile) or saved_source(args.model, args.dtype)
         options.update(source.options)
         auto = canonical_dtype(args.dtype, allow_auto=True) == "auto"
         dtype = (dtype_from_plan(plan, args.dtype, device) if plan is not None and auto
                  else dtype_for_hardware(source.spec, source.label, args.dtype))
-    elif plan is not None:
-        dtype = dtype_from_plan(plan, args.dtype, device)
     else:
-        dtype = dtype_on_device(args.dtype, device)
+        plan, dtype = plan_and_dtype(args.plan, args.dtype, device)
     settings = BenchSettings(
         model=args.model, runner=runner, dtype=dtype.dtype, dtype_requested=canonical_dtype(args.dtype, allow_auto=True),
         device=device, seed=args.seed,

@@ -56,26 +56,16 @@ class ServeArgs:
 
 
 def resolve_serve(args: ServeArgs) -> tuple[RunnerSpec, Any]:
-    """The engine's `RunnerSpec` and the dtype decision, made as runners/resolve.py makes them for `pie bench
-    --runner pie`: the device, the plan read once, the engine flags and kernel switches merged into the
-    options, and `--dtype auto` (the plan's with a plan, else what the device multiplies natively)."""
+    """The engine's `RunnerSpec` and the dtype decision, by the resolve step's own pieces (runners/resolve.py), as
+    for `pie bench --runner pie`: the device, the plan read once, the engine flags and kernel switches merged into
+    the options, and `--dtype auto` (the plan's with a plan, else what the device multiplies natively)."""
     from pie_core.device_probe import check_device, resolve_device
-    from runners.hardware_source import dtype_from_plan, dtype_on_device
-    from runners.resolve import kernel_defaults
+    from runners.resolve import plan_and_dtype, runner_options
 
     device = check_device(resolve_device(args.device))
-    options: dict[str, Any] = dict(args.options)
-    flags = {"plan": str(args.plan) if args.plan else None, "num_pool_blocks": args.pool_blocks,
-             "num_device_blocks": args.device_blocks, "adaptive": True if args.adaptive else None}
-    options.update({key: value for key, value in flags.items() if value is not None})
-    options.update(kernel_defaults(options))
-    plan = None
-    if args.plan is not None:
-        from planner.plan import Plan
-
-        plan = Plan.load(args.plan)
-    dtype = dtype_from_plan(plan, args.dtype, device) if plan is not None else dtype_on_device(args.dtype, device)
-    return RunnerSpec(model=args.model, dtype=dtype.dtype, device=device, seed=args.seed, options=options, plan=plan), dtype
+    plan, dtype = plan_and_dtype(args.plan, args.dtype, device)
+    return RunnerSpec(model=args.model, dtype=dtype.dtype, device=device, seed=args.seed,
+                      options=runner_options(args, "pie"), plan=plan), dtype
 
 
 @dataclass(frozen=True)
