@@ -73,7 +73,9 @@ def test_parse_goodput_errors():
         with pytest.raises(BadInput):
             parse_goodput(bad)
     with pytest.raises(BadInput):
-        compute_metrics([], 0.0)
+        compute_metrics([], -1.0)
+    refused = compute_metrics([], 0.0)  # every request refused at once: rates are 0, not undefined (issue 26)
+    assert refused["completed"] == 0 and refused["output_throughput"] == 0.0 and refused["duration_s"] == 0.0
 
 
 def test_summary_rows_cover_vllm_table(samples):
