@@ -93,6 +93,11 @@ def plan_of(spec: RunnerSpec) -> Any:
     return Plan.load(Path(str(spec.options["plan"])))
 
 
+def with_plan(spec: RunnerSpec) -> RunnerSpec:
+    """`spec` with its plan loaded (once), for a spec built by hand with only `options["plan"]`."""
+    return dataclasses.replace(spec, plan=plan_of(spec)) if spec.plan is None and spec.options.get("plan") else spec
+
+
 def plan_asks_adaptive(spec: RunnerSpec) -> bool:
     plan = plan_of(spec)
     return bool(plan is not None and plan.adaptive)
@@ -172,8 +177,7 @@ class PieRunner:
     def prepare(self, spec: RunnerSpec) -> PreparedRun:
         """The engine config and effective settings, checked before anything runs (bad options, plans, weights
         and memory fit fail here); the plan is read at most once."""
-        if spec.plan is None and spec.options.get("plan"):
-            spec = dataclasses.replace(spec, plan=plan_of(spec))
+        spec = with_plan(spec)
         config = engine_config_from_spec(spec)
         from runners.engine.loader import check_weights, has_weights
         from runners.engine.memory_fit import check_engine_fits

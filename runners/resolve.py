@@ -132,7 +132,6 @@ def resolve_bench(args: BenchArgs) -> ResolvedBench:
                        f"add --runner sim, or drop {flag}")
     options = runner_options(args, runner)
     device = "cpu" if runner == "sim" else check_device(resolve_device(args.device))
-    check_device(device)
     source = None
     if runner == "sim":  # the dtype of what is simulated, not of this machine
         plan = load_plan(args.plan)

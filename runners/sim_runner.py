@@ -51,9 +51,9 @@ from runners.hardware_source import explicit_source
 from runners.pie_runner import (
     controller_config_from_spec,
     engine_config_from_spec,
-    plan_of,
     pool_control,
     summarize_stats,
+    with_plan,
 )
 from runners.request_loop import TokenDelta, drive_engine
 from runners.timeline import PoolControl, TimelineRecorder
@@ -265,8 +265,7 @@ class SimRunner:
     name = "sim"
 
     def prepare(self, spec: RunnerSpec) -> PreparedRun:
-        if spec.plan is None and spec.options.get("plan"):
-            spec = dataclasses.replace(spec, plan=plan_of(spec))
+        spec = with_plan(spec)
         target = sim_target(spec)
         controller = controller_config_from_spec(spec, target.config.num_pool_blocks)
         hw = target.hardware
