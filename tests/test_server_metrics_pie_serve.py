@@ -44,6 +44,20 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _calm_burst_calm() -> list[BenchRequest]:
+    """One request at a time for 1 s (nobody waits: the limit stays 0 over several scrapes), then 80 at once (8 run,
+    each needs 12 of the 20 device blocks: requests wait and the controller grows the pool, however fast the machine),
+    with the trickle going on for 8 s, so the engine keeps stepping after the burst drains and the unused pool shrinks.
+    A trickle at the arrival rate of the old test (24/s) let a fast machine serve everything with at most a few
+    waiting for 0.1 s, between two 0.2 s scrapes."""
+    def request(i: int, at: float) -> BenchRequest:
+        return BenchRequest(f"r{i}", None, tuple(5 + (7 * i + j) % 40 for j in range(16)), 32, arrival_s=at)
+
+    trickle = [request(i, 0.2 * i) for i in range(45)]
+    burst = [request(100 + i, 1.05) for i in range(80)]
+    return sorted(trickle + burst, key=lambda r: r.arrival_s)
+
+
 def test_pool_limit_and_pooled_blocks_appear_and_move_under_adaptive(tmp_path):
     from tiny_hf_model import vllm_model_dir
 
@@ -62,8 +76,7 @@ def test_pool_limit_and_pooled_blocks_appear_and_move_under_adaptive(tmp_path):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"pie serve did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-        requests = [BenchRequest(f"r{i}", None, tuple(5 + (7 * i + j) % 40 for j in range(16)), 32, arrival_s=i / 24)
-                    for i in range(96)]
+        requests = _calm_burst_calm()
         samples = []
         runner = OpenAIRunner()
         spec = RunnerSpec(model="tiny", options={"base_url": url, "scrape_interval_s": 0.2, "request_timeout_s": 120})
@@ -82,5 +95,6 @@ def test_pool_limit_and_pooled_blocks_appear_and_move_under_adaptive(tmp_path):
     windows = [w for w in timeline_windows(result.timeline) if w.server is not None]
     limits = [w.server["pie:pool_limit_blocks"] for w in windows]
     pooled = [w.server["pie:pool_blocks_used"] for w in windows]
-    assert len(set(limits)) > 1 and max(limits) > 0  # the controller moved the limit under load
-    assert len(set(pooled)) > 1 and max(pooled) > 0
+    log = log_path.read_text()[-4000:]
+    assert len(set(limits)) > 1 and max(limits) > 0, f"the limit did not move in the scrapes {limits}:\n{log}"
+    assert len(set(pooled)) > 1 and max(pooled) > 0, f"the pooled blocks did not move in the scrapes {pooled}:\n{log}"
