@@ -59,6 +59,7 @@ class InProcessServer:
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-serve-http", daemon=True)
 
     def __enter__(self) -> "InProcessServer":
+        self.server.engine_loop.run_in_thread()
         self.thread.start()
         self.url = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=STARTUP_LIMIT_S)
         return self

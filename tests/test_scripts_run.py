@@ -64,6 +64,8 @@ QUICK_RUNS = {
                                                  ("checkouts", "met", "sweep_pool_blocks")),
     "benchmarks/bench_engine_memory.py": QuickRun(
         ("--quick", "--model", "{model}", "--out", "{out}/memory.json"), "memory.json", ("checkpoints", "peak_rss_growth")),
+    "benchmarks/bench_serve_thread.py": QuickRun(("--quick", "--out", "{out}/thread.json"), "thread.json",
+                                                ("runs", "medians", "second_over_same", "machine")),
     "benchmarks/bench_engine_throughput.py": QuickRun(
         ("--quick", "--out", "{out}/throughput.json"), "throughput.json", ("results", "errors", "greedy_token_agreement")),
     "benchmarks/bench_engine_transparency.py": QuickRun(

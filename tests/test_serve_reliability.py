@@ -260,3 +260,62 @@ def test_adaptive_pool_limit_grows_under_load_and_shrinks_after(model_dir):
         assert 'pie:controller_moves_total{model_name="tiny",move="grow"}' in text.decode()
         assert any("-> grow" in line for line in server.lines) and any("-> shrink" in line for line in server.lines)
     assert json.dumps(limits)  # the series the test read, for a failure message
+
+
+def test_run_server_steps_the_engine_on_the_main_thread_and_a_signal_stops_it(model_dir):
+    """`pie serve`'s blocking form builds and steps the engine on the calling (main) thread, with HTTP on a second
+    one (runners/serve/engine_loop.py says why); SIGTERM makes it shut down and return, the engine closed."""
+    import os
+
+    from runners.base import RunnerSpec
+    from runners.engine.llm_engine import LLMEngine
+    from runners.serve.server import ServeSettings, run_server
+
+    assert threading.current_thread() is threading.main_thread()
+    stepped_on: set[str] = set()
+    closed: list[bool] = []
+    real_step, real_close = LLMEngine.step, LLMEngine.close
+
+    def step(self):
+        stepped_on.add(threading.current_thread().name)
+        return real_step(self)
+
+    def close(self):
+        closed.append(True)
+        return real_close(self)
+
+    lines: list[str] = []
+    answers: list[int] = []
+
+    def client() -> None:  # waits for the ready line, sends one request, then SIGTERM to this process
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("ready at" in line for line in lines):
+            time.sleep(0.05)
+        url = next((line.split("ready at ", 1)[1].split(" ", 1)[0] for line in lines if "ready at" in line), None)
+        try:
+            if url is not None:
+                answers.append(get(url + "/health")[0])
+                status, payload, _ = asyncio.run(_post_once(url, body(3, stream=False)))
+                answers.append(status)
+                answers.append(payload["usage"]["completion_tokens"])
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    spec = RunnerSpec(model=str(model_dir), dtype="float32", device="cpu", seed=0, options={})
+    sender = threading.Thread(target=client, name="test-client", daemon=True)
+    LLMEngine.step, LLMEngine.close = step, close
+    try:
+        sender.start()
+        run_server(spec, ServeSettings(port=0, served_model_name="tiny", shutdown_grace_s=5), lines.append)
+    finally:
+        LLMEngine.step, LLMEngine.close = real_step, real_close
+        sender.join(timeout=30)
+    assert answers == [200, 200, 3], lines
+    assert stepped_on == {threading.main_thread().name}
+    assert closed and lines[-1] == "pie serve: stopped"
+
+
+async def _post_once(url: str, payload: dict):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url + "/v1/completions", json=payload, timeout=aiohttp.ClientTimeout(total=60)) as response:
+            return response.status, await response.json(), response.headers

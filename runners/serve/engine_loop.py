@@ -1,4 +1,12 @@
-"""The engine thread of `pie serve`: one thread owns the `LLMEngine` and steps it while it has work.
+"""The engine loop of `pie serve`: one thread owns the `LLMEngine`, steps it while it has work, and closes it.
+
+Which thread: the one that built the engine and made the process's first parallel torch call, which for
+`pie serve` is the main thread (the HTTP server runs on a second one: runners/serve/server.py). PyTorch's
+OpenMP keeps one thread team per thread that calls into it; once two teams exist, the process manages more
+OpenMP threads than it has cores and libgomp stops spinning at its barriers, so every parallel region pays a
+sleep and a wake-up. Measured on 2 cores (Xeon AMX, torch AVX512; OPT-125m, bf16, 48 requests 128/128):
+the engine stepped on a second thread after a parallel op on the main thread ran at 0.73x the tokens per
+second, with 1.5 instead of 2.0 cores busy (benchmarks/bench_serve_thread.py).
 
 New requests and aborts reach it through one queue (`submit`, `abort`: any thread). After each step
 (and after a batch of commands that produced events) it hands every request's new tokens over in ONE
@@ -49,16 +57,29 @@ class _Live:
 
 
 class EngineLoop:
-    def __init__(self, engine: Any, metrics: Any, control: Any, hand_off: Callable[[list[TokenEvent]], None],
-                 log: Callable[[str], None]):
-        self.engine, self.metrics, self.control, self.hand_off, self.log = engine, metrics, control, hand_off, log
+    def __init__(self, engine: Any, metrics: Any, control: Any, log: Callable[[str], None]):
+        self.engine, self.metrics, self.control, self.log = engine, metrics, control, log
+        self.hand_off: Callable[[list[TokenEvent]], None] | None = None  # set by connect(), before any request
         self.commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.live: dict[str, _Live] = {}
-        self.thread = threading.Thread(target=self._run, name="pie-serve-engine", daemon=True)
+        self.thread: threading.Thread | None = None  # only with run_in_thread()
         self.started = time.perf_counter()
 
     # --- any thread ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def connect(self, hand_off: Callable[[list[TokenEvent]], None]) -> None:
+        """Where each step's events go (the HTTP loop's `call_soon_threadsafe`); before the first request arrives."""
+        self.hand_off = hand_off
+
+    def run(self) -> None:
+        """Step the engine until `stop()`, on the calling thread (the one that built the engine), then close it."""
+        try:
+            self._run()
+        finally:
+            self.engine.close()
+
+    def run_in_thread(self) -> None:
+        """`run()` on a thread of its own, for an engine whose builder's thread serves HTTP (tests); slower on a CPU."""
+        self.thread = threading.Thread(target=self.run, name="pie-serve-engine", daemon=True)
         self.thread.start()
 
     def submit(self, request_id: str, prompt_token_ids: list[int], params: Any, arrival: float) -> None:
@@ -68,9 +89,13 @@ class EngineLoop:
         """Abort a request; its end comes back as an event ("abort", with `error` when the server ends it)."""
         self.commands.put(("abort", request_id, error))
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Leave the loop after the step under way (`run()` then closes the engine); waits for a thread of its own."""
         self.commands.put(("stop",))
-        self.thread.join(timeout_s)
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+            if self.thread.is_alive():
+                self.log(f"pie serve: the engine did not stop within {timeout_s:g} s")
 
     # --- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -99,7 +124,7 @@ class EngineLoop:
                 stepped = True
             if commands and not stepped:
                 self._refresh_blocks()
-            if events:
+            if events and self.hand_off is not None:
                 self.hand_off(events)
             if stop:
                 return

@@ -6,9 +6,10 @@ does (runners/pie_runner.py `prepare`: plan, engine options, `--adaptive` pool c
 before any work), warms it up with one short request, and `start()` binds the HTTP server (127.0.0.1 unless told
 otherwise; port 0 picks a free one) and returns its URL. `shutdown()` stops accepting (the listening
 socket closes; requests on open connections get 503), lets in-flight requests finish for up to
-`shutdown_grace_s`, then aborts the rest (their streams end with an error chunk), and closes the
-engine. `run_server` is the blocking form for the CLI: SIGINT or SIGTERM start that shutdown, and it
-returns normally (exit 0).
+`shutdown_grace_s`, then aborts the rest (their streams end with an error chunk), and stops the engine
+loop, which closes the engine. `run_server` is the blocking form for the CLI: the engine is built and
+stepped on the main thread and the HTTP server runs on a second one (engine_loop.py says why it must be
+this way round on a CPU); SIGINT or SIGTERM start that shutdown, and it returns normally (exit 0).
 
 Why aiohttp.web: it is already a dependency (the openai runner's client), it streams with plain
 `StreamResponse.write`, and it can cancel a handler when its client disconnects, which is how an
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from runners.serve.engine_loop import EngineLoop
 from runners.serve.metrics import ServeMetrics
 from runners.serve.text import ServeText
 
+SIGNAL_POLL_S = 0.1  # how often the HTTP thread looks for SIGINT/SIGTERM
 ABORT_WAIT_S = 5.0  # after aborting at the end of the grace period, how long handlers get to write their error
 
 
@@ -122,21 +125,15 @@ class PieServer:
         self.app = ServeApp(self.model, self.text, self.metrics, settings.api_key, settings.max_queue)
         self.control = pool_control(spec, controller, self.engine.set_pool_limit, time.perf_counter(),
                                     self.engine.scheduler.pool_blocks_needed)
+        self.engine_loop = EngineLoop(self.engine, self.metrics, self.control, log)  # run() by the engine's thread
+        self.app.engine = self.engine_loop
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._loop_thread: EngineLoop | None = None
-
-    @property
-    def engine_loop(self) -> EngineLoop:
-        assert self._loop_thread is not None, "start() the server first"
-        return self._loop_thread
 
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
-        self._loop_thread = EngineLoop(self.engine, self.metrics, self.control,
-                                       lambda events: loop.call_soon_threadsafe(self.app.deliver, events), self.log)
-        self.app.engine = self._loop_thread
+        self.engine_loop.connect(lambda events: loop.call_soon_threadsafe(self.app.deliver, events))
         self._runner = web.AppRunner(self.app.build(), handler_cancellation=True, access_log=None,
                                      shutdown_timeout=ABORT_WAIT_S)
         await self._runner.setup()
@@ -145,10 +142,9 @@ class PieServer:
             await self._site.start()
         except OSError as err:
             await self._runner.cleanup()
-            self.engine.close()
+            self.engine_loop.stop()
             raise BadInput(f"cannot listen on {self.settings.host}:{self.settings.port}: {err.strerror or err}",
                            "choose another --port (0 picks a free one) or --host") from None
-        self._loop_thread.start()
         port = self._runner.addresses[0][1]
         self.url = f"http://{self.settings.host}:{port}"
         return self.url
@@ -169,9 +165,7 @@ class PieServer:
                 await asyncio.sleep(0.05)
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._loop_thread is not None:
-            self._loop_thread.stop()
-        self.engine.close()
+        self.engine_loop.stop()  # run() returns after the step under way and closes the engine
 
     def ready_line(self) -> str:
         pool = self.engine.config.num_pool_blocks
@@ -183,19 +177,41 @@ class PieServer:
 
 
 def run_server(spec: RunnerSpec, settings: ServeSettings, log: Callable[[str], None]) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully; returns when everything has stopped."""
-    server = PieServer(spec, settings, log)
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; returns when everything has stopped.
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await server.start()
+    The engine is built and stepped here, on the main thread; HTTP runs on a thread of its own. A signal
+    sets a flag that the HTTP thread polls; its shutdown stops the engine loop, so `run()` returns here."""
+    server = PieServer(spec, settings, log)
+    stop_requested = threading.Event()
+    failure: list[BaseException] = []
+
+    async def serve_http() -> None:
+        try:
+            await server.start()
+        except BaseException as err:  # noqa: BLE001 - re-raised on the main thread (a port in use is a BadInput)
+            failure.append(err)
+            server.engine_loop.stop()
+            return
         log(server.ready_line())
-        await stop.wait()
+        while not stop_requested.is_set():
+            await asyncio.sleep(SIGNAL_POLL_S)
         log(f"pie serve: stopping (up to {settings.shutdown_grace_s:g} s for {server.app.active} in-flight request(s))")
-        await server.shutdown()
+        try:
+            await server.shutdown()
+        except BaseException as err:  # noqa: BLE001 - the engine loop must still stop
+            failure.append(err)
+            server.engine_loop.stop()
+            return
         log("pie serve: stopped")
 
-    asyncio.run(main())
+    previous = {signum: signal.signal(signum, lambda *_: stop_requested.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    http = threading.Thread(target=asyncio.run, args=(serve_http(),), name="pie-serve-http", daemon=True)
+    try:
+        http.start()
+        server.engine_loop.run()  # until the HTTP thread's shutdown stops it; closes the engine
+        http.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if failure:
+        raise failure[0]
