@@ -9,6 +9,10 @@ lengths asked for (vLLM's client sends text). Workloads, all streamed with `--ig
 - `sharegpt`: a ShareGPT-format file written here with ShareGPT-like lengths (runners/workloads/synthetic.py:
   log-normal, means 161 prompt / 338 output tokens), read by vLLM's `sharegpt` loader.
 
+Both servers get the same limits: `--max-num-seqs` (default 128, vLLM's own default for its OpenAI server on
+a CPU) and a KV cache of `--kv-gib` (default 4 GiB: vLLM's `--kv-cache-memory-bytes`, pie's `--device-blocks`
+of that many bytes); `pie bench --runner pie` in-process too.
+
 Rates: inf (saturation), then Poisson at `--poisson-share` (0.8) of vLLM's request throughput at rate inf in
 the first repeat (so both servers face the same arrivals, below the baseline's saturation). Servers run one
 at a time, each with both cores (vLLM: `VLLM_CPU_OMP_THREADS_BIND=0-N`), in alternating order, for
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,21 +97,42 @@ def write_sharegpt(path: Path, model_dir: Path, num_prompts: int, seed: int, max
     path.write_text(json.dumps(rows))
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The limits both servers (and the in-process run) get: KV bytes, the blocks of that many bytes, running requests."""
+
+    kv_bytes: int
+    pie_device_blocks: int
+    max_num_seqs: int
+
+    def pie_args(self) -> list[str]:
+        return ["--device-blocks", str(self.pie_device_blocks), "-O", f"max_num_seqs={self.max_num_seqs}"]
+
+
+def device_blocks(model_dir: Path, dtype: str, kv_bytes: int, block_size: int = 16) -> int:
+    """pie's device blocks (of `block_size` tokens, K and V of every layer) that fill `kv_bytes`."""
+    config = json.loads((model_dir / "config.json").read_text())
+    width = {"float32": 4}.get(dtype, 2)
+    per_block = block_size * config["num_hidden_layers"] * 2 * config["hidden_size"] * width
+    return max(1, kv_bytes // per_block)
+
+
 class Server:
     """`pie serve` or vLLM's OpenAI server in its own session; stopped by process group id."""
 
-    def __init__(self, kind: str, model_dir: Path, dtype: str, port: int, log_path: Path, vllm_kv_bytes: int):
+    def __init__(self, kind: str, model_dir: Path, dtype: str, port: int, log_path: Path, limits: "Limits"):
         self.kind, self.url, self.log_path = kind, f"http://127.0.0.1:{port}", log_path
         env = {**os.environ}
         if kind == "pie":
             command = [sys.executable, "-m", "pie_cli.app", "serve", "--model", str(model_dir), "--dtype", dtype,
-                       "--device", "cpu", "--port", str(port), "--served-model-name", NAME]
+                       "--device", "cpu", "--port", str(port), "--served-model-name", NAME, *limits.pie_args()]
         else:
             env.update(VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}", VLLM_LOGGING_LEVEL="WARNING")
             env.pop("VLLM_CPU_KVCACHE_SPACE", None)
             command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host",
                        "127.0.0.1", "--port", str(port), "--dtype", dtype, "--served-model-name", NAME, "--seed", "0",
-                       "--kv-cache-memory-bytes", str(vllm_kv_bytes), "--enforce-eager"]
+                       "--kv-cache-memory-bytes", str(limits.kv_bytes), "--max-num-seqs", str(limits.max_num_seqs),
+                       "--enforce-eager"]
         self.command = command
         began = time.perf_counter()
         with open(log_path, "w") as log:
@@ -158,10 +184,10 @@ def run_client(url: str, model_dir: Path, workload: dict, rate: float, work: Pat
             data.get("output_lens"))}
 
 
-def run_inprocess(model_dir: Path, dtype: str, workload: dict, work: Path) -> dict:
+def run_inprocess(model_dir: Path, dtype: str, workload: dict, work: Path, limits: "Limits") -> dict:
     command = [sys.executable, "-m", "pie_cli.app", "bench", "--model", str(model_dir), "--runner", "pie", "--dtype", dtype,
                "--device", "cpu", "-n", str(workload["num_prompts"]), "--results-dir", str(work / "records"), "--json",
-               *workload["pie_args"]]
+               *limits.pie_args(), *workload["pie_args"]]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"pie bench failed:\n{done.stderr[-3000:]}")
@@ -210,7 +236,9 @@ def main() -> None:
     parser.add_argument("--poisson-workloads", default="random", help="workloads also run at the Poisson rate "
                                                                         "(comma-separated: random, sharegpt)")
     parser.add_argument("--poisson-share", type=float, default=0.8, help="Poisson rate as a share of vLLM's saturated req/s")
-    parser.add_argument("--vllm-kv-gib", type=float, default=4.0)
+    parser.add_argument("--kv-gib", type=float, default=4.0, help="KV cache of each server and of the in-process run")
+    parser.add_argument("--max-num-seqs", type=int, default=128,
+                        help="running requests per step, both servers (default: vLLM's OpenAI-server default on a CPU)")
     parser.add_argument("--port", type=int, default=None, help="first port to try (default: a free one for each server)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default docs/results/serve_cpu.json; "
@@ -218,8 +246,11 @@ def main() -> None:
     add_dtype_argument(parser)
     args = parser.parse_args()
     args.dtype = resolve_bench_dtype(args.dtype, parser)
+    if not args.kv_gib > 0 or args.max_num_seqs < 1:
+        parser.error("--kv-gib must be positive and --max-num-seqs at least 1")
     if args.quick:
         args.input_len, args.output_len, args.num_random, args.num_sharegpt = 16, 8, 6, 6
+        args.kv_gib = min(args.kv_gib, 1 / 16)  # the tiny model needs little; the suite's memory stays small
     repeats = args.repeats or (1 if args.quick else 3)
     args.no_vllm = args.no_vllm or (args.quick and not args.with_vllm)
     kinds = ["pie"] + ([] if args.no_vllm else ["vllm"])
@@ -229,6 +260,7 @@ def main() -> None:
         model_dir = work / "model"
         build_model(model_dir, args.dtype, args.quick, args.seed)
         max_len = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+        limits = Limits(int(args.kv_gib * 2**30), device_blocks(model_dir, args.dtype, int(args.kv_gib * 2**30)), args.max_num_seqs)
         sharegpt = work / "sharegpt_like.json"
         write_sharegpt(sharegpt, model_dir, args.num_sharegpt, args.seed, max_len)
         workloads = {
@@ -243,8 +275,7 @@ def main() -> None:
         for repeat in range(repeats):
             for kind in (kinds if repeat % 2 else kinds[::-1]):
                 port = free_port() if args.port is None else args.port + repeat * 2 + (kind == "vllm")
-                server = Server(kind, model_dir, args.dtype, port,
-                                work / f"{kind}-{repeat}.log", int(args.vllm_kv_gib * 2**30))
+                server = Server(kind, model_dir, args.dtype, port, work / f"{kind}-{repeat}.log", limits)
                 try:
                     for name, workload in workloads.items():
                         result = run_client(server.url, model_dir, workload, float("inf"), work, f"{kind}-{name}-inf-{repeat}")
@@ -263,7 +294,7 @@ def main() -> None:
                 finally:
                     server.stop()
             for name, workload in workloads.items():
-                result = run_inprocess(model_dir, args.dtype, workload, work)
+                result = run_inprocess(model_dir, args.dtype, workload, work, limits)
                 runs.append({"server": "pie-inprocess", "workload": name, "rate": "inf", "repeat": repeat, **result})
                 print(f"round {repeat} in-process {name:8s}: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
             write_report(args, fingerprint, repeat + 1, rates, runs, quiet=True)  # rounds so far, should a later one fail
@@ -296,9 +327,11 @@ def write_report(args: argparse.Namespace, fingerprint: dict, repeats: int, rate
         summary[workload] = row
     report = {"benchmark": "bench_serve", "machine": fingerprint, "dtype": args.dtype, "quick": args.quick, "repeats": repeats,
               "client": "vllm.benchmarks.serve (backend vllm: /v1/completions, streamed, --ignore-eos, temperature 0)",
-              "vllm_server": f"vllm.entrypoints.openai.api_server --enforce-eager, KV {args.vllm_kv_gib:g} GiB, "
-                             f"VLLM_CPU_OMP_THREADS_BIND=0-{os.cpu_count() - 1}",
-              "pie_server": "pie serve, engine defaults (the same as pie bench --runner pie)",
+              "vllm_server": f"vllm.entrypoints.openai.api_server --enforce-eager, KV {args.kv_gib:g} GiB, "
+                             f"--max-num-seqs {args.max_num_seqs}, VLLM_CPU_OMP_THREADS_BIND=0-{os.cpu_count() - 1}",
+              "pie_server": f"pie serve, KV {args.kv_gib:g} GiB (--device-blocks), -O max_num_seqs={args.max_num_seqs}, "
+                            "other engine settings at their defaults (the same as pie bench --runner pie, which runs "
+                            "with the same flags)",
               "workloads": {"random": f"vLLM random dataset {args.input_len}/{args.output_len}, {args.num_random} requests",
                             "sharegpt": f"ShareGPT-like lengths (log-normal, means 161/338), {args.num_sharegpt} requests"},
               "summary": summary, "runs": runs}

@@ -188,21 +188,16 @@ def run_server(spec: RunnerSpec, settings: ServeSettings, log: Callable[[str], N
     async def serve_http() -> None:
         try:
             await server.start()
+            log(server.ready_line())
+            while not stop_requested.is_set():
+                await asyncio.sleep(SIGNAL_POLL_S)
+            log(f"pie serve: stopping (up to {settings.shutdown_grace_s:g} s for {server.app.active} in-flight request(s))")
+            await server.shutdown()
+            log("pie serve: stopped")
         except BaseException as err:  # noqa: BLE001 - re-raised on the main thread (a port in use is a BadInput)
             failure.append(err)
-            server.engine_loop.stop()
-            return
-        log(server.ready_line())
-        while not stop_requested.is_set():
-            await asyncio.sleep(SIGNAL_POLL_S)
-        log(f"pie serve: stopping (up to {settings.shutdown_grace_s:g} s for {server.app.active} in-flight request(s))")
-        try:
-            await server.shutdown()
-        except BaseException as err:  # noqa: BLE001 - the engine loop must still stop
-            failure.append(err)
-            server.engine_loop.stop()
-            return
-        log("pie serve: stopped")
+        finally:
+            server.engine_loop.stop()  # whatever happened here, the main thread's engine loop returns
 
     previous = {signum: signal.signal(signum, lambda *_: stop_requested.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     http = threading.Thread(target=asyncio.run, args=(serve_http(),), name="pie-serve-http", daemon=True)
