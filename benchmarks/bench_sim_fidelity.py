@@ -1,11 +1,12 @@
 """Simulator fidelity on this machine: `--runner sim` against the real Pie engine, same workloads, same run.
 
 1. Calibration (a workload distinct from the cases): 40 requests (uniform 80/40 tokens +-80%)
-   all at once on the real engine, 64 device and 96 pool blocks (so it pools and preempts),
-   replayed iteration by iteration through the simulator (runners/sim_calibration.py); the
-   per-iteration residuals give the engine's layer scales against the profiled single layer,
-   its pooled-copy rate and its per-iteration overhead, written into a copy of the profile
-   (`engine_overhead`) that the cases' simulations read.
+   all at once on the real engine, three times: no pool with 1024 device blocks (full batches) and
+   with 24 (small batches, preemptions), and 64 device and 96 pool blocks (it pools and preempts);
+   each replayed iteration by iteration through the simulator (runners/sim_calibration.py). The
+   two runs without a pool give the engine's layer scales against the profiled single layer and its
+   per-iteration overhead; the pooled run, priced with those, its pooled-copy rate. They are written
+   into a copy of the profile (`engine_overhead`) that the cases' simulations read.
 2. Cases: three workloads (all at once; Poisson near saturation, at SATURATION_SHARE of the
    first case's measured request throughput; a device budget tight enough that requests
    preempt, or pool), each with the pool off and on, on `--runner pie` (measured) and on
@@ -83,41 +84,51 @@ def workload(num_prompts: int, scale: Scale, seed: int = 0) -> WorkloadSpec:
 
 
 def calibrate(profile_path: Path, out_path: Path, scale: Scale) -> dict:
-    """Measure the calibration workload on the engine, replay it, fit the overhead, write the calibrated profile."""
+    """Measure the calibration workload on the engine without a pool (roomy and tight device) and with one, replay
+    each, fit the overhead (runners/sim_calibration.py), write the calibrated profile."""
     import numpy as np
 
     from runners.engine.config import EngineConfig
     from runners.engine.llm_engine import LLMEngine
     from runners.engine.sampling_params import SamplingParams
 
-    options = {"max_num_seqs": 16, "num_device_blocks": 64, "num_pool_blocks": 96}
+    runs = {"no pool": {"max_num_seqs": 16, "num_device_blocks": 1024},
+            "no pool, tight device": {"max_num_seqs": 16, "num_device_blocks": 24},
+            "pooled": {"max_num_seqs": 16, "num_device_blocks": 64, "num_pool_blocks": 96}}
     num_prompts, input_len, output_len = scale.calibration
     spec = WorkloadSpec(name="uniform", model=scale.model, num_prompts=num_prompts, seed=7, input_len=input_len,
                         output_len=output_len, range_ratio=0.8)
     requests, _ = load_workload(spec)
-    engine = LLMEngine(EngineConfig(model=scale.model, dtype=DTYPE, **options))
-    engine.generate([list(requests[0].prompt_token_ids)] * 2, SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
-    first = len(engine.stats)
-    engine.generate([list(r.prompt_token_ids) for r in requests],
-                    [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in requests])
-    measured = engine.stats[first:]
-    engine.close()
-    target = sim_target(RunnerSpec(model=scale.model, dtype=DTYPE, options={**options, "profile": str(profile_path)}))
-    replayed = replay(target, requests)
-    if not check_aligned(measured, replayed.stats):
-        raise SystemExit("calibration: the replay did not schedule the engine's batches; the scheduler is not deterministic")
-    overhead = fit_calibration(measured, replayed, target.hardware)
+
+    def measure(options: dict) -> tuple[list, object]:
+        with LLMEngine(EngineConfig(model=scale.model, dtype=DTYPE, **options)) as engine:
+            engine.generate([list(requests[0].prompt_token_ids)] * 2, SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+            first = len(engine.stats)
+            engine.generate([list(r.prompt_token_ids) for r in requests],
+                            [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in requests])
+            measured = engine.stats[first:]
+        replayed = replay(sim_target(RunnerSpec(model=scale.model, dtype=DTYPE,
+                                                options={**options, "profile": str(profile_path)})), requests)
+        if not check_aligned(measured, replayed.stats):
+            raise SystemExit("calibration: the replay did not schedule the engine's batches; the scheduler is not deterministic")
+        return measured, replayed
+
+    measured = {name: measure(options) for name, options in runs.items()}
+    hardware = sim_target(RunnerSpec(model=scale.model, dtype=DTYPE,
+                                     options={**runs["no pool"], "profile": str(profile_path)})).hardware
+    overhead = fit_calibration([measured["no pool"], measured["no pool, tight device"]], hardware, pooled=measured["pooled"])
     profile = HardwareProfile.load(profile_path)
     calibrated = dataclasses.replace(profile, engine_overhead=EngineOverhead.from_dict(overhead))
     calibrated.save(out_path)
-    after = replay(sim_target(RunnerSpec(model=scale.model, dtype=DTYPE, options={**options, "profile": str(out_path)})),
-                   requests, with_overhead=True).stats
-    replayed = replayed.stats
-    return {"workload": dataclasses.asdict(spec), "options": options, "overhead": overhead, "num_steps": len(measured),
-            "measured_wall_s": sum(s.wall_s for s in measured), "median_decode_step_ms": 1e3 * float(np.median(
-                [s.wall_s for s in measured if s.num_prefill_tokens == 0])),
-            "steps_before": step_errors(measured, replayed), "steps_after": step_errors(measured, after),
-            "calibrated_profile": str(out_path)}
+    report: dict = {"workload": dataclasses.asdict(spec), "runs": runs, "overhead": overhead, "calibrated_profile": str(out_path)}
+    for name, options in runs.items():
+        stats, replayed = measured[name]
+        after = replay(sim_target(RunnerSpec(model=scale.model, dtype=DTYPE, options={**options, "profile": str(out_path)})),
+                       requests, with_overhead=True).stats
+        report[name] = {"num_steps": len(stats), "measured_wall_s": sum(s.wall_s for s in stats),
+                        "median_decode_step_ms": 1e3 * float(np.median([s.wall_s for s in stats if s.num_prefill_tokens == 0])),
+                        "steps_before": step_errors(stats, replayed.stats), "steps_after": step_errors(stats, after)}
+    return report
 
 
 def cases(saturation_rate: float | None, scale: Scale) -> list[tuple[str, dict, float, int]]:

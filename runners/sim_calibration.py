@@ -3,7 +3,7 @@
 `replay(target, requests)` runs requests released all at once through `SimStepEngine`: with
 no arrivals in between, the real Scheduler makes the same decisions it made in the engine, so
 iteration i of the replay is iteration i of the measured run (`check_aligned` says whether
-the batches match). `fit_calibration(measured, engine)` regresses each iteration's measured
+the batches match). `fit_calibration` regresses each iteration's measured
 wall time, less the predicted parts it does not scale (the lm_head), on the predicted
 decode-layer time, prefill-layer time, copy time (the layers' wait on pooled blocks, and tier
 moves) and the batch size
@@ -18,7 +18,17 @@ block tables, sampling). A fixed per-iteration cost is not fitted: in one run it
 from the decode layers' fixed term (both are paid once per iteration), so `decode_scale` carries
 it and `fixed_s` stays 0 (a free intercept took all decode time in a trial and then missed other
 batch sizes; docs/simulator.md). `step_errors` summarises decode-only and prefill
-iterations' errors. Torch-free. Left out: running the engine (the caller measures it) and files.
+iterations' errors.
+
+`fit_calibration(runs, hardware, pooled=...)` fits in two stages: the layer scales and the
+per-sequence term on `runs` (measured and replayed runs without a pool, so nothing copies and
+nothing else can take the layers' time; one with a roomy device for full batches, one with a
+tight device for small batches and preemptions), then only the copy rate on `pooled`, its layers
+priced by those scales. In one pooled run alone the copy term is weakly identified: on a Xeon (AMX,
+torch AVX512) the pooled engine's extra compute went into the layer scales and the simulator priced
+pool-off runs about 10% slow; fitted on the roomy run alone, the layers missed a preempting run's
+small batches by 11%; fitted on all runs at once, the pooled runs pulled the layer scales up again
+(docs/simulator.md). Torch-free. Left out: running the engine (the caller measures it) and files.
 """
 from __future__ import annotations
 
@@ -72,21 +82,48 @@ def _features(engine: SimStepEngine) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows), np.array(rest)
 
 
-def fit_calibration(measured: Sequence[Any], engine: SimStepEngine, hardware: Any) -> dict[str, float]:
-    """{"decode_scale", "prefill_scale", "pooled_copy_gbps", "fixed_s" (0), "per_seq_s"} for the profile the replay
-    used (`hardware`, its HardwareSpec: the new scales multiply its own). A run that never copied keeps its link rate."""
-    features, rest = _features(engine)
-    target = np.array([m.wall_s for m in measured]) - rest
+def _trimmed_nnls(features: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
+    """Non-negative least squares, refitted without the tenth of rows that fit worst; the solution and rows kept."""
     keep = np.ones(len(target), dtype=bool)
     for _ in range(2):
         solution, _ = nnls(features[keep], target[keep])
         misfit = np.abs(features @ solution - target)
         keep = misfit <= np.quantile(misfit, TRIM_QUANTILE)
-    scale_decode, scale_prefill, scale_copy, per_seq = (float(v) for v in solution)
-    copied = features[:, 2].sum() > 0 and scale_copy > 0
+    return solution, int(keep.sum())
+
+
+def _stacked(runs: Sequence[tuple[Sequence[Any], SimStepEngine]]) -> tuple[np.ndarray, np.ndarray]:
+    """Features and targets (measured seconds less the unscaled predicted parts) of every run's iterations."""
+    features, targets = [], []
+    for measured, engine in runs:
+        rows, rest = _features(engine)
+        features.append(rows)
+        targets.append(np.array([m.wall_s for m in measured]) - rest)
+    return np.vstack(features), np.concatenate(targets)
+
+
+def fit_calibration(runs: Sequence[tuple[Sequence[Any], SimStepEngine]], hardware: Any,
+                    pooled: tuple[Sequence[Any], SimStepEngine] | None = None) -> dict[str, float]:
+    """{"decode_scale", "prefill_scale", "pooled_copy_gbps", "fixed_s" (0), "per_seq_s"} for the profile the replays
+    used (`hardware`, its HardwareSpec: the new scales multiply its own). A run that never copied keeps its link rate.
+    `runs`: (measured stats, replayed engine) pairs; with `pooled`, they must not pool (the module docstring)."""
+    features, target = _stacked(runs)
+    if pooled is None:
+        solution, kept = _trimmed_nnls(features, target)
+        scale_decode, scale_prefill, scale_copy, per_seq = (float(v) for v in solution)
+        copied = features[:, 2].sum() > 0 and scale_copy > 0
+    else:
+        if features[:, 2].sum() > 0:
+            raise ValueError("calibration: a run for the layers copied pooled blocks; give runs without a pool")
+        layers, kept = _trimmed_nnls(features[:, [0, 1, 3]], target)
+        scale_decode, scale_prefill, per_seq = (float(v) for v in layers)
+        pooled_features, pooled_target = _stacked([pooled])
+        copy, kept_pooled = _trimmed_nnls(pooled_features[:, [2]], pooled_target - pooled_features[:, [0, 1, 3]] @ layers)
+        scale_copy, kept = float(copy[0]), kept + kept_pooled
+        copied = pooled_features[:, 2].sum() > 0 and scale_copy > 0
     return {"decode_scale": hardware.decode_scale * scale_decode, "prefill_scale": hardware.prefill_scale * scale_prefill,
             "pooled_copy_gbps": hardware.link_h2d_gbps / scale_copy if copied else hardware.link_h2d_gbps,
-            "fixed_s": 0.0, "per_seq_s": per_seq, "num_steps_fitted": int(keep.sum())}
+            "fixed_s": 0.0, "per_seq_s": per_seq, "num_steps_fitted": kept}
 
 
 def step_errors(measured: Sequence[Any], replayed: Sequence[Any]) -> dict[str, Any]:
