@@ -147,15 +147,17 @@ def naive_attention(q, k, v, scale, causal):
 @pytest.mark.parametrize("kernel", ["c", "torch"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("block_size", [4, 16, 20])  # partial, one full and one-and-a-bit 16-lane softmax chunks
-def test_paged_decode_matches_naive(dtype, tol, kernel, block_size, monkeypatch):
+@pytest.mark.parametrize("head_dim, few", [(16, False), (64, False), (64, True)])  # 64: the AVX512-BF16 build's
+# register path (head_dim a multiple of 32, blocks of at most 16); few sequences: KV heads split over work items
+def test_paged_decode_matches_naive(dtype, tol, kernel, block_size, head_dim, few, monkeypatch):
     from runners.engine import cpu_attention
 
     if kernel == "c" and cpu_attention.load() is None:
         pytest.skip(f"no C compiler here: {cpu_attention.load_error()}")
     monkeypatch.setenv("PIE_DECODE_KERNEL", kernel)
     torch.manual_seed(0)
-    heads, kv_heads, head_dim = 8, 2, 16
-    lens = [1, 3, 4, 5, 17, 40, 41, 9, 100]  # several length buckets, partly filled blocks
+    heads, kv_heads = 8, 2
+    lens = [17, 100] if few else [1, 3, 4, 5, 17, 40, 41, 9, 100]  # several length buckets, partly filled blocks
     num_blocks = 80 * 4 // block_size + 20
     cache = torch.randn(num_blocks, 2, block_size, kv_heads, head_dim).to(dtype)
     free = torch.randperm(num_blocks).tolist()
