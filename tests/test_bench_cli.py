@@ -198,7 +198,10 @@ def test_sigint_leaves_an_incomplete_record_with_finished_requests(model_dir, tm
     command = [sys.executable, "-m", "pie_cli.app", "bench", "-m", str(model_dir), "--workload", "fixed", "--input-len", "8",
                "--output-len", "4", "-n", "400", "--request-rate", "20", "--dtype", "float32", "--results-dir", str(results)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal gives it, even when this suite was started in the background (where the shell leaves SIGINT
+    # ignored, Python then keeps it ignored, and the run would finish instead)
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
