@@ -2,46 +2,22 @@
 pooled blocks, and both move under load (docs/server-metrics.md).
 
 One `pie serve` subprocess on 127.0.0.1 (a tiny seeded OPT with its tokenizer, a small device budget and a CPU pool
-the adaptive controller sizes), a bounded start-up wait, and SIGTERM to its process group at the end. Skipped where
+the adaptive controller sizes), a bounded start-up wait, and its process group stopped at the end (tests/serve_helpers.py `ServeProcess`). Skipped where
 `pie serve` (runners/serve) is not part of this checkout.
 """
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from results.timeline import timeline_windows
 from runners.base import BenchRequest, RunnerSpec
 from runners.openai_runner import OpenAIRunner
+from serve_helpers import ServeProcess
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("runners.serve") is None, reason="pie serve is not in this checkout")]
-
-REPO = Path(__file__).resolve().parent.parent
-STARTUP_LIMIT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _calm_burst_calm() -> list[BenchRequest]:
@@ -62,39 +38,23 @@ def test_pool_limit_and_pooled_blocks_appear_and_move_under_adaptive(tmp_path):
     from tiny_hf_model import vllm_model_dir
 
     model_dir = vllm_model_dir(tmp_path / "opt", "opt")
-    url = f"http://127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "pie_cli.app", "serve", "--model", str(model_dir), "--device-blocks", "30",
-               "--pool-blocks", "20", "-O", "block_size=4", "-O", "max_num_seqs=8", "-O", "prefetch_depth=1",
-               "-O", "window_steps=2", "--adaptive", "--port", url.rsplit(":", 1)[1], "--served-model-name", "tiny",
-               "--dtype", "float32", "--device", "cpu"]
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServeProcess(model_dir, "--device-blocks", "30", "--pool-blocks", "20", "-O", "block_size=4", "-O", "max_num_seqs=8",
+                          "-O", "prefetch_depth=1", "-O", "window_steps=2", "--adaptive", "--served-model-name", "tiny",
+                          "--dtype", "float32", log_path=tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + STARTUP_LIMIT_S
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"pie serve did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        requests = _calm_burst_calm()
+        server.wait_ready()
         samples = []
         runner = OpenAIRunner()
-        spec = RunnerSpec(model="tiny", options={"base_url": url, "scrape_interval_s": 0.2, "request_timeout_s": 120})
-        result = runner.run(runner.prepare(spec), requests, samples.append)
+        spec = RunnerSpec(model="tiny", options={"base_url": server.url, "scrape_interval_s": 0.2, "request_timeout_s": 120})
+        result = runner.run(runner.prepare(spec), _calm_burst_calm(), samples.append)
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
+        server.stop()
     assert all(s.success for s in samples), next(s.error for s in samples if not s.success)
     scraped = result.telemetry["server_metrics"]
     assert scraped["kind"] == "pie" and not scraped["token_check"]["mismatch"]
     windows = [w for w in timeline_windows(result.timeline) if w.server is not None]
     limits = [w.server["pie:pool_limit_blocks"] for w in windows]
     pooled = [w.server["pie:pool_blocks_used"] for w in windows]
-    log = log_path.read_text()[-4000:]
+    log = server.log()
     assert len(set(limits)) > 1 and max(limits) > 0, f"the limit did not move in the scrapes {limits}:\n{log}"
     assert len(set(pooled)) > 1 and max(pooled) > 0, f"the pooled blocks did not move in the scrapes {pooled}:\n{log}"
