@@ -111,10 +111,9 @@ class Limits:
 
 def device_blocks(model_dir: Path, dtype: str, kv_bytes: int, block_size: int = 16) -> int:
     """pie's device blocks (of `block_size` tokens, K and V of every layer) that fill `kv_bytes`."""
-    config = json.loads((model_dir / "config.json").read_text())
-    width = {"float32": 4}.get(dtype, 2)
-    per_block = block_size * config["num_hidden_layers"] * 2 * config["hidden_size"] * width
-    return max(1, kv_bytes // per_block)
+    from pie_core.shapes import load_shape_from_dir
+
+    return max(1, kv_bytes // (block_size * load_shape_from_dir(model_dir).kv_bytes_per_token(dtype)))
 
 
 class Server:
