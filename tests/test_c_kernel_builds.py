@@ -1,4 +1,4 @@
-"""The C decode kernel builds, and computes, for every ISA variant: natively where this CPU runs it,
+"""The engine's C library (decode attention and greedy argmax) builds, and computes, for every ISA variant: natively where this CPU runs it,
 compiled only where it does not, and for aarch64 with a cross compiler under qemu-aarch64 when the
 machine has them (scripts/test.sh installs both where apt can; otherwise those cases skip and say so)."""
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 
 from pie_core.capability import C_VARIANT_FLAGS, c_variant
 from pie_core.device_probe import detect_capability
+from runners.engine.c_kernels import SOURCES
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL = REPO / "runners" / "engine" / "paged_decode.c"
+KERNELS = [str(REPO / "runners" / "engine" / name) for name in SOURCES]
 HARNESS = REPO / "tests" / "c" / "paged_decode_check.c"
 X86 = ("portable", "avx2", "avx512", "avx512bf16")
 ARM = ("neon", "neon-bf16")
@@ -34,7 +35,7 @@ def test_x86_variant_builds_and_computes_where_the_cpu_runs_it(variant, tmp_path
         pytest.skip("no C compiler here: the engine takes its PyTorch path")
     binary = tmp_path / "check"
     runs_here = X86.index(variant) <= X86.index(c_variant(host))
-    command = [compiler, "-O3", "-fopenmp", *C_VARIANT_FLAGS[variant], str(KERNEL)]
+    command = [compiler, "-O3", "-fopenmp", *C_VARIANT_FLAGS[variant], *KERNELS]
     command += [str(HARNESS), "-o", str(binary), "-lm"] if runs_here else ["-c", "-o", str(tmp_path / "k.o")]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
     if runs_here:
@@ -48,7 +49,7 @@ def test_aarch64_variant_builds_and_computes_under_qemu(variant, tmp_path):
     if compiler is None or qemu is None:
         pytest.skip("needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: gcc-aarch64-linux-gnu, qemu-user)")
     binary = tmp_path / "check"
-    subprocess.run([compiler, "-O3", "-fopenmp", "-static", *C_VARIANT_FLAGS[variant], str(KERNEL), str(HARNESS),
+    subprocess.run([compiler, "-O3", "-fopenmp", "-static", *C_VARIANT_FLAGS[variant], *KERNELS, str(HARNESS),
                     "-o", str(binary), "-lm"], check=True, capture_output=True, text=True, timeout=120)
     result = subprocess.run([qemu, str(binary)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

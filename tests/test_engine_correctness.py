@@ -294,4 +294,4 @@ def test_injected_capability_takes_its_path_or_names_the_fallback(tiny_models, r
         assert paths.decode_attention == f"c-{variant}" and not paths.fallbacks
     else:  # built for a CPU this is not: the build or its smoke test fails, and the engine says so
         assert paths.decode_attention == "torch"
-        assert len(paths.fallbacks) == 1 and f"C decode kernel ({variant}) unavailable" in paths.fallbacks[0]
+        assert len(paths.fallbacks) == 1 and f"C kernels ({variant}) unavailable" in paths.fallbacks[0]

@@ -150,10 +150,10 @@ def naive_attention(q, k, v, scale, causal):
 @pytest.mark.parametrize("head_dim, few", [(16, False), (64, False), (64, True)])  # 64: the AVX512-BF16 build's
 # register path (head_dim a multiple of 32, blocks of at most 16); few sequences: KV heads split over work items
 def test_paged_decode_matches_naive(dtype, tol, kernel, block_size, head_dim, few, monkeypatch):
-    from runners.engine import cpu_attention
+    from runners.engine import c_kernels
 
-    if kernel == "c" and cpu_attention.load() is None:
-        pytest.skip(f"no C compiler here: {cpu_attention.load_error()}")
+    if kernel == "c" and c_kernels.load() is None:
+        pytest.skip(f"no C compiler here: {c_kernels.load_error()}")
     monkeypatch.setenv("PIE_DECODE_KERNEL", kernel)
     torch.manual_seed(0)
     heads, kv_heads = 8, 2
@@ -209,6 +209,36 @@ def test_prefill_attention_is_causal_per_sequence(lens):
     for start, end in zip(cu.tolist()[:-1], cu.tolist()[1:]):
         expected = naive_attention(q[start:end], k[start:end], v[start:end], 0.3, causal=True)
         torch.testing.assert_close(out[start:end].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_prefill_takes_flash_attention_and_keeps_prefixed_sequences_exact(dtype, monkeypatch):
+    """bf16/fp16 sequences without a prefix go through scaled_dot_product_attention (GQA included); a
+    sequence with a prefix in the same batch keeps the explicit path; both match fp64 within half precision."""
+    import torch.nn.functional as F
+
+    from runners.engine import attention
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    torch.manual_seed(0)
+    lens = [1, 37, 130, 64]
+    q = torch.randn(sum(lens), 8, 32).to(dtype)
+    k, v = torch.randn(sum(lens), 2, 32).to(dtype), torch.randn(sum(lens), 2, 32).to(dtype)
+    prefix = (torch.randn(20, 2, 32).to(dtype), torch.randn(20, 2, 32).to(dtype))
+    cu = [0, *itertools.accumulate(lens)]
+    out = prefill_attention(q, k, v, cu, 0.2, prefixes=[None, None, None, prefix])
+    assert calls == [(1, 8, 1, 32), (1, 8, 37, 32), (1, 8, 130, 32)]  # the prefixed fourth took the explicit path
+    for row, (start, end) in enumerate(zip(cu[:-1], cu[1:])):
+        key, value = k[start:end], v[start:end]
+        if row == 3:
+            key, value = torch.cat([prefix[0], key]), torch.cat([prefix[1], value])
+            scores_q = torch.cat([torch.zeros(20, 8, 32, dtype=dtype), q[start:end]])  # prefix rows' outputs are not asked for
+            expected = naive_attention(scores_q, key, value, 0.2, causal=True)[20:]
+        else:
+            expected = naive_attention(q[start:end], key, value, 0.2, causal=True)
+        torch.testing.assert_close(out[start:end].double(), expected, atol=2e-2, rtol=2e-2)
 
 
 def test_write_kv_puts_tokens_in_their_slots():
@@ -294,6 +324,35 @@ def test_sampler_greedy_temperature_and_top_p():
     assert cold_draws.count(0) >= 95 and warm_draws.count(0) < 60
     with pytest.raises(ValueError, match="no generator"):
         sample(logits[:1], [hot], [None])
+
+
+@pytest.mark.parametrize("variant", ["avx512bf16", "avx512", "avx2", "portable"])
+def test_c_greedy_argmax_takes_the_first_maximum_like_torch(variant):
+    from pie_core.capability import C_VARIANT_FLAGS
+    from pie_core.device_probe import detect_capability
+    from runners.engine import c_kernels
+    from runners.engine.sampler import greedy_tokens
+
+    host = detect_capability("cpu").with_changes(torch_cpu_capability=None)
+    if not host.is_x86 or list(C_VARIANT_FLAGS).index(variant) < list(C_VARIANT_FLAGS).index(c_kernels.default_variant()):
+        pytest.skip(f"the {variant} build does not run on this CPU")
+    if c_kernels.load(variant) is None:
+        pytest.skip(f"no C compiler here: {c_kernels.load_error(variant)}")
+    torch.manual_seed(0)
+    for cols in (1, 15, 16, 17, 50272):  # no 16-lane step, exactly one, one and a tail, OPT's vocabulary
+        logits = torch.randn(7, cols).to(torch.bfloat16)
+        logits[1] = 0.5  # every value tied: the first wins
+        logits[2] = -math.inf  # no finite value: index 0, as torch
+        if cols > 3:
+            logits[3, [cols // 3, cols - 1]] = 9.0  # the maximum twice, in different lanes
+            logits[4, cols // 2] = math.nan  # NaN never wins (torch would return it)
+        expected = logits.float().nan_to_num(nan=-math.inf).argmax(-1).tolist()
+        assert greedy_tokens(logits, variant) == expected, cols
+        assert greedy_tokens(logits[:, :cols], None) == logits.max(dim=-1).indices.tolist()
+    # a non-contiguous view goes through a copy, fp32 rows through PyTorch
+    wide = torch.randn(3, 40).to(torch.bfloat16)
+    assert greedy_tokens(wide[:, ::2], variant) == wide[:, ::2].float().argmax(-1).tolist()
+    assert greedy_tokens(wide.float(), variant) == wide.float().argmax(-1).tolist()
 
 
 @pytest.mark.gpu

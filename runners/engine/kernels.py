@@ -6,7 +6,7 @@
 - GEMMs: oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN
   refuses the CPU), plain `F.linear`. The engine setting `prepack=off` forces plain.
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
-  `cpu_attention.py`); if it cannot be built or fails its smoke test, the PyTorch path.
+  `cpu_attention.py`, `c_kernels.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
   must import and, at the engine's dtype, heads, head_dim and block size, decode at every split
   count and prefill with and without a prefix must match the PyTorch path (triton_smoke.py; the
@@ -111,19 +111,19 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             prepack = False
     variant = choice.c_variant if choice.decode == "c" else None
     if forced[1] == "c":  # asked for: this record's C build, or this machine's own; failing is an error, not a fallback
-        from runners.engine import cpu_attention
+        from runners.engine import c_kernels
 
-        variant = variant or cpu_attention.default_variant()
-        if torch.device(device).type != "cpu" or cpu_attention.load(variant) is None:
+        variant = variant or c_kernels.default_variant()
+        if torch.device(device).type != "cpu" or c_kernels.load(variant) is None:
             raise RuntimeError(f"decode_kernel=c but the C kernel cannot run here: "
-                               f"{cpu_attention.load_error(variant) or device}")
+                               f"{c_kernels.load_error(variant) or device}")
     elif variant and forced[1] in ("torch", "triton"):
         variant = None
     elif variant:
-        from runners.engine import cpu_attention
+        from runners.engine import c_kernels
 
-        if cpu_attention.load(variant) is None:
-            fallbacks.append(f"{cpu_attention.load_error(variant)}; PyTorch decode attention")
+        if c_kernels.load(variant) is None:
+            fallbacks.append(f"{c_kernels.load_error(variant)}; PyTorch decode attention")
             variant = None
     decode = f"c-{variant}" if variant else "torch"
     if forced[1] == "triton":

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pie_core.capability import C_VARIANT_FLAGS
 from runners.engine import host_memory
 from runners.engine.attention import (
     Lengths,
@@ -71,6 +72,7 @@ class ModelRunner:
         """`decode_variant`: the C decode build to use, or "torch" (runners/engine/kernels.py)."""
         self.model = model
         self.decode_variant = decode_variant
+        self.c_variant = decode_variant if decode_variant in C_VARIANT_FLAGS else None  # the C library's build, if any
         self.cache = cache
         self.layout = layout
         self.device = cache.device
@@ -225,7 +227,8 @@ class ModelRunner:
                 hidden, d2h_captured = self._forward(batch, streaming)
                 logits = self.model.logits(hidden[batch.logit_rows])
                 seqs = scheduled.sampled
-                tokens = sample(logits, [seq.sampling_params for seq in seqs], [seq.generator for seq in seqs])
+                tokens = sample(logits, [seq.sampling_params for seq in seqs], [seq.generator for seq in seqs],
+                                self.c_variant)
             finally:
                 stall = self.prefetcher.finish() if streaming else 0.0
             elapsed = time.perf_counter() - began

@@ -1,7 +1,10 @@
 """Next-token sampling: greedy, temperature and top-p (nucleus), seeded per request.
 
-`sample(logits[N, V], params, generators)` returns one token id per row. Greedy rows (temperature
-0) are one batched argmax. Random rows draw from their own `torch.Generator`, made once per
+`sample(logits[N, V], params, generators, c_variant)` returns one token id per row. Greedy rows
+(temperature 0) are one batched argmax: on the CPU with bf16 logits, the engine's C library's
+(`greedy_argmax.c`, the build the engine's decode attention uses: `c_variant`), about 7x faster
+than PyTorch's on 96 rows of OPT's 50,272 logits (0.3 against 2.0 ms); elsewhere `max(dim=-1)`.
+Both take the first maximum; the C one never lets NaN win. Random rows draw from their own `torch.Generator`, made once per
 request by `make_generator`, so a seeded request produces the same tokens whatever else is
 in the batch and whichever order the batch has. A request without a seed gets a generator
 seeded from the engine seed and its request index, so a whole run is reproducible.
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from runners.engine import c_kernels
 from runners.engine.sampling_params import SamplingParams
 
 
@@ -44,12 +48,24 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+def greedy_tokens(logits: torch.Tensor, c_variant: str | None = None) -> list[int]:
+    """The first maximum of each row of logits[N, V]: the C library's argmax for bf16 CPU rows when `c_variant` loads."""
+    if c_variant and logits.device.type == "cpu" and logits.dtype == torch.bfloat16 and logits.dim() == 2:
+        library = c_kernels.load(c_variant)
+        if library is not None:
+            rows = logits.contiguous()
+            out = torch.empty(rows.shape[0], dtype=torch.int64)
+            library.argmax_rows_bf16(rows.data_ptr(), rows.shape[0], rows.shape[1], out.data_ptr())
+            return out.tolist()
+    return logits.max(dim=-1).indices.tolist()  # first maximum, like argmax; faster on bf16 CPU rows (docs/engine-cpu-performance.md)
+
+
 def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
-           generators: Sequence[torch.Generator | None]) -> list[int]:
-    """Token ids for logits[N, V], row i sampled with params[i] and generators[i]."""
+           generators: Sequence[torch.Generator | None], c_variant: str | None = None) -> list[int]:
+    """Token ids for logits[N, V], row i sampled with params[i] and generators[i]; `c_variant`: the engine's C build."""
     if logits.shape[0] != len(params) or len(params) != len(generators):
         raise ValueError(f"sample: {logits.shape[0]} logit rows, {len(params)} params, {len(generators)} generators")
-    tokens = logits.max(dim=-1).indices.tolist()  # first maximum, like argmax; faster on bf16 CPU rows (docs/engine-cpu-performance.md)
+    tokens = greedy_tokens(logits, c_variant)
     for row, (row_params, generator) in enumerate(zip(params, generators)):
         if not row_params.greedy:
             if generator is None:

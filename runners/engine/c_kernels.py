@@ -1,0 +1,140 @@
+"""The engine's C library for the CPU, built once with the system compiler and loaded with ctypes.
+
+Two sources beside this module (package data), compiled into one library:
+- `paged_decode.c`: paged decode attention (`cpu_attention.py` says why it is C, and how it works);
+- `greedy_argmax.c`: greedy sampling's argmax over bf16 logit rows (`sampler.py`).
+
+One library per variant (pie_core/capability.py `C_VARIANT_FLAGS`: avx512bf16, avx512, avx2,
+neon-bf16, neon, portable; explicit ISA flags, never `-march=native`, so the variant follows the
+capability record), compiled on first use into `~/.cache/pie/kernels/` (or `$PIE_KERNEL_CACHE`)
+with `cc -O3 -fopenmp <flags>`, then called once in a child process on tiny inputs (an instruction
+the CPU lacks kills the child, not the run) before it is loaded. Work spreads over OpenMP threads
+(the libgomp torch already loaded, so one thread pool). The C is portable: the AVX-512 parts sit
+behind `#if`, and every other build takes loops the compiler vectorises for its flags.
+`load(variant)` returns None when the build or that smoke test fails, with the reason in
+`load_error(variant)`; the engine then takes its PyTorch paths and says so.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pie_core.capability import C_VARIANT_FLAGS, c_variant
+from pie_core.device_probe import detect_capability
+
+SOURCES = ("paged_decode.c", "greedy_argmax.c")
+_TEXTS = {name: Path(__file__).with_name(name).read_text() for name in SOURCES}
+
+_BASE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared")
+_DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
+SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_f32": _DECODE_ARGS,
+              "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]}
+_libraries: dict[str, ctypes.CDLL | None] = {}
+_load_errors: dict[str, str] = {}
+
+# Run in a fresh interpreter against a just-built library: every entry point on tiny inputs.
+# An instruction this CPU lacks kills that process (SIGILL), not the caller.
+_SMOKE_TEST = r"""
+import ctypes, struct, sys
+lib = ctypes.CDLL(sys.argv[1])
+heads, dh, bs = 2, 8, 4
+for name, fmt, size in (("paged_decode_f32", "f", 4), ("paged_decode_bf16", "H", 2)):
+    one = 1.0 if fmt == "f" else 0x3F80
+    q = (ctypes.c_char * (heads * dh * size)).from_buffer_copy(struct.pack(fmt * (heads * dh), *[one] * (heads * dh)))
+    cache = (ctypes.c_char * (2 * bs * heads * dh * size)).from_buffer_copy(
+        struct.pack(fmt * (2 * bs * heads * dh), *[one] * (2 * bs * heads * dh)))
+    tables, lens = (ctypes.c_int64 * 1)(0), (ctypes.c_int64 * 1)(3)
+    out = (ctypes.c_char * (heads * dh * size))()
+    fn = getattr(lib, name)
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
+    fn(ctypes.addressof(q), ctypes.addressof(cache), ctypes.addressof(tables), ctypes.addressof(lens),
+       ctypes.addressof(out), 1, heads, heads, dh, bs, 1, 1, 3, 0.5, 1)
+    first = struct.unpack(fmt, bytes(out)[:size])[0]
+    value = first if fmt == "f" else struct.unpack("f", struct.pack("I", first << 16))[0]
+    if abs(value - 1.0) > 1e-2:
+        sys.exit(f"{name}: attention over values of 1 gave {value}")
+cols = 40  # two 16-lane steps and a tail; the maximum (2.0, 0x4000) first at 21, again at 37
+row = [0x3F80] * cols
+row[21] = row[37] = 0x4000
+logits = (ctypes.c_char * (2 * cols)).from_buffer_copy(struct.pack("H" * cols, *row))
+index = (ctypes.c_int64 * 1)(-1)
+lib.argmax_rows_bf16.restype = None
+lib.argmax_rows_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+lib.argmax_rows_bf16(ctypes.addressof(logits), 1, cols, ctypes.addressof(index))
+if index[0] != 21:
+    sys.exit(f"argmax_rows_bf16 gave {index[0]}, expected 21")
+"""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PIE_KERNEL_CACHE", Path.home() / ".cache" / "pie" / "kernels"))
+
+
+def _flags(variant: str) -> tuple[str, ...]:
+    return (*_BASE_FLAGS, *C_VARIANT_FLAGS[variant])
+
+
+def _build(target: Path, variant: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    compiler = os.environ.get("CC", "cc")
+    with tempfile.TemporaryDirectory() as work:
+        sources = []
+        for name, text in _TEXTS.items():
+            (Path(work) / name).write_text(text)
+            sources.append(str(Path(work) / name))
+        built = Path(work) / target.name
+        subprocess.run([compiler, *_flags(variant), *sources, "-o", str(built), "-lm"],
+                       check=True, capture_output=True, text=True, timeout=120)
+        os.replace(built, target)  # atomic: a concurrent builder never sees half a file
+
+
+def _smoke_test(target: Path) -> None:
+    """Call the library in a child process; raises SubprocessError when it crashes or computes wrong."""
+    result = subprocess.run([sys.executable, "-c", _SMOKE_TEST, str(target)], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        why = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        if result.returncode < 0:
+            why = f"killed by signal {-result.returncode} (an instruction this CPU lacks?)"
+        raise subprocess.SubprocessError(f"the built kernel failed its smoke test: {why}")
+
+
+def default_variant() -> str:
+    """The C variant this machine's own capability record selects (pie_core/capability.py)."""
+    return c_variant(detect_capability("cpu"))
+
+
+def load(variant: str | None = None) -> ctypes.CDLL | None:
+    """The compiled library for `variant` (default: this machine's), built and smoke-tested on first use; None when it cannot run."""
+    variant = variant or default_variant()
+    if variant in _libraries:
+        return _libraries[variant]
+    _libraries[variant] = None
+    text = "".join(_TEXTS[name] for name in SOURCES)
+    digest = hashlib.sha256((text + " ".join(_flags(variant)) + os.uname().machine).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"pie_kernels_{variant}_{digest}.so"
+    try:
+        if not target.exists():
+            _build(target, variant)
+        _smoke_test(target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as err:
+        lines = (getattr(err, "stderr", "") or "").strip().splitlines()
+        detail = next((line for line in lines if "error" in line), lines[-1]) if lines else str(err)
+        _load_errors[variant] = f"C kernels ({variant}) unavailable: {detail}"
+        return None
+    for name, argtypes in SIGNATURES.items():
+        function = getattr(library, name)
+        function.restype = None
+        function.argtypes = argtypes
+    _libraries[variant] = library
+    return library
+
+
+def load_error(variant: str | None = None) -> str | None:
+    return _load_errors.get(variant or default_variant())
