@@ -43,6 +43,7 @@ from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # no
 
 NAME = "opt-125m-random"
 STARTUP_LIMIT_S = 600
+GROUP_EXIT_LIMIT_S = 60  # after the server's own process exits, for the rest of its group (then SIGKILL)
 VLLM_CLIENT = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
                "from vllm.benchmarks.serve import add_cli_args, main; parser = FlexibleArgumentParser(); "
                "add_cli_args(parser); main(parser.parse_args(sys.argv[1:]))")
@@ -158,6 +159,8 @@ class Server:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        """SIGTERM to the whole group, then wait until every process in it is gone (vLLM's engine core is a
+        child that outlives its parent for seconds; a run started meanwhile would share the cores with it)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -165,6 +168,26 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+        for limit_s, then_signal in ((GROUP_EXIT_LIMIT_S, signal.SIGKILL), (10, None)):
+            deadline = time.monotonic() + limit_s
+            while group_alive(self.process.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not group_alive(self.process.pid):
+                return
+            if then_signal is not None:
+                os.killpg(self.process.pid, then_signal)
+        print(f"warning: processes of the {self.kind} server's group {self.process.pid} outlived SIGKILL", file=sys.stderr)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still exists (zombies of other parents included until reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_client(url: str, model_dir: Path, workload: dict, rate: float, work: Path, tag: str) -> dict:
