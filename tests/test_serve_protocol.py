@@ -141,3 +141,30 @@ def test_a_port_in_use_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
         code, _, err = run_pie(["serve", "--model", model, "--device", "cpu", "--dtype", "float32",
                                 "--port", taken.getsockname()[1]], monkeypatch, capsys)
     assert code == 2 and "cannot listen on 127.0.0.1" in err and "Traceback" not in err, err
+
+
+def test_stream_decoder_gives_the_text_of_decoding_everything_at_once():
+    """The Rust DecodeStream path: byte-level BPE with multi-byte characters split over tokens, a special token
+    and an id past the tokenizer's vocabulary (a model's padded one); the same text as the windowed decoder."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from runners.serve.text import ChoiceText, _decoder, _HFDecoder, _StreamDecoder
+
+    corpus = ["the quick brown fox jumps over the lazy dog", "naïve café déjà vu", "snow ☃ and fire 🔥 together"] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=["<s>", "</s>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                        clean_up_tokenization_spaces=False)
+    text = "a naïve fox 🔥 sees ☃ déjà"
+    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids, tokenizer.vocab_size + 7]
+    decoder = _decoder(tokenizer)
+    assert isinstance(decoder, _StreamDecoder)
+    pieces = [decoder.push([token]) for token in ids]
+    assert "".join(pieces) == tokenizer.decode(ids[:-1], skip_special_tokens=True) == text
+    assert not any("\ufffd" in piece for piece in pieces)  # a character split over tokens waits for its last byte
+    windowed, streamed = ChoiceText(_HFDecoder(tokenizer), ()), ChoiceText(_decoder(tokenizer), ())
+    assert [windowed.push([t], False) for t in ids[:-1]] == [streamed.push([t], False) for t in ids[:-1]]
+    # decoding that cleans up spaces afterwards keeps the windowed decoder, whose decode() applies it
+    tokenizer.clean_up_tokenization_spaces = True
+    assert isinstance(_decoder(tokenizer), _HFDecoder)

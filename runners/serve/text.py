@@ -7,9 +7,10 @@ use (runners/workloads/tokenize.py): text prompts are split and hashed into the 
 generated token comes back as the placeholder text `[ID]`, so a client that counts text chunks, usage
 or token ids counts the same tokens. `description` says which of the two it is.
 
-`ChoiceText` follows one choice's tokens: incremental detokenization (only a short window is decoded per
-step, and text that ends inside a multi-byte character is held back) and stop strings (the text is cut
-before the stop string, which is never sent; the last characters that could begin one are held back).
+`ChoiceText` follows one choice's tokens: incremental detokenization (the Rust tokenizer's `DecodeStream`
+where it applies, else a short window decoded per step; text that ends inside a multi-byte character is
+held back) and stop strings (the text is cut before the stop string, which is never sent; the last
+characters that could begin one are held back).
 
 Left out: logprobs, tool calls, and multi-modal content.
 """
@@ -44,6 +45,40 @@ class _HFDecoder:
             self.prefix, self.read = self.read, len(self.ids)
             return after[len(before):]
         return ""
+
+
+class _StreamDecoder:
+    """The Rust tokenizer's own incremental decoder (`tokenizers.decoders.DecodeStream`, which vLLM's fast
+    detokenizer uses too): the text of decoding all ids at once, held back inside a multi-byte character,
+    at about 0.5 µs a token where `_HFDecoder` spends about 15 µs decoding its window twice (OPT-125m
+    tokens, this project's Xeon). Ids the tokenizer does not have (a model's padded vocabulary) add no text,
+    as in `_HFDecoder`."""
+
+    def __init__(self, backend: Any, stream_type: Any):
+        self.backend, self.stream = backend, stream_type(skip_special_tokens=True)
+        self.size = backend.get_vocab_size(with_added_tokens=True)
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        pieces = []
+        for token in token_ids:
+            if 0 <= token < self.size:
+                piece = self.stream.step(self.backend, token)
+                if piece:
+                    pieces.append(piece)
+        return "".join(pieces)
+
+
+def _decoder(tokenizer: Any) -> Any:
+    """`_StreamDecoder` where the tokenizer has a Rust backend and decoding changes nothing after it (no
+    `clean_up_tokenization_spaces`), else `_HFDecoder`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        from tokenizers.decoders import DecodeStream
+    except ImportError:  # tokenizers before 0.21
+        return _HFDecoder(tokenizer)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return _HFDecoder(tokenizer)
+    return _StreamDecoder(backend, DecodeStream)
 
 
 class _PlaceholderDecoder:
@@ -92,7 +127,7 @@ class ServeText:
         return self.encode(text + PLAIN_CHAT_ANSWER)
 
     def choice(self, stop: Sequence[str] = ()) -> "ChoiceText":
-        return ChoiceText(_HFDecoder(self.tokenizer) if self.tokenizer is not None else _PlaceholderDecoder(), stop)
+        return ChoiceText(_decoder(self.tokenizer) if self.tokenizer is not None else _PlaceholderDecoder(), stop)
 
 
 class ChoiceText:
