@@ -248,7 +248,13 @@ def test_write_kv_puts_tokens_in_their_slots():
     for row, slot in enumerate([0, 9, 23]):
         assert torch.equal(cache[slot // 4, 0, slot % 4], k[row])
         assert torch.equal(cache[slot // 4, 1, slot % 4], v[row])
-    assert cache.abs().sum() == k.abs().sum() + v.abs().sum()
+    rest = cache.clone()
+    for slot in (0, 9, 23):
+        rest[slot // 4, :, slot % 4] = 0
+    assert not rest.any()  # nothing else written
+    strided = torch.zeros(6, 2, 4, 3, 2).transpose(3, 4)  # not contiguous: the indexing path
+    write_kv(strided, torch.tensor([0, 9, 23]), k, v)
+    assert torch.equal(strided, cache)
 
 
 def test_loader_names_missing_tensors(tmp_path):
