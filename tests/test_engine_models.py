@@ -147,8 +147,9 @@ def naive_attention(q, k, v, scale, causal):
 @pytest.mark.parametrize("kernel", ["c", "torch"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("block_size", [4, 16, 20])  # partial, one full and one-and-a-bit 16-lane softmax chunks
-@pytest.mark.parametrize("head_dim, few", [(16, False), (64, False), (64, True)])  # 64: the AVX512-BF16 build's
-# register path (head_dim a multiple of 32, blocks of at most 16); few sequences: KV heads split over work items
+@pytest.mark.parametrize("head_dim, few", [(24, False), (16, False), (64, False), (80, False), (64, True)])
+# 16, 64, 80: the AVX512-BF16 build's head-by-head path (a multiple of 16; 16 and 80 end in a half step), 24 the
+# token-by-token one; few sequences: KV heads split over work items
 def test_paged_decode_matches_naive(dtype, tol, kernel, block_size, head_dim, few, monkeypatch):
     from runners.engine import c_kernels
 

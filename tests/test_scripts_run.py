@@ -58,6 +58,8 @@ QUICK_RUNS = {
         ("--quick", "--model", "{model}", "--output", "{out}/compare_aa.json"), "compare_aa.json",
         ("aa", "ab", "run_wall_s", "markdown_clean"), slow=True),
     "benchmarks/bench_decode_kernel.py": QuickRun(("--quick", "--out", "{out}/decode.json"), "decode.json", ("rows", "kv_bytes")),
+    "benchmarks/bench_decode_step.py": QuickRun(("--quick", "--out", "{out}/step.json"), "step.json",
+                                                ("median_s", "kv_bytes_per_step", "c_variant")),
     "benchmarks/bench_engine_capacity.py": QuickRun(
         ("--quick", "--model", "{model}", "--out", "{out}/capacity.json"), "capacity.json", ("rows", "ratio_best_pool_over_off")),
     "benchmarks/bench_engine_close.py": QuickRun(("--quick", "--out", "{out}/close.json"), "close.json",

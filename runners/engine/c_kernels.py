@@ -32,7 +32,9 @@ _TEXTS = {name: Path(__file__).with_name(name).read_text() for name in SOURCES}
 
 _BASE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared")
 _DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
-SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_f32": _DECODE_ARGS,
+# paged_decode_bf16_generic: the token-by-token path paged_decode_bf16 takes where its AVX512-BF16 one does not apply
+# (the engine never calls it directly; benchmarks/bench_decode_step.py compares the two)
+SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_bf16_generic": _DECODE_ARGS, "paged_decode_f32": _DECODE_ARGS,
               "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]}
 _libraries: dict[str, ctypes.CDLL | None] = {}
 _load_errors: dict[str, str] = {}

@@ -10,7 +10,7 @@ A work item is one sequence (or, for small batches, a range of its KV heads). Ea
 visited once, flash-decoding style, and the next block is prefetched while this one is computed.
 The generic path takes q·k for the block's tokens with all heads of a token together (K rows in
 memory order), an online-softmax update, then p·v over the block's V rows, which sit right after
-its K rows. The AVX512-BF16 build, for head_dim a multiple of 32 (every registry model), goes head
+its K rows. The AVX512-BF16 build, for head_dim a multiple of 16 (every registry model), goes head
 by head within each 16-token chunk of a block instead: the 16 tokens' q·k partial sums reduced
 together by one transpose tree, the softmax update on that one vector, then p·v with the head's
 accumulator in registers; each slice it reads is mirrored by a prefetch of the same slice of the

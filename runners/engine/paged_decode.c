@@ -186,7 +186,7 @@ void NAME(const T* q, const T* cache, const int64_t* tables, const int64_t* lens
 
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
-/* The AVX512-BF16 path for head_dim a multiple of 32 up to 256 (every model in the registry):
+/* The AVX512-BF16 path for head_dim a multiple of 16 up to 256 (every model in the registry):
    head-major within each 16-token chunk of a block. For one query head, the 16 tokens' q.k
    products stay as 16 vectors of partial sums and are reduced together by one transpose tree
    (45 instructions for 16 scores instead of a horizontal reduction per token); the chunk's
@@ -222,7 +222,8 @@ static void paged_decode_bf16_heads(const uint16_t* q, const uint16_t* cache, co
     const int64_t token_stride = kv_heads * head_dim;
     const int64_t block_stride = 2 * block_size * token_stride;
     const int64_t kv_per_split = (kv_heads + splits - 1) / splits;
-    const int64_t words = head_dim / 32, lanes = head_dim / 16;  /* 32 bf16 per q.k step, 16 fp32 per accumulator */
+    /* q.k: 32 bf16 per step, then 16 more where head_dim is an odd multiple of 16; p.v: 16 fp32 per accumulator */
+    const int64_t words = head_dim / 32, lanes = head_dim / 16, tail = head_dim % 32 != 0;
     const int64_t slice_bytes = head_dim * (int64_t)sizeof(uint16_t);
     #pragma omp parallel
     {
@@ -269,6 +270,9 @@ static void paged_decode_bf16_heads(const uint16_t* q, const uint16_t* cache, co
                                 for (int64_t w = 0; w < words; w++)
                                     dot = _mm512_dpbf16_ps(dot, (__m512bh)_mm512_loadu_si512(qh + 32 * w),
                                                            (__m512bh)_mm512_loadu_si512(k + 32 * w));
+                                if (tail)
+                                    dot = _mm512_dpbf16_ps(dot, (__m512bh)_mm512_maskz_loadu_epi16(0xFFFF, qh + 32 * words),
+                                                           (__m512bh)_mm512_maskz_loadu_epi16(0xFFFF, k + 32 * words));
                             }
                             parts[j] = dot;
                         }
@@ -316,7 +320,7 @@ void paged_decode_bf16(const uint16_t* q, const uint16_t* cache, const int64_t* 
                        int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size,
                        int64_t table_stride, int64_t num_blocks, int64_t max_len, float scale, int64_t splits) {
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
-    if (head_dim % 32 == 0 && head_dim <= 256) {
+    if (head_dim % 16 == 0 && head_dim <= 256) {
         paged_decode_bf16_heads(q, cache, tables, lens, out, batch, heads, kv_heads, head_dim, block_size, table_stride,
                                 num_blocks, scale, splits);
         return;
