@@ -8,7 +8,10 @@ memory. Per layer: the q/k/v GEMM, attention, the out, fc1 (+ReLU) and fc2 GEMMs
 the greedy argmax. Each round times every entry point of the engine's C library for bf16 decode attention
 (`paged_decode_bf16`, which takes the AVX512-BF16 head-by-head path where it applies, and
 `paged_decode_bf16_generic`, the token-by-token path every other build runs), and both argmaxes (the C
-library's and PyTorch's `max(dim=-1)`), interleaved, medians over `--repeats` rounds.
+library's and PyTorch's `max(dim=-1)`), interleaved, medians over `--repeats` rounds. Beside the step, the
+prefill attention of one layer for `--prefill-seqs` prompts of `--prefill-len` tokens (the step's prefill,
+16 x 128 tokens by default) both ways `attention.prefill_attention` can take: PyTorch's flash attention
+(bf16 prompts without a prefix) and the explicit fp32 path (prefixed or fp32 prompts).
 Run it alone: `flock /tmp/pie-heavy.lock python benchmarks/bench_decode_step.py`. `--quick`: tiny sizes.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quick_mode import add_quick_argument, output_path
 from pie_core.fingerprint import collect_fingerprint
+from runners.engine import attention as engine_attention
 from runners.engine import c_kernels, host_memory
 from runners.engine.models.linear import Linear
 from runners.engine.sampler import greedy_tokens
@@ -45,6 +49,8 @@ def main() -> None:
     parser.add_argument("--ffn", type=int, default=3072)
     parser.add_argument("--vocab", type=int, default=50272)
     parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--prefill-seqs", type=int, default=16)
+    parser.add_argument("--prefill-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the medians as JSON here (default: print only)")
@@ -53,7 +59,9 @@ def main() -> None:
     if args.quick:
         args.batch, args.context, args.layers, args.hidden, args.heads, args.ffn, args.vocab, args.repeats = \
             4, 40, 2, 64, 2, 128, 500, 2
-    for name in ("batch", "context", "layers", "hidden", "heads", "ffn", "vocab", "block_size", "repeats"):
+        args.prefill_seqs, args.prefill_len = 2, 16
+    for name in ("batch", "context", "layers", "hidden", "heads", "ffn", "vocab", "block_size", "repeats", "prefill_seqs",
+                 "prefill_len"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.hidden % args.heads:
@@ -111,14 +119,29 @@ def main() -> None:
                              ("argmax:c", after - middle), ("argmax:torch", done - after)):
             times[key].append(seconds)
 
+    prompt = torch.randn(args.prefill_seqs * args.prefill_len, 3, heads, head_dim).to(torch.bfloat16).unbind(1)
+    bounds = [index * args.prefill_len for index in range(args.prefill_seqs + 1)]
+
+    def prefill(times: dict[str, list[float]]) -> None:
+        for path, dtypes in (("flash", engine_attention._SDPA_DTYPES), ("explicit", ())):
+            saved, engine_attention._SDPA_DTYPES = engine_attention._SDPA_DTYPES, dtypes
+            try:
+                began = time.perf_counter()
+                engine_attention.prefill_attention(*prompt, bounds, head_dim ** -0.5)
+                times[f"prefill_attention:{path}"].append(time.perf_counter() - began)
+            finally:
+                engine_attention._SDPA_DTYPES = saved
+
     print(f"batch {batch}, context {args.context}, {args.layers} layers, KV read {kv_bytes / 1e6:.0f} MB per step, "
           f"threads {torch.get_num_threads()}, C build {c_kernels.default_variant()}", file=sys.stderr)
     times: dict[str, list[float]] = defaultdict(list)
     for entry in ATTENTION:  # warm-up: page faults, primitive creation
         step(entry, defaultdict(list))
+    prefill(defaultdict(list))
     for round_index in range(args.repeats):
         for entry in (ATTENTION if round_index % 2 else ATTENTION[::-1]):
             step(entry, times)
+        prefill(times)
     medians = {key: statistics.median(values) for key, values in times.items()}
     print(f"{'part':<40} {'median ms':>10}")
     for key, seconds in medians.items():
@@ -131,6 +154,7 @@ def main() -> None:
             "benchmark": "decode_step", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": collect_fingerprint("cpu"), "args": {k: str(v) for k, v in vars(args).items()},
             "threads": torch.get_num_threads(), "c_variant": c_kernels.default_variant(), "kv_bytes_per_step": kv_bytes,
+            "prefill": {"sequences": args.prefill_seqs, "tokens_each": args.prefill_len},
             "median_s": medians, "rounds_s": dict(times)}, indent=2))
         print(f"wrote {path}", file=sys.stderr)
 
