@@ -272,7 +272,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     chunk's tokens sit at positions P.. and attend over the prefix and causally within the chunk
     (chunked prefill). On the CPU a bf16/fp16 sequence without a prefix goes through PyTorch's flash
     attention (`scaled_dot_product_attention`, fp32 softmax and sums inside: OPT-125m heads, 16
-    sequences of 128 tokens, 3.6 against 9.8 ms per layer); the rest take fp32 math (bf16 matmuls
+    sequences of 128 tokens, 4.6 against 9.8 ms a layer, benchmarks/bench_decode_step.py); the rest take fp32 math (bf16 matmuls
     over these views measured slower: docs/engine-cpu-performance.md): per sequence, query rows in
     chunks of 64 against the keys up to the chunk's end, the scale and the causal mask fused into
     one `baddbmm`. `cu_seqlens`: a tensor (read back once) or the bounds as host ints.
