@@ -55,6 +55,11 @@ static inline __m512 exp16(__m512 x) {
 }
 #endif
 
+/* A block table entry kept inside the cache: padding (-1) and stray values read block 0 or the last. */
+static inline int64_t clamped_block(int64_t block, int64_t num_blocks) {
+    return block < 0 ? 0 : (block >= num_blocks ? num_blocks - 1 : block);
+}
+
 /* The largest of s[0..n) and `peak`. */
 static inline float block_max(const float* s, int64_t n, float peak) {
 #if defined(__AVX512F__)
@@ -135,13 +140,11 @@ void NAME(const T* q, const T* cache, const int64_t* tables, const int64_t* lens
             memset(acc + h0 * head_dim, 0, sizeof(float) * (size_t)((h1 - h0) * head_dim));           \
             const int64_t used_blocks = (len + block_size - 1) / block_size;                          \
             for (int64_t m = 0; m < used_blocks; m++) {                                               \
-                int64_t block = table[m];                                                             \
-                block = block < 0 ? 0 : (block >= num_blocks ? num_blocks - 1 : block);               \
+                const int64_t block = clamped_block(table[m], num_blocks);                            \
                 const T* base = cache + block * block_stride + kv0 * head_dim;                        \
                 const char* next = 0;                                                                 \
                 if (m + 1 < used_blocks) {                                                            \
-                    int64_t nb = table[m + 1];                                                        \
-                    nb = nb < 0 ? 0 : (nb >= num_blocks ? num_blocks - 1 : nb);                       \
+                    const int64_t nb = clamped_block(table[m + 1], num_blocks);                       \
                     next = (const char*)(cache + nb * block_stride + kv0 * head_dim);                 \
                 }                                                                                     \
                 const int64_t n = len - m * block_size < block_size ? len - m * block_size : block_size; \
@@ -243,14 +246,12 @@ static void paged_decode_bf16_heads(const uint16_t* q, const uint16_t* cache, co
             memset(acc + h0 * head_dim, 0, sizeof(float) * (size_t)((h1 - h0) * head_dim));
             const int64_t used_blocks = (len + block_size - 1) / block_size;
             for (int64_t m = 0; m < used_blocks; m++) {
-                int64_t block = table[m];
-                block = block < 0 ? 0 : (block >= num_blocks ? num_blocks - 1 : block);
+                const int64_t block = clamped_block(table[m], num_blocks);
                 const uint16_t* keys = cache + block * block_stride;
                 const uint16_t* values = keys + block_size * token_stride;
                 const char* next = 0;
                 if (m + 1 < used_blocks) {
-                    int64_t nb = table[m + 1];
-                    nb = nb < 0 ? 0 : (nb >= num_blocks ? num_blocks - 1 : nb);
+                    const int64_t nb = clamped_block(table[m + 1], num_blocks);
                     next = (const char*)(cache + nb * block_stride);
                 }
                 const int64_t n_block = len - m * block_size < block_size ? len - m * block_size : block_size;
