@@ -100,31 +100,34 @@ def calibrate(profile_path: Path, out_path: Path, scale: Scale) -> dict:
                         output_len=output_len, range_ratio=0.8)
     requests, _ = load_workload(spec)
 
-    def measure(options: dict) -> tuple[list, object]:
+    def target(options: dict, profile: Path):
+        return sim_target(RunnerSpec(model=scale.model, dtype=DTYPE, options={**options, "profile": str(profile)}))
+
+    targets = {name: target(options, profile_path) for name, options in runs.items()}  # the profile read once each
+
+    def measure(name: str) -> tuple[list, object]:
+        options = runs[name]
         with LLMEngine(EngineConfig(model=scale.model, dtype=DTYPE, **options)) as engine:
             engine.generate([list(requests[0].prompt_token_ids)] * 2, SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
             first = len(engine.stats)
             engine.generate([list(r.prompt_token_ids) for r in requests],
                             [SamplingParams(max_tokens=r.output_len, ignore_eos=True) for r in requests])
             measured = engine.stats[first:]
-        replayed = replay(sim_target(RunnerSpec(model=scale.model, dtype=DTYPE,
-                                                options={**options, "profile": str(profile_path)})), requests)
+        replayed = replay(targets[name], requests)
         if not check_aligned(measured, replayed.stats):
             raise SystemExit("calibration: the replay did not schedule the engine's batches; the scheduler is not deterministic")
         return measured, replayed
 
-    measured = {name: measure(options) for name, options in runs.items()}
-    hardware = sim_target(RunnerSpec(model=scale.model, dtype=DTYPE,
-                                     options={**runs["no pool"], "profile": str(profile_path)})).hardware
-    overhead = fit_calibration([measured["no pool"], measured["no pool, tight device"]], hardware, pooled=measured["pooled"])
+    measured = {name: measure(name) for name in runs}
+    overhead = fit_calibration([measured["no pool"], measured["no pool, tight device"]], targets["no pool"].hardware,
+                               pooled=measured["pooled"])
     profile = HardwareProfile.load(profile_path)
     calibrated = dataclasses.replace(profile, engine_overhead=EngineOverhead.from_dict(overhead))
     calibrated.save(out_path)
     report: dict = {"workload": dataclasses.asdict(spec), "runs": runs, "overhead": overhead, "calibrated_profile": str(out_path)}
     for name, options in runs.items():
         stats, replayed = measured[name]
-        after = replay(sim_target(RunnerSpec(model=scale.model, dtype=DTYPE, options={**options, "profile": str(out_path)})),
-                       requests, with_overhead=True).stats
+        after = replay(target(options, out_path), requests, with_overhead=True).stats
         report[name] = {"num_steps": len(stats), "measured_wall_s": sum(s.wall_s for s in stats),
                         "median_decode_step_ms": 1e3 * float(np.median([s.wall_s for s in stats if s.num_prefill_tokens == 0])),
                         "steps_before": step_errors(stats, replayed.stats), "steps_after": step_errors(stats, after)}
