@@ -9,7 +9,8 @@ an injected record:
 - `dtype_support(cap, dtype)`: "native" (the device multiplies it in hardware), "emulated"
   (it runs, converted in software, far slower; README.md, "On the machine it meets") or "unsupported" (it does not run).
 - `choose_dtype(cap)`: bfloat16 where it is native, else float32 on a CPU and float16 on a GPU.
-- `select_kernels(cap, dtype)`: oneDNN weight prepacking for bf16 GEMMs, and which variant of
+- `select_kernels(cap, dtype)`: oneDNN weight prepacking for bf16 GEMMs (the engine's own AMX GEMM for
+  decode-sized batches where AMX is in effect, `ONEDNN_MAX_CPU_ISA` included), and which variant of
   the C decode-attention kernel to build, with its compiler flags (explicit ISA flags, never
   `-march=native`, so a record limited to AVX2 really gets AVX2 code); on CUDA, Triton paged
   attention (`runners/engine/triton_attention.py`), which the engine tries before PyTorch's.
@@ -218,6 +219,8 @@ C_VARIANT_FLAGS: dict[str, tuple[str, ...]] = {
     "neon-bf16": ("-march=armv8.2-a+bf16",),
     "neon": ("-march=armv8-a",),
     "portable": (),
+    # not a decode build: the AMX GEMM library (runners/engine/amx_gemm.c), where `select_kernels` sets `amx`
+    "amx": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"),
 }
 C_DTYPES = ("bfloat16", "float32")  # cache dtypes the C kernel has an entry point for
 
@@ -228,6 +231,7 @@ class KernelChoice:
     decode: str  # "c", "triton" or "torch": the decode-attention path to try first
     c_variant: str | None  # key of C_VARIANT_FLAGS when decode == "c"
     reasons: tuple[str, ...]  # why each choice, one line each
+    amx: bool = False  # bf16 GEMMs of decode-sized batches on AMX tiles (runners/engine/amx_gemm.c), oneDNN behind it
 
     @property
     def c_flags(self) -> tuple[str, ...]:
@@ -258,13 +262,18 @@ def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
     reasons = []
     onednn_bf16 = cap.is_x86 and (set(_AVX512_CORE) <= cap.onednn_features or "avx_ne_convert" in cap.onednn_features)
     prepack = dtype == "bfloat16" and onednn_bf16
+    amx = prepack and {*_AVX512_CORE, "avx512_bf16", "amx_tile", "amx_bf16"} <= cap.onednn_features
     if dtype != "bfloat16":
         reasons.append(f"plain GEMMs: prepacking is for bfloat16 weights, not {dtype}")
+    elif amx:
+        reasons.append("bf16 weights packed for AMX tiles: decode-sized batches on the engine's AMX GEMM, "
+                       "longer ones through oneDNN")
     elif prepack:
         reasons.append("bf16 weights prepacked for oneDNN (AVX-512 BW/VL/DQ or AVX-NE-CONVERT present)")
     else:
         reasons.append("plain bf16 GEMMs: oneDNN's bf16 prepack needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT on x86")
     if dtype not in C_DTYPES:
-        return KernelChoice(prepack, "torch", None, (*reasons, f"PyTorch decode attention: the C kernel has no {dtype} path"))
+        return KernelChoice(prepack, "torch", None, (*reasons, f"PyTorch decode attention: the C kernel has no {dtype} path"),
+                            amx=amx)
     variant = c_variant(cap)
-    return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build"))
+    return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build"), amx=amx)

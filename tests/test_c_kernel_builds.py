@@ -53,3 +53,20 @@ def test_aarch64_variant_builds_and_computes_under_qemu(variant, tmp_path):
                     "-o", str(binary), "-lm"], check=True, capture_output=True, text=True, timeout=120)
     result = subprocess.run([qemu, str(binary)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_amx_gemm_library_compiles_with_its_flags(tmp_path):
+    """The AMX GEMM source compiles with explicit AMX flags on any x86 compiler that knows them (it runs only where
+    the CPU has AMX: tests/test_engine_linear.py computes with it there, and c_kernels' smoke test guards the load)."""
+    from runners.engine.c_kernels import AMX, AMX_SOURCES
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not _hardware().is_x86:
+        pytest.skip("needs an x86 C compiler")
+    probe = subprocess.run([compiler, "-mamx-tile", "-mamx-bf16", "-x", "c", "-c", "-o", str(tmp_path / "p.o"), "-"],
+                           input="int x;\n", capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"this compiler has no AMX flags (the engine then stays on oneDNN): {probe.stderr.strip()[:200]}")
+    sources = [str(REPO / "runners" / "engine" / name) for name in AMX_SOURCES]
+    subprocess.run([compiler, "-O3", "-fopenmp", "-Wall", "-Werror", *C_VARIANT_FLAGS[AMX], "-c", *sources,
+                    "-o", str(tmp_path / "amx.o")], check=True, capture_output=True, text=True, timeout=120)

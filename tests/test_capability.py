@@ -63,6 +63,21 @@ def test_isa_limits_mask_what_the_cpu_reports():
     assert choose_dtype(below_bf16).dtype == "float32" and select_kernels(below_bf16, "bfloat16").prepack
 
 
+def test_amx_gemm_only_where_amx_is_in_effect_for_bf16():
+    """The AMX GEMM is chosen for bf16 where AMX tiles and AVX512-BF16 are in effect, and oneDNN's ISA limit binds it
+    (it is oneDNN's stand-in): limited below AMX, the record falls back to oneDNN prepacking."""
+    xeon = RECORDS["xeon-amx"]
+    assert select_kernels(xeon, "bfloat16").amx and select_kernels(xeon, "bfloat16").prepack
+    assert any("AMX" in why for why in select_kernels(xeon, "bfloat16").reasons)
+    assert not select_kernels(xeon, "float32").amx and not select_kernels(xeon, "float16").amx
+    for name in ("zen4-avx512-bf16", "skylake-avx512", "zen3-avx2", "arm-bf16", "cuda-8.0"):
+        assert not select_kernels(RECORDS[name], "bfloat16").amx, name
+    below_amx = xeon.with_changes(onednn_max_isa="AVX512_CORE_BF16")
+    assert not select_kernels(below_amx, "bfloat16").amx and select_kernels(below_amx, "bfloat16").prepack
+    assert select_kernels(xeon.with_changes(onednn_max_isa="AVX512_CORE_AMX"), "bfloat16").amx
+    assert not select_kernels(xeon.with_changes(torch_cpu_capability="AVX2"), "bfloat16").amx
+
+
 def c_variant_of(cap):
     return select_kernels(cap, "float32").c_variant
 

@@ -83,3 +83,150 @@ def test_engine_reports_the_gemm_path_its_record_selects(record, expect_prepack)
         assert not layer.fc1.packed and any("oneDNN bf16 prepack failed" in why for why in engine.kernels.fallbacks)
     out = engine.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=2, ignore_eos=True))
     assert len(out[0].output_token_ids) == 2
+
+
+def _amx_or_skip():
+    from runners.engine import c_kernels
+
+    if resolve_kernels("cpu", "bfloat16", RECORDS["xeon-amx"]).linear != "amx" or c_kernels.load(c_kernels.AMX) is None:
+        pytest.skip(f"the AMX GEMM does not run here: {c_kernels.load_error(c_kernels.AMX) or 'no AMX on this CPU'}")
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 31, 32, 33, 96, 1024, 1025])
+@pytest.mark.parametrize("relu", [False, True])
+def test_amx_gemm_matches_fp32_reference(tokens: int, relu: bool) -> None:
+    """Every row count (padded tiles below 32, whole ones, the unpacked F.linear path past AMX_MAX_ROWS) gives the
+    fp32 product rounded once to bf16, give or take the last bit of a different summation order."""
+    from runners.engine.models.linear import AMX_MAX_ROWS
+
+    _amx_or_skip()
+    weight, bias = _weights(torch.bfloat16, out_features=96, in_features=64)
+    linear = Linear(weight, bias, prepack="amx")
+    assert linear.amx is not None and linear.amx_refused is None and linear.fallback is None and not linear.packed
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(tokens)).to(torch.bfloat16)
+    expected = F.linear(x.float(), weight.float(), bias.float())
+    expected = F.relu(expected) if relu else expected
+    got = linear(x, relu=relu)
+    assert got.dtype == torch.bfloat16 and got.shape == (tokens, 96)
+    torch.testing.assert_close(got.float(), expected.to(torch.bfloat16).float(), atol=0.02, rtol=0.01)
+    if tokens <= AMX_MAX_ROWS:  # the tile loop itself: bit-equal to the rounded fp32 product almost everywhere
+        assert (got != expected.to(torch.bfloat16)).float().mean() < 0.02
+
+
+def test_amx_gemm_packs_losslessly_and_takes_any_input_layout() -> None:
+    _amx_or_skip()
+    weight, _ = _weights(torch.bfloat16, out_features=64, in_features=96)
+    linear = Linear(weight, None, prepack="amx")
+    assert linear.weight is not weight and torch.equal(linear.plain_weight(), weight)
+    wide = torch.randn(2, 5, 192).to(torch.bfloat16)
+    x = wide[..., :96]  # a strided 3-D view
+    torch.testing.assert_close(linear(x).float(), F.linear(x.float(), weight.float()), atol=0.25, rtol=0.02)
+    assert linear(x).shape == (2, 5, 64)
+    fp32 = torch.randn(3, 96)  # another dtype goes through F.linear on the unpacked weight
+    assert linear(fp32.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_amx_gemm_refuses_shapes_off_its_tiles() -> None:
+    """A dimension that is not a multiple of 32 keeps the weight on oneDNN's path, with the reason (no AMX needed)."""
+    weight, bias = _weights(torch.bfloat16, out_features=96, in_features=40)
+    linear = Linear(weight, bias, prepack="amx")
+    assert linear.amx is None and "multiple of 32, not 96 x 40" in linear.amx_refused
+    x = torch.randn(3, 40).to(torch.bfloat16)
+    torch.testing.assert_close(linear(x).float(), F.linear(x.float(), weight.float(), bias.float()), atol=0.25, rtol=0.02)
+
+
+@pytest.mark.parametrize("prepack, expect", [("auto", "amx"), ("onednn", "onednn-prepacked"), ("off", "torch-linear")])
+def test_engine_on_an_amx_record_runs_the_amx_gemm_unless_told_not_to(prepack: str, expect: str) -> None:
+    """xeon-amx record: `prepack=auto` packs every weight for the AMX GEMM where it runs here (else the fallback is
+    named and oneDNN takes over); `onednn` and `off` choose as a CPU without AMX would."""
+    from runners.engine import c_kernels
+
+    engine = LLMEngine(EngineConfig(model="opt-125m", dtype="bfloat16", num_device_blocks=8, random_weights=True,
+                                    prepack=prepack), capability=RECORDS["xeon-amx"])
+    layer = engine.model.layers[0]
+    if expect == "amx" and c_kernels.load(c_kernels.AMX) is None:
+        assert engine.kernels.linear == "onednn-prepacked"
+        assert any("oneDNN GEMMs" in why for why in engine.kernels.fallbacks)
+    else:
+        assert engine.kernels.linear == expect
+        assert (layer.fc1.amx is not None and engine.model.lm_head.amx is not None) == (expect == "amx")
+    out = engine.generate([[5, 6, 7, 8]] * 3, SamplingParams(max_tokens=3, ignore_eos=True))
+    assert [len(o.output_token_ids) for o in out] == [3, 3, 3]
+    engine.close()
+
+
+def test_amx_and_onednn_engines_generate_the_same_greedy_tokens() -> None:
+    """The whole model on AMX GEMMs and on oneDNN's: same greedy continuations of a tiny seeded model."""
+    _amx_or_skip()
+    outputs = {}
+    for prepack in ("auto", "onednn"):
+        with LLMEngine(EngineConfig(model="opt-125m", dtype="bfloat16", num_device_blocks=64, random_weights=True,
+                                    prepack=prepack), capability=RECORDS["xeon-amx"]) as engine:
+            prompts = [[(7 * i + j) % 50000 + 3 for j in range(12 + i)] for i in range(5)]
+            outputs[prepack] = [o.output_token_ids for o in engine.generate(prompts, SamplingParams(max_tokens=6,
+                                                                                                    ignore_eos=True))]
+    agree = sum(a == b for x, y in zip(outputs["auto"], outputs["onednn"]) for a, b in zip(x, y))
+    assert agree >= 0.9 * 30, outputs  # bf16 sums in another order may flip a near-tie, not the model
+
+
+def test_limiting_onednn_below_amx_really_moves_the_engine_off_the_amx_gemm() -> None:
+    """On a CPU with AMX, a child run with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 detects the limit and takes oneDNN."""
+    import os
+    import subprocess
+    import sys
+
+    from pie_core.device_probe import detect_capability
+
+    if not select_amx(detect_capability("cpu")):
+        pytest.skip("this CPU has no AMX in effect: nothing to limit")
+    code = ("from runners.engine.llm_engine import LLMEngine; from runners.engine.config import EngineConfig; "
+            "e = LLMEngine(EngineConfig(model='opt-125m', dtype='bfloat16', num_device_blocks=8, random_weights=True)); "
+            "print(e.kernels.linear, e.model.layers[0].fc1.amx is None)")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["onednn-prepacked", "True"]
+
+
+def select_amx(cap) -> bool:
+    from pie_core.capability import select_kernels
+
+    return select_kernels(cap, "bfloat16").amx
+
+
+def test_an_amx_library_that_cannot_be_built_leaves_the_engine_on_onednn(tmp_path, monkeypatch) -> None:
+    """No compiler for the AMX library (any CPU): the xeon-amx record's engine names the failure and runs on oneDNN."""
+    from runners.engine import c_kernels, kernels
+
+    monkeypatch.setenv("PIE_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(c_kernels, "_libraries", {k: v for k, v in c_kernels._libraries.items() if k != c_kernels.AMX})
+    monkeypatch.setattr(kernels, "_resolved", {})
+    paths = resolve_kernels("cpu", "bfloat16", RECORDS["xeon-amx"])
+    assert paths.linear in ("onednn-prepacked", "torch-linear")
+    assert any(why.startswith("C kernels (amx) unavailable") and why.endswith("; oneDNN GEMMs") for why in paths.fallbacks)
+    weight, bias = _weights(torch.bfloat16)
+    linear = Linear(weight, bias, prepack="amx")
+    assert linear.amx is None and "C kernels (amx) unavailable" in linear.amx_refused
+
+
+def test_an_amx_engine_names_the_weights_its_tiles_do_not_take(tmp_path) -> None:
+    """A model whose vocabulary is not a multiple of 32: its lm_head runs on oneDNN, the layers on AMX, and the
+    engine's kernel report says so (GEMMs stay "amx")."""
+    import json
+
+    import transformers
+
+    _amx_or_skip()
+    config = transformers.OPTConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                                    max_position_embeddings=128, word_embed_proj_dim=64)
+    torch.manual_seed(0)
+    transformers.OPTForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["vocab_size"] == 1000
+    with LLMEngine(EngineConfig(model=str(tmp_path), dtype="bfloat16", num_device_blocks=16),
+                   capability=RECORDS["xeon-amx"]) as engine:
+        assert engine.kernels.linear == "amx" and engine.model.layers[0].fc1.amx is not None
+        assert engine.model.lm_head.amx is None and engine.model.lm_head.packed
+        assert any("not 1000 x 64" in why for why in engine.kernels.fallbacks)
+        out = engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2, ignore_eos=True))
+        assert len(out[0].output_token_ids) == 2

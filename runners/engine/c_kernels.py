@@ -3,6 +3,8 @@
 Two sources beside this module (package data), compiled into one library:
 - `paged_decode.c`: paged decode attention (`cpu_attention.py` says why it is C, and how it works);
 - `greedy_argmax.c`: greedy sampling's argmax over bf16 logit rows (`sampler.py`).
+A second library, variant `amx` (`AMX`), holds `amx_gemm.c` alone: the bf16 GEMM on Intel AMX tiles that
+`models/linear.py` runs for decode-sized batches where the capability record selects it.
 
 One library per variant (pie_core/capability.py `C_VARIANT_FLAGS`: avx512bf16, avx512, avx2,
 neon-bf16, neon, portable; explicit ISA flags, never `-march=native`, so the variant follows the
@@ -28,7 +30,9 @@ from pie_core.capability import C_VARIANT_FLAGS, c_variant
 from pie_core.device_probe import detect_capability
 
 SOURCES = ("paged_decode.c", "greedy_argmax.c")
-_TEXTS = {name: Path(__file__).with_name(name).read_text() for name in SOURCES}
+AMX = "amx"  # the AMX GEMM library's variant (pie_core/capability.py C_VARIANT_FLAGS; never a decode build)
+AMX_SOURCES = ("amx_gemm.c",)
+_TEXTS = {name: Path(__file__).with_name(name).read_text() for name in (*SOURCES, *AMX_SOURCES)}
 
 _BASE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared")
 _DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
@@ -36,6 +40,10 @@ _DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, c
 # (the engine never calls it directly; benchmarks/bench_decode_step.py compares the two)
 SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_bf16_generic": _DECODE_ARGS, "paged_decode_f32": _DECODE_ARGS,
               "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]}
+_PACK_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+AMX_SIGNATURES = {"amx_pack_weight": _PACK_ARGS, "amx_unpack_weight": _PACK_ARGS,
+                  "amx_linear": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]}
 _libraries: dict[str, ctypes.CDLL | None] = {}
 _load_errors: dict[str, str] = {}
 
@@ -73,6 +81,31 @@ if index[0] != 21:
     sys.exit(f"argmax_rows_bf16 gave {index[0]}, expected 21")
 """
 
+# The AMX library's: the process asks Linux for AMX state, packs a 32 x 64 weight of ones and multiplies rows of
+# ones (3 rows: padded to 32) with a bias of 1 and ReLU; every output must be 65. Without AMX this dies (SIGILL).
+_AMX_SMOKE_TEST = r"""
+import ctypes, struct, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.amx_gemm_init.restype = ctypes.c_int64
+if lib.amx_gemm_init() != 0:
+    sys.exit("Linux refused AMX state to this process (arch_prctl ARCH_REQ_XCOMP_PERM)")
+n, k, m = 32, 64, 3
+weight = (ctypes.c_uint16 * (n * k))(*[0x3F80] * (n * k))
+packed = (ctypes.c_uint16 * (n * k))()
+x = (ctypes.c_uint16 * (m * k))(*[0x3F80] * (m * k))
+bias = (ctypes.c_uint16 * n)(*[0x3F80] * n)
+out = (ctypes.c_uint16 * (m * n))()
+lib.amx_pack_weight(weight, ctypes.c_int64(n), ctypes.c_int64(k), packed)
+lib.amx_linear(x, ctypes.c_int64(m), ctypes.c_int64(k), packed, ctypes.c_int64(n), bias, ctypes.c_int64(1), out)
+values = {struct.unpack("f", struct.pack("I", v << 16))[0] for v in out}
+if values != {65.0}:
+    sys.exit(f"amx_linear gave {sorted(values)}, expected 65")
+"""
+
+
+def _sources(variant: str) -> tuple[str, ...]:
+    return AMX_SOURCES if variant == AMX else SOURCES
+
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("PIE_KERNEL_CACHE", Path.home() / ".cache" / "pie" / "kernels"))
@@ -87,8 +120,8 @@ def _build(target: Path, variant: str) -> None:
     compiler = os.environ.get("CC", "cc")
     with tempfile.TemporaryDirectory() as work:
         sources = []
-        for name, text in _TEXTS.items():
-            (Path(work) / name).write_text(text)
+        for name in _sources(variant):
+            (Path(work) / name).write_text(_TEXTS[name])
             sources.append(str(Path(work) / name))
         built = Path(work) / target.name
         subprocess.run([compiler, *_flags(variant), *sources, "-o", str(built), "-lm"],
@@ -96,9 +129,10 @@ def _build(target: Path, variant: str) -> None:
         os.replace(built, target)  # atomic: a concurrent builder never sees half a file
 
 
-def _smoke_test(target: Path) -> None:
+def _smoke_test(target: Path, variant: str) -> None:
     """Call the library in a child process; raises SubprocessError when it crashes or computes wrong."""
-    result = subprocess.run([sys.executable, "-c", _SMOKE_TEST, str(target)], capture_output=True, text=True, timeout=60)
+    script = _AMX_SMOKE_TEST if variant == AMX else _SMOKE_TEST
+    result = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
         if result.returncode < 0:
@@ -117,20 +151,24 @@ def load(variant: str | None = None) -> ctypes.CDLL | None:
     if variant in _libraries:
         return _libraries[variant]
     _libraries[variant] = None
-    text = "".join(_TEXTS[name] for name in SOURCES)
+    text = "".join(_TEXTS[name] for name in _sources(variant))
     digest = hashlib.sha256((text + " ".join(_flags(variant)) + os.uname().machine).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"pie_kernels_{variant}_{digest}.so"
+    target = _cache_dir() / f"pie_{'gemm' if variant == AMX else 'kernels'}_{variant}_{digest}.so"
     try:
         if not target.exists():
             _build(target, variant)
-        _smoke_test(target)
+        _smoke_test(target, variant)
         library = ctypes.CDLL(str(target))
+        if variant == AMX:
+            library.amx_gemm_init.restype = ctypes.c_int64
+            if library.amx_gemm_init() != 0:  # this process's own AMX state (the smoke test asked for its child)
+                raise OSError("Linux refused AMX state to this process (arch_prctl ARCH_REQ_XCOMP_PERM)")
     except (OSError, subprocess.SubprocessError) as err:
         lines = (getattr(err, "stderr", "") or "").strip().splitlines()
         detail = next((line for line in lines if "error" in line), lines[-1]) if lines else str(err)
         _load_errors[variant] = f"C kernels ({variant}) unavailable: {detail}"
         return None
-    for name, argtypes in SIGNATURES.items():
+    for name, argtypes in (AMX_SIGNATURES if variant == AMX else SIGNATURES).items():
         function = getattr(library, name)
         function.restype = None
         function.argtypes = argtypes

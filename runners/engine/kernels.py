@@ -3,8 +3,10 @@
 `pie_core/capability.py` says what should be fast on a device (a pure function of its record);
 `resolve_kernels` turns that into what will run here, trying each fast path once:
 
-- GEMMs: oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN
-  refuses the CPU), plain `F.linear`. The engine setting `prepack=off` forces plain.
+- GEMMs: where the record selects AMX, the engine's AMX GEMM for decode-sized batches (models/linear.py;
+  the library is built and smoke-tested like the C attention's, `c_kernels.py`); else, or if it cannot
+  run, oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN refuses the CPU),
+  plain `F.linear`. The engine setting `prepack=onednn` skips the AMX GEMM, `prepack=off` forces plain.
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`, `c_kernels.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
@@ -31,21 +33,22 @@ from pie_core.device_probe import detect_capability
 from runners.engine.models.linear import Linear, packable
 from runners.engine.triton_smoke import AttentionGeometry
 
-LINEAR_PATHS = ("onednn-prepacked", "torch-linear")
+LINEAR_PATHS = ("amx", "onednn-prepacked", "torch-linear")
 
 
 @dataclass(frozen=True)
 class KernelPaths:
     dtype: str
-    linear: str  # onednn-prepacked | torch-linear
+    linear: str  # amx | onednn-prepacked | torch-linear
     decode_attention: str  # "c-<variant>" | "triton" | "torch"
     c_variant: str | None  # the C build in use, None on the PyTorch path
     capability: str  # one-line summary of the record the choice came from
     fallbacks: tuple[str, ...] = ()
 
     @property
-    def prepack(self) -> bool:
-        return self.linear == "onednn-prepacked"
+    def prepack(self) -> bool | str:
+        """What `build_model(prepack=...)` takes: "amx", True (oneDNN) or False (plain weights)."""
+        return "amx" if self.linear == "amx" else self.linear == "onednn-prepacked"
 
     @property
     def decode_variant(self) -> str:
@@ -91,10 +94,10 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
                     decode_kernel: str = "auto", prepack: str = "auto",
                     geometry: AttentionGeometry | None = None) -> KernelPaths:
     """The kernels to run for `dtype` on `device`, given its record (default: this machine's, detected), and the
-    engine settings `decode_kernel` (auto|c|torch|triton) and `prepack` (auto|off). `geometry`: the attention
+    engine settings `decode_kernel` (auto|c|torch|triton) and `prepack` (auto|onednn|off). `geometry`: the attention
     the engine will run (heads, head_dim, block size), which a Triton trial uses (None: a small GQA one)."""
     cap = capability or detect_capability(device)
-    forced = ("0" if prepack == "off" else "1", decode_kernel)
+    forced = ({"off": "0", "onednn": "onednn"}.get(prepack, "1"), decode_kernel)
     geometry = geometry or AttentionGeometry(dtype, num_heads=4, num_kv_heads=2, head_dim=16, block_size=16)
     key = (cap, dtype, forced, geometry)
     if key in _resolved:
@@ -102,9 +105,16 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
     choice = select_kernels(cap, dtype)
     fallbacks: list[str] = []
     prepack = choice.prepack and torch.device(device).type == "cpu"
+    amx = prepack and choice.amx and forced[0] == "1"
+    if amx:
+        from runners.engine import c_kernels
+
+        if c_kernels.load(c_kernels.AMX) is None:
+            fallbacks.append(f"{c_kernels.load_error(c_kernels.AMX)}; oneDNN GEMMs")
+            amx = False
     if prepack and forced[0] == "0":
         prepack = False
-    elif prepack:
+    elif prepack and not amx:
         failure = _try_prepack()
         if failure:
             fallbacks.append(f"{failure}; plain GEMMs")
@@ -137,7 +147,7 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             fallbacks.append(f"{failure}; PyTorch attention")
         else:
             decode = "triton"
-    paths = KernelPaths(dtype=dtype, linear=LINEAR_PATHS[0] if prepack else LINEAR_PATHS[1],
+    paths = KernelPaths(dtype=dtype, linear=LINEAR_PATHS[0] if amx else LINEAR_PATHS[1] if prepack else LINEAR_PATHS[2],
                         decode_attention=decode, c_variant=variant,
                         capability=cap.summary(), fallbacks=tuple(fallbacks))
     _resolved[key] = paths

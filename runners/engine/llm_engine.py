@@ -37,6 +37,7 @@ from runners.engine.kernels import resolve_kernels
 from runners.engine.kv_cache import KVCache
 from runners.engine.model_runner import ModelRunner
 from runners.engine.models import build_model
+from runners.engine.models.linear import amx_refusals
 from runners.engine.outputs import IterationStats, RequestOutput
 from runners.engine.sampler import make_generator
 from runners.engine.sampling_params import SamplingParams
@@ -75,6 +76,8 @@ class LLMEngine:
         if refused:  # the trial reorder passed but a real weight's did not: say so, run on plain GEMMs
             self.kernels = dataclasses.replace(self.kernels, linear="torch-linear",
                                                fallbacks=(*self.kernels.fallbacks, f"{refused}; plain GEMMs"))
+        elif self.kernels.linear == "amx":  # weights the tile layout does not take went to oneDNN: say which
+            self.kernels = dataclasses.replace(self.kernels, fallbacks=(*self.kernels.fallbacks, *amx_refusals(self.model)))
         self.core = EngineCore(config, self._model_runner, _eos_token_ids(config))
         self.layout, self.block_manager, self.scheduler = self.core.layout, self.core.block_manager, self.core.scheduler
         self.stats: list[IterationStats] = self.core.stats

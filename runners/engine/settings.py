@@ -24,7 +24,7 @@ from pie_core.errors import BadInput, suggest
 from pie_core.inputs import OptionType, check_block_size, check_number
 
 DECODE_KERNELS = ("auto", "c", "torch", "triton")  # auto: what the capability record selects (runners/engine/kernels.py)
-PREPACK_CHOICES = ("auto", "off")  # auto: oneDNN-prepacked bf16 GEMMs where the record selects them
+PREPACK_CHOICES = ("auto", "onednn", "off")  # auto: the AMX GEMM or oneDNN-prepacked bf16 weights, as the record selects
 
 
 def setting(default: Any, kind: type, help: str, example: str, *, minimum: float | None = None,
@@ -55,7 +55,8 @@ class EngineSettings:
                                         minimum=1)
     decode_kernel: str = setting("auto", str, "decode attention: auto (the capability record's choice), c, torch or "
                                  "triton", "torch", choices=DECODE_KERNELS)
-    prepack: str = setting("auto", str, "GEMM weights: auto (oneDNN-prepacked where selected) or off", "off",
+    prepack: str = setting("auto", str, "GEMM weights: auto (AMX tiles or oneDNN-prepacked, as selected), onednn "
+                           "(never the AMX GEMM) or off", "off",
                            choices=PREPACK_CHOICES)
 
     def __post_init__(self) -> None:

@@ -25,11 +25,11 @@ __all__ = ["Attention", "DecoderModel", "build_model"]
 
 def build_model(shape: ModelShape, dtype: str, device: str, seed: int = 0,
                 weights_dir: Path | None = None, num_layers: int | None = None,
-                prepack: bool | None = None) -> DecoderModel:
+                prepack: bool | str | None = None) -> DecoderModel:
     """Weights from `weights_dir/*.safetensors` when given, else seeded random weights of `shape`.
 
-    `prepack`: whether bf16 CPU weights are reordered for oneDNN (runners/engine/kernels.py decides;
-    None lets `Linear` decide by what torch offers).
+    `prepack`: whether bf16 CPU weights are reordered for oneDNN (True), packed for the AMX GEMM ("amx") or
+    left plain (False) (runners/engine/kernels.py decides; None lets `Linear` decide by what torch offers).
     """
     layers = shape.num_layers if num_layers is None else num_layers
     if weights_dir is not None and not Path(weights_dir).is_dir():

@@ -21,6 +21,16 @@ octave, so at most 1/16 more rows, about 3 % on average), which bounds the primi
 64 + 16 per doubling of the token budget per weight. Up to 64 rows (decode batches) it runs as
 is: there the GEMM time grows with the rows (docs/engine-cpu-performance.md, "Smaller
 measurements"), so padding them to a bucket would cost time.
+Where the capability record selects AMX (pie_core/capability.py `select_kernels`: AMX tiles and AVX512-BF16
+in effect), the weight is packed instead into the tile layout of the engine's own AMX GEMM
+(runners/engine/amx_gemm.c, which says why), and a call of up to `AMX_MAX_ROWS` rows -- every decode step
+of up to that many sequences -- runs there. A longer call (a prefill chunk) unpacks the weight into a
+temporary plain copy and takes `F.linear`: at that many rows oneDNN's own reorder costs little and its
+blocking beats the tile loop, which streams all of x past every pair of weight panels (one OPT-125m layer's
+four GEMMs, weights in cache, 2-core Xeon: 1,024 rows 8.5 ms on AMX, 8.9 oneDNN-prepacked, 10.9 unpacked +
+`F.linear`; 1,536 rows 16.9 / 10.3 / 11.1; 2,048 rows 23-31 / 12-18 / 14-15), and only one copy of the
+weights stays in memory. If the AMX library cannot be built or loaded, or a shape
+is not a multiple of 32, the weight takes the oneDNN path above, and `amx_refused` says why.
 Left out: int8/fp8 weights, prepacking for fp16.
 """
 from __future__ import annotations
@@ -34,6 +44,9 @@ import torch.nn.functional as F
 # machines the layout chosen for 64 tokens serves 1..2048-token calls within a few percent.
 _PACK_HINT_TOKENS = 64
 
+
+# Rows up to which a call runs on the AMX GEMM; longer calls go through F.linear (module docstring).
+AMX_MAX_ROWS = 1024
 
 EXACT_ROWS = 64
 BUCKETS_PER_OCTAVE_LOG2 = 4  # 16 buckets per doubling
@@ -62,13 +75,25 @@ def prepack_available(weight: torch.Tensor) -> bool:
 class Linear:
     """y = x @ weightᵀ + bias (optionally ReLU'd), with the weight in the layout its GEMM wants."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, prepack: bool | None = None):
-        """`prepack`: None decides by `prepack_available`; True still needs a bf16 CPU weight and oneDNN."""
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, prepack: bool | str | None = None):
+        """`prepack`: None decides by `prepack_available`; True (or "onednn") still needs a bf16 CPU weight and oneDNN;
+        "amx" packs for the AMX GEMM, with oneDNN behind it."""
         self.out_features, self.in_features = weight.shape
         self.bias = bias
-        self.fallback: str | None = None
+        self.fallback: str | None = None  # why oneDNN refused the weight (it is then plain)
+        self.amx = None  # the AMX library when the weight is in its tile layout
+        self.amx_refused: str | None = None  # why an "amx" weight is not (it then takes oneDNN's path)
         self.packed = prepack_available(weight) if prepack is None else bool(prepack) and packable(weight)
         self.weight = weight
+        if self.packed and prepack == "amx":
+            self.amx, self.amx_refused = _amx_library(weight)
+            if self.amx is not None:
+                self.bias = None if bias is None else bias.to(torch.bfloat16).contiguous()
+                self.weight = torch.empty_like(weight).contiguous()
+                self.amx.amx_pack_weight(weight.contiguous().data_ptr(), self.out_features, self.in_features,
+                                         self.weight.data_ptr())
+                self.packed = False  # not a oneDNN-packed weight
+                return
         if self.packed:
             try:
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT_TOKENS)
@@ -77,6 +102,8 @@ class Linear:
                 self.fallback = f"oneDNN bf16 prepack failed ({(str(err).strip().splitlines() or [''])[0]})"
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        if self.amx is not None:
+            return self._amx_call(x, relu)
         if self.packed:
             rows = x.shape[0]
             padded = padded_rows(rows) if x.dim() == 2 else rows
@@ -86,3 +113,41 @@ class Linear:
             return out[:rows] if padded != rows else out
         out = F.linear(x, self.weight, self.bias)
         return F.relu(out) if relu else out
+
+    def _amx_call(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows > AMX_MAX_ROWS or x.dtype != torch.bfloat16:
+            out = F.linear(x, self.plain_weight(), self.bias)
+            return F.relu(out) if relu else out
+        x = x.contiguous()
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16)
+        self.amx.amx_linear(x.data_ptr(), rows, self.in_features, self.weight.data_ptr(), self.out_features,
+                            None if self.bias is None else self.bias.data_ptr(), int(relu), out.data_ptr())
+        return out
+
+    def plain_weight(self) -> torch.Tensor:
+        """The weight as [out, in], unpacked from the AMX tiles into a new tensor (the weight itself otherwise)."""
+        if self.amx is None:
+            return self.weight
+        plain = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
+        self.amx.amx_unpack_weight(self.weight.data_ptr(), self.out_features, self.in_features, plain.data_ptr())
+        return plain
+
+
+def _amx_library(weight: torch.Tensor):
+    """(the AMX GEMM library, None) for a weight it takes, else (None, why not)."""
+    rows, cols = weight.shape
+    if rows % 32 or cols % 32:
+        return None, f"AMX GEMM needs both weight dimensions a multiple of 32, not {rows} x {cols}; oneDNN for it"
+    from runners.engine import c_kernels
+
+    library = c_kernels.load(c_kernels.AMX)
+    return (library, None) if library is not None else (None, f"{c_kernels.load_error(c_kernels.AMX)}; oneDNN GEMMs")
+
+
+def amx_refusals(model) -> list[str]:
+    """Why some weights of `model` (its lm_head and first layer's `Linear`s: the layers share shapes) are not on
+    the AMX GEMM, once each."""
+    layers = model.layers[:1]
+    linears = [model.lm_head, *(value for layer in layers for value in vars(layer).values() if isinstance(value, Linear))]
+    return list(dict.fromkeys(linear.amx_refused for linear in linears if linear.amx_refused))

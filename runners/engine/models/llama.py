@@ -34,7 +34,7 @@ class LlamaLayer:
     post_norm_weight: torch.Tensor
 
 
-def layer_from_weights(weights: dict[str, torch.Tensor], index: int, qkv_bias: bool, prepack: bool | None = None) -> LlamaLayer:
+def layer_from_weights(weights: dict[str, torch.Tensor], index: int, qkv_bias: bool, prepack: bool | str | None = None) -> LlamaLayer:
     linear = functools.partial(Linear, prepack=prepack)
     p = f"layers.{index}."
     attn = p + "self_attn."
@@ -117,7 +117,7 @@ class LlamaModel:
     """Llama/Mistral/Qwen2 with the engine's per-layer interface."""
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int,
-                 prepack: bool | None = None):
+                 prepack: bool | str | None = None):
         init_common(self, shape, weights, num_layers)
         self.norm_weight = weights["norm.weight"]
         self.lm_head = Linear(weights.get("lm_head.weight", self.embed_tokens), prepack=prepack)

@@ -36,7 +36,7 @@ class OPTLayer:
     mlp_norm_bias: torch.Tensor
 
 
-def layer_from_weights(weights: dict[str, torch.Tensor], index: int, prepack: bool | None = None) -> OPTLayer:
+def layer_from_weights(weights: dict[str, torch.Tensor], index: int, prepack: bool | str | None = None) -> OPTLayer:
     linear = functools.partial(Linear, prepack=prepack)
     p = f"layers.{index}."
     attn = p + "self_attn."
@@ -91,7 +91,7 @@ class OPTModel:
     """OPT with the engine's per-layer interface; weights come from `runners.engine.loader`."""
 
     def __init__(self, shape: ModelShape, weights: dict[str, torch.Tensor], num_layers: int,
-                 prepack: bool | None = None):
+                 prepack: bool | str | None = None):
         linear = functools.partial(Linear, prepack=prepack)
         init_common(self, shape, weights, num_layers)
         self.embed_positions = weights["embed_positions.weight"]

@@ -1,0 +1,156 @@
+/* The engine's bf16 GEMM on Intel AMX, for decode-sized batches (runners/engine/models/linear.py says when).
+ *
+ * y[m][n] = sum_k x[m][k] * w[n][k] (+ bias[n], then ReLU if asked), bf16 in and out, fp32 accumulation, one
+ * round to bf16 at the end (round to nearest even, as PyTorch rounds).
+ *
+ * Why our own: a decode step multiplies ~100 rows by every weight of the model once, so the GEMMs are a
+ * stream of weights through the tile unit. oneDNN's prepacked kernels took 20 ms for the 12 layers of
+ * OPT-125m at 96 rows where this loop takes 16-17 ms (benchmarks/bench_decode_step.py has the current
+ * figures). The layout and loop are the plainest AMX can take:
+ *
+ * - The weight is packed once (`amx_pack_weight`) into 1 KiB B tiles, [n/16][k/32][16 rows][16 cols][2]:
+ *   row r of a tile holds, for each of 16 output columns, the pair of weights at k = 2r, 2r+1 (the VNNI pairs
+ *   TDPBF16PS multiplies), and the tiles of one 16-column panel follow each other along k, so a panel is
+ *   one contiguous stream.
+ * - x stays row-major: an A tile is 16 rows of 32 consecutive k, loaded with the row stride.
+ * - Each thread (OpenMP, static) takes pairs of panels (32 output columns) and, for every pair of 16-row
+ *   blocks of x, accumulates a 32 x 32 block in four C tiles over all of k (2 A + 2 B + 4 C = the 8 tiles),
+ *   so each B tile loaded serves two row blocks and each A tile two column panels; the panel pair stays in
+ *   L1/L2 for the next row blocks.
+ * - The epilogue stores the C tiles, adds the bias in fp32, applies ReLU and rounds to bf16 with
+ *   AVX512-BF16's VCVTNEPS2BF16.
+ *
+ * Shapes: k a multiple of 32 and n a multiple of 32 (the caller checks; every registry model has them);
+ * any m: rows are padded to a multiple of 32 with zeros in a scratch copy when m is not one.
+ * Linux hands out AMX state per process on request (arch_prctl ARCH_REQ_XCOMP_PERM), which `amx_gemm_init`
+ * makes; it returns nonzero where the kernel refuses it (no AMX, or an old kernel), and nothing here runs then.
+ * `amx_unpack_weight` is the inverse of the packing, for the GEMMs of many rows that go to oneDNN instead.
+ *
+ * Left out: fp16/int8 tiles, k or n tails, prefetching (tried: next panel into L1 or L2 while the row blocks
+ * run, 1-4 panels ahead, 6x1 and 3x1 tile shapes: all the same or slower on a 2-core Xeon).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+int64_t amx_gemm_init(void) {
+    return (int64_t)syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+}
+
+static void configure_tiles(void) {
+    tile_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = 16;
+        config.colsb[t] = 64;
+    }
+    _tile_loadconfig(&config);
+}
+
+void amx_pack_weight(const uint16_t *w, int64_t n, int64_t k, uint16_t *packed) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t panel = 0; panel < n / 16; panel++)
+        for (int64_t kb = 0; kb < k / 32; kb++) {
+            uint16_t *tile = packed + (panel * (k / 32) + kb) * 512;
+            for (int r = 0; r < 16; r++)
+                for (int c = 0; c < 16; c++) {
+                    const uint16_t *src = w + (panel * 16 + c) * k + kb * 32 + 2 * r;
+                    tile[r * 32 + c * 2] = src[0];
+                    tile[r * 32 + c * 2 + 1] = src[1];
+                }
+        }
+}
+
+void amx_unpack_weight(const uint16_t *packed, int64_t n, int64_t k, uint16_t *w) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t panel = 0; panel < n / 16; panel++)
+        for (int64_t kb = 0; kb < k / 32; kb++) {
+            const uint16_t *tile = packed + (panel * (k / 32) + kb) * 512;
+            for (int r = 0; r < 16; r++)
+                for (int c = 0; c < 16; c++) {
+                    uint16_t *dst = w + (panel * 16 + c) * k + kb * 32 + 2 * r;
+                    dst[0] = tile[r * 32 + c * 2];
+                    dst[1] = tile[r * 32 + c * 2 + 1];
+                }
+        }
+}
+
+/* acc: 32 x 32 fp32 (row stride 32); writes its first `rows` rows to out (row stride ldo) */
+static void epilogue(const float *acc, int64_t rows, const uint16_t *bias, int64_t relu, uint16_t *out, int64_t ldo) {
+    __m512 b[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int j = 0; j < 2 && bias; j++)
+        b[j] = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + 16 * j))), 16));
+    for (int64_t m = 0; m < rows; m++)
+        for (int j = 0; j < 2; j++) {
+            __m512 v = _mm512_add_ps(_mm512_loadu_ps(acc + m * 32 + 16 * j), b[j]);
+            if (relu)
+                v = _mm512_max_ps(v, _mm512_setzero_ps());
+            _mm256_storeu_si256((__m256i *)(out + m * ldo + 16 * j), (__m256i)_mm512_cvtneps_pbh(v));
+        }
+}
+
+void amx_linear(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed, int64_t n, const uint16_t *bias,
+                int64_t relu, uint16_t *out) {
+    const int64_t k_tiles = k / 32, pairs = n / 32, padded_m = (m + 31) / 32 * 32;
+    const uint16_t *a = x;
+    uint16_t *padded = NULL;
+    if (padded_m != m) {
+        padded = aligned_alloc(64, (size_t)(padded_m * k * 2));
+        if (!padded)
+            abort();
+        memcpy(padded, x, (size_t)(m * k * 2));
+        memset(padded + m * k, 0, (size_t)((padded_m - m) * k * 2));
+        a = padded;
+    }
+    const int64_t stride = k * 2;
+    #pragma omp parallel
+    {
+        configure_tiles();
+        float acc[32 * 32] __attribute__((aligned(64)));
+        #pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < pairs; pair++) {
+            const uint16_t *b0 = packed + 2 * pair * k_tiles * 512, *b1 = b0 + k_tiles * 512;
+            for (int64_t row = 0; row < padded_m; row += 32) {
+                const uint16_t *a0 = a + row * k, *a1 = a0 + 16 * k;
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (int64_t kb = 0; kb < k_tiles; kb++) {
+                    _tile_loadd(4, a0 + kb * 32, stride);
+                    _tile_loadd(6, b0 + kb * 512, 64);
+                    _tile_loadd(5, a1 + kb * 32, stride);
+                    _tile_loadd(7, b1 + kb * 512, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+                _tile_stored(0, acc, 128);
+                _tile_stored(1, acc + 16, 128);
+                _tile_stored(2, acc + 512, 128);
+                _tile_stored(3, acc + 528, 128);
+                epilogue(acc, m - row < 32 ? m - row : 32, bias ? bias + 32 * pair : NULL, relu,
+                         out + row * n + 32 * pair, n);
+            }
+        }
+        _tile_release();
+    }
+    free(padded);
+}
