@@ -6,7 +6,9 @@ Routes: `GET /health`, `GET /v1/models`, `GET /metrics`, `POST /v1/completions`,
 then admitted unless `max_queue` requests already wait for their first token (503 with
 `Retry-After`), and handed to the engine thread. Its tokens come back on this loop in one
 `deliver(events)` call per engine step and are streamed as SSE chunks (one per token and choice,
-`data: [DONE]` last) or collected into one JSON response. A client that goes away cancels its
+`data: [DONE]` last) or collected into one JSON response. A streaming request's handler writes its
+first chunk and its end; the token chunks in between `deliver` writes itself where it can
+(`_DirectWriter`), so the handler is not woken once per token. A client that goes away cancels its
 handler (aiohttp's handler cancellation), and the handler's `finally` aborts what is still running,
 which frees its blocks. With an API key, every `/v1/` route needs `Authorization: Bearer KEY` (401).
 
@@ -21,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from pie_core.errors import BadInput
 from runners.engine.config import check_request
@@ -29,7 +31,7 @@ from runners.engine.sampling_params import SamplingParams
 from runners.serve.engine_loop import TokenEvent
 from runners.serve.metrics import CONTENT_TYPE
 from runners.serve.protocol import ApiError, GenerateRequest, bad, parse_request
-from runners.serve.responses import ChoiceState, ResponseHead, error_chunk, full_response, stream_chunk, usage_chunk
+from runners.serve.responses import ChoiceChunks, ChoiceState, ResponseHead, error_chunk, full_response, usage_chunk
 
 RETRY_AFTER_S = 1
 
@@ -46,11 +48,67 @@ class ServedModel:
     text_description: str
 
 
+@dataclass(eq=False)
+class _Route:
+    """Where `deliver` sends one choice's events: its handler's queue, or, while `direct` is set, straight
+    onto the connection."""
+
+    events: asyncio.Queue
+    choice: ChoiceState
+    direct: _DirectWriter | None = None
+
+
+class _DirectWriter:
+    """Writes one streaming choice's token chunks from `deliver`, without waking its handler.
+
+    Why: waking a handler once per token and stream (its queue, a task step, aiohttp's async write path)
+    cost the HTTP thread more CPU than building and sending the chunk, and that thread takes its CPU from
+    the engine's. The bytes are the ones `StreamResponse.write` sends for the same data: the response's
+    HTTP/1.1 chunked framing, written to the same transport, in order. It is used only between the
+    handler's own writes (aiohttp sends the headers with the first one, and nothing may overtake what the
+    handler writes), for one choice without stop strings (a stop string ends the stream, which is the
+    handler's to do), and only while the connection is open and its write buffer is below the transport's
+    high-water mark; otherwise an event takes the handler's path, whose writes wait on the buffer."""
+
+    def __init__(self, route: _Route, transport: asyncio.WriteTransport, high_water: int, chunks: ChoiceChunks,
+                 continuous_usage: list[ChoiceState] | None):
+        self.route, self.transport, self.high_water = route, transport, high_water
+        self.chunks, self.continuous_usage = chunks, continuous_usage
+
+    @classmethod
+    def open(cls, route: _Route | None, request: web.Request, response: web.StreamResponse, chunks: ChoiceChunks,
+             continuous_usage: list[ChoiceState] | None) -> _DirectWriter | None:
+        """A writer for a prepared response whose framing is plain chunked encoding, else None (the handler's path)."""
+        transport = request.transport
+        if route is None or transport is None or response.headers.get(hdrs.TRANSFER_ENCODING) != "chunked" or \
+                hdrs.CONTENT_ENCODING in response.headers:
+            return None
+        try:
+            high_water = transport.get_write_buffer_limits()[1]
+        except (AttributeError, NotImplementedError):  # a transport without flow-control limits
+            return None
+        return cls(route, transport, high_water, chunks, continuous_usage)
+
+    def ready(self) -> bool:
+        return not self.transport.is_closing() and self.transport.get_write_buffer_size() < self.high_water
+
+    def send(self, new_ids: tuple[int, ...], delta: str) -> None:
+        data = self.chunks.chunk(self.route.choice, new_ids, delta, self.continuous_usage).encode()
+        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def pause(self) -> None:
+        self.route.direct = None
+
+    def resume(self) -> None:
+        if not self.route.choice.done:
+            self.route.direct = self
+
+
 class ServeApp:
     def __init__(self, model: ServedModel, text: Any, metrics: Any, api_key: str | None, max_queue: int):
         self.model, self.text, self.metrics, self.api_key, self.max_queue = model, text, metrics, api_key, max_queue
         self.engine: Any = None  # the EngineLoop, set by the server once the loop exists
-        self.streams: dict[str, tuple[asyncio.Queue, ChoiceState]] = {}
+        self.streams: dict[str, _Route] = {}
         self.queued = 0  # admitted requests (choices) without a first event yet
         self.active = 0  # generate handlers running
         self.accepting = True
@@ -66,10 +124,19 @@ class ServeApp:
 
     # --- the engine's hand-off, on this loop --------------------------------------------------------
     def deliver(self, events: list[TokenEvent]) -> None:
+        """Hand each event to its choice: a token of a stream whose direct path is on (and has nothing queued
+        before it) is decoded and written here; everything else goes to the handler's queue."""
         for event in events:
-            entry = self.streams.get(event.request_id)
-            if entry is not None:
-                entry[0].put_nowait((entry[1], event))
+            route = self.streams.get(event.request_id)
+            if route is None:
+                continue
+            direct = route.direct
+            if direct is not None and not event.finished and route.events.empty() and direct.ready():
+                new_ids, delta = self._advance(route.choice, event)
+                if new_ids or delta:
+                    direct.send(new_ids, delta)
+            else:
+                route.events.put_nowait((route.choice, event))
 
     # --- middlewares and small routes ---------------------------------------------------------------
     @web.middleware
@@ -138,7 +205,7 @@ class ServeApp:
         self.active += 1
         try:
             for choice, choice_params in zip(choices, params):
-                self.streams[choice.request_id] = (events, choice)
+                self.streams[choice.request_id] = _Route(events, choice)
                 self.queued += 1
                 self.engine.submit(choice.request_id, choice.prompt_token_ids, choice_params, arrival)
             if parsed.stream:
@@ -175,15 +242,15 @@ class ServeApp:
             batch.append(events.get_nowait())
         return batch
 
-    def _advance(self, choice: ChoiceState, event: TokenEvent) -> tuple[list[int], str]:
+    def _advance(self, choice: ChoiceState, event: TokenEvent) -> tuple[tuple[int, ...], str]:
         """Apply one event to its choice: the new token ids and the text to send now."""
         if not choice.started:
             choice.started = True
             self.queued -= 1
         if event.finished and event.error is not None:
             choice.finish_reason = "error"
-            return [], ""
-        new_ids = list(event.token_ids)
+            return (), ""
+        new_ids = event.token_ids
         choice.token_ids.extend(new_ids)
         delta = choice.text.push(new_ids, final=event.finished)
         choice.output += delta
@@ -208,6 +275,9 @@ class ServeApp:
                       choices: list[ChoiceState], events: asyncio.Queue) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
+        chunks = [ChoiceChunks(head, choice.index) for choice in choices]
+        continuous_usage = choices if parsed.continuous_usage_stats else None
+        direct = _DirectWriter.open(self._direct_route(choices), request, response, chunks[0], continuous_usage)
         try:
             while not all(c.done for c in choices):
                 lines = []
@@ -218,12 +288,29 @@ class ServeApp:
                         await response.write("".join(lines).encode() + b"data: [DONE]\n\n")
                         return response
                     if new_ids or delta or choice.done:
-                        lines.append(stream_chunk(head, choice, new_ids, delta,
-                                                  choices if parsed.continuous_usage_stats else None))
-                await response.write("".join(lines).encode())
+                        lines.append(chunks[choice.index].chunk(choice, new_ids, delta, continuous_usage))
+                if lines:
+                    await self._write(response, direct, "".join(lines).encode())
             tail = usage_chunk(head, choices) if parsed.include_usage else ""
             await response.write(tail.encode() + b"data: [DONE]\n\n")
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away; `finally` in _generate aborts what still runs
         return response
+
+    def _direct_route(self, choices: list[ChoiceState]) -> _Route | None:
+        """The route whose tokens `deliver` may write itself: a stream of one choice without stop strings."""
+        if len(choices) != 1 or choices[0].text.stop:
+            return None
+        return self.streams.get(choices[0].request_id)
+
+    @staticmethod
+    async def _write(response: web.StreamResponse, direct: _DirectWriter | None, data: bytes) -> None:
+        """The handler's write; the direct path is off while it runs (nothing may overtake these bytes) and on
+        after it (the headers have gone out with the first bytes)."""
+        if direct is None:
+            await response.write(data)
+            return
+        direct.pause()
+        await response.write(data)
+        direct.resume()
