@@ -7,8 +7,10 @@ blocks, each layer reading its own KV, so nothing is served from cache that a re
 memory. Per layer: the q/k/v GEMM, attention, the out, fc1 (+ReLU) and fc2 GEMMs; then the lm_head and
 the greedy argmax. Each round times every entry point of the engine's C library for bf16 decode attention
 (`paged_decode_bf16`, which takes the AVX512-BF16 head-by-head path where it applies, and
-`paged_decode_bf16_generic`, the token-by-token path every other build runs), and both argmaxes (the C
-library's and PyTorch's `max(dim=-1)`), interleaved, medians over `--repeats` rounds. Beside the step, the
+`paged_decode_bf16_generic`, the token-by-token path every other build runs), each GEMM layout the
+engine can run here (oneDNN-prepacked, and the engine's AMX GEMM where AMX is in effect: the same weights
+in each layout), and both argmaxes (the C library's and PyTorch's `max(dim=-1)`), interleaved, medians
+over `--repeats` rounds. Beside the step, the
 prefill attention of one layer for `--prefill-seqs` prompts of `--prefill-len` tokens (the step's prefill,
 16 x 128 tokens by default) both ways `attention.prefill_attention` can take: PyTorch's flash attention
 (bf16 prompts without a prefix) and the explicit fp32 path (prefixed or fp32 prompts).
@@ -30,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quick_mode import add_quick_argument, output_path
+from runners.engine.kernels import resolve_kernels
 from pie_core.fingerprint import collect_fingerprint
 from runners.engine import attention as engine_attention
 from runners.engine import c_kernels, host_memory
@@ -83,9 +86,13 @@ def main() -> None:
               for layer in range(args.layers)]
     lens = torch.tensor([args.context - (row % bs) for row in range(batch)], dtype=torch.int64)
 
-    def linear(rows: int, cols: int, bias: bool = True) -> Linear:
-        return Linear(torch.randn(rows, cols, dtype=torch.bfloat16) * 0.02,
-                      torch.zeros(rows, dtype=torch.bfloat16) if bias else None)
+    # GEMM layouts: oneDNN's, and the AMX GEMM's where this machine's engine would run it (same weights in each)
+    layouts = {"onednn": True, **({"amx": "amx"} if resolve_kernels("cpu", "bfloat16").linear == "amx" else {})}
+
+    def linear(rows: int, cols: int, bias: bool = True) -> dict[str, Linear]:
+        weight = torch.randn(rows, cols, dtype=torch.bfloat16) * 0.02
+        zeros = torch.zeros(rows, dtype=torch.bfloat16) if bias else None
+        return {name: Linear(weight, zeros, prepack=prepack) for name, prepack in layouts.items()}
 
     layers = [(linear(3 * hidden, hidden), linear(hidden, hidden), linear(args.ffn, hidden), linear(hidden, args.ffn))
               for _ in range(args.layers)]
@@ -94,10 +101,11 @@ def main() -> None:
     out = torch.empty(batch, heads, head_dim, dtype=torch.bfloat16)
     kv_bytes = int(lens.sum()) * args.layers * 2 * hidden * 2
 
-    def step(entry: str, times: dict[str, list[float]]) -> None:
+    def step(entry: str, layout: str, times: dict[str, list[float]]) -> None:
         attention = getattr(library, entry)
         gemm = attend = 0.0
-        for layer, (qkv, proj, fc1, fc2) in enumerate(layers):
+        for layer, gemms in enumerate(layers):
+            qkv, proj, fc1, fc2 = (g[layout] for g in gemms)
             began = time.perf_counter()
             q = qkv(x)[:, :hidden].reshape(batch, heads, head_dim).contiguous()
             middle = time.perf_counter()
@@ -108,14 +116,14 @@ def main() -> None:
             gemm += middle - began + time.perf_counter() - after
             attend += after - middle
         began = time.perf_counter()
-        logits = lm_head(x)
+        logits = lm_head[layout](x)
         middle = time.perf_counter()
         c_tokens = greedy_tokens(logits, c_kernels.default_variant())
         after = time.perf_counter()
         torch_tokens = greedy_tokens(logits, None)
         done = time.perf_counter()
         assert c_tokens == torch_tokens, "the C argmax and PyTorch's disagree"
-        for key, seconds in (("gemm", gemm), (f"attention:{entry}", attend), ("lm_head", middle - began),
+        for key, seconds in ((f"gemm:{layout}", gemm), (f"attention:{entry}", attend), (f"lm_head:{layout}", middle - began),
                              ("argmax:c", after - middle), ("argmax:torch", done - after)):
             times[key].append(seconds)
 
@@ -133,14 +141,17 @@ def main() -> None:
                 engine_attention._SDPA_DTYPES = saved
 
     print(f"batch {batch}, context {args.context}, {args.layers} layers, KV read {kv_bytes / 1e6:.0f} MB per step, "
-          f"threads {torch.get_num_threads()}, C build {c_kernels.default_variant()}", file=sys.stderr)
+          f"threads {torch.get_num_threads()}, C build {c_kernels.default_variant()}, GEMMs {', '.join(layouts)}",
+          file=sys.stderr)
     times: dict[str, list[float]] = defaultdict(list)
     for entry in ATTENTION:  # warm-up: page faults, primitive creation
-        step(entry, defaultdict(list))
+        for layout in layouts:
+            step(entry, layout, defaultdict(list))
     prefill(defaultdict(list))
     for round_index in range(args.repeats):
         for entry in (ATTENTION if round_index % 2 else ATTENTION[::-1]):
-            step(entry, times)
+            for layout in (list(layouts) if round_index % 2 else list(layouts)[::-1]):
+                step(entry, layout, times)
         prefill(times)
     medians = {key: statistics.median(values) for key, values in times.items()}
     print(f"{'part':<40} {'median ms':>10}")
@@ -153,7 +164,8 @@ def main() -> None:
         path.write_text(json.dumps({
             "benchmark": "decode_step", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": collect_fingerprint("cpu"), "args": {k: str(v) for k, v in vars(args).items()},
-            "threads": torch.get_num_threads(), "c_variant": c_kernels.default_variant(), "kv_bytes_per_step": kv_bytes,
+            "threads": torch.get_num_threads(), "c_variant": c_kernels.default_variant(), "gemm_layouts": list(layouts),
+            "kv_bytes_per_step": kv_bytes,
             "prefill": {"sequences": args.prefill_seqs, "tokens_each": args.prefill_len},
             "median_s": medians, "rounds_s": dict(times)}, indent=2))
         print(f"wrote {path}", file=sys.stderr)

@@ -258,6 +258,33 @@ def test_write_kv_puts_tokens_in_their_slots():
     assert torch.equal(strided, cache)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_write_kv_in_c_matches_the_torch_path(dtype):
+    """The C library's row copies (strided k/v views, as the q/k/v split hands them) write what the PyTorch path
+    writes and nothing else; a slot outside the cache raises before anything is written; where the C copy does
+    not apply (a strided cache, another dtype for k) the PyTorch path runs."""
+    from runners.engine import c_kernels
+
+    variant = c_kernels.default_variant()
+    if c_kernels.load(variant) is None:
+        pytest.skip(f"no C compiler here: {c_kernels.load_error(variant)}")
+    torch.manual_seed(0)
+    qkv = torch.randn(96, 3 * 4 * 8).to(dtype)
+    k, v = qkv[:, 32:64].view(96, 4, 8), qkv[:, 64:].view(96, 4, 8)  # row stride 96, not 32
+    slots = torch.randperm(40 * 16)[:96]
+    expected, got = torch.zeros(40, 2, 16, 4, 8, dtype=dtype), torch.zeros(40, 2, 16, 4, 8, dtype=dtype)
+    write_kv(expected, slots, k, v)
+    write_kv(got, slots, k, v, variant)
+    assert torch.equal(got, expected)
+    before = got.clone()
+    with pytest.raises(IndexError, match="KV slot 640 is outside the cache's 640 slots"):
+        write_kv(got, torch.tensor([5, 640]), k[:2], v[:2], variant)
+    assert torch.equal(got, before)
+    other = torch.zeros(40, 2, 16, 4, 8, dtype=torch.float64)
+    write_kv(other, slots, k, v, variant)  # k's dtype is not the cache's: converted by the PyTorch path
+    assert torch.equal(other, expected.double())
+
+
 def test_loader_names_missing_tensors(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -1,8 +1,9 @@
 """The engine's C library for the CPU, built once with the system compiler and loaded with ctypes.
 
-Two sources beside this module (package data), compiled into one library:
+Three sources beside this module (package data), compiled into one library:
 - `paged_decode.c`: paged decode attention (`cpu_attention.py` says why it is C, and how it works);
-- `greedy_argmax.c`: greedy sampling's argmax over bf16 logit rows (`sampler.py`).
+- `greedy_argmax.c`: greedy sampling's argmax over bf16 logit rows (`sampler.py`);
+- `kv_rows.c`: writing a step's new keys and values into their cache slots (`attention.write_kv`).
 A second library, variant `amx` (`AMX`), holds `amx_gemm.c` alone: the bf16 GEMM on Intel AMX tiles that
 `models/linear.py` runs for decode-sized batches where the capability record selects it.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from pie_core.capability import C_VARIANT_FLAGS, c_variant
 from pie_core.device_probe import detect_capability
 
-SOURCES = ("paged_decode.c", "greedy_argmax.c")
+SOURCES = ("paged_decode.c", "greedy_argmax.c", "kv_rows.c")
 AMX = "amx"  # the AMX GEMM library's variant (pie_core/capability.py C_VARIANT_FLAGS; never a decode build)
 AMX_SOURCES = ("amx_gemm.c",)
 _TEXTS = {name: Path(__file__).with_name(name).read_text() for name in (*SOURCES, *AMX_SOURCES)}
@@ -39,7 +40,10 @@ _DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, c
 # paged_decode_bf16_generic: the token-by-token path paged_decode_bf16 takes where its AVX512-BF16 one does not apply
 # (the engine never calls it directly; benchmarks/bench_decode_step.py compares the two)
 SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_bf16_generic": _DECODE_ARGS, "paged_decode_f32": _DECODE_ARGS,
-              "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]}
+              "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p],
+              "kv_write_rows": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]}
+_RESTYPES = {"kv_write_rows": ctypes.c_int64}
 _PACK_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 AMX_SIGNATURES = {"amx_pack_weight": _PACK_ARGS, "amx_unpack_weight": _PACK_ARGS,
                   "amx_linear": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
@@ -79,6 +83,14 @@ lib.argmax_rows_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64
 lib.argmax_rows_bf16(ctypes.addressof(logits), 1, cols, ctypes.addressof(index))
 if index[0] != 21:
     sys.exit(f"argmax_rows_bf16 gave {index[0]}, expected 21")
+cache, k, v = (ctypes.c_uint8 * 64)(), (ctypes.c_uint8 * 8)(*range(1, 9)), (ctypes.c_uint8 * 8)(*range(11, 19))
+slots = (ctypes.c_int64 * 2)(3, 4)  # 2 blocks of 2 slots, rows of 4 bytes: K rows 5 and 8, V rows 7 and 10
+lib.kv_write_rows.restype = ctypes.c_int64
+lib.kv_write_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                              ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+if lib.kv_write_rows(cache, 3, 2, 4, slots, 2, k, 4, v, 4) != -1 or bytes(cache)[20:24] != bytes(range(1, 5)) \
+        or bytes(cache)[40:44] != bytes(range(15, 19)):
+    sys.exit("kv_write_rows wrote the wrong rows")
 """
 
 # The AMX library's: the process asks Linux for AMX state, packs a 32 x 64 weight of ones and multiplies rows of
@@ -170,7 +182,7 @@ def load(variant: str | None = None) -> ctypes.CDLL | None:
         return None
     for name, argtypes in (AMX_SIGNATURES if variant == AMX else SIGNATURES).items():
         function = getattr(library, name)
-        function.restype = None
+        function.restype = _RESTYPES.get(name)
         function.argtypes = argtypes
     _libraries[variant] = library
     return library

@@ -243,7 +243,7 @@ class ModelRunner:
         captured = 0
 
         def attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            write_kv(kv, batch.layer_slots[layer], k, v)
+            write_kv(kv, batch.layer_slots[layer], k, v, self.c_variant)
             if streaming:
                 self._stage(layer, batch)
             parts = []

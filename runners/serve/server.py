@@ -33,6 +33,7 @@ from aiohttp import web
 
 from pie_core.errors import BadInput
 from runners.base import RunnerSpec
+from runners.gc_freeze import frozen_heap
 from runners.pie_runner import PieRunner, pool_control
 from runners.serve.app import ServeApp, ServedModel
 from runners.serve.engine_loop import EngineLoop
@@ -203,7 +204,8 @@ def run_server(spec: RunnerSpec, settings: ServeSettings, log: Callable[[str], N
     http = threading.Thread(target=asyncio.run, args=(serve_http(),), name="pie-serve-http", daemon=True)
     try:
         http.start()
-        server.engine_loop.run()  # until the HTTP thread's shutdown stops it; closes the engine
+        with frozen_heap():
+            server.engine_loop.run()  # until the HTTP thread's shutdown stops it; closes the engine
         http.join()
     finally:
         for signum, handler in previous.items():

@@ -23,14 +23,12 @@ is: there the GEMM time grows with the rows (docs/engine-cpu-performance.md, "Sm
 measurements"), so padding them to a bucket would cost time.
 Where the capability record selects AMX (pie_core/capability.py `select_kernels`: AMX tiles and AVX512-BF16
 in effect), the weight is packed instead into the tile layout of the engine's own AMX GEMM
-(runners/engine/amx_gemm.c, which says why), and a call of up to `AMX_MAX_ROWS` rows -- every decode step
-of up to that many sequences -- runs there. A longer call (a prefill chunk) unpacks the weight into a
-temporary plain copy and takes `F.linear`: at that many rows oneDNN's own reorder costs little and its
-blocking beats the tile loop, which streams all of x past every pair of weight panels (one OPT-125m layer's
-four GEMMs, weights in cache, 2-core Xeon: 1,024 rows 8.5 ms on AMX, 8.9 oneDNN-prepacked, 10.9 unpacked +
-`F.linear`; 1,536 rows 16.9 / 10.3 / 11.1; 2,048 rows 23-31 / 12-18 / 14-15), and only one copy of the
-weights stays in memory. If the AMX library cannot be built or loaded, or a shape
-is not a multiple of 32, the weight takes the oneDNN path above, and `amx_refused` says why.
+(runners/engine/amx_gemm.c, which says why and how), and every bf16 call runs there: decode steps faster
+than oneDNN's prepacked kernels, 2,048-token prefill chunks a little slower (one OPT-125m layer's four GEMMs,
+weights in cache, 2-core Xeon: 96 rows 1.15 vs 1.35 ms, 1,024 rows 9.3 vs 12.3 ms, 2,048 rows 20.5-21.2 vs
+16.4-17.7 ms), so a run of many decode steps gains; one layout, one copy of the weights. If the AMX
+library cannot be built or loaded, or a shape is not a multiple of 32, the weight takes the oneDNN path
+above, and `amx_refused` says why.
 Left out: int8/fp8 weights, prepacking for fp16.
 """
 from __future__ import annotations
@@ -44,9 +42,6 @@ import torch.nn.functional as F
 # machines the layout chosen for 64 tokens serves 1..2048-token calls within a few percent.
 _PACK_HINT_TOKENS = 64
 
-
-# Rows up to which a call runs on the AMX GEMM; longer calls go through F.linear (module docstring).
-AMX_MAX_ROWS = 1024
 
 EXACT_ROWS = 64
 BUCKETS_PER_OCTAVE_LOG2 = 4  # 16 buckets per doubling
@@ -116,8 +111,8 @@ class Linear:
 
     def _amx_call(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows > AMX_MAX_ROWS or x.dtype != torch.bfloat16:
-            out = F.linear(x, self.plain_weight(), self.bias)
+        if x.dtype != torch.bfloat16:  # not the engine's own calls; a plain product on an unpacked copy
+            out = F.linear(x, self.plain_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
             return F.relu(out) if relu else out
         x = x.contiguous()
         out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16)
