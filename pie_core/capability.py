@@ -9,8 +9,8 @@ an injected record:
 - `dtype_support(cap, dtype)`: "native" (the device multiplies it in hardware), "emulated"
   (it runs, converted in software, far slower; README.md, "On the machine it meets") or "unsupported" (it does not run).
 - `choose_dtype(cap)`: bfloat16 where it is native, else float32 on a CPU and float16 on a GPU.
-- `select_kernels(cap, dtype)`: oneDNN weight prepacking for bf16 GEMMs (the engine's own AMX GEMM for
-  decode-sized batches where AMX is in effect, `ONEDNN_MAX_CPU_ISA` included), and which variant of
+- `select_kernels(cap, dtype)`: oneDNN weight prepacking for bf16 GEMMs (the engine's own AMX GEMM instead
+  where AMX is in effect, `ONEDNN_MAX_CPU_ISA` included), and which variant of
   the C decode-attention kernel to build, with its compiler flags (explicit ISA flags, never
   `-march=native`, so a record limited to AVX2 really gets AVX2 code); on CUDA, Triton paged
   attention (`runners/engine/triton_attention.py`), which the engine tries before PyTorch's.
@@ -231,7 +231,7 @@ class KernelChoice:
     decode: str  # "c", "triton" or "torch": the decode-attention path to try first
     c_variant: str | None  # key of C_VARIANT_FLAGS when decode == "c"
     reasons: tuple[str, ...]  # why each choice, one line each
-    amx: bool = False  # bf16 GEMMs of decode-sized batches on AMX tiles (runners/engine/amx_gemm.c), oneDNN behind it
+    amx: bool = False  # bf16 GEMMs on the engine's AMX kernel (runners/engine/amx_gemm.c), oneDNN's behind it
 
     @property
     def c_flags(self) -> tuple[str, ...]:
@@ -266,8 +266,8 @@ def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
     if dtype != "bfloat16":
         reasons.append(f"plain GEMMs: prepacking is for bfloat16 weights, not {dtype}")
     elif amx:
-        reasons.append("bf16 weights packed for AMX tiles: decode-sized batches on the engine's AMX GEMM, "
-                       "longer ones through oneDNN")
+        reasons.append("bf16 weights packed for AMX tiles: the engine's AMX GEMM (AMX and AVX512-BF16 present), "
+                       "oneDNN's behind it")
     elif prepack:
         reasons.append("bf16 weights prepacked for oneDNN (AVX-512 BW/VL/DQ or AVX-NE-CONVERT present)")
     else:

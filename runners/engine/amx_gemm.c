@@ -4,9 +4,9 @@
  * round to bf16 at the end (round to nearest even, as PyTorch rounds).
  *
  * Why our own: a decode step multiplies ~100 rows by every weight of the model once, so the GEMMs are a
- * stream of weights through the tile unit. oneDNN's prepacked kernels took 20 ms for the 12 layers of
- * OPT-125m at 96 rows where this loop takes 16-17 ms (benchmarks/bench_decode_step.py has the current
- * figures). The layout and loop are the plainest AMX can take:
+ * stream of weights through the tile unit. oneDNN's prepacked kernels took 26.1 ms for the 12 layers of
+ * OPT-125m at 96 rows where this loop takes 21.0 ms (benchmarks/bench_decode_step.py, 2-core Xeon; more in
+ * docs/engine-cpu-performance.md, "GEMMs on AMX tiles"). The layout and loop are the plainest AMX can take:
  *
  * - The weight is packed once (`amx_pack_weight`) into 1 KiB B tiles, [n/16][k/32][16 rows][16 cols][2]:
  *   row r of a tile holds, for each of 16 output columns, the pair of weights at k = 2r, 2r+1 (the VNNI pairs

@@ -5,7 +5,7 @@ Three sources beside this module (package data), compiled into one library:
 - `greedy_argmax.c`: greedy sampling's argmax over bf16 logit rows (`sampler.py`);
 - `kv_rows.c`: writing a step's new keys and values into their cache slots (`attention.write_kv`).
 A second library, variant `amx` (`AMX`), holds `amx_gemm.c` alone: the bf16 GEMM on Intel AMX tiles that
-`models/linear.py` runs for decode-sized batches where the capability record selects it.
+`models/linear.py` runs where the capability record selects it.
 
 One library per variant (pie_core/capability.py `C_VARIANT_FLAGS`: avx512bf16, avx512, avx2,
 neon-bf16, neon, portable; explicit ISA flags, never `-march=native`, so the variant follows the

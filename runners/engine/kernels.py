@@ -3,7 +3,7 @@
 `pie_core/capability.py` says what should be fast on a device (a pure function of its record);
 `resolve_kernels` turns that into what will run here, trying each fast path once:
 
-- GEMMs: where the record selects AMX, the engine's AMX GEMM for decode-sized batches (models/linear.py;
+- GEMMs: where the record selects AMX, the engine's AMX GEMM (models/linear.py;
   the library is built and smoke-tested like the C attention's, `c_kernels.py`); else, or if it cannot
   run, oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN refuses the CPU),
   plain `F.linear`. The engine setting `prepack=onednn` skips the AMX GEMM, `prepack=off` forces plain.
