@@ -73,11 +73,11 @@ class LLMEngine:
         self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config),
                                  prepack=self.kernels.prepack)
         refused = getattr(self.model.lm_head, "fallback", None)
-        if refused:  # the trial reorder passed but a real weight's did not: say so, run on plain GEMMs
+        if self.kernels.linear == "amx":  # weights the tile layout does not take went to oneDNN (or plain): say which
+            self.kernels = dataclasses.replace(self.kernels, fallbacks=(*self.kernels.fallbacks, *amx_refusals(self.model)))
+        elif refused:  # the trial reorder passed but a real weight's did not: say so, run on plain GEMMs
             self.kernels = dataclasses.replace(self.kernels, linear="torch-linear",
                                                fallbacks=(*self.kernels.fallbacks, f"{refused}; plain GEMMs"))
-        elif self.kernels.linear == "amx":  # weights the tile layout does not take went to oneDNN: say which
-            self.kernels = dataclasses.replace(self.kernels, fallbacks=(*self.kernels.fallbacks, *amx_refusals(self.model)))
         self.core = EngineCore(config, self._model_runner, _eos_token_ids(config))
         self.layout, self.block_manager, self.scheduler = self.core.layout, self.core.block_manager, self.core.scheduler
         self.stats: list[IterationStats] = self.core.stats

@@ -142,7 +142,8 @@ def _amx_library(weight: torch.Tensor):
 
 def amx_refusals(model) -> list[str]:
     """Why some weights of `model` (its lm_head and first layer's `Linear`s: the layers share shapes) are not on
-    the AMX GEMM, once each."""
+    the AMX GEMM (and, where oneDNN refused them too, that they are plain), once each."""
     layers = model.layers[:1]
     linears = [model.lm_head, *(value for layer in layers for value in vars(layer).values() if isinstance(value, Linear))]
-    return list(dict.fromkeys(linear.amx_refused for linear in linears if linear.amx_refused))
+    return list(dict.fromkeys(linear.amx_refused + (f"; {linear.fallback}; plain GEMM" if linear.fallback else "")
+                              for linear in linears if linear.amx_refused))
