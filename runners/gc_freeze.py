@@ -1,5 +1,6 @@
 """`frozen_heap()`: keep Python's cyclic garbage collector off the objects that live for a whole run.
 
+Used by every runner's request loop (`runners/request_loop.drive_engine`) and by `pie serve`'s engine loop.
 After start-up a `pie bench` or `pie serve` process tracks ~170,000 container objects (torch, transformers,
 the model's modules, the tokenizer), and each full collection walks them all: one took 104 ms in a 96-request
 `pie bench` run of OPT-125m (2-core Xeon; gc callbacks counting collections), a stall of every sequence's

@@ -35,7 +35,6 @@ from runners.base import (
     machine_fingerprint,
     peak_host_memory_bytes,
 )
-from runners.gc_freeze import frozen_heap
 from runners.engine.settings import option_types
 from runners.request_loop import TokenDelta, drive_engine
 
@@ -201,7 +200,7 @@ class PieRunner:
         from runners.engine.llm_engine import LLMEngine
 
         config, _ = prepared.state
-        with LLMEngine(config) as engine, frozen_heap():  # closed when the run ends, however it ends
+        with LLMEngine(config) as engine:  # closed when the run ends, however it ends
             return self._run_engine(engine, prepared, requests, on_request_done)
 
     def _run_engine(self, engine: Any, prepared: PreparedRun, requests: Sequence[BenchRequest],

@@ -32,6 +32,7 @@ from typing import NamedTuple, Protocol
 
 from results.record import RequestSample
 from runners.base import BenchRequest, RequestDone, failed_sample, sample_from_token_times
+from runners.gc_freeze import frozen_heap
 
 Clock = Callable[[], float]
 
@@ -81,7 +82,14 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
     of the last eight steps' durations (steps vary: a prefill after decodes), wait for it and
     release it before starting a step, so a replayed request is handed over at its own time
     rather than after the step it would land in (the engine idles that long).
+    The start-up heap stays out of Python's cyclic GC while it runs (`frozen_heap`), for every runner alike.
     """
+    with frozen_heap():
+        return _drive(engine, requests, max_concurrency, save_outputs, on_request_done, clock, sleep, hold_for_arrivals)
+
+
+def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency: int | None, save_outputs: bool,
+           on_request_done: RequestDone, clock: Clock, sleep: Callable[[float], None], hold_for_arrivals: bool) -> DriveResult:
     limit = max_concurrency or math.inf
     pending = deque(sorted(requests, key=lambda r: r.arrival_s))
     in_flight: dict[str, _InFlight] = {}
