@@ -119,6 +119,8 @@ def test_amx_gemm_packs_losslessly_and_takes_any_input_layout() -> None:
     x = wide[..., :96]  # a strided 3-D view
     torch.testing.assert_close(linear(x).float(), F.linear(x.float(), weight.float()), atol=0.25, rtol=0.02)
     assert linear(x).shape == (2, 5, 64)
+    transposed = weight.t().contiguous().t()  # a strided weight is packed from a contiguous copy
+    assert not transposed.is_contiguous() and torch.equal(Linear(transposed, None, prepack="amx").plain_weight(), weight)
     fp32 = torch.randn(3, 96)  # another dtype goes through F.linear on the unpacked weight
     torch.testing.assert_close(linear(fp32), F.linear(fp32, weight.float()), atol=0.05, rtol=0.02)
 

@@ -32,6 +32,7 @@ Left out: sliding-window masking (Mistral's 4096-token window is not applied), A
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def _write_kv_c(kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Ten
     if not (kv_cache.is_contiguous() and kv_cache.device.type == "cpu" and keys.dtype == values.dtype == kv_cache.dtype
             and keys.stride(1) == 1 and values.stride(1) == 1 and slot_mapping.dtype == torch.int64
             and slot_mapping.is_contiguous() and len(slot_mapping) == len(keys) == len(values)
-            and keys.shape[1] == kv_cache[0, 0, 0].numel()):
+            and keys.shape[1] == math.prod(kv_cache.shape[3:])):
         return False
     library = c_kernels.load(c_variant)
     if library is None:

@@ -71,7 +71,7 @@ class Linear:
     """y = x @ weightᵀ + bias (optionally ReLU'd), with the weight in the layout its GEMM wants."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, prepack: bool | str | None = None):
-        """`prepack`: None decides by `prepack_available`; True (or "onednn") still needs a bf16 CPU weight and oneDNN;
+        """`prepack`: None decides by `prepack_available`; True still needs a bf16 CPU weight and oneDNN;
         "amx" packs for the AMX GEMM, with oneDNN behind it."""
         self.out_features, self.in_features = weight.shape
         self.bias = bias
@@ -84,9 +84,9 @@ class Linear:
             self.amx, self.amx_refused = _amx_library(weight)
             if self.amx is not None:
                 self.bias = None if bias is None else bias.to(torch.bfloat16).contiguous()
-                self.weight = torch.empty_like(weight).contiguous()
-                self.amx.amx_pack_weight(weight.contiguous().data_ptr(), self.out_features, self.in_features,
-                                         self.weight.data_ptr())
+                source = weight.contiguous()  # held by a name: a temporary copy could be freed before the call reads it
+                self.weight = torch.empty_like(source)
+                self.amx.amx_pack_weight(source.data_ptr(), self.out_features, self.in_features, self.weight.data_ptr())
                 self.packed = False  # not a oneDNN-packed weight
                 return
         if self.packed:
