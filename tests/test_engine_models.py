@@ -259,7 +259,8 @@ def test_write_kv_puts_tokens_in_their_slots():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_write_kv_in_c_matches_the_torch_path(dtype):
+@pytest.mark.parametrize("kv_heads", [4, 3])  # rows of whole 64-byte lines (streamed stores) and not (plain copies)
+def test_write_kv_in_c_matches_the_torch_path(dtype, kv_heads):
     """The C library's row copies (strided k/v views, as the q/k/v split hands them) write what the PyTorch path
     writes and nothing else; a slot outside the cache raises before anything is written; where the C copy does
     not apply (a strided cache, another dtype for k) the PyTorch path runs."""
@@ -269,10 +270,11 @@ def test_write_kv_in_c_matches_the_torch_path(dtype):
     if c_kernels.load(variant) is None:
         pytest.skip(f"no C compiler here: {c_kernels.load_error(variant)}")
     torch.manual_seed(0)
-    qkv = torch.randn(96, 3 * 4 * 8).to(dtype)
-    k, v = qkv[:, 32:64].view(96, 4, 8), qkv[:, 64:].view(96, 4, 8)  # row stride 96, not 32
+    width = kv_heads * 8
+    qkv = torch.randn(96, 3 * width).to(dtype)
+    k, v = qkv[:, width:2 * width].view(96, kv_heads, 8), qkv[:, 2 * width:].view(96, kv_heads, 8)  # row stride 3x the row
     slots = torch.randperm(40 * 16)[:96]
-    expected, got = torch.zeros(40, 2, 16, 4, 8, dtype=dtype), torch.zeros(40, 2, 16, 4, 8, dtype=dtype)
+    expected, got = torch.zeros(40, 2, 16, kv_heads, 8, dtype=dtype), torch.zeros(40, 2, 16, kv_heads, 8, dtype=dtype)
     write_kv(expected, slots, k, v)
     write_kv(got, slots, k, v, variant)
     assert torch.equal(got, expected)
@@ -280,7 +282,7 @@ def test_write_kv_in_c_matches_the_torch_path(dtype):
     with pytest.raises(IndexError, match="KV slot 640 is outside the cache's 640 slots"):
         write_kv(got, torch.tensor([5, 640]), k[:2], v[:2], variant)
     assert torch.equal(got, before)
-    other = torch.zeros(40, 2, 16, 4, 8, dtype=torch.float64)
+    other = torch.zeros(40, 2, 16, kv_heads, 8, dtype=torch.float64)
     write_kv(other, slots, k, v, variant)  # k's dtype is not the cache's: converted by the PyTorch path
     assert torch.equal(other, expected.double())
 
