@@ -86,17 +86,24 @@ def test_engine_reports_the_gemm_path_its_record_selects(record, expect_prepack)
 
 
 def _amx_or_skip():
+    """Skip where this machine's CPU does not run the AMX GEMM; where it does, a library that fails to build or
+    fails its smoke test is a failure, not a skip."""
     from runners.engine import c_kernels
 
-    if resolve_kernels("cpu", "bfloat16", RECORDS["xeon-amx"]).linear != "amx" or c_kernels.load(c_kernels.AMX) is None:
-        pytest.skip(f"the AMX GEMM does not run here: {c_kernels.load_error(c_kernels.AMX) or 'no AMX on this CPU'}")
+    from pie_core.capability import select_kernels
+    from pie_core.device_probe import detect_capability
+
+    if not select_kernels(detect_capability("cpu"), "bfloat16").amx:
+        pytest.skip("the AMX GEMM does not run on this CPU (no AMX tiles or AVX512-BF16 in effect)")
+    assert c_kernels.load(c_kernels.AMX) is not None, c_kernels.load_error(c_kernels.AMX)
 
 
-@pytest.mark.parametrize("tokens", [1, 7, 31, 32, 33, 96, 256, 257, 600])
+@pytest.mark.parametrize("tokens", [1, 7, 15, 16, 17, 31, 32, 33, 48, 96, 256, 257, 272, 600])
 @pytest.mark.parametrize("relu", [False, True])
 def test_amx_gemm_matches_fp32_reference(tokens: int, relu: bool) -> None:
-    """Every row count (padded tiles below 32, whole ones, row blocks of 256 with a padded tail) gives the fp32
-    product rounded once to bf16, give or take the last bit of a different summation order."""
+    """Every row count (one tile of fewer than 16 rows, a last tile padded from a copy, odd and even numbers of
+    row tiles, row blocks of 256 with a tail) gives the fp32 product rounded once to bf16, give or take the last
+    bit of a different summation order."""
     _amx_or_skip()
     weight, bias = _weights(torch.bfloat16, out_features=96, in_features=64)
     linear = Linear(weight, bias, prepack="amx")
@@ -108,6 +115,19 @@ def test_amx_gemm_matches_fp32_reference(tokens: int, relu: bool) -> None:
     assert got.dtype == torch.bfloat16 and got.shape == (tokens, 96)
     torch.testing.assert_close(got.float(), expected.to(torch.bfloat16).float(), atol=0.02, rtol=0.01)
     assert (got != expected.to(torch.bfloat16)).float().mean() < 0.02  # bit-equal almost everywhere
+
+
+@pytest.mark.parametrize("tokens", [1, 15, 16, 17, 33, 48])
+def test_amx_gemm_writes_no_row_past_its_output(tokens: int) -> None:
+    """Rows the tiles compute beyond m (a short tile, a padded copy) are never stored: the rows after the output
+    keep their sentinel."""
+    _amx_or_skip()
+    weight, bias = _weights(torch.bfloat16, out_features=64, in_features=64)
+    linear = Linear(weight, bias, prepack="amx")
+    x = torch.randn(tokens, 64).to(torch.bfloat16)
+    buffer = torch.full((tokens + 16, 64), 7.0, dtype=torch.bfloat16)
+    linear.amx.amx_linear(x.data_ptr(), tokens, 64, linear.weight.data_ptr(), 64, bias.data_ptr(), 0, buffer.data_ptr())
+    assert torch.equal(buffer[:tokens], linear(x)) and bool((buffer[tokens:] == 7.0).all())
 
 
 def test_amx_gemm_packs_losslessly_and_takes_any_input_layout() -> None:
