@@ -17,7 +17,8 @@ Rates: inf (saturation), then Poisson at `--poisson-share` (0.8) of vLLM's reque
 the first repeat (so both servers face the same arrivals, below the baseline's saturation). Servers run one
 at a time, each with both cores (vLLM: `VLLM_CPU_OMP_THREADS_BIND=0-N`), in alternating order, for
 `--repeats` (3) rounds; medians are reported. In each round, `pie bench --runner pie` runs the same
-workloads in-process at rate inf (sharegpt: the same file; random: the same lengths). Writes JSON naming the
+workloads in-process at rate inf (sharegpt: the same file; random: the same lengths), right beside `pie serve`
+(after it in rounds where it runs last, before it where it runs first: `round_order`). Writes JSON naming the
 machine (default docs/results/serve_cpu.json). `--quick`: a tiny model, a few requests, one round, in seconds
 without vLLM's server unless `--with-vllm` (its start-up alone takes minutes). Run it alone: `flock /tmp/pie-heavy.lock python benchmarks/bench_serve.py`.
 """
@@ -240,6 +241,15 @@ def machine() -> dict:
             "shared": "the project's machine is shared with other sessions; figures are noisy"}
 
 
+def round_order(kinds: list[str], repeat: int) -> list[str]:
+    """The runs of one round: the servers in alternating order, and the in-process run right beside `pie serve`
+    (after it when it runs last, before it when it runs first), so the two it is compared with are minutes apart
+    at most and neither always takes the same end of the round (this machine's speed drifts within minutes)."""
+    servers = kinds if repeat % 2 else kinds[::-1]
+    pie_last = servers[-1] == "pie" if len(servers) > 1 else repeat % 2 == 0
+    return servers + ["inprocess"] if pie_last else ["inprocess"] + servers
+
+
 def median(runs: list[dict], key: str) -> float | None:
     values = [run[key] for run in runs if run.get(key) is not None]
     return statistics.median(values) if values else None
@@ -295,7 +305,13 @@ def main() -> None:
         runs: list[dict] = []
         rates: dict[str, float] = {}
         for repeat in range(repeats):
-            for kind in (kinds if repeat % 2 else kinds[::-1]):
+            for kind in round_order(kinds, repeat):
+                if kind == "inprocess":
+                    for name, workload in workloads.items():
+                        result = run_inprocess(model_dir, args.dtype, workload, work, limits)
+                        runs.append({"server": "pie-inprocess", "workload": name, "rate": "inf", "repeat": repeat, **result})
+                        print(f"round {repeat} in-process {name:8s}: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
+                    continue
                 port = free_port() if args.port is None else args.port + repeat * 2 + (kind == "vllm")
                 server = Server(kind, model_dir, args.dtype, port, work / f"{kind}-{repeat}.log", limits)
                 try:
@@ -315,10 +331,6 @@ def main() -> None:
                               f"{result['median_tpot_ms']:.1f} ms", file=sys.stderr)
                 finally:
                     server.stop()
-            for name, workload in workloads.items():
-                result = run_inprocess(model_dir, args.dtype, workload, work, limits)
-                runs.append({"server": "pie-inprocess", "workload": name, "rate": "inf", "repeat": repeat, **result})
-                print(f"round {repeat} in-process {name:8s}: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
             write_report(args, fingerprint, repeat + 1, rates, runs, quiet=True)  # rounds so far, should a later one fail
     write_report(args, fingerprint, repeats, rates, runs)
 
