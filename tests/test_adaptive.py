@@ -48,7 +48,11 @@ def test_adaptive_run_moves_the_pool_and_matches_static_tokens(model_dir, tmp_pa
     assert tokens(adaptive) == tokens(static)
     windows = timeline_windows(load_record(Path(adaptive["record_path"])).timeline)
     moves = [w.move for w in windows]
-    assert moves[:2] == ["settle", "settle"] and "grow" in moves
+    assert moves[:2] == ["settle", "settle"]
+    # the burst grows the pool: the limit rises from one window to the next, by "grow" or, where the first demand
+    # follows calm windows (more of them fit between arrivals when steps are fast), by "rearm"
+    assert any(b.pool_limit_blocks > a.pool_limit_blocks for a, b in zip(windows, windows[1:]))
+    assert {"grow", "rearm"} & set(moves)
     assert all(0 <= w.pool_limit_blocks <= 20 for w in windows)
     assert max(w.pool_blocks_used for w in windows) > 0  # the burst used the pool it grew
     assert all(b.t_s > a.t_s for a, b in zip(windows, windows[1:]))
@@ -59,7 +63,8 @@ def test_adaptive_run_moves_the_pool_and_matches_static_tokens(model_dir, tmp_pa
     assert sum(f.name.startswith("timeline_") for f in report.figures) == 2  # one plot per (unswept) run
 
     code, out, err = run_pie(["show", adaptive["run_id"], "--timeline", "--results-dir", tmp_path], monkeypatch, capsys)
-    assert code == 0 and "Timeline of" in out and "grow" in out and "(adaptive)" in out
+    assert code == 0 and "Timeline of" in out and "(adaptive)" in out
+    assert all(move in out for move in {"grow", "rearm"} & set(moves))  # the growth moves are shown
 
 
 def test_sweep_timelines_overlay_in_one_plot(model_dir, tmp_path, monkeypatch, capsys):
