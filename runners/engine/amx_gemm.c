@@ -139,11 +139,11 @@ void amx_linear(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
         for (int64_t pair = 0; pair < pairs; pair++) {
             const uint16_t *b0 = packed + 2 * pair * k_tiles * 512, *b1 = b0 + k_tiles * 512;
             for (int64_t t = first; t < last; t += 2) {
-                const int64_t row = t * 16;
+                const int64_t row = t * 16, span = t + 1 < last ? 32 : 16; /* rows of x this block covers */
                 const uint16_t *a0 = t < full ? x + row * k : last_tile;
                 _tile_zero(0);
                 _tile_zero(1);
-                if (t + 1 < last) { /* two row tiles: a 32 x 32 block */
+                if (span == 32) { /* two row tiles: a 32 x 32 block */
                     const uint16_t *a1 = t + 1 < full ? a0 + 16 * k : last_tile;
                     _tile_zero(2);
                     _tile_zero(3);
@@ -170,8 +170,7 @@ void amx_linear(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
                 }
                 _tile_stored(0, acc, 128);
                 _tile_stored(1, acc + 16, 128);
-                const int64_t rows = m - row < (t + 1 < last ? 32 : 16) ? m - row : (t + 1 < last ? 32 : 16);
-                epilogue(acc, rows, bias ? bias + 32 * pair : NULL, relu, out + row * n + 32 * pair, n);
+                epilogue(acc, m - row < span ? m - row : span, bias ? bias + 32 * pair : NULL, relu, out + row * n + 32 * pair, n);
             }
         }
         }
