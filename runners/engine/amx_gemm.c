@@ -69,7 +69,10 @@ static void configure_tiles(int64_t rows) {
         config.rows[t] = t < 6 ? (uint8_t)rows : 16;
         config.colsb[t] = 64;
     }
-    _tile_loadconfig(&config);
+    /* LDTILECFG with the whole 64-byte record as the asm's input. GCC 12's _tile_loadconfig declares that it reads
+       only the first 8 bytes, so the compiler may drop the stores to rows and colsb as dead (a variant of this
+       file with the tile stores removed was built that way and crashed in its first tile instruction). */
+    __asm__ volatile("ldtilecfg %0" : : "m"(config));
 }
 
 void amx_pack_weight(const uint16_t *w, int64_t n, int64_t k, uint16_t *packed) {
