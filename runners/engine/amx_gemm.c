@@ -71,7 +71,7 @@ static void configure_tiles(int64_t rows) {
     }
     /* LDTILECFG with the whole 64-byte record as the asm's input. GCC 12's _tile_loadconfig declares that it reads
        only the first 8 bytes, so the compiler may drop the stores to rows and colsb as dead (a variant of this
-       file with the tile stores removed was built that way and crashed in its first tile instruction). */
+       file with the tile stores removed was built that way, and crashed with SIGSEGV). */
     __asm__ volatile("ldtilecfg %0" : : "m"(config));
 }
 
