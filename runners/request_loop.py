@@ -23,10 +23,12 @@ wait, and `None` when no release is pending.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -81,11 +83,31 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
     `hold_for_arrivals` (trace replay): when the next request falls due within twice the longest
     of the last eight steps' durations (steps vary: a prefill after decodes), wait for it and
     release it before starting a step, so a replayed request is handed over at its own time
-    rather than after the step it would land in (the engine idles that long).
+    rather than after the step it would land in (the engine idles that long). One that fell due in
+    the moment since the loop's release check is released before the step too.
     The start-up heap stays out of Python's cyclic GC while it runs (`frozen_heap`), for every runner alike.
     """
-    with frozen_heap():
+    with frozen_heap(), _switch_interval(_REPLAY_SWITCH_INTERVAL_S if hold_for_arrivals else None):
         return _drive(engine, requests, max_concurrency, save_outputs, on_request_done, clock, sleep, hold_for_arrivals)
+
+
+# While a trace replays, a thread of the backend (vLLM's, in this process) may hold the interpreter when the loop's
+# sleep ends; Python hands it over after its switch interval (5 ms by default), which the release then waits.
+_REPLAY_SWITCH_INTERVAL_S = 0.0005
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float | None) -> Iterator[None]:
+    """`sys.setswitchinterval(seconds)` inside the block (None: unchanged), the previous value restored after it."""
+    if seconds is None:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency: int | None, save_outputs: bool,
@@ -121,14 +143,15 @@ def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency
             in_flight[request.request_id] = _InFlight(request, release, sent)
             if len(in_flight) >= limit:
                 slot_free_since = math.inf
+            now = clock()  # a hand-over takes time (tokenizing, for vLLM): release what fell due meanwhile too
         if not in_flight:
             if pending:
                 sleep(max(0.0, start + pending[0].arrival_s - clock()))
             continue
         if hold_for_arrivals and pending and len(in_flight) < limit:
             due_in = start + pending[0].arrival_s - clock()
-            if 0 < due_in <= 2 * max(recent_steps_s, default=0.0):
-                sleep(due_in)
+            if due_in <= 2 * max(recent_steps_s, default=0.0):  # due now (it fell due since `now`) or soon
+                sleep(max(0.0, due_in))
                 continue
         try:
             wait_step = getattr(engine, "wait_step", None)

@@ -102,6 +102,83 @@ def test_hold_for_arrivals_hands_replayed_requests_over_at_their_own_time():
         assert (late <= bound) if hold else (late > bound), (hold, late)
 
 
+class TickingClock:
+    """A clock that moves 1 ms at every reading (and by what `sleep` asks), so the loop's readings are apart."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+class ClockedEngine(FakeEngine):
+    """FakeEngine whose steps take 40 ms of the ticking clock, and which notes each request's hand-over on it."""
+
+    def __init__(self, clock: TickingClock):
+        super().__init__(step_s=0.0)
+        self.clock = clock
+
+    def add(self, request):
+        super().add(request)
+        self.added_at[request.request_id] = self.clock.now
+
+    def step(self):
+        self.clock.now += 0.04
+        return super().step()
+
+
+def test_hold_for_arrivals_releases_a_request_that_fell_due_just_before_a_step():
+    """A request that falls due between the loop's release check and its hold check is released before the
+    next step, not after it: arrivals spaced a quarter of a clock tick apart cover that gap, and none is late by
+    a step (40 ms). Before the fix, one that was already due at the hold check waited for the whole step."""
+    clock = TickingClock()
+    engine = ClockedEngine(clock)
+    arrivals = [0.0] + [0.2 + i * 0.00025 + j * 0.3 for j in range(3) for i in range(8)]
+    requests = [bench_request(i, output_len=40, arrival_s=a) for i, a in enumerate(arrivals)]
+    samples = []
+    drive_engine(engine, requests, None, False, samples.append, clock=clock, sleep=clock.sleep, hold_for_arrivals=True)
+    assert len(samples) == len(arrivals) and all(s.success for s in samples)
+    late = {s.request_id: s.sent_s - s.arrival_s for s in samples}
+    assert max(late.values()) < 0.02, sorted(late.items(), key=lambda item: -item[1])[:3]
+
+
+class SlowHandOverEngine(ClockedEngine):
+    """ClockedEngine whose hand-over takes 5 ms (vLLM tokenizes there), and which notes the switch interval."""
+
+    def __init__(self, clock: TickingClock):
+        super().__init__(clock)
+        self.switch_intervals: set[float] = set()
+
+    def add(self, request):
+        self.clock.now += 0.005
+        super().add(request)
+
+    def step(self):
+        self.switch_intervals.add(sys.getswitchinterval())
+        return super().step()
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_a_request_due_during_a_hand_over_goes_out_before_the_next_step(hold):
+    """r2 falls due while r1 (released on time: nothing else is in flight) is being handed over: it is released
+    right after, in the same pass, not after a 40 ms step (with or without hold_for_arrivals); a replay runs with a
+    short switch interval, restored after it."""
+    clock = TickingClock()
+    engine = SlowHandOverEngine(clock)
+    requests = [bench_request(0, output_len=2), bench_request(1, output_len=5, arrival_s=0.3),
+                bench_request(2, output_len=5, arrival_s=0.303)]
+    before, samples = sys.getswitchinterval(), []
+    drive_engine(engine, requests, None, False, samples.append, clock=clock, sleep=clock.sleep, hold_for_arrivals=hold)
+    late = {s.request_id: s.sent_s - s.arrival_s for s in samples}
+    assert late["r2"] < 0.01, late
+    assert engine.switch_intervals == ({0.0005} if hold else {before}) and sys.getswitchinterval() == before
+
+
 def test_drive_honours_max_concurrency_and_measures_from_the_freed_slot():
     engine = FakeEngine(step_s=0.005)
     samples, _ = drive(engine, [bench_request(i, output_len=4) for i in range(5)], max_concurrency=2,
