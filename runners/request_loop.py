@@ -128,8 +128,9 @@ def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency
         on_request_done(sample)
 
     while pending or in_flight:
-        now = clock()
-        while pending and start + pending[0].arrival_s <= now and len(in_flight) < limit:
+        # the clock is read for each release: a hand-over takes time (tokenizing, for vLLM), and what fell due
+        # meanwhile goes out in the same pass
+        while pending and start + pending[0].arrival_s <= clock() and len(in_flight) < limit:
             request = pending.popleft()
             release = max(start + request.arrival_s, slot_free_since)
             first_release = release if first_release is None else first_release
@@ -143,14 +144,13 @@ def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency
             in_flight[request.request_id] = _InFlight(request, release, sent)
             if len(in_flight) >= limit:
                 slot_free_since = math.inf
-            now = clock()  # a hand-over takes time (tokenizing, for vLLM): release what fell due meanwhile too
         if not in_flight:
             if pending:
                 sleep(max(0.0, start + pending[0].arrival_s - clock()))
             continue
         if hold_for_arrivals and pending and len(in_flight) < limit:
             due_in = start + pending[0].arrival_s - clock()
-            if due_in <= 2 * max(recent_steps_s, default=0.0):  # due now (it fell due since `now`) or soon
+            if due_in <= 2 * max(recent_steps_s, default=0.0):  # due now (it fell due since the release check) or soon
                 sleep(max(0.0, due_in))
                 continue
         try:

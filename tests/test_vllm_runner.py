@@ -117,15 +117,11 @@ class TickingClock:
 
 
 class ClockedEngine(FakeEngine):
-    """FakeEngine whose steps take 40 ms of the ticking clock, and which notes each request's hand-over on it."""
+    """FakeEngine whose steps take 40 ms of the ticking clock."""
 
     def __init__(self, clock: TickingClock):
         super().__init__(step_s=0.0)
         self.clock = clock
-
-    def add(self, request):
-        super().add(request)
-        self.added_at[request.request_id] = self.clock.now
 
     def step(self):
         self.clock.now += 0.04
