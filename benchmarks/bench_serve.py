@@ -41,13 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_dtype import add_dtype_argument, resolve_bench_dtype  # noqa: E402
+from benchmarks.vllm_bench_client import BenchClient  # noqa: E402
 
 NAME = "opt-125m-random"
 STARTUP_LIMIT_S = 600
 GROUP_EXIT_LIMIT_S = 60  # after the server's own process exits, for the rest of its group (then SIGKILL)
-VLLM_CLIENT = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-               "from vllm.benchmarks.serve import add_cli_args, main; parser = FlexibleArgumentParser(); "
-               "add_cli_args(parser); main(parser.parse_args(sys.argv[1:]))")
 METRICS = ("completed", "failed", "total_output_tokens", "duration", "request_throughput", "output_throughput",
            "median_ttft_ms", "median_tpot_ms", "median_itl_ms", "median_e2el_ms")
 
@@ -191,17 +189,15 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def run_client(url: str, model_dir: Path, workload: dict, rate: float, work: Path, tag: str) -> dict:
+def run_client(client: BenchClient, url: str, model_dir: Path, workload: dict, rate: float, work: Path, tag: str) -> dict:
     """vLLM's benchmark client against `url`; its result JSON (the METRICS fields and the output lengths)."""
     result = work / f"{tag}.json"
-    command = [sys.executable, "-c", VLLM_CLIENT, "--backend", "vllm", "--base-url", url, "--model", str(model_dir),
-               "--served-model-name", NAME, "--ignore-eos", "--temperature", "0", "--seed", "0",
-               "--request-rate", "inf" if rate == float("inf") else f"{rate:.4f}", "--num-prompts", str(workload["num_prompts"]),
-               "--save-result", "--save-detailed", "--result-dir", str(work), "--result-filename", result.name,
-               "--percentile-metrics", "ttft,tpot,itl,e2el", "--disable-tqdm", *workload["client_args"]]
-    done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"vLLM's client failed ({tag}):\n{(done.stdout + done.stderr)[-3000:]}")
+    client.run(["--backend", "vllm", "--base-url", url, "--model", str(model_dir),
+                "--served-model-name", NAME, "--ignore-eos", "--temperature", "0", "--seed", "0",
+                "--request-rate", "inf" if rate == float("inf") else f"{rate:.4f}", "--num-prompts", str(workload["num_prompts"]),
+                "--save-result", "--save-detailed", "--result-dir", str(work), "--result-filename", result.name,
+                "--percentile-metrics", "ttft,tpot,itl,e2el", "--disable-tqdm", *workload["client_args"]],
+               limit_s=3600, tag=tag)
     data = json.loads(result.read_text())
     return {**{key: data.get(key) for key in METRICS}, "output_lens_exact": data.get("output_lens") == workload.get("expect_lens",
             data.get("output_lens"))}
@@ -304,34 +300,36 @@ def main() -> None:
                          "pie_args": ["--workload", "sharegpt", "--dataset-path", str(sharegpt)]}}
         runs: list[dict] = []
         rates: dict[str, float] = {}
-        for repeat in range(repeats):
-            for kind in round_order(kinds, repeat):
-                if kind == "inprocess":
-                    for name, workload in workloads.items():
-                        result = run_inprocess(model_dir, args.dtype, workload, work, limits)
-                        runs.append({"server": "pie-inprocess", "workload": name, "rate": "inf", "repeat": repeat, **result})
-                        print(f"round {repeat} in-process {name:8s}: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
-                    continue
-                port = free_port() if args.port is None else args.port + repeat * 2 + (kind == "vllm")
-                server = Server(kind, model_dir, args.dtype, port, work / f"{kind}-{repeat}.log", limits)
-                try:
-                    for name, workload in workloads.items():
-                        result = run_client(server.url, model_dir, workload, float("inf"), work, f"{kind}-{name}-inf-{repeat}")
-                        runs.append({"server": kind, "workload": name, "rate": "inf", "repeat": repeat,
-                                     "startup_s": server.startup_s, **result})
-                        print(f"round {repeat} {kind:4s} {name:8s} inf: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
-                        if name not in rates and (kind == "vllm" or args.no_vllm):
-                            rates[name] = args.poisson_share * result["request_throughput"]
-                    for name, workload in workloads.items():
-                        if name not in rates or name not in args.poisson_workloads.split(","):
-                            continue  # rates come from vLLM's first saturated run
-                        result = run_client(server.url, model_dir, workload, rates[name], work, f"{kind}-{name}-poisson-{repeat}")
-                        runs.append({"server": kind, "workload": name, "rate": rates[name], "repeat": repeat, **result})
-                        print(f"round {repeat} {kind:4s} {name:8s} {rates[name]:.2f}/s: median TPOT "
-                              f"{result['median_tpot_ms']:.1f} ms", file=sys.stderr)
-                finally:
-                    server.stop()
-            write_report(args, fingerprint, repeat + 1, rates, runs, quiet=True)  # rounds so far, should a later one fail
+        # vLLM's client in one process for every run: its import (~14 s) is paid once, before any measurement
+        with BenchClient(work, work / "vllm-client.log") as client:
+            for repeat in range(repeats):
+                for kind in round_order(kinds, repeat):
+                    if kind == "inprocess":
+                        for name, workload in workloads.items():
+                            result = run_inprocess(model_dir, args.dtype, workload, work, limits)
+                            runs.append({"server": "pie-inprocess", "workload": name, "rate": "inf", "repeat": repeat, **result})
+                            print(f"round {repeat} in-process {name:8s}: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
+                        continue
+                    port = free_port() if args.port is None else args.port + repeat * 2 + (kind == "vllm")
+                    server = Server(kind, model_dir, args.dtype, port, work / f"{kind}-{repeat}.log", limits)
+                    try:
+                        for name, workload in workloads.items():
+                            result = run_client(client, server.url, model_dir, workload, float("inf"), work, f"{kind}-{name}-inf-{repeat}")
+                            runs.append({"server": kind, "workload": name, "rate": "inf", "repeat": repeat,
+                                         "startup_s": server.startup_s, **result})
+                            print(f"round {repeat} {kind:4s} {name:8s} inf: {result['output_throughput']:.1f} tok/s", file=sys.stderr)
+                            if name not in rates and (kind == "vllm" or args.no_vllm):
+                                rates[name] = args.poisson_share * result["request_throughput"]
+                        for name, workload in workloads.items():
+                            if name not in rates or name not in args.poisson_workloads.split(","):
+                                continue  # rates come from vLLM's first saturated run
+                            result = run_client(client, server.url, model_dir, workload, rates[name], work, f"{kind}-{name}-poisson-{repeat}")
+                            runs.append({"server": kind, "workload": name, "rate": rates[name], "repeat": repeat, **result})
+                            print(f"round {repeat} {kind:4s} {name:8s} {rates[name]:.2f}/s: median TPOT "
+                                  f"{result['median_tpot_ms']:.1f} ms", file=sys.stderr)
+                    finally:
+                        server.stop()
+                write_report(args, fingerprint, repeat + 1, rates, runs, quiet=True)  # rounds so far, should a later one fail
     write_report(args, fingerprint, repeats, rates, runs)
 
 

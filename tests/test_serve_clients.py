@@ -16,10 +16,10 @@ from cli_helpers import NEEDS_VLLM
 from serve_helpers import REPO, InProcessServer
 from tiny_hf_model import vllm_model_dir
 
+sys.path.insert(0, str(REPO))
+from benchmarks.vllm_bench_client import CLIENT_CODE as VLLM_CLIENT
+
 NAME = "tiny"
-VLLM_CLIENT = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-               "from vllm.benchmarks.serve import add_cli_args, main; parser = FlexibleArgumentParser(); "
-               "add_cli_args(parser); main(parser.parse_args(sys.argv[1:]))")
 
 
 @pytest.fixture(scope="module")
