@@ -110,9 +110,9 @@ class BenchClient:
         return line
 
     def _fail(self, start: int, tag: str, why: str) -> None:
-        with open(self.log_path, errors="replace") as log:
+        with open(self.log_path, "rb") as log:
             log.seek(start)
-            tail = log.read()[-3000:]
+            tail = log.read().decode(errors="replace")[-3000:]
         raise RuntimeError(f"vLLM's client failed ({tag}): {why}\n{tail}")
 
     def close(self, wait_s: float = EXIT_LIMIT_S) -> None:
@@ -140,5 +140,5 @@ class BenchClient:
     def __enter__(self) -> "BenchClient":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *rest) -> None:
+        self.close(wait_s=0 if exc_type else EXIT_LIMIT_S)  # after an error the worker may be mid-run: stop it now

@@ -90,3 +90,14 @@ def test_a_client_that_cannot_be_built_fails_at_start_with_its_error(fake):
     with pytest.raises(RuntimeError, match=r"\(starting\).*exited with 1") as failed:
         BenchClient(fake, fake / "client.log", entry="fake_client:broken")
     assert "no such client here" in str(failed.value)
+
+
+def test_an_error_in_the_caller_stops_a_worker_that_is_mid_run_at_once(fake):
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with BenchClient(fake, fake / "client.log", entry="fake_client:factory") as client:
+            client.process.stdin.write('["sleep"]\n')  # a run under way (it sleeps 60 s) when the caller gives up
+            client.process.stdin.flush()
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+    assert client.process.poll() is not None and time.monotonic() - began < 15
