@@ -15,7 +15,7 @@ of that many bytes); `pie bench --runner pie` in-process too.
 
 Rates: inf (saturation), then Poisson at `--poisson-share` (0.8) of vLLM's request throughput at rate inf in
 the first repeat (so both servers face the same arrivals, below the baseline's saturation). Servers run one
-at a time, each with both cores (vLLM: `VLLM_CPU_OMP_THREADS_BIND=0-N`), in alternating order, for
+at a time, each with both cores (vLLM: `VLLM_CPU_OMP_THREADS_BIND=0-N`, and its default of compiling the model at start-up), in alternating order, for
 `--repeats` (3) rounds; medians are reported. In each round, `pie bench --runner pie` runs the same
 workloads in-process at rate inf (sharegpt: the same file; random: the same lengths), right beside `pie serve`
 (after it in rounds where it runs last, before it where it runs first: `round_order`). Writes JSON naming the
@@ -130,8 +130,9 @@ class Server:
             env.pop("VLLM_CPU_KVCACHE_SPACE", None)
             command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host",
                        "127.0.0.1", "--port", str(port), "--dtype", dtype, "--served-model-name", NAME, "--seed", "0",
-                       "--kv-cache-memory-bytes", str(limits.kv_bytes), "--max-num-seqs", str(limits.max_num_seqs),
-                       "--enforce-eager"]
+                       "--kv-cache-memory-bytes", str(limits.kv_bytes), "--max-num-seqs", str(limits.max_num_seqs)]
+            # no --enforce-eager: vLLM's default compiles the model (torch.compile) at start-up, and ran 5-6% faster
+            # than eager on this benchmark (docs/serve.md, "Figures"); the baseline is vLLM as it serves by default
         self.command = command
         began = time.perf_counter()
         with open(log_path, "w") as log:
@@ -359,7 +360,7 @@ def write_report(args: argparse.Namespace, fingerprint: dict, repeats: int, rate
         summary[workload] = row
     report = {"benchmark": "bench_serve", "machine": fingerprint, "dtype": args.dtype, "quick": args.quick, "repeats": repeats,
               "client": "vllm.benchmarks.serve (backend vllm: /v1/completions, streamed, --ignore-eos, temperature 0)",
-              "vllm_server": f"vllm.entrypoints.openai.api_server --enforce-eager, KV {args.kv_gib:g} GiB, "
+              "vllm_server": f"vllm.entrypoints.openai.api_server (its default: the model compiled at start-up), KV {args.kv_gib:g} GiB, "
                              f"--max-num-seqs {args.max_num_seqs}, VLLM_CPU_OMP_THREADS_BIND=0-{os.cpu_count() - 1}",
               "pie_server": f"pie serve, KV {args.kv_gib:g} GiB (--device-blocks), -O max_num_seqs={args.max_num_seqs}, "
                             "other engine settings at their defaults (the same as pie bench --runner pie, which runs "
