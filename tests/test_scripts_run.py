@@ -113,6 +113,7 @@ COVERED_ELSEWHERE = {
     "benchmarks/engine_loop.py": "benchmarks/bench_engine_throughput.py",  # its pie-kernels runner
     "benchmarks/quick_mode.py": "benchmarks/bench_lp_optimality.py",  # --quick itself, in every benchmark
     "benchmarks/slowed_pie.py": "benchmarks/bench_compare_aa.py",  # the A/B side of its quick run
+    "benchmarks/vllm_bench_client.py": "tests/test_bench_client.py",  # its worker on a fake client; bench_serve's quick run
     "scripts/gpu_check.py": "tests/test_gpu_check_dry_run.py",  # --dry-run there
     "scripts/gpu_check.sh": "tests/test_gpu_check_dry_run.py",
     "scripts/gpu_check_steps.py": "tests/test_gpu_check_dry_run.py",  # gpu_check.py's steps: --rehearse there
