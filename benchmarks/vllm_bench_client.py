@@ -26,10 +26,9 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
-# One run of vLLM's client in a process of its own (`python -c CLIENT_CODE ARGS...`).
-CLIENT_CODE = ("import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-               "from vllm.benchmarks.serve import add_cli_args, main; parser = FlexibleArgumentParser(); "
-               "add_cli_args(parser); main(parser.parse_args(sys.argv[1:]))")
+_FROM_HERE = f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.vllm_bench_client import "
+# One run of vLLM's client in a process of its own (`python -c CLIENT_CODE ARGS...`), through `vllm_client` below.
+CLIENT_CODE = _FROM_HERE + "vllm_client; vllm_client()(sys.argv[1:])"
 DEFAULT_ENTRY = "benchmarks.vllm_bench_client:vllm_client"
 READY_LIMIT_S = 600
 EXIT_LIMIT_S = 30
@@ -73,9 +72,8 @@ class BenchClient:
 
     def __init__(self, cwd: Path, log_path: Path, entry: str = DEFAULT_ENTRY, ready_limit_s: float = READY_LIMIT_S):
         self.log_path = log_path
-        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.vllm_bench_client import serve_runs; serve_runs({entry!r})"
         with open(log_path, "w") as log:
-            self.process = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, stdin=subprocess.PIPE,
+            self.process = subprocess.Popen([sys.executable, "-c", _FROM_HERE + f"serve_runs; serve_runs({entry!r})"], cwd=cwd, stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         try:
             self._reply(ready_limit_s, 0, "starting")  # the import ends before anything is measured
