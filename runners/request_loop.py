@@ -87,7 +87,7 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
     the moment since the loop's release check is released before the step too.
     The start-up heap stays out of Python's cyclic GC while it runs (`frozen_heap`), for every runner alike.
     """
-    with frozen_heap(), _switch_interval(_REPLAY_SWITCH_INTERVAL_S if hold_for_arrivals else None):
+    with frozen_heap(), (_switch_interval(_REPLAY_SWITCH_INTERVAL_S) if hold_for_arrivals else contextlib.nullcontext()):
         return _drive(engine, requests, max_concurrency, save_outputs, on_request_done, clock, sleep, hold_for_arrivals)
 
 
@@ -97,11 +97,8 @@ _REPLAY_SWITCH_INTERVAL_S = 0.0005
 
 
 @contextlib.contextmanager
-def _switch_interval(seconds: float | None) -> Iterator[None]:
-    """`sys.setswitchinterval(seconds)` inside the block (None: unchanged), the previous value restored after it."""
-    if seconds is None:
-        yield
-        return
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """`sys.setswitchinterval(seconds)` inside the block, the previous value restored after it."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(seconds)
     try:
