@@ -45,6 +45,8 @@ def test_completion_fields_parse_with_vllm_extras():
     ({"prompt": "x", "temperature": -1}, "temperature"),
     ({"prompt": "x", "top_p": 0}, "top_p"),
     ({"prompt": "x", "seed": 1.5}, "seed"),
+    ({"prompt": "x", "seed": 2**63}, "seed"),
+    ({"prompt": "x", "seed": -2**63 - 1}, "seed"),
     ({"prompt": "x", "ignore_eos": "yes"}, "ignore_eos"),
     ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
     ({"prompt": "x", "stop": [""]}, "stop"),

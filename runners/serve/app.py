@@ -186,6 +186,9 @@ class ServeApp:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise bad(f"the request body is not valid JSON: {err}") from None
+        except RecursionError:  # arrays or objects nested past Python's recursion limit
+            raise bad("the request body nests deeper than this server reads; no field of a request nests more "
+                      "than a few levels") from None
         parsed = parse_request(body, chat)
         if parsed.model is not None and parsed.model != self.model.name:
             raise ApiError(404, f"The model `{parsed.model}` does not exist; this server serves `{self.model.name}`", "model")
@@ -222,6 +225,8 @@ class ServeApp:
 
     def _params(self, parsed: GenerateRequest, prompt: list[int]) -> SamplingParams:
         config = self.model.engine_config
+        if not prompt:
+            raise bad("'prompt' is empty: give at least one token id, or text", "prompt")
         room = config.model_len - len(prompt)
         max_tokens = parsed.max_tokens if parsed.max_tokens is not None else max(1, room)
         if len(prompt) + max_tokens > config.model_len:

@@ -21,6 +21,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
                500: "server_error", 503: "service_unavailable"}
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
 MAX_STOP_STRINGS = 8
+SEED_RANGE = (-2**63, 2**63 - 1)  # vLLM's: a signed 64-bit integer
 ROLES = ("system", "user", "assistant")
 
 # Fields accepted only at a value that changes nothing (None is always accepted for these).
@@ -201,8 +202,8 @@ def parse_request(body: Any, chat: bool) -> GenerateRequest:
             raise bad("'stream_options' takes include_usage and continuous_usage_stats", "stream_options")
     options = options or {}
     seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise bad(f"'seed' must be an integer, got {seed!r}", "seed")
+    if seed is not None and not (_is_int(seed) and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise bad(f"'seed' must be a 64-bit integer (from {SEED_RANGE[0]} to {SEED_RANGE[1]}), got {seed!r}", "seed")
     stop_ids = body.get("stop_token_ids")
     return GenerateRequest(
         chat=chat, model=model, max_tokens=max_tokens, min_tokens=min_tokens, ignore_eos=_bool(body, "ignore_eos"),
