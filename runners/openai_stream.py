@@ -128,8 +128,14 @@ class StreamState:
     finish_reason: str | None = None
     error: str | None = None
 
-    def feed(self, chunk: Mapping[str, Any], at: float) -> None:
-        """One decoded `data:` payload, received at clock time `at`."""
+    def feed(self, chunk: Any, at: float) -> None:
+        """One decoded `data:` payload, received at clock time `at`. A payload that is not a completion chunk
+        (a JSON value of another shape: the server's bug, or not an OpenAI server) sets `error`, naming what
+        was wrong, and adds nothing; it never raises."""
+        malformed = _malformed(chunk)
+        if malformed is not None:
+            self.error = f"malformed chunk: {malformed}"
+            return
         if chunk.get("error"):
             error = chunk["error"]
             self.error = str(error.get("message", error) if isinstance(error, Mapping) else error)
@@ -138,7 +144,7 @@ class StreamState:
             ids = choice.get("token_ids") or ()
             text = choice.get("text") or ""
             if ids:
-                self.token_ids.extend(int(t) for t in ids)
+                self.token_ids.extend(ids)
                 self.token_times.extend(at for _ in ids)
             elif text:
                 self.token_times.append(at)
@@ -146,7 +152,34 @@ class StreamState:
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
         usage = chunk.get("usage")
         if isinstance(usage, Mapping) and usage.get("completion_tokens") is not None:
-            self.completion_tokens = int(usage["completion_tokens"])
+            self.completion_tokens = usage["completion_tokens"]
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _malformed(chunk: Any) -> str | None:
+    """What makes `chunk` something other than a completion chunk (or an error chunk), or None."""
+    if not isinstance(chunk, Mapping):
+        return f"a JSON {type(chunk).__name__}, not an object"
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return "'choices' is not a list"
+    for index, choice in enumerate(choices or ()):
+        if not isinstance(choice, Mapping):
+            return f"choices[{index}] is not an object"
+        ids, text, reason = choice.get("token_ids"), choice.get("text"), choice.get("finish_reason")
+        if ids is not None and not (isinstance(ids, list) and all(_is_count(t) for t in ids)):
+            return f"choices[{index}].token_ids is not a list of token ids"
+        if text is not None and not isinstance(text, str):
+            return f"choices[{index}].text is not a string"
+        if reason is not None and not isinstance(reason, str):
+            return f"choices[{index}].finish_reason is not a string"
+    usage = chunk.get("usage")
+    if isinstance(usage, Mapping) and usage.get("completion_tokens") is not None and not _is_count(usage["completion_tokens"]):
+        return "usage.completion_tokens is not a count"
+    return None
 
 
 def probe_endpoint(settings: OpenAISettings) -> list[str]:

@@ -15,7 +15,7 @@ from runners.openai_runner import OpenAIRunner, _stream_error
 from runners.openai_stream import OpenAISettings, StreamState, completion_body, probe_endpoint
 from runners.registry import get_runner
 
-HTTP_500, SLOW, STREAM_ERROR, TEXT_ONLY = 9001, 9002, 9003, 9004  # first prompt token picks a behaviour
+HTTP_500, SLOW, STREAM_ERROR, TEXT_ONLY, MALFORMED = 9001, 9002, 9003, 9004, 9005  # first prompt token picks a behaviour
 TOKEN_GAP_S = 0.004
 
 
@@ -75,6 +75,10 @@ class FakeServer:
                 if key == STREAM_ERROR:
                     self.event({"error": {"message": "out of blocks", "code": 500}})
                     return
+                if key == MALFORMED:  # a token, then a payload that is JSON but no chunk
+                    self.event({"choices": [{"index": 0, "text": "w0 ", "token_ids": [100]}]})
+                    self.event([1, 2])
+                    return
                 for i in range(body["max_tokens"]):
                     choice = {"index": 0, "text": f"w{i} ", "finish_reason": None}
                     if key != TEXT_ONLY and body.get("return_token_ids"):
@@ -90,7 +94,10 @@ class FakeServer:
                 self.wfile.write(b": keep-alive\n\n" + f"data: {json.dumps(payload)}\n\n".encode())
                 self.wfile.flush()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 64  # listen()'s backlog (socketserver's default of 5 drops the connects of a burst)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -147,6 +154,48 @@ def test_stream_state_text_fallback_error_and_empty():
     assert _stream_error("HTTP 500", state) == "HTTP 500"
 
 
+@pytest.mark.parametrize("chunk, words", [
+    ([1, 2], "a JSON list, not an object"),
+    ("text", "a JSON str, not an object"),
+    ({"choices": {"text": "a"}}, "'choices' is not a list"),
+    ({"choices": ["a"]}, "choices[0] is not an object"),
+    ({"choices": [{"token_ids": [5, "6"]}]}, "choices[0].token_ids"),
+    ({"choices": [{"token_ids": [-1]}]}, "choices[0].token_ids"),
+    ({"choices": [{"token_ids": [True]}]}, "choices[0].token_ids"),
+    ({"choices": [{"text": 5}]}, "choices[0].text"),
+    ({"choices": [{"text": "a", "finish_reason": 1}]}, "choices[0].finish_reason"),
+    ({"choices": [], "usage": {"completion_tokens": "3"}}, "usage.completion_tokens"),
+    ({"choices": [], "usage": {"completion_tokens": 2.5}}, "usage.completion_tokens"),
+])
+def test_stream_state_turns_a_malformed_chunk_into_the_request_error(chunk, words):
+    state = StreamState()
+    state.feed({"choices": [{"text": "a", "token_ids": [5]}]}, 1.0)
+    state.feed(chunk, 2.0)
+    assert _stream_error(None, state) == f"server error in stream: malformed chunk: {words}" or words in state.error
+    assert state.token_ids == [5] and state.token_times == [1.0] and state.text == "a"
+
+
+def test_stream_state_never_raises_on_any_json():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=5)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["choices", "token_ids", "text", "finish_reason", "usage", "completion_tokens", "error", "x"]),
+        inner, max_size=4), max_leaves=12)
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(chunks=st.lists(values, max_size=4))
+    def feed_all(chunks):
+        state = StreamState()
+        for at, chunk in enumerate(chunks):
+            state.feed(chunk, float(at))
+        assert all(type(t) is int and t >= 0 for t in state.token_ids) and isinstance(state.text, str)
+        assert state.completion_tokens is None or type(state.completion_tokens) is int
+        assert len(state.token_times) >= len(state.token_ids)
+
+    feed_all()
+
+
 def test_completion_body_forces_exact_greedy_output():
     settings = OpenAISettings(base_url="http://h:1")
     body = completion_body(settings, "m", request(3, output_len=9))
@@ -196,9 +245,9 @@ def test_registry_knows_the_runners():
 def test_run_times_every_token_and_counts_failures(server):
     requests = [request(0), request(1, output_len=6), request(2, first_token=HTTP_500),
                 request(3, first_token=STREAM_ERROR), request(4, first_token=TEXT_ONLY, output_len=5),
-                request(5, first_token=SLOW)]
+                request(5, first_token=SLOW), request(6, first_token=MALFORMED)]
     samples, result = run(requests, server.url, request_timeout_s=0.5)
-    assert set(samples) == {f"r{i}" for i in range(6)}
+    assert set(samples) == {f"r{i}" for i in range(7)}
     for rid in ("r0", "r1", "r4"):
         sample = samples[rid]
         assert sample.success and 0 < sample.ttft_s <= sample.e2el_s
@@ -210,7 +259,8 @@ def test_run_times_every_token_and_counts_failures(server):
     assert "HTTP 500" in samples["r2"].error and not samples["r2"].success
     assert "out of blocks" in samples["r3"].error
     assert "timed out" in samples["r5"].error
-    assert result.telemetry["num_failed"] == 3 and result.config["model_name"] == "tiny-model"
+    assert "malformed chunk: a JSON list, not an object" in samples["r6"].error and not samples["r6"].success
+    assert result.telemetry["num_failed"] == 4 and result.config["model_name"] == "tiny-model"
     assert 0 < result.duration_s < 5
     assert all(body["model"] == "tiny-model" and body["min_tokens"] == body["max_tokens"] for body in server.bodies)
 
