@@ -294,6 +294,8 @@ def test_failed_warm_up_stops_before_timing(server):
 
     with pytest.raises(RuntimeFailure, match="warm-up request to .*/v1/completions failed: HTTP 500"):
         run([request(0, first_token=HTTP_500), request(1)], server.url)
+    with pytest.raises(RuntimeFailure, match="failed: server error in stream: malformed chunk: a JSON list"):
+        run([request(0, first_token=MALFORMED), request(1)], server.url)  # was an AttributeError out of the run
     samples, _ = run([request(0, first_token=HTTP_500), request(1)], server.url, warmup="false")
     assert not samples["r0"].success and samples["r1"].success
 
