@@ -182,6 +182,48 @@ def test_an_injected_failure_fails_one_request_and_the_next_is_served(served):
     served.engine.check_invariants()
 
 
+def test_an_exception_in_a_handler_is_an_openai_500_logged_in_one_line_and_the_next_is_served(served):
+    text = served.server.app.text
+    real_encode = text.encode
+
+    def broken(prompt):
+        raise RuntimeError("injected handler bug")
+
+    text.encode = broken
+    try:
+        failed = asyncio.run(_post_json(served.url + "/v1/completions", body(2, stream=False, prompt="the cat")))
+    finally:
+        text.encode = real_encode
+    assert failed[0] == 500 and failed[1]["error"] == {
+        "message": "internal error: RuntimeError: injected handler bug", "type": "server_error", "param": None, "code": 500}
+    assert [line for line in served.lines if "injected handler bug" in line] == [
+        "pie serve: POST /v1/completions failed: RuntimeError: injected handler bug"]
+    status, payload = asyncio.run(_post_json(served.url + "/v1/completions", body(3, stream=False, prompt="the cat")))
+    assert status == 200 and payload["usage"]["completion_tokens"] == 3
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_400_naming_them(tmp_path):
+    model = vllm_model_dir(tmp_path / "opt", "opt")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                               "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    chat = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "the cat"}]}
+    with InProcessServer(model, served_model_name="tiny") as server:
+        url = server.url + "/v1/chat/completions"
+        ok = asyncio.run(_post_json(url, chat))
+        refused = asyncio.run(_post_json(url, {**chat, "messages": [{"role": "system", "content": "x"}, *chat["messages"]]}))
+    assert ok[0] == 200 and ok[1]["usage"]["completion_tokens"] == 2
+    assert refused[0] == 400 and refused[1]["error"]["param"] == "messages"
+    assert "chat template refused these messages: System role not supported" in refused[1]["error"]["message"]
+
+
+async def _post_json(url, payload):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=payload) as response:
+            return response.status, await response.json()
+
+
 @pytest.mark.slow
 def test_sigterm_during_20_streams(model_dir, tmp_path):
     grace_s = 0.3

@@ -21,6 +21,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -34,6 +35,8 @@ from runners.serve.protocol import ApiError, GenerateRequest, bad, parse_request
 from runners.serve.responses import ChoiceChunks, ChoiceState, ResponseHead, error_chunk, full_response, usage_chunk
 
 RETRY_AFTER_S = 1
+# set on a request once its streamed response has sent its headers (a typed key where aiohttp has them, 3.12 on)
+_PREPARED = web.RequestKey("pie_response_prepared", bool) if hasattr(web, "RequestKey") else "pie_response_prepared"
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ class _DirectWriter:
 
 
 class ServeApp:
-    def __init__(self, model: ServedModel, text: Any, metrics: Any, api_key: str | None, max_queue: int):
+    def __init__(self, model: ServedModel, text: Any, metrics: Any, api_key: str | None, max_queue: int,
+                 log: Callable[[str], None] = print):
         self.model, self.text, self.metrics, self.api_key, self.max_queue = model, text, metrics, api_key, max_queue
+        self.log = log
         self.engine: Any = None  # the EngineLoop, set by the server once the loop exists
         self.streams: dict[str, _Route] = {}
         self.queued = 0  # admitted requests (choices) without a first event yet
@@ -151,6 +156,13 @@ class ServeApp:
                 raise
             return web.json_response(ApiError(err.status, f"{err.reason}: {request.method} {request.path}").body(),
                                      status=err.status)
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the client went away: nothing to answer
+        except Exception as err:  # a bug in one request fails that request, in the API's shape
+            self.log(f"pie serve: {request.method} {request.path} failed: {type(err).__name__}: {err}")
+            if request.get(_PREPARED):
+                raise
+            return web.json_response(ApiError(500, f"internal error: {type(err).__name__}: {err}").body(), status=500)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -195,8 +207,11 @@ class ServeApp:
         if parsed.stop and not self.text.exact:
             raise bad("'stop' strings need the model's tokenizer; this server uses an approximate one "
                       "(use stop_token_ids)", "stop")
-        prompts = [self.text.chat_prompt(parsed.messages)] if chat else \
-            [list(p) if isinstance(p, tuple) else self.text.encode(p) for p in parsed.prompts]
+        try:
+            prompts = [self.text.chat_prompt(parsed.messages)] if chat else \
+                [list(p) if isinstance(p, tuple) else self.text.encode(p) for p in parsed.prompts]
+        except BadInput as err:
+            raise bad(err.one_line(), "messages" if chat else "prompt") from None
         params = [self._params(parsed, ids) for ids in prompts]
         if self.queued + len(prompts) > self.max_queue:
             raise ApiError(503, f"{self.queued} requests are waiting (the limit is --max-queue {self.max_queue}); retry later")
@@ -280,6 +295,7 @@ class ServeApp:
                       choices: list[ChoiceState], events: asyncio.Queue) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
+        request[_PREPARED] = True  # from here an error can only go into the stream, not into a new response
         chunks = [ChoiceChunks(head, choice.index) for choice in choices]
         continuous_usage = choices if parsed.continuous_usage_stats else None
         direct = _DirectWriter.open(self._direct_route(choices), request, response, chunks[0], continuous_usage)

@@ -123,7 +123,7 @@ class PieServer:
                                  vocab_size=self.engine.model.shape.vocab_size,
                                  num_device_blocks=self.engine.num_device_blocks, text_description=self.text.description)
         self.metrics = ServeMetrics(name, self.engine.num_device_blocks, self.engine.num_pool_blocks)
-        self.app = ServeApp(self.model, self.text, self.metrics, settings.api_key, settings.max_queue)
+        self.app = ServeApp(self.model, self.text, self.metrics, settings.api_key, settings.max_queue, log)
         self.control = pool_control(spec, controller, self.engine.set_pool_limit, time.perf_counter(),
                                     self.engine.scheduler.pool_blocks_needed)
         self.engine_loop = EngineLoop(self.engine, self.metrics, self.control, log)  # run() by the engine's thread

@@ -121,7 +121,13 @@ class ServeText:
         """The prompt's token ids: the tokenizer's chat template when it has one, else PLAIN_CHAT_TEMPLATE."""
         if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
             conversation = [{"role": role, "content": content} for role, content in messages]
-            ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+            from jinja2 import TemplateError  # transformers renders chat templates with jinja2
+
+            try:
+                ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+            except TemplateError as err:  # the template's own raise_exception(...): roles it does not take, say
+                raise BadInput(f"the model's chat template refused these messages: {err}",
+                               "send the roles and order the model's template expects") from None
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         text = "".join(PLAIN_CHAT_TEMPLATE.format(role=role, content=content) for role, content in messages)
         return self.encode(text + PLAIN_CHAT_ANSWER)
