@@ -107,10 +107,12 @@ def main() -> None:
         for layer, gemms in enumerate(layers):
             qkv, proj, fc1, fc2 = (g[layout] for g in gemms)
             began = time.perf_counter()
-            q = qkv(x)[:, :hidden].reshape(batch, heads, head_dim).contiguous()
+            fused = qkv(x)
+            q = fused[:, :hidden]  # read in place, at the fused rows' stride, as the engine does
             middle = time.perf_counter()
             attention(q.data_ptr(), cache.data_ptr(), tables[layer].data_ptr(), lens.data_ptr(), out.data_ptr(), batch,
-                      heads, heads, head_dim, bs, blocks_per_seq, total_blocks, args.context, head_dim ** -0.5, 1)
+                      heads, heads, head_dim, bs, blocks_per_seq, total_blocks, args.context, head_dim ** -0.5, 1,
+                      fused.stride(0))
             after = time.perf_counter()
             fc2(fc1(proj(out.view(batch, hidden)), relu=True))
             gemm += middle - began + time.perf_counter() - after

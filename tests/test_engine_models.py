@@ -168,6 +168,10 @@ def test_paged_decode_matches_naive(dtype, tol, kernel, block_size, head_dim, fe
         for col in range(-(-n // block_size)):
             table[row, col] = free.pop()
     q = torch.randn(len(lens), heads, head_dim).to(dtype)
+    if block_size == 16:  # q as the engine passes it: a view of the fused qkv rows, read in place at their stride
+        q = torch.cat([q.reshape(len(lens), -1), torch.randn(len(lens), 2 * heads * head_dim).to(dtype)], 1)[
+            :, : heads * head_dim].view(len(lens), heads, head_dim)
+        assert not q.is_contiguous()
     assert kernel_name(q, cache) == kernel
     out = paged_decode_attention(q, cache, table, torch.tensor(lens), 0.25)
     for row, n in enumerate(lens):

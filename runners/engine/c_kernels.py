@@ -36,7 +36,7 @@ AMX_SOURCES = ("amx_gemm.c",)
 _TEXTS = {name: Path(__file__).with_name(name).read_text() for name in (*SOURCES, *AMX_SOURCES)}
 
 _BASE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared")
-_DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
+_DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int64]
 # paged_decode_bf16_generic: the token-by-token path paged_decode_bf16 takes where its AVX512-BF16 one does not apply
 # (the engine never calls it directly; benchmarks/bench_decode_step.py compares the two)
 SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_bf16_generic": _DECODE_ARGS, "paged_decode_f32": _DECODE_ARGS,
@@ -66,9 +66,9 @@ for name, fmt, size in (("paged_decode_f32", "f", 4), ("paged_decode_bf16", "H",
     out = (ctypes.c_char * (heads * dh * size))()
     fn = getattr(lib, name)
     fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64]
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int64]
     fn(ctypes.addressof(q), ctypes.addressof(cache), ctypes.addressof(tables), ctypes.addressof(lens),
-       ctypes.addressof(out), 1, heads, heads, dh, bs, 1, 1, 3, 0.5, 1)
+       ctypes.addressof(out), 1, heads, heads, dh, bs, 1, 1, 3, 0.5, 1, heads * dh)
     first = struct.unpack(fmt, bytes(out)[:size])[0]
     value = first if fmt == "f" else struct.unpack("f", struct.pack("I", first << 16))[0]
     if abs(value - 1.0) > 1e-2:

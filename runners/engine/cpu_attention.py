@@ -52,7 +52,9 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
     `max_len`: the longest context, known on the host (None: read from `context_lens`)."""
     batch, heads, head_dim = q.shape
     num_blocks, _, block_size, kv_heads, _ = kv_cache.shape
-    query = q.to(kv_cache.dtype).contiguous()
+    # rows of a sequence's heads may sit at any stride (q is a view of the fused qkv output): no copy then
+    rows_in_place = q.dtype == kv_cache.dtype and q.stride(2) == 1 and q.stride(1) == head_dim
+    query = q if rows_in_place else q.to(kv_cache.dtype).contiguous()
     tables = block_tables.to(torch.int64).contiguous()
     lens = context_lens.to(torch.int64).contiguous()
     if max_len is None:
@@ -64,5 +66,5 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
         getattr(load(variant), _FUNCTIONS[kv_cache.dtype])(
             query.data_ptr(), kv_cache.data_ptr(), tables.data_ptr(), lens.data_ptr(), out.data_ptr(),
             batch, heads, kv_heads, head_dim, block_size, tables.shape[1], num_blocks, max(max_len, 1), float(scale),
-            _splits(batch, kv_heads))
+            _splits(batch, kv_heads), query.stride(0))
     return out.to(q.dtype)

@@ -114,7 +114,8 @@ static inline void axpy_f32(float* acc, float p, const float* v, int64_t n) {
 #define DEFINE_KERNEL(NAME, T, DOT, AXPY, STORE)                                                      \
 void NAME(const T* q, const T* cache, const int64_t* tables, const int64_t* lens, T* out,             \
           int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size,       \
-          int64_t table_stride, int64_t num_blocks, int64_t max_len, float scale, int64_t splits) {   \
+          int64_t table_stride, int64_t num_blocks, int64_t max_len, float scale, int64_t splits,     \
+          int64_t q_stride) {                                                                         \
     const int64_t group = heads / kv_heads;                                                           \
     const int64_t token_stride = kv_heads * head_dim;                                                 \
     const int64_t block_stride = 2 * block_size * token_stride;                                       \
@@ -135,7 +136,7 @@ void NAME(const T* q, const T* cache, const int64_t* tables, const int64_t* lens
             const int64_t h0 = kv0 * group, h1 = kv1 * group, len = lens[b];                          \
             const int64_t row_bytes = (kv1 - kv0) * head_dim * (int64_t)sizeof(T);                    \
             const int64_t* table = tables + b * table_stride;                                         \
-            const T* query = q + b * heads * head_dim;                                                \
+            const T* query = q + b * q_stride;                                                        \
             for (int64_t h = h0; h < h1; h++) { run_max[h] = -INFINITY; run_sum[h] = 0.0f; }          \
             memset(acc + h0 * head_dim, 0, sizeof(float) * (size_t)((h1 - h0) * head_dim));           \
             const int64_t used_blocks = (len + block_size - 1) / block_size;                          \
@@ -220,7 +221,8 @@ static inline void prefetch_slice(const char* p, int64_t bytes) {
 
 static void paged_decode_bf16_heads(const uint16_t* q, const uint16_t* cache, const int64_t* tables, const int64_t* lens,
                                     uint16_t* out, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                                    int64_t block_size, int64_t table_stride, int64_t num_blocks, float scale, int64_t splits) {
+                                    int64_t block_size, int64_t table_stride, int64_t num_blocks, float scale, int64_t splits,
+                                    int64_t q_stride) {
     const int64_t group = heads / kv_heads;
     const int64_t token_stride = kv_heads * head_dim;
     const int64_t block_stride = 2 * block_size * token_stride;
@@ -241,7 +243,7 @@ static void paged_decode_bf16_heads(const uint16_t* q, const uint16_t* cache, co
             if (kv0 >= kv1) continue;
             const int64_t h0 = kv0 * group, h1 = kv1 * group, len = lens[b];
             const int64_t* table = tables + b * table_stride;
-            const uint16_t* query = q + b * heads * head_dim;
+            const uint16_t* query = q + b * q_stride;
             for (int64_t h = h0; h < h1; h++) { run_max[h] = -INFINITY; run_sum[h] = 0.0f; }
             memset(acc + h0 * head_dim, 0, sizeof(float) * (size_t)((h1 - h0) * head_dim));
             const int64_t used_blocks = (len + block_size - 1) / block_size;
@@ -319,14 +321,15 @@ DEFINE_KERNEL(paged_decode_f32, float, dot_f32, axpy_f32, f32_identity)
 
 void paged_decode_bf16(const uint16_t* q, const uint16_t* cache, const int64_t* tables, const int64_t* lens, uint16_t* out,
                        int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size,
-                       int64_t table_stride, int64_t num_blocks, int64_t max_len, float scale, int64_t splits) {
+                       int64_t table_stride, int64_t num_blocks, int64_t max_len, float scale, int64_t splits,
+                       int64_t q_stride) {
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
     if (head_dim % 16 == 0 && head_dim <= 256) {
         paged_decode_bf16_heads(q, cache, tables, lens, out, batch, heads, kv_heads, head_dim, block_size, table_stride,
-                                num_blocks, scale, splits);
+                                num_blocks, scale, splits, q_stride);
         return;
     }
 #endif
     paged_decode_bf16_generic(q, cache, tables, lens, out, batch, heads, kv_heads, head_dim, block_size, table_stride,
-                              num_blocks, max_len, scale, splits);
+                              num_blocks, max_len, scale, splits, q_stride);
 }

@@ -5,9 +5,9 @@
    natively or for aarch64 (run under qemu-aarch64). */
 #include <stdio.h>
 #include <stdint.h>
-void paged_decode_f32(const float*, const float*, const int64_t*, const int64_t*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t);
+void paged_decode_f32(const float*, const float*, const int64_t*, const int64_t*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t);
 void argmax_rows_bf16(const uint16_t*, int64_t, int64_t, int64_t*);
-void paged_decode_bf16(const uint16_t*, const uint16_t*, const int64_t*, const int64_t*, uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t);
+void paged_decode_bf16(const uint16_t*, const uint16_t*, const int64_t*, const int64_t*, uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t);
 int main(void) {
   enum {H = 2, D = 8, BS = 4};
   float q[H * D], cache[2 * BS * H * D], out[H * D];
@@ -19,8 +19,8 @@ int main(void) {
     cache[(BS + t) * H * D + j] = (float)t; cb[(BS + t) * H * D + j] = t == 0 ? 0 : (t == 1 ? 0x3F80 : (t == 2 ? 0x4000 : 0x4040));
   }
   int64_t table[1] = {0}, lens[1] = {3};
-  paged_decode_f32(q, cache, table, lens, out, 1, H, H, D, BS, 1, 1, 3, 0.5f, 1);
-  paged_decode_bf16(qb, cb, table, lens, ob, 1, H, H, D, BS, 1, 1, 3, 0.5f, 1);
+  paged_decode_f32(q, cache, table, lens, out, 1, H, H, D, BS, 1, 1, 3, 0.5f, 1, H * D);
+  paged_decode_bf16(qb, cb, table, lens, ob, 1, H, H, D, BS, 1, 1, 3, 0.5f, 1, H * D);
   /* head_dim 32, one head: the same cache pattern */
   enum {D2 = 32};
   uint16_t q2[D2], c2[2 * BS * D2], o2[D2];
@@ -29,7 +29,7 @@ int main(void) {
     c2[t * D2 + j] = 0x3F80;
     c2[(BS + t) * D2 + j] = t == 0 ? 0 : (t == 1 ? 0x3F80 : (t == 2 ? 0x4000 : 0x4040));
   }
-  paged_decode_bf16(q2, c2, table, lens, o2, 1, 1, 1, D2, BS, 1, 1, 3, 0.5f, 1);
+  paged_decode_bf16(q2, c2, table, lens, o2, 1, 1, 1, D2, BS, 1, 1, 3, 0.5f, 1, D2);
   uint16_t logits[40];
   for (int i = 0; i < 40; i++) logits[i] = 0x3F80;
   logits[21] = logits[37] = 0x4000;
