@@ -20,8 +20,8 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
