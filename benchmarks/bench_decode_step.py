@@ -10,7 +10,9 @@ the greedy argmax. Each round times every entry point of the engine's C library 
 `paged_decode_bf16_generic`, the token-by-token path every other build runs), each GEMM layout the
 engine can run here (oneDNN-prepacked, and the engine's AMX GEMM where AMX is in effect: the same weights
 in each layout), and both argmaxes (the C library's and PyTorch's `max(dim=-1)`), interleaved, medians
-over `--repeats` rounds. Beside the step, the
+over `--repeats` rounds; where AMX is in effect, also a step whose lm_head keeps greedy's argmax in its
+epilogue instead of writing the logits (`Linear.greedy_tokens`, checked against the C argmax of the
+logits), in a step of its own each round. Beside the step, the
 prefill attention of one layer for `--prefill-seqs` prompts of `--prefill-len` tokens (the step's prefill,
 16 x 128 tokens by default) both ways `attention.prefill_attention` can take: PyTorch's flash attention
 (bf16 prompts without a prefix) and the explicit fp32 path (prefixed or fp32 prompts).
@@ -61,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batch, args.context, args.layers, args.hidden, args.heads, args.ffn, args.vocab, args.repeats = \
-            4, 40, 2, 64, 2, 128, 500, 2
+            4, 40, 2, 64, 2, 128, 512, 2  # a vocabulary on the AMX tiles, so the fused lm_head runs too
         args.prefill_seqs, args.prefill_len = 2, 16
     for name in ("batch", "context", "layers", "hidden", "heads", "ffn", "vocab", "block_size", "repeats", "prefill_seqs",
                  "prefill_len"):
@@ -101,22 +103,28 @@ def main() -> None:
     out = torch.empty(batch, heads, head_dim, dtype=torch.bfloat16)
     kv_bytes = int(lens.sum()) * args.layers * 2 * hidden * 2
 
-    def step(entry: str, layout: str, times: dict[str, list[float]]) -> None:
+    def step(entry: str, layout: str, times: dict[str, list[float]], fused: bool = False) -> None:
         attention = getattr(library, entry)
         gemm = attend = 0.0
         for layer, gemms in enumerate(layers):
             qkv, proj, fc1, fc2 = (g[layout] for g in gemms)
             began = time.perf_counter()
-            fused = qkv(x)
-            q = fused[:, :hidden]  # read in place, at the fused rows' stride, as the engine does
+            qkv_out = qkv(x)
+            q = qkv_out[:, :hidden]  # read in place, at the fused rows' stride, as the engine does
             middle = time.perf_counter()
             attention(q.data_ptr(), cache.data_ptr(), tables[layer].data_ptr(), lens.data_ptr(), out.data_ptr(), batch,
                       heads, heads, head_dim, bs, blocks_per_seq, total_blocks, args.context, head_dim ** -0.5, 1,
-                      fused.stride(0))
+                      qkv_out.stride(0))
             after = time.perf_counter()
             fc2(fc1(proj(out.view(batch, hidden)), relu=True))
             gemm += middle - began + time.perf_counter() - after
             attend += after - middle
+        if fused:  # the AMX lm_head keeping greedy's argmax in its epilogue, after the same layers as the others
+            began = time.perf_counter()
+            tokens = lm_head[layout].greedy_tokens(x)
+            times[f"lm_head+argmax:{layout} fused"].append(time.perf_counter() - began)
+            assert tokens == greedy_tokens(lm_head[layout](x), c_kernels.default_variant()), "fused argmax disagrees"
+            return
         began = time.perf_counter()
         logits = lm_head[layout](x)
         middle = time.perf_counter()
@@ -126,7 +134,8 @@ def main() -> None:
         done = time.perf_counter()
         assert c_tokens == torch_tokens, "the C argmax and PyTorch's disagree"
         for key, seconds in ((f"gemm:{layout}", gemm), (f"attention:{entry}", attend), (f"lm_head:{layout}", middle - began),
-                             ("argmax:c", after - middle), ("argmax:torch", done - after)):
+                             ("argmax:c", after - middle), ("argmax:torch", done - after),
+                             (f"lm_head+argmax:{layout}", after - began)):
             times[key].append(seconds)
 
     prompt = torch.randn(args.prefill_seqs * args.prefill_len, 3, heads, head_dim).to(torch.bfloat16).unbind(1)
@@ -154,6 +163,9 @@ def main() -> None:
         for entry in (ATTENTION if round_index % 2 else ATTENTION[::-1]):
             for layout in (list(layouts) if round_index % 2 else list(layouts)[::-1]):
                 step(entry, layout, times)
+        if "amx" in layouts and lm_head["amx"].amx is not None:  # (a vocabulary off the tiles stays on oneDNN)
+            # the fused lm_head in a step of its own: a step just before it would leave the lm_head's weights in L3
+            step(ATTENTION[0], "amx", times, fused=True)
         prefill(times)
     medians = {key: statistics.median(values) for key, values in times.items()}
     print(f"{'part':<40} {'median ms':>10}")

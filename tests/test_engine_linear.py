@@ -177,6 +177,67 @@ def test_engine_on_an_amx_record_runs_the_amx_gemm_unless_told_not_to(prepack: s
     engine.close()
 
 
+@pytest.mark.parametrize("tokens", [1, 5, 16, 17, 33, 96, 300])
+@pytest.mark.parametrize("bias", [True, False])
+def test_amx_greedy_tokens_are_the_c_argmax_of_its_logits(tokens: int, bias: bool) -> None:
+    """The argmax the AMX epilogue keeps (lanes per thread, merged) is the token the C argmax takes from the logits
+    the same GEMM writes: every row count and row block, ties across lanes and across the threads' column ranges
+    (the lowest column wins), a row of NaN (0, NaN never wins), and no bias."""
+    from runners.engine import c_kernels
+    from runners.engine.sampler import greedy_tokens
+
+    _amx_or_skip()
+    generator = torch.Generator().manual_seed(tokens)
+    weight = torch.randn(1024, 64, generator=generator)
+    direction = torch.randn(64, generator=generator)
+    direction /= direction.norm()
+    for column in (5, 21, 530, 1000):  # the same row four times, along x's common direction: exact ties at the top
+        weight[column] = 30 * direction
+    weight = weight.to(torch.bfloat16)
+    linear = Linear(weight, torch.randn(1024, generator=generator).to(torch.bfloat16) if bias else None, prepack="amx")
+    x = (torch.randn(tokens, 64, generator=generator) + 2 * direction).to(torch.bfloat16)
+    if tokens > 1:
+        x[1] = float("nan")
+    expected = greedy_tokens(linear(x), c_kernels.default_variant())
+    assert linear.greedy_tokens(x) == expected
+    if tokens > 1:
+        assert expected[1] == 0
+    ties = (linear(x).float() == linear(x).float().max(dim=-1, keepdim=True).values).sum(dim=-1)
+    assert bias or tokens < 5 or int((ties > 1).sum()) > 0  # without a bias the planted rows tie at the top
+
+
+def test_greedy_tokens_is_none_off_the_tiles_and_empty_for_no_rows() -> None:
+    weight, bias = _weights(torch.bfloat16)
+    assert Linear(weight, bias, prepack="onednn").greedy_tokens(torch.ones(2, 64, dtype=torch.bfloat16)) is None
+    assert Linear(weight.float(), bias.float()).greedy_tokens(torch.ones(2, 64)) is None
+    _amx_or_skip()
+    amx = Linear(weight, bias, prepack="amx")
+    assert amx.greedy_tokens(torch.ones(0, 64, dtype=torch.bfloat16)) == []
+    assert amx.greedy_tokens(torch.ones(2, 64)) is None  # fp32 rows: not the engine's own calls
+
+
+def test_an_amx_engine_takes_greedy_steps_from_the_epilogue_and_sampled_steps_from_logits(monkeypatch) -> None:
+    _amx_or_skip()
+    calls = {"fused": 0, "logits": 0}
+    fused, logits = Linear.greedy_tokens, Linear.__call__
+
+    def count_fused(self, x):
+        calls["fused"] += 1
+        return fused(self, x)
+
+    monkeypatch.setattr(Linear, "greedy_tokens", count_fused)
+    with LLMEngine(EngineConfig(model="opt-125m", dtype="bfloat16", num_device_blocks=64, random_weights=True),
+                   capability=RECORDS["xeon-amx"]) as engine:
+        lm_head = engine.model.lm_head
+        monkeypatch.setattr(Linear, "__call__", lambda self, x, relu=False: (
+            calls.__setitem__("logits", calls["logits"] + (self is lm_head)), logits(self, x, relu))[1])
+        prompts = [[(7 * i + j) % 50000 + 3 for j in range(12)] for i in range(3)]
+        engine.generate(prompts, SamplingParams(max_tokens=4, ignore_eos=True))
+        assert calls == {"fused": 4, "logits": 0}, calls
+        engine.generate(prompts[:1], SamplingParams(max_tokens=3, ignore_eos=True, temperature=0.8, seed=1))
+        assert calls == {"fused": 4, "logits": 3}, calls
+
+
 def test_amx_and_onednn_engines_generate_the_same_greedy_tokens() -> None:
     """The whole model on AMX GEMMs and on oneDNN's: same greedy continuations of a tiny seeded model."""
     _amx_or_skip()

@@ -26,6 +26,10 @@
  *   every call was padded to 32 rows (bit-identical outputs; 17-100 rows 4-15% faster).
  * - The epilogue stores the C tiles, adds the bias in fp32, applies ReLU and rounds to bf16 with
  *   AVX512-BF16's VCVTNEPS2BF16; it writes the call's rows only.
+ * - `amx_linear_argmax` runs the same loop for greedy sampling's lm_head: its epilogue keeps, per row, 16 lanes of
+ *   first maxima of the bf16-rounded values instead of writing them, and the threads' lanes are merged at the end
+ *   (the lowest column wins ties), so a decode step's logits are neither written nor read back (0.4-0.5 ms of a
+ *   96-row step; docs/engine-cpu-performance.md, "The random run sampled, ...").
  *
  * Shapes: k a multiple of 32 and n a multiple of 32 (the caller checks; every registry model has them);
  * any m: beyond 16 rows, the last m % 16 rows are copied into one tile padded with zero rows.
@@ -38,6 +42,8 @@
  * into tile order first.
  */
 #include <immintrin.h>
+#include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,8 +124,34 @@ static void epilogue(const float *acc, int64_t rows, const uint16_t *bias, int64
         }
 }
 
-void amx_linear(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed, int64_t n, const uint16_t *bias,
-                int64_t relu, uint16_t *out) {
+/* Greedy sampling's argmax, kept as the epilogue goes instead of writing the output: for each row of the block, each
+   of 16 lanes keeps the first largest bf16-rounded value of its columns (strict >, as argmax_rows_bf16 in
+   greedy_argmax.c; NaN never wins), in best/best_at ([m][16] of this thread). */
+static void argmax_epilogue(const float *acc, int64_t rows, const uint16_t *bias, int64_t col0, float *best, int32_t *best_at) {
+    __m512 b[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int j = 0; j < 2 && bias; j++)
+        b[j] = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + 16 * j))), 16));
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int64_t m = 0; m < rows; m++) {
+        __m512 top = _mm512_loadu_ps(best + m * 16);
+        __m512i top_at = _mm512_loadu_si512(best_at + m * 16);
+        for (int j = 0; j < 2; j++) {
+            const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_loadu_ps(acc + m * 32 + 16 * j), b[j]));
+            const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16));
+            const __mmask16 more = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ);
+            top = _mm512_mask_mov_ps(top, more, v);
+            top_at = _mm512_mask_mov_epi32(top_at, more, _mm512_add_epi32(lane, _mm512_set1_epi32((int)(col0 + 16 * j))));
+        }
+        _mm512_storeu_ps(best + m * 16, top);
+        _mm512_storeu_si512(best_at + m * 16, top_at);
+    }
+}
+
+/* The loop both entry points share. With `best` NULL it writes out[m][n] (bias, ReLU, bf16); otherwise it writes
+   nothing and each thread keeps its lanes' first maxima in best/best_at + thread * m * 16 (argmax_epilogue). */
+static void gemm(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed, int64_t n, const uint16_t *bias,
+                 int64_t relu, uint16_t *out, float *best, int32_t *best_at) {
     const int64_t k_tiles = k / 32, pairs = n / 32, row_tiles = (m + 15) / 16, stride = k * 2;
     /* fewer than 16 rows: the tiles are configured to that many (no copy); otherwise the last m % 16 rows
        are copied into a tile padded with zero rows */
@@ -136,6 +168,8 @@ void amx_linear(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
     {
         configure_tiles(m < 16 ? m : 16);
         float acc[32 * 32] __attribute__((aligned(64)));
+        float *my_best = best ? best + (int64_t)omp_get_thread_num() * m * 16 : NULL;
+        int32_t *my_at = best ? best_at + (int64_t)omp_get_thread_num() * m * 16 : NULL;
         for (int64_t first = 0; first < row_tiles; first += ROW_BLOCK / 16) {
         const int64_t last = first + ROW_BLOCK / 16 < row_tiles ? first + ROW_BLOCK / 16 : row_tiles;
         #pragma omp for schedule(static) nowait
@@ -173,11 +207,56 @@ void amx_linear(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
                 }
                 _tile_stored(0, acc, 128);
                 _tile_stored(1, acc + 16, 128);
-                epilogue(acc, m - row < span ? m - row : span, bias ? bias + 32 * pair : NULL, relu, out + row * n + 32 * pair, n);
+                const int64_t rows = m - row < span ? m - row : span;
+                if (my_best)
+                    argmax_epilogue(acc, rows, bias ? bias + 32 * pair : NULL, 32 * pair, my_best + row * 16, my_at + row * 16);
+                else
+                    epilogue(acc, rows, bias ? bias + 32 * pair : NULL, relu, out + row * n + 32 * pair, n);
             }
         }
         }
         _tile_release();
     }
     free(last_tile);
+}
+
+void amx_linear(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed, int64_t n, const uint16_t *bias,
+                int64_t relu, uint16_t *out) {
+    gemm(x, m, k, packed, n, bias, relu, out, NULL, NULL);
+}
+
+/* tokens[r] = the index of the first largest value of row r of what amx_linear would write (bf16(x w^T + bias),
+   no ReLU): the same token argmax_rows_bf16 picks from those logits (NaN never wins; a row of only -inf or NaN
+   gives 0), without writing or reading them back. Returns 0, or -1 where its scratch could not be allocated. */
+int64_t amx_linear_argmax(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed, int64_t n, const uint16_t *bias,
+                          int64_t *tokens) {
+    const int64_t threads = omp_get_max_threads(), lanes = threads * m * 16;
+    float *best = malloc(sizeof(float) * (size_t)lanes);
+    int32_t *best_at = malloc(sizeof(int32_t) * (size_t)lanes);
+    if (!best || !best_at) {
+        free(best);
+        free(best_at);
+        return -1;
+    }
+    for (int64_t i = 0; i < lanes; i++) { /* every thread's lanes, so a team smaller than the maximum leaves none unset */
+        best[i] = -INFINITY;
+        best_at[i] = 0;
+    }
+    gemm(x, m, k, packed, n, bias, 0, NULL, best, best_at);
+    for (int64_t r = 0; r < m; r++) { /* lanes of every thread: the largest, the lowest column on ties */
+        float top = -INFINITY;
+        int64_t top_at = 0;
+        for (int64_t i = 0; i < threads * 16; i++) {
+            const float value = best[(i / 16) * m * 16 + r * 16 + i % 16];
+            const int64_t at = best_at[(i / 16) * m * 16 + r * 16 + i % 16];
+            if (value > top || (value == top && at < top_at)) {
+                top = value;
+                top_at = at;
+            }
+        }
+        tokens[r] = top_at;
+    }
+    free(best);
+    free(best_at);
+    return 0;
 }

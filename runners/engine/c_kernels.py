@@ -43,11 +43,13 @@ SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_bf16_generic": _D
               "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p],
               "kv_write_rows": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                 ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]}
-_RESTYPES = {"kv_write_rows": ctypes.c_int64}
+_RESTYPES = {"kv_write_rows": ctypes.c_int64, "amx_linear_argmax": ctypes.c_int64}
 _PACK_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 AMX_SIGNATURES = {"amx_pack_weight": _PACK_ARGS, "amx_unpack_weight": _PACK_ARGS,
                   "amx_linear": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]}
+                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p],
+                  "amx_linear_argmax": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_void_p, ctypes.c_void_p]}
 _libraries: dict[str, ctypes.CDLL | None] = {}
 _load_errors: dict[str, str] = {}
 
@@ -112,6 +114,12 @@ lib.amx_linear(x, ctypes.c_int64(m), ctypes.c_int64(k), packed, ctypes.c_int64(n
 values = {struct.unpack("f", struct.pack("I", v << 16))[0] for v in out}
 if values != {65.0}:
     sys.exit(f"amx_linear gave {sorted(values)}, expected 65")
+bumped = (ctypes.c_uint16 * n)(*[0x4000 if c == 17 else 0x3F80 for c in range(n)])  # column 17's logit is 66
+tokens = (ctypes.c_int64 * m)()
+lib.amx_linear_argmax.restype = ctypes.c_int64
+done = lib.amx_linear_argmax(x, ctypes.c_int64(m), ctypes.c_int64(k), packed, ctypes.c_int64(n), bumped, tokens)
+if done != 0 or list(tokens) != [17] * m:
+    sys.exit(f"amx_linear_argmax gave {list(tokens)} (returned {done}), expected 17 for each row")
 """
 
 

@@ -225,16 +225,24 @@ class ModelRunner:
                 h2d += self.prefetcher.start(batch.kv_indices, batch.rebuild_indices)
             try:
                 hidden, d2h_captured = self._forward(batch, streaming)
-                logits = self.model.logits(hidden[batch.logit_rows])
-                seqs = scheduled.sampled
-                tokens = sample(logits, [seq.sampling_params for seq in seqs], [seq.generator for seq in seqs],
-                                self.c_variant)
+                tokens = self._sample(hidden[batch.logit_rows], scheduled.sampled)
             finally:
                 stall = self.prefetcher.finish() if streaming else 0.0
             elapsed = time.perf_counter() - began
         rebuilt = len(batch.rebuild_indices) * self.block_size if streaming else 0
         return StepResult(tokens=tokens, compute_s=max(0.0, elapsed - stall), stall_s=stall,
                           h2d_bytes=h2d, d2h_bytes=d2h + d2h_captured, rebuilt_tokens=rebuilt)
+
+    def _sample(self, rows: torch.Tensor, seqs: list) -> list[int]:
+        """The next token of each sampled sequence. A step whose sequences are all greedy, with the C argmax in
+        use and the lm_head on AMX tiles, takes the argmax from the lm_head's epilogue (the same tokens, its logits
+        never written); every other step samples from the logits."""
+        params = [seq.sampling_params for seq in seqs]
+        if self.c_variant and all(p.greedy for p in params):
+            tokens = self.model.lm_head.greedy_tokens(self.model.head_input(rows))
+            if tokens is not None:
+                return tokens
+        return sample(self.model.logits(rows), params, [seq.generator for seq in seqs], self.c_variant)
 
     def _forward(self, batch: Batch, streaming: bool) -> tuple[torch.Tensor, int]:
         model, cache, kv = self.model, self.cache, self.cache.kv

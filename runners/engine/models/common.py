@@ -5,11 +5,14 @@ Left out: any model code; each family lives in its own file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from pie_core.shapes import ModelShape
+
+if TYPE_CHECKING:
+    from runners.engine.models.linear import Linear
 
 # attention(layer_index, q[T, Hq, dh], k[T, Hkv, dh], v[T, Hkv, dh]) -> out[T, Hq, dh]
 Attention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,6 +38,12 @@ class DecoderModel(Protocol):
 
     def layer_kv_from_input(self, index: int, layer_input: torch.Tensor,
                             positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    lm_head: Linear  # the vocabulary projection `logits` ends with
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the lm_head multiplies: the final norm (and projection) of the hidden states."""
+        ...
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 

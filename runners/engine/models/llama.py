@@ -137,5 +137,8 @@ class LlamaModel:
     def layer_kv_from_input(self, index: int, layer_input: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return layer_kv_from_input(self.layers[index], self.shape, layer_input, positions)
 
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        return rms_norm(hidden, self.norm_weight, self.shape.norm_eps)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(rms_norm(hidden, self.norm_weight, self.shape.norm_eps))
+        return self.lm_head(self.head_input(hidden))

@@ -118,9 +118,12 @@ class OPTModel:
     def layer_kv_from_input(self, index: int, layer_input: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return layer_kv_from_input(self.layers[index], self.shape, layer_input)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm_weight is not None:
             hidden = layer_norm(hidden, self.final_norm_weight, self.final_norm_bias, self.shape.norm_eps)
         if self.project_out is not None:
             hidden = self.project_out(hidden)
-        return self.lm_head(hidden)
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.head_input(hidden))
