@@ -109,12 +109,18 @@ void amx_unpack_weight(const uint16_t *packed, int64_t n, int64_t k, uint16_t *w
         }
 }
 
+/* the bias of a block's 32 columns as two fp32 vectors (zeros without a bias) */
+static inline void bias_block(const uint16_t *bias, __m512 b[2]) {
+    for (int j = 0; j < 2; j++)
+        b[j] = bias ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                          _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + 16 * j))), 16))
+                    : _mm512_setzero_ps();
+}
+
 /* acc: 32 x 32 fp32 (row stride 32); writes its first `rows` rows to out (row stride ldo) */
 static void epilogue(const float *acc, int64_t rows, const uint16_t *bias, int64_t relu, uint16_t *out, int64_t ldo) {
-    __m512 b[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int j = 0; j < 2 && bias; j++)
-        b[j] = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + 16 * j))), 16));
+    __m512 b[2];
+    bias_block(bias, b);
     for (int64_t m = 0; m < rows; m++)
         for (int j = 0; j < 2; j++) {
             __m512 v = _mm512_add_ps(_mm512_loadu_ps(acc + m * 32 + 16 * j), b[j]);
@@ -128,10 +134,8 @@ static void epilogue(const float *acc, int64_t rows, const uint16_t *bias, int64
    of 16 lanes keeps the first largest bf16-rounded value of its columns (strict >, as argmax_rows_bf16 in
    greedy_argmax.c; NaN never wins), in best/best_at ([m][16] of this thread). */
 static void argmax_epilogue(const float *acc, int64_t rows, const uint16_t *bias, int64_t col0, float *best, int32_t *best_at) {
-    __m512 b[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int j = 0; j < 2 && bias; j++)
-        b[j] = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bias + 16 * j))), 16));
+    __m512 b[2];
+    bias_block(bias, b);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int64_t m = 0; m < rows; m++) {
         __m512 top = _mm512_loadu_ps(best + m * 16);
