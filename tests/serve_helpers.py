@@ -1,11 +1,13 @@
 """`pie serve` for tests: in-process on a thread (`InProcessServer`), or as a `pie serve` subprocess (`ServeProcess`).
 
 Both bind 127.0.0.1 on a free port, wait a bounded time for readiness, and stop what they started (the
-subprocess by its process id) even when the test fails. `read_stream` reads one SSE response to its end.
+subprocess by its process id) even when the test fails. `read_stream` reads one SSE response to its end;
+`post` sends raw bytes and reads the whole answer.
 """
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -17,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_LIMIT_S = 120
@@ -34,6 +37,18 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def post(url: str, payload: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+    """POST raw bytes as JSON to `url`; (status, the whole body). A dropped connection or a timeout raises."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("POST", parts.path, body=payload, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def metric(url: str, name: str) -> float:

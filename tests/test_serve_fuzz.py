@@ -16,13 +16,11 @@ for a longer run), and every request is bounded in time.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,7 +29,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fuzz_mutations import Mutation, mutate_document, mutations  # noqa: E402
-from serve_helpers import InProcessServer, metric  # noqa: E402
+from serve_helpers import InProcessServer, metric, post  # noqa: E402
 from tiny_hf_model import vllm_model_dir  # noqa: E402
 
 FUZZ = settings(max_examples=int(os.environ.get("PIE_FUZZ_EXAMPLES", "12")), deadline=None, derandomize=True,
@@ -65,18 +63,6 @@ def served(tmp_path_factory):
         yield server
 
 
-def post(url: str, path: str, payload: bytes) -> tuple[int, bytes]:
-    """POST raw bytes as JSON; (status, the whole body). A dropped connection or a timeout fails the test."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=REQUEST_LIMIT_S)
-    try:
-        connection.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 def check_answer(status: int, raw: bytes, said: str) -> None:
     CASES["count"] += 1
     if status != 200:
@@ -101,7 +87,7 @@ def check_answer(status: int, raw: bytes, said: str) -> None:
 def run_case(served, path: str, index: int, mutation: Mutation) -> None:
     body = BODIES[path][index % len(BODIES[path])]
     payload, where = mutate_document(json.dumps(body), mutation)
-    status, raw = post(served.url, path, payload)
+    status, raw = post(served.url + path, payload, timeout=REQUEST_LIMIT_S)
     check_answer(status, raw, f"{path} body {index} {mutation.describe()} at {where}: {status} {raw[:600]!r}")
 
 
@@ -125,14 +111,14 @@ def test_chat_bodies(served, mutation, index):
     ({"prompt": [5], "seed": -2**63 - 1}, "seed", "64-bit"),
 ])
 def test_what_fuzzing_found_is_a_400_naming_the_field(served, extra, param, words):
-    status, raw = post(served.url, "/v1/completions", json.dumps({"model": "tiny", "max_tokens": 2, **extra}).encode())
+    status, raw = post(served.url + "/v1/completions", json.dumps({"model": "tiny", "max_tokens": 2, **extra}).encode())
     error = json.loads(raw)["error"]
     assert status == 400 and error["param"] == param and words in error["message"], raw
 
 
 def test_64_bit_seeds_at_both_ends_are_served(served):
     for seed in (-2**63, 2**63 - 1):
-        status, raw = post(served.url, "/v1/completions", json.dumps(
+        status, raw = post(served.url + "/v1/completions", json.dumps(
             {"model": "tiny", "prompt": [5, 9], "max_tokens": 2, "seed": seed, "ignore_eos": True}).encode())
         assert status == 200, raw
 
@@ -141,14 +127,14 @@ def test_valid_bodies_are_served(served):
     """The unmutated bodies are answered 200, so the mutations start from requests that work."""
     for path, bodies in BODIES.items():
         for body in bodies:
-            status, raw = post(served.url, path, json.dumps(body).encode())
+            status, raw = post(served.url + path, json.dumps(body).encode())
             assert status == 200, raw[:600]
 
 
 def test_zz_server_still_serves_and_frees_every_block(served):
     """Runs after the properties (pytest keeps file order): they ran, and left the server whole."""
     assert CASES["count"] >= 2 * FUZZ.max_examples and CASES["ok"] and CASES["refused"], CASES
-    status, raw = post(served.url, "/v1/completions", json.dumps(
+    status, raw = post(served.url + "/v1/completions", json.dumps(
         {"model": "tiny", "prompt": [5, 9, 12], "max_tokens": 5, "ignore_eos": True, "temperature": 0,
          "return_token_ids": True}).encode())
     assert status == 200 and len(json.loads(raw)["choices"][0]["token_ids"]) == 5

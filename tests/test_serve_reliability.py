@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_helpers import InProcessServer, ServeProcess, get, metric, read_stream
+from serve_helpers import InProcessServer, ServeProcess, get, metric, post, read_stream
 from tiny_hf_model import vllm_model_dir
 
 PROMPT = [5, 9, 12, 7, 30, 22, 8, 15]
@@ -191,14 +191,14 @@ def test_an_exception_in_a_handler_is_an_openai_500_logged_in_one_line_and_the_n
 
     text.encode = broken
     try:
-        failed = asyncio.run(_post_json(served.url + "/v1/completions", body(2, stream=False, prompt="the cat")))
+        failed = _post_json(served.url + "/v1/completions", body(2, stream=False, prompt="the cat"))
     finally:
         text.encode = real_encode
     assert failed[0] == 500 and failed[1]["error"] == {
         "message": "internal error: RuntimeError: injected handler bug", "type": "server_error", "param": None, "code": 500}
     assert [line for line in served.lines if "injected handler bug" in line] == [
         "pie serve: POST /v1/completions failed: RuntimeError: injected handler bug"]
-    status, payload = asyncio.run(_post_json(served.url + "/v1/completions", body(3, stream=False, prompt="the cat")))
+    status, payload = _post_json(served.url + "/v1/completions", body(3, stream=False, prompt="the cat"))
     assert status == 200 and payload["usage"]["completion_tokens"] == 3
 
 
@@ -211,17 +211,16 @@ def test_a_chat_template_that_refuses_the_messages_is_a_400_naming_them(tmp_path
     chat = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "the cat"}]}
     with InProcessServer(model, served_model_name="tiny") as server:
         url = server.url + "/v1/chat/completions"
-        ok = asyncio.run(_post_json(url, chat))
-        refused = asyncio.run(_post_json(url, {**chat, "messages": [{"role": "system", "content": "x"}, *chat["messages"]]}))
+        ok = _post_json(url, chat)
+        refused = _post_json(url, {**chat, "messages": [{"role": "system", "content": "x"}, *chat["messages"]]})
     assert ok[0] == 200 and ok[1]["usage"]["completion_tokens"] == 2
     assert refused[0] == 400 and refused[1]["error"]["param"] == "messages"
     assert "chat template refused these messages: System role not supported" in refused[1]["error"]["message"]
 
 
-async def _post_json(url, payload):
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=payload) as response:
-            return response.status, await response.json()
+def _post_json(url, payload):
+    status, raw = post(url, json.dumps(payload).encode())
+    return status, json.loads(raw)
 
 
 @pytest.mark.slow
