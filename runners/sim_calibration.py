@@ -8,7 +8,11 @@ wall time, less the predicted parts it does not scale (the lm_head), on the pred
 decode-layer time, prefill-layer time, copy time (the layers' wait on pooled blocks, and tier
 moves) and the batch size
 (non-negative least squares, refitted without the tenth of iterations that fit worst: steps
-another process slowed). The results are what `planner.hardware.from_profile` reads from a
+another process slowed). "Worst" is relative to the iteration's measured time, and prefill and
+decode-only iterations are trimmed each against their own kind: by absolute misfit, the few long
+prefill iterations of a short run were at times all dropped, which left the prefill scale
+unconstrained at 0, a value a profile refuses. A layer scale the fit still puts at 0 keeps the
+profile's own (`kept_profile` names it). The results are what `planner.hardware.from_profile` reads from a
 profile's `engine_overhead` (profiler/hardware_profile.py `EngineOverhead`): `decode_scale` and `prefill_scale` (the
 engine's layers against the profiled single layer, on the machine as it is now),
 `pooled_copy_gbps` (the rate the engine copies pooled blocks at; the profile's sustained
@@ -82,48 +86,73 @@ def _features(engine: SimStepEngine) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows), np.array(rest)
 
 
-def _trimmed_nnls(features: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
-    """Non-negative least squares, refitted without the tenth of rows that fit worst; the solution and rows kept."""
+def _trimmed_nnls(features: np.ndarray, target: np.ndarray, wall: np.ndarray, groups: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative least squares, refitted without the tenth of rows that fit worst (misfit over the row's measured
+    `wall` seconds) within each of `groups` (a label per row), so every group keeps rows; the solution, rows kept."""
     keep = np.ones(len(target), dtype=bool)
     for _ in range(2):
         solution, _ = nnls(features[keep], target[keep])
-        misfit = np.abs(features @ solution - target)
-        keep = misfit <= np.quantile(misfit, TRIM_QUANTILE)
-    return solution, int(keep.sum())
+        misfit = np.abs(features @ solution - target) / np.maximum(wall, 1e-12)
+        for group in np.unique(groups):
+            member = groups == group
+            keep[member] = misfit[member] <= np.quantile(misfit[member], TRIM_QUANTILE)
+    return solution, keep
 
 
-def _stacked(runs: Sequence[tuple[Sequence[Any], SimStepEngine]]) -> tuple[np.ndarray, np.ndarray]:
-    """Features and targets (measured seconds less the unscaled predicted parts) of every run's iterations."""
-    features, targets = [], []
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """Every run's iterations stacked: features, targets (measured seconds less the unscaled predicted parts),
+    measured seconds, and whether each prefilled (the trimming's groups)."""
+    features: np.ndarray
+    target: np.ndarray
+    wall: np.ndarray
+    prefilled: np.ndarray
+
+    def fit(self, columns: list[int], target: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """The trimmed fit on `columns` (of target, default the rows' own); the solution and how many rows it kept."""
+        solution, keep = _trimmed_nnls(self.features[:, columns], self.target if target is None else target,
+                                       self.wall, self.prefilled)
+        return solution, int(keep.sum())
+
+
+def _stacked(runs: Sequence[tuple[Sequence[Any], SimStepEngine]]) -> _Rows:
+    features, targets, walls = [], [], []
     for measured, engine in runs:
         rows, rest = _features(engine)
+        wall = np.array([m.wall_s for m in measured])
         features.append(rows)
-        targets.append(np.array([m.wall_s for m in measured]) - rest)
-    return np.vstack(features), np.concatenate(targets)
+        targets.append(wall - rest)
+        walls.append(wall)
+    stacked = np.vstack(features)
+    return _Rows(stacked, np.concatenate(targets), np.concatenate(walls), stacked[:, 1] > 0)
 
 
 def fit_calibration(runs: Sequence[tuple[Sequence[Any], SimStepEngine]], hardware: Any,
-                    pooled: tuple[Sequence[Any], SimStepEngine] | None = None) -> dict[str, float]:
-    """{"decode_scale", "prefill_scale", "pooled_copy_gbps", "fixed_s" (0), "per_seq_s"} for the profile the replays
-    used (`hardware`, its HardwareSpec: the new scales multiply its own). A run that never copied keeps its link rate.
+                    pooled: tuple[Sequence[Any], SimStepEngine] | None = None) -> dict[str, Any]:
+    """{"decode_scale", "prefill_scale", "pooled_copy_gbps", "fixed_s" (0), "per_seq_s", "num_steps_fitted",
+    "kept_profile"} for the profile the replays used (`hardware`, its HardwareSpec: the new scales multiply its own).
+    A run that never copied keeps its link rate; a layer scale fitted at 0 keeps the profile's (named in "kept_profile").
     `runs`: (measured stats, replayed engine) pairs; with `pooled`, they must not pool (the module docstring)."""
-    features, target = _stacked(runs)
+    rows = _stacked(runs)
     if pooled is None:
-        solution, kept = _trimmed_nnls(features, target)
+        solution, kept = rows.fit([0, 1, 2, 3])
         scale_decode, scale_prefill, scale_copy, per_seq = (float(v) for v in solution)
-        copied = features[:, 2].sum() > 0 and scale_copy > 0
+        copied = rows.features[:, 2].sum() > 0 and scale_copy > 0
     else:
-        if features[:, 2].sum() > 0:
+        if rows.features[:, 2].sum() > 0:
             raise ValueError("calibration: a run for the layers copied pooled blocks; give runs without a pool")
-        layers, kept = _trimmed_nnls(features[:, [0, 1, 3]], target)
+        layers, kept = rows.fit([0, 1, 3])
         scale_decode, scale_prefill, per_seq = (float(v) for v in layers)
-        pooled_features, pooled_target = _stacked([pooled])
-        copy, kept_pooled = _trimmed_nnls(pooled_features[:, [2]], pooled_target - pooled_features[:, [0, 1, 3]] @ layers)
+        pooled_rows = _stacked([pooled])
+        copy, kept_pooled = pooled_rows.fit([2], pooled_rows.target - pooled_rows.features[:, [0, 1, 3]] @ layers)
         scale_copy, kept = float(copy[0]), kept + kept_pooled
-        copied = pooled_features[:, 2].sum() > 0 and scale_copy > 0
-    return {"decode_scale": hardware.decode_scale * scale_decode, "prefill_scale": hardware.prefill_scale * scale_prefill,
-            "pooled_copy_gbps": hardware.link_h2d_gbps / scale_copy if copied else hardware.link_h2d_gbps,
-            "fixed_s": 0.0, "per_seq_s": per_seq, "num_steps_fitted": kept}
+        copied = pooled_rows.features[:, 2].sum() > 0 and scale_copy > 0
+    fitted = {"decode_scale": scale_decode, "prefill_scale": scale_prefill}
+    kept_profile = [name for name, value in fitted.items() if not value > 0]  # a layer never costs nothing
+    scales = {name: getattr(hardware, name) * (value if value > 0 else 1.0) for name, value in fitted.items()}
+    return {**scales, "pooled_copy_gbps": hardware.link_h2d_gbps / scale_copy if copied else hardware.link_h2d_gbps,
+            "fixed_s": 0.0, "per_seq_s": per_seq, "num_steps_fitted": kept, "kept_profile": kept_profile}
 
 
 def step_errors(measured: Sequence[Any], replayed: Sequence[Any]) -> dict[str, Any]:
