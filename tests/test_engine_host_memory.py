@@ -59,3 +59,64 @@ def test_switches_turn_both_off(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_keep_freed_memory_is_idempotent() -> None:
     first = host_memory.keep_freed_memory()
     assert host_memory.keep_freed_memory() == first
+
+
+def _needs_huge_pages() -> None:
+    if not host_memory.huge_pages_enabled():
+        pytest.skip("no libc to madvise with here: weights take plain torch.empty")
+
+
+def test_weights_are_carved_one_after_another_from_a_huge_page_chunk() -> None:
+    """Small packed weights share 2 MiB pages: consecutive, cache-line aligned, not overlapping, in one chunk."""
+    _needs_huge_pages()
+    keep = host_memory.weight_buffer((8, 8), torch.bfloat16)  # whatever chunk is current; start a fresh one below
+    host_memory._weight_chunks._current.clear()
+    shapes = [(2304, 768), (768, 768), (3, 5), (3072, 768)]
+    tensors = [host_memory.weight_buffer(shape, torch.bfloat16) for shape in shapes]
+    chunk = tensors[0]._base
+    assert all(t._base is chunk for t in tensors), "one chunk for weights that fit in it"
+    assert tensors[0].data_ptr() % host_memory.HUGE_PAGE == 0
+    for t, shape in zip(tensors, shapes):
+        assert t.shape == shape and t.dtype == torch.bfloat16 and t.is_contiguous() and t.data_ptr() % 64 == 0
+    for a, b in zip(tensors, tensors[1:]):
+        assert a.data_ptr() + a.numel() * 2 <= b.data_ptr() < a.data_ptr() + a.numel() * 2 + 64
+    for i, t in enumerate(tensors):  # each writable over its whole extent without touching the others
+        t.fill_(i + 1)
+    assert [float(t.float().mean()) for t in tensors] == [1.0, 2.0, 3.0, 4.0]
+    assert tensors[-1].data_ptr() + tensors[-1].numel() * 2 <= chunk.data_ptr() + chunk.numel()
+    del keep
+
+
+def test_a_full_chunk_gives_way_to_a_new_one_and_a_big_weight_gets_its_own() -> None:
+    _needs_huge_pages()
+    host_memory._weight_chunks._current.clear()
+    third = host_memory.WEIGHT_CHUNK // 2 // 3 - 64  # bf16 elements: three fit in a chunk with their alignment
+    first, second, third_one, fourth = (host_memory.weight_buffer((third,), torch.bfloat16) for _ in range(4))
+    assert first._base is second._base is third_one._base and fourth._base is not first._base
+    assert fourth.data_ptr() % host_memory.HUGE_PAGE == 0
+    big = host_memory.weight_buffer((host_memory.WEIGHT_CHUNK // 2 + 1,), torch.bfloat16)
+    assert big._base is not fourth._base and big.data_ptr() % host_memory.HUGE_PAGE == 0
+    after = host_memory.weight_buffer((16,), torch.bfloat16)
+    assert after._base is fourth._base, "a big weight does not end the current chunk"
+
+
+def test_a_chunk_goes_when_its_last_weight_goes() -> None:
+    """An engine that closes gives its weights' memory back: the arena holds its chunk only weakly."""
+    _needs_huge_pages()
+    import gc
+
+    host_memory._weight_chunks._current.clear()
+    weight = host_memory.weight_buffer((1024, 1024), torch.bfloat16)
+    chunk = host_memory._weight_chunks._current[torch.bfloat16][0]
+    assert chunk() is weight._base
+    del weight
+    gc.collect()
+    assert chunk() is None
+    again = host_memory.weight_buffer((1024, 1024), torch.bfloat16)
+    assert again.data_ptr() % host_memory.HUGE_PAGE == 0  # a fresh chunk starts on a 2 MiB boundary
+
+
+def test_weight_buffers_are_plain_with_huge_pages_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIE_HUGE_PAGES", "0")
+    tensor = host_memory.weight_buffer((2304, 768), torch.bfloat16)
+    assert tensor._base is None and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()

@@ -144,6 +144,18 @@ def test_amx_gemm_packs_losslessly_and_takes_any_input_layout() -> None:
     torch.testing.assert_close(linear(fp32), F.linear(fp32, weight.float()), atol=0.05, rtol=0.02)
 
 
+def test_amx_weights_are_packed_into_huge_page_chunks() -> None:
+    """The packed weight is carved from host_memory's weight chunks (2 MiB pages), not a plain allocation."""
+    _amx_or_skip()
+    from runners.engine import host_memory
+
+    if not host_memory.huge_pages_enabled():
+        pytest.skip("huge pages off here")
+    first, second = (Linear(torch.randn(64, 96).to(torch.bfloat16), None, prepack="amx") for _ in range(2))
+    assert first.weight._base is not None and first.weight._base is second.weight._base
+    assert first.weight.data_ptr() % 64 == 0 and second.weight.data_ptr() % 64 == 0
+
+
 def test_amx_gemm_refuses_shapes_off_its_tiles() -> None:
     """A dimension that is not a multiple of 32 keeps the weight on oneDNN's path, with the reason (no AMX needed)."""
     weight, bias = _weights(torch.bfloat16, out_features=96, in_features=40)

@@ -28,7 +28,8 @@ than oneDNN's prepacked kernels, 2,048-token prefill chunks a little slower (one
 weights in cache, 2-core Xeon: 96 rows 1.15 vs 1.35 ms, 1,024 rows 9.3 vs 12.3 ms, 2,048 rows 20.5-21.2 vs
 16.4-17.7 ms), so a run of many decode steps gains; one layout, one copy of the weights. If the AMX
 library cannot be built or loaded, or a shape is not a multiple of 32, the weight takes the oneDNN path
-above, and `amx_refused` says why.
+above, and `amx_refused` says why. Packed AMX weights sit on 2 MiB pages shared between weights
+(runners/engine/host_memory.py `weight_buffer`).
 Left out: int8/fp8 weights, prepacking for fp16.
 """
 from __future__ import annotations
@@ -37,6 +38,8 @@ import os
 
 import torch
 import torch.nn.functional as F
+
+from runners.engine import host_memory
 
 # Batch size oneDNN is told to expect when it picks the blocked layout; measured on these
 # machines the layout chosen for 64 tokens serves 1..2048-token calls within a few percent.
@@ -85,7 +88,7 @@ class Linear:
             if self.amx is not None:
                 self.bias = None if bias is None else bias.to(torch.bfloat16).contiguous()
                 source = weight.contiguous()  # held by a name: a temporary copy could be freed before the call reads it
-                self.weight = torch.empty_like(source)
+                self.weight = host_memory.weight_buffer(tuple(source.shape), source.dtype)  # on 2 MiB pages
                 self.amx.amx_pack_weight(source.data_ptr(), self.out_features, self.in_features, self.weight.data_ptr())
                 self.packed = False  # not a oneDNN-packed weight
                 return
