@@ -20,8 +20,8 @@ Two measured problems on the CPU (docs/engine-cpu-performance.md):
   between decode attention's reads of the KV cache, which evict the page-table entries the weights' walks
   would find. `weight_buffer()` therefore carves packed weights (written once, at build time) from chunks of
   2 MiB pages, one after another, so small weights (OPT-125m's qkv and out are 1.2-3.5 MB) share huge pages
-  too. With a layer's worth of KV read between layers, the 12 layers and the lm_head of OPT-125m took 4-7%
-  less time on 2 MiB pages at 16-96 rows (docs/engine-cpu-performance.md).
+  too. With a layer's worth of KV read between layers, the GEMMs of OPT-125m's 12 layers and lm_head took
+  9-12% less time at 4-96 rows (docs/engine-cpu-performance.md, "Packed weights on 2 MiB pages").
 
 All are best effort: on a kernel or libc without them nothing changes but the speed.
 `PIE_HUGE_PAGES=0` and `PIE_MALLOC_TUNING=0` switch them off.
