@@ -120,7 +120,8 @@ _WEIGHT_ALIGN = 64  # a cache line: the AMX GEMM loads 1 KiB tiles
 class _WeightChunks:
     """Hands out uninitialised tensors one after another from the current chunk of 2 MiB pages (one per dtype); a
     chunk lives as long as a tensor carved from it (each is a view of it), so an engine that closes gives its chunks
-    back."""
+    back. Space inside a chunk is not reused: an engine built while another is alive may start in the other's last
+    chunk, which then lives until both are gone (at most one chunk per dtype kept past a close)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
