@@ -102,12 +102,16 @@ def _trimmed_nnls(features: np.ndarray, target: np.ndarray, wall: np.ndarray, gr
 
 @dataclasses.dataclass(frozen=True)
 class _Rows:
-    """Every run's iterations stacked: features, targets (measured seconds less the unscaled predicted parts),
-    measured seconds, and whether each prefilled (the trimming's groups)."""
+    """Every run's iterations stacked: features, targets (measured seconds less the unscaled predicted parts) and
+    measured seconds."""
     features: np.ndarray
     target: np.ndarray
     wall: np.ndarray
-    prefilled: np.ndarray
+
+    @property
+    def prefilled(self) -> np.ndarray:
+        """Whether each iteration prefilled (the trimming's groups)."""
+        return self.features[:, 1] > 0
 
     def fit(self, columns: list[int], target: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """The trimmed fit on `columns` (of target, default the rows' own); the solution and how many rows it kept."""
@@ -124,8 +128,7 @@ def _stacked(runs: Sequence[tuple[Sequence[Any], SimStepEngine]]) -> _Rows:
         features.append(rows)
         targets.append(wall - rest)
         walls.append(wall)
-    stacked = np.vstack(features)
-    return _Rows(stacked, np.concatenate(targets), np.concatenate(walls), stacked[:, 1] > 0)
+    return _Rows(np.vstack(features), np.concatenate(targets), np.concatenate(walls))
 
 
 def fit_calibration(runs: Sequence[tuple[Sequence[Any], SimStepEngine]], hardware: Any,

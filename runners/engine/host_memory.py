@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -79,10 +80,7 @@ def huge_pages_enabled() -> bool:
 
 
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    numel = 1
-    for size in shape:
-        numel *= size
-    return numel * dtype.itemsize
+    return math.prod(shape) * dtype.itemsize
 
 
 def _aligned_empty(numel: int, dtype: torch.dtype, advise: bool) -> tuple[torch.Tensor, int]:
@@ -99,7 +97,7 @@ def _aligned_empty(numel: int, dtype: torch.dtype, advise: bool) -> tuple[torch.
 
 def _aligned_zeros(shape: tuple[int, ...], dtype: torch.dtype, advise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(tensor, its raw allocation): zeroed, 2 MiB-aligned, madvised for huge pages before the first touch if `advise`."""
-    numel = _nbytes(shape, dtype) // dtype.itemsize
+    numel = math.prod(shape)
     raw, offset = _aligned_empty(numel, dtype, advise)
     tensor = raw[offset:offset + numel].view(shape)
     tensor.zero_()
@@ -128,7 +126,7 @@ class _WeightChunks:
         self._current: dict[torch.dtype, tuple[weakref.ref[torch.Tensor], int, int]] = {}  # chunk, next, end
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        numel = _nbytes(shape, dtype) // dtype.itemsize
+        numel = math.prod(shape)
         if numel * dtype.itemsize > WEIGHT_CHUNK:
             raw, start = _aligned_empty(numel, dtype, advise=True)
             return raw[start:start + numel].view(shape)
