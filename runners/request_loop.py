@@ -83,7 +83,10 @@ def drive_engine(engine: StepEngine, requests: Sequence[BenchRequest], max_concu
     `hold_for_arrivals` (trace replay): when the next request falls due within twice the longest
     of the last eight steps' durations (steps vary: a prefill after decodes), wait for it and
     release it before starting a step, so a replayed request is handed over at its own time
-    rather than after the step it would land in (the engine idles that long). One that fell due in
+    rather than after the step it would land in (the engine idles that long). A step right after a
+    release holds that request's prefill, so it is judged by the last eight such steps too: with
+    arrivals further apart than eight decode steps, the last prefill has left the window of all steps
+    by then, and a step judged by decodes alone could run past the next arrival. One that fell due in
     the moment since the loop's release check is released before the step too.
     The start-up heap stays out of Python's cyclic GC while it runs (`frozen_heap`), for every runner alike.
     """
@@ -117,7 +120,9 @@ def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency
     first_release: float | None = None
     last_done: float | None = None
     num_steps = 0
-    recent_steps_s: deque[float] = deque(maxlen=8)
+    recent_steps_s: deque[float] = deque(maxlen=8)  # every step
+    release_steps_s: deque[float] = deque(maxlen=8)  # steps right after a release (its prefill)
+    released = False  # a request went in since the last step
 
     def finish(sample: RequestSample, at: float) -> None:
         nonlocal last_done
@@ -139,6 +144,7 @@ def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency
                 finish(failed_sample(request, f"{engine.name} refused the request: {message}"), clock())
                 continue
             in_flight[request.request_id] = _InFlight(request, release, sent)
+            released = True
             if len(in_flight) >= limit:
                 slot_free_since = math.inf
         if not in_flight:
@@ -147,7 +153,10 @@ def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency
             continue
         if hold_for_arrivals and pending and len(in_flight) < limit:
             due_in = start + pending[0].arrival_s - clock()
-            if due_in <= 2 * max(recent_steps_s, default=0.0):  # due now (it fell due since the release check) or soon
+            longest = max(recent_steps_s, default=0.0)
+            if released:
+                longest = max(longest, max(release_steps_s, default=0.0))
+            if due_in <= 2 * longest:  # due now (it fell due since the release check) or soon
                 sleep(max(0.0, due_in))
                 continue
         try:
@@ -156,6 +165,9 @@ def _drive(engine: StepEngine, requests: Sequence[BenchRequest], max_concurrency
                 began = clock()
                 deltas = engine.step()
                 recent_steps_s.append(clock() - began)
+                if released:
+                    release_steps_s.append(recent_steps_s[-1])
+                released = False
             else:
                 due = start + pending[0].arrival_s - clock() if pending and len(in_flight) < limit else None
                 deltas = wait_step(None if due is None else max(0.0, due))

@@ -143,6 +143,45 @@ def test_hold_for_arrivals_releases_a_request_that_fell_due_just_before_a_step()
     assert max(late.values()) < 0.02, sorted(late.items(), key=lambda item: -item[1])[:3]
 
 
+class FineClock(TickingClock):
+    """TickingClock at 0.1 ms a reading, so 1 ms steps stay apart from the loop's own readings."""
+
+    def __call__(self) -> float:
+        self.now += 0.0001
+        return self.now
+
+
+class PrefillAfterReleaseEngine(FakeEngine):
+    """A step takes 15 ms of the clock when a request went in since the last one (its prefill), else 1 ms."""
+
+    def __init__(self, clock: FineClock):
+        super().__init__(step_s=0.0)
+        self.clock, self.fresh = clock, False
+
+    def add(self, request):
+        super().add(request)
+        self.fresh = True
+
+    def step(self):
+        self.clock.now += 0.015 if self.fresh else 0.001
+        self.fresh = False
+        return super().step()
+
+
+def test_hold_for_arrivals_judges_a_step_after_a_release_by_earlier_prefills():
+    """r1 goes in at 0.1 s, long after the last prefill (r0's, 15 ms) left the window of the last eight steps
+    (decodes of 1 ms); r2 falls due 10 ms later. The step after r1's release is its prefill: judged by the decodes
+    alone (twice 1 ms) it would start and hand r2 over 5 ms late; judged by the last prefill it waits for r2."""
+    clock = FineClock()
+    engine = PrefillAfterReleaseEngine(clock)
+    requests = [bench_request(0, output_len=300), bench_request(1, output_len=20, arrival_s=0.1),
+                bench_request(2, output_len=20, arrival_s=0.11)]
+    samples = []
+    drive_engine(engine, requests, None, False, samples.append, clock=clock, sleep=clock.sleep, hold_for_arrivals=True)
+    late = {s.request_id: s.sent_s - s.arrival_s for s in samples}
+    assert all(s.success for s in samples) and max(late.values()) < 0.002, late
+
+
 class SlowHandOverEngine(ClockedEngine):
     """ClockedEngine whose hand-over takes 5 ms (vLLM tokenizes there), and which notes the switch interval."""
 
