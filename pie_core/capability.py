@@ -10,7 +10,8 @@ an injected record:
   (it runs, converted in software, far slower; README.md, "On the machine it meets") or "unsupported" (it does not run).
 - `choose_dtype(cap)`: bfloat16 where it is native, else float32 on a CPU and float16 on a GPU.
 - `select_kernels(cap, dtype)`: oneDNN weight prepacking for bf16 GEMMs (the engine's own AMX GEMM instead
-  where AMX is in effect, `ONEDNN_MAX_CPU_ISA` included), and which variant of
+  where AMX is in effect, `ONEDNN_MAX_CPU_ISA` included; its own AVX512-BF16 GEMM where that is the best the CPU
+  has), and which variant of
   the C decode-attention kernel to build, with its compiler flags (explicit ISA flags, never
   `-march=native`, so a record limited to AVX2 really gets AVX2 code); on CUDA, Triton paged
   attention (`runners/engine/triton_attention.py`), which the engine tries before PyTorch's.
@@ -232,6 +233,7 @@ class KernelChoice:
     c_variant: str | None  # key of C_VARIANT_FLAGS when decode == "c"
     reasons: tuple[str, ...]  # why each choice, one line each
     amx: bool = False  # bf16 GEMMs on the engine's AMX kernel (runners/engine/amx_gemm.c), oneDNN's behind it
+    avx512_gemm: bool = False  # bf16 GEMMs on the engine's AVX512-BF16 kernel (runners/engine/bf16_gemm.c), oneDNN's behind it
 
     @property
     def c_flags(self) -> tuple[str, ...]:
@@ -263,10 +265,16 @@ def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
     onednn_bf16 = cap.is_x86 and (set(_AVX512_CORE) <= cap.onednn_features or "avx_ne_convert" in cap.onednn_features)
     prepack = dtype == "bfloat16" and onednn_bf16
     amx = prepack and {*_AVX512_CORE, "avx512_bf16", "amx_tile", "amx_bf16"} <= cap.onednn_features
+    # without AMX, the engine's own GEMM on AVX512-BF16 (in the avx512bf16 build of the C kernels) beats oneDNN's
+    # prepacked kernels at decode sizes (docs/engine-cpu-performance.md, "Zen 4")
+    avx512_gemm = prepack and not amx and c_variant(cap) == "avx512bf16"
     if dtype != "bfloat16":
         reasons.append(f"plain GEMMs: prepacking is for bfloat16 weights, not {dtype}")
     elif amx:
         reasons.append("bf16 weights packed for AMX tiles: the engine's AMX GEMM (AMX and AVX512-BF16 present), "
+                       "oneDNN's behind it")
+    elif avx512_gemm:
+        reasons.append("bf16 weights packed for the engine's AVX512-BF16 GEMM (AVX512-BF16 present, no AMX), "
                        "oneDNN's behind it")
     elif prepack:
         reasons.append("bf16 weights prepacked for oneDNN (AVX-512 BW/VL/DQ or AVX-NE-CONVERT present)")
@@ -274,6 +282,7 @@ def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
         reasons.append("plain bf16 GEMMs: oneDNN's bf16 prepack needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT on x86")
     if dtype not in C_DTYPES:
         return KernelChoice(prepack, "torch", None, (*reasons, f"PyTorch decode attention: the C kernel has no {dtype} path"),
-                            amx=amx)
+                            amx=amx, avx512_gemm=avx512_gemm)
     variant = c_variant(cap)
-    return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build"), amx=amx)
+    return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build"), amx=amx,
+                        avx512_gemm=avx512_gemm)

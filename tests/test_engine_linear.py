@@ -70,15 +70,21 @@ def test_non_contiguous_and_no_bias() -> None:
 @pytest.mark.parametrize("record, expect_prepack", [(RECORDS["zen3-avx2"], False), (RECORDS["zen4-avx512-bf16"], True),
                                                     (RECORDS["arm-bf16"], False)])
 def test_engine_reports_the_gemm_path_its_record_selects(record, expect_prepack):
-    """bf16 engine: prepacked only where the record allows it; where oneDNN still refuses, plain GEMMs and the reason."""
+    """bf16 engine: prepacked only where the record allows it; where oneDNN still refuses, plain GEMMs and the reason.
+    A Zen 4 record (AVX512-BF16, no AMX) selects the engine's own AVX512-BF16 GEMM; where this CPU cannot run that
+    build, oneDNN's GEMMs and the reason."""
     engine = LLMEngine(EngineConfig(model="opt-125m", dtype="bfloat16", num_device_blocks=8, random_weights=True),
                        capability=record)
     layer = engine.model.layers[0]
+    own_gemm_refused = any("avx512bf16" in why and "oneDNN GEMMs" in why for why in engine.kernels.fallbacks)
     if not expect_prepack:
         assert engine.kernels.linear == "torch-linear" and not layer.fc1.packed
         assert not any("prepack" in why for why in engine.kernels.fallbacks)
-    elif engine.kernels.linear == "onednn-prepacked":  # this CPU (and oneDNN's ISA limit) has the bf16 path
-        assert layer.fc1.packed and engine.model.lm_head.packed
+    elif engine.kernels.linear == "avx512bf16":  # the record's choice, built and smoke-tested on this CPU
+        assert layer.fc1.avx512 is not None and engine.model.lm_head.avx512 is not None and not layer.fc1.packed
+        assert not engine.kernels.fallbacks
+    elif engine.kernels.linear == "onednn-prepacked":  # this CPU cannot run that build; oneDNN's bf16 path instead
+        assert own_gemm_refused and layer.fc1.packed and engine.model.lm_head.packed
     else:
         assert not layer.fc1.packed and any("oneDNN bf16 prepack failed" in why for why in engine.kernels.fallbacks)
     out = engine.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=2, ignore_eos=True))

@@ -1,9 +1,11 @@
 """The engine's C library for the CPU, built once with the system compiler and loaded with ctypes.
 
-Three sources beside this module (package data), compiled into one library:
+Four sources beside this module (package data), compiled into one library:
 - `paged_decode.c`: paged decode attention (`cpu_attention.py` says why it is C, and how it works);
 - `greedy_argmax.c`: greedy sampling's argmax over bf16 logit rows (`sampler.py`);
-- `kv_rows.c`: writing a step's new keys and values into their cache slots (`attention.write_kv`).
+- `kv_rows.c`: writing a step's new keys and values into their cache slots (`attention.write_kv`);
+- `bf16_gemm.c`: the bf16 GEMM on AVX512-BF16 vector units that `models/linear.py` runs where the capability
+  record selects it (in the avx512bf16 build only: `has_gemm`).
 A second library, variant `amx` (`AMX`), holds `amx_gemm.c` alone: the bf16 GEMM on Intel AMX tiles that
 `models/linear.py` runs where the capability record selects it.
 
@@ -30,7 +32,7 @@ from pathlib import Path
 from pie_core.capability import C_VARIANT_FLAGS, c_variant
 from pie_core.device_probe import detect_capability
 
-SOURCES = ("paged_decode.c", "greedy_argmax.c", "kv_rows.c")
+SOURCES = ("paged_decode.c", "greedy_argmax.c", "kv_rows.c", "bf16_gemm.c")
 AMX = "amx"  # the AMX GEMM library's variant (pie_core/capability.py C_VARIANT_FLAGS; never a decode build)
 AMX_SOURCES = ("amx_gemm.c",)
 _TEXTS = {name: Path(__file__).with_name(name).read_text() for name in (*SOURCES, *AMX_SOURCES)}
@@ -42,7 +44,11 @@ _DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, c
 SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_bf16_generic": _DECODE_ARGS, "paged_decode_f32": _DECODE_ARGS,
               "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p],
               "kv_write_rows": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]}
+                                ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64],
+              # only in builds with AVX512-BF16 (bf16_gemm.c)
+              "bf16_linear": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]}
+OPTIONAL = frozenset({"bf16_linear"})  # entry points of some builds only (has_gemm says whether a library has it)
 _RESTYPES = {"kv_write_rows": ctypes.c_int64, "amx_linear_argmax": ctypes.c_int64}
 _PACK_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 AMX_SIGNATURES = {"amx_pack_weight": _PACK_ARGS, "amx_unpack_weight": _PACK_ARGS,
@@ -93,6 +99,17 @@ lib.kv_write_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, c
 if lib.kv_write_rows(cache, 3, 2, 4, slots, 2, k, 4, v, 4) != -1 or bytes(cache)[20:24] != bytes(range(1, 5)) \
         or bytes(cache)[40:44] != bytes(range(15, 19)):
     sys.exit("kv_write_rows wrote the wrong rows")
+if hasattr(lib, "bf16_linear"):  # 3 rows of ones times a 32 x 64 weight of ones, in its tile layout, bias 1, ReLU: 65
+    n, k, m = 32, 64, 3
+    ones = lambda count: (ctypes.c_uint16 * count)(*[0x3F80] * count)
+    out = (ctypes.c_uint16 * (m * n))()
+    lib.bf16_linear.restype = None
+    lib.bf16_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    lib.bf16_linear(ones(m * k), m, k, ones(n * k), n, ones(n), 1, out)
+    values = {struct.unpack("f", struct.pack("I", v << 16))[0] for v in out}
+    if values != {65.0}:
+        sys.exit(f"bf16_linear gave {sorted(values)}, expected 65")
 """
 
 # The AMX library's: the process asks Linux for AMX state, packs a 32 x 64 weight of ones and multiplies rows of
@@ -189,11 +206,18 @@ def load(variant: str | None = None) -> ctypes.CDLL | None:
         _load_errors[variant] = f"C kernels ({variant}) unavailable: {detail}"
         return None
     for name, argtypes in (AMX_SIGNATURES if variant == AMX else SIGNATURES).items():
+        if name in OPTIONAL and not hasattr(library, name):
+            continue
         function = getattr(library, name)
         function.restype = _RESTYPES.get(name)
         function.argtypes = argtypes
     _libraries[variant] = library
     return library
+
+
+def has_gemm(library: ctypes.CDLL | None) -> bool:
+    """Whether a loaded C kernel library carries the AVX512-BF16 GEMM (bf16_gemm.c; the avx512bf16 build only)."""
+    return library is not None and hasattr(library, "bf16_linear")
 
 
 def load_error(variant: str | None = None) -> str | None:

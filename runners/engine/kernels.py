@@ -4,9 +4,11 @@
 `resolve_kernels` turns that into what will run here, trying each fast path once:
 
 - GEMMs: where the record selects AMX, the engine's AMX GEMM (models/linear.py;
-  the library is built and smoke-tested like the C attention's, `c_kernels.py`); else, or if it cannot
-  run, oneDNN-prepacked bf16 weights where selected; if a trial reorder raises (oneDNN refuses the CPU),
-  plain `F.linear`. The engine setting `prepack=onednn` skips the AMX GEMM, `prepack=off` forces plain.
+  the library is built and smoke-tested like the C attention's, `c_kernels.py`); where it selects the
+  AVX512-BF16 GEMM (no AMX), the engine's own on the vector units (in the avx512bf16 C library, smoke-tested
+  with it); else, or if neither can run, oneDNN-prepacked bf16 weights where selected; if a trial reorder
+  raises (oneDNN refuses the CPU), plain `F.linear`. The engine setting `prepack=onednn` skips the engine's
+  own GEMMs, `prepack=off` forces plain.
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`, `c_kernels.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
@@ -33,13 +35,14 @@ from pie_core.device_probe import detect_capability
 from runners.engine.models.linear import Linear, packable
 from runners.engine.triton_smoke import AttentionGeometry
 
-LINEAR_PATHS = ("amx", "onednn-prepacked", "torch-linear")
+LINEAR_PATHS = ("amx", "avx512bf16", "onednn-prepacked", "torch-linear")
+OWN_GEMMS = LINEAR_PATHS[:2]  # the engine's own GEMMs, each with oneDNN's behind it
 
 
 @dataclass(frozen=True)
 class KernelPaths:
     dtype: str
-    linear: str  # amx | onednn-prepacked | torch-linear
+    linear: str  # amx | avx512bf16 | onednn-prepacked | torch-linear
     decode_attention: str  # "c-<variant>" | "triton" | "torch"
     c_variant: str | None  # the C build in use, None on the PyTorch path
     capability: str  # one-line summary of the record the choice came from
@@ -47,8 +50,8 @@ class KernelPaths:
 
     @property
     def prepack(self) -> bool | str:
-        """What `build_model(prepack=...)` takes: "amx", True (oneDNN) or False (plain weights)."""
-        return "amx" if self.linear == "amx" else self.linear == "onednn-prepacked"
+        """What `build_model(prepack=...)` takes: "amx", "avx512bf16", True (oneDNN) or False (plain weights)."""
+        return self.linear if self.linear in OWN_GEMMS else self.linear == "onednn-prepacked"
 
     @property
     def decode_variant(self) -> str:
@@ -106,15 +109,20 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
     fallbacks: list[str] = []
     prepack = choice.prepack and torch.device(device).type == "cpu"
     amx = prepack and choice.amx and forced[0] == "1"
-    if amx:
+    avx512_gemm = prepack and choice.avx512_gemm and forced[0] == "1"
+    if amx or avx512_gemm:
         from runners.engine import c_kernels
 
-        if c_kernels.load(c_kernels.AMX) is None:
-            fallbacks.append(f"{c_kernels.load_error(c_kernels.AMX)}; oneDNN GEMMs")
-            amx = False
+        gemm_build = c_kernels.AMX if amx else choice.c_variant
+        library = c_kernels.load(gemm_build)
+        if library is None or not (amx or c_kernels.has_gemm(library)):
+            why = c_kernels.load_error(gemm_build) or f"the {gemm_build} C kernels have no bf16_linear"
+            fallbacks.append(f"{why}; oneDNN GEMMs")
+            amx = avx512_gemm = False
+    own = LINEAR_PATHS[0] if amx else LINEAR_PATHS[1] if avx512_gemm else None
     if prepack and forced[0] == "0":
         prepack = False
-    elif prepack and not amx:
+    elif prepack and not own:
         failure = _try_prepack()
         if failure:
             fallbacks.append(f"{failure}; plain GEMMs")
@@ -147,7 +155,7 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             fallbacks.append(f"{failure}; PyTorch attention")
         else:
             decode = "triton"
-    paths = KernelPaths(dtype=dtype, linear=LINEAR_PATHS[0] if amx else LINEAR_PATHS[1] if prepack else LINEAR_PATHS[2],
+    paths = KernelPaths(dtype=dtype, linear=own or (LINEAR_PATHS[2] if prepack else LINEAR_PATHS[3]),
                         decode_attention=decode, c_variant=variant,
                         capability=cap.summary(), fallbacks=tuple(fallbacks))
     _resolved[key] = paths

@@ -33,7 +33,7 @@ from pie_core.errors import BadInput
 from runners.engine import loader
 from runners.engine.config import EngineConfig, check_request
 from runners.engine.engine_core import EngineCore
-from runners.engine.kernels import resolve_kernels
+from runners.engine.kernels import OWN_GEMMS, resolve_kernels
 from runners.engine.kv_cache import KVCache
 from runners.engine.model_runner import ModelRunner
 from runners.engine.models import build_model
@@ -73,7 +73,7 @@ class LLMEngine:
         self.model = build_model(shape, config.dtype, config.device, seed=config.seed, weights_dir=_weights_dir(config),
                                  prepack=self.kernels.prepack)
         refused = getattr(self.model.lm_head, "fallback", None)
-        if self.kernels.linear == "amx":  # weights the tile layout does not take went to oneDNN (or plain): say which
+        if self.kernels.linear in OWN_GEMMS:  # weights its layout does not take went to oneDNN (or plain): say which
             self.kernels = dataclasses.replace(self.kernels, fallbacks=(*self.kernels.fallbacks, *amx_refusals(self.model)))
         elif refused:  # the trial reorder passed but a real weight's did not: say so, run on plain GEMMs
             self.kernels = dataclasses.replace(self.kernels, linear="torch-linear",

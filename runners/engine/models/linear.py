@@ -30,6 +30,11 @@ weights in cache, 2-core Xeon: 96 rows 1.15 vs 1.35 ms, 1,024 rows 9.3 vs 12.3 m
 library cannot be built or loaded, or a shape is not a multiple of 32, the weight takes the oneDNN path
 above, and `amx_refused` says why. Packed AMX weights sit on 2 MiB pages shared between weights
 (runners/engine/host_memory.py `weight_buffer`).
+Where the record selects the AVX512-BF16 GEMM instead (AVX512-BF16 without AMX: AMD Zen 4 and later), the weight
+is put in the same tile layout (a permutation, done here with torch) and every bf16 call runs on the engine's
+vector-unit GEMM (runners/engine/bf16_gemm.c, which says why): on a 2-core Zen 4 a decode step's GEMMs of
+OPT-125m took 1.2-1.5x less time than oneDNN's at 1-16 rows, 1.04-1.1x at 32-96 and the same at 2,048. Its
+refusals (no such build, a shape not a multiple of 32 x 16) are in `amx_refused` too, and take the oneDNN path.
 Left out: int8/fp8 weights, prepacking for fp16.
 """
 from __future__ import annotations
@@ -75,12 +80,13 @@ class Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, prepack: bool | str | None = None):
         """`prepack`: None decides by `prepack_available`; True still needs a bf16 CPU weight and oneDNN;
-        "amx" packs for the AMX GEMM, with oneDNN behind it."""
+        "amx" packs for the AMX GEMM, "avx512bf16" for the AVX512-BF16 GEMM, each with oneDNN behind it."""
         self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.fallback: str | None = None  # why oneDNN refused the weight (it is then plain)
         self.amx = None  # the AMX library when the weight is in its tile layout
-        self.amx_refused: str | None = None  # why an "amx" weight is not (it then takes oneDNN's path)
+        self.avx512 = None  # the C kernel library whose bf16_linear multiplies the weight in that layout, else None
+        self.amx_refused: str | None = None  # why an "amx" or "avx512bf16" weight is not (it then takes oneDNN's path)
         self.packed = prepack_available(weight) if prepack is None else bool(prepack) and packable(weight)
         self.weight = weight
         if self.packed and prepack == "amx":
@@ -92,6 +98,15 @@ class Linear:
                 self.amx.amx_pack_weight(source.data_ptr(), self.out_features, self.in_features, self.weight.data_ptr())
                 self.packed = False  # not a oneDNN-packed weight
                 return
+        if self.packed and prepack == "avx512bf16":
+            self.avx512, self.amx_refused = _avx512_library(weight)
+            if self.avx512 is not None:
+                self.bias = None if bias is None else bias.to(torch.bfloat16).contiguous()
+                self.weight = host_memory.weight_buffer(tuple(weight.shape), weight.dtype)  # on 2 MiB pages
+                n, k = weight.shape  # [n/16][k/32][16 k pairs][16 columns][2]: amx_gemm.c's tile layout
+                self.weight.view(n // 16, k // 32, 16, 16, 2).copy_(weight.view(n // 16, 16, k // 32, 16, 2).permute(0, 2, 3, 1, 4))
+                self.packed = False
+                return
         if self.packed:
             try:
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT_TOKENS)
@@ -100,7 +115,7 @@ class Linear:
                 self.fallback = f"oneDNN bf16 prepack failed ({(str(err).strip().splitlines() or [''])[0]})"
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        if self.amx is not None:
+        if self.amx is not None or self.avx512 is not None:
             return self._amx_call(x, relu)
         if self.packed:
             rows = x.shape[0]
@@ -119,8 +134,9 @@ class Linear:
             return F.relu(out) if relu else out
         x = x.contiguous()
         out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16)
-        self.amx.amx_linear(x.data_ptr(), rows, self.in_features, self.weight.data_ptr(), self.out_features,
-                            None if self.bias is None else self.bias.data_ptr(), int(relu), out.data_ptr())
+        gemm = self.amx.amx_linear if self.amx is not None else self.avx512.bf16_linear  # one layout, one signature
+        gemm(x.data_ptr(), rows, self.in_features, self.weight.data_ptr(), self.out_features,
+             None if self.bias is None else self.bias.data_ptr(), int(relu), out.data_ptr())
         return out
 
     def greedy_tokens(self, x: torch.Tensor) -> list[int] | None:
@@ -140,6 +156,9 @@ class Linear:
 
     def plain_weight(self) -> torch.Tensor:
         """The weight as [out, in], unpacked from the AMX tiles into a new tensor (the weight itself otherwise)."""
+        if self.avx512 is not None:
+            n, k = self.out_features, self.in_features
+            return self.weight.view(n // 16, k // 32, 16, 16, 2).permute(0, 3, 1, 2, 4).reshape(n, k)
         if self.amx is None:
             return self.weight
         plain = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
@@ -158,9 +177,22 @@ def _amx_library(weight: torch.Tensor):
     return (library, None) if library is not None else (None, f"{c_kernels.load_error(c_kernels.AMX)}; oneDNN GEMMs")
 
 
+def _avx512_library(weight: torch.Tensor):
+    """(the C kernel library with the AVX512-BF16 GEMM, None) for a weight it takes, else (None, why not)."""
+    rows, cols = weight.shape
+    if rows % 16 or cols % 32:
+        return None, f"AVX512-BF16 GEMM needs a weight of a multiple of 16 x 32, not {rows} x {cols}; oneDNN for it"
+    from runners.engine import c_kernels
+
+    library = c_kernels.load("avx512bf16")
+    if not c_kernels.has_gemm(library):
+        return None, f"{c_kernels.load_error('avx512bf16') or 'the avx512bf16 C kernels have no bf16_linear'}; oneDNN GEMMs"
+    return library, None
+
+
 def amx_refusals(model) -> list[str]:
     """Why some weights of `model` (its lm_head and first layer's `Linear`s: the layers share shapes) are not on
-    the AMX GEMM (and, where oneDNN refused them too, that they are plain), once each."""
+    the engine's own GEMM, AMX or AVX512-BF16 (and, where oneDNN refused them too, that they are plain), once each."""
     layers = model.layers[:1]
     linears = [model.lm_head, *(value for layer in layers for value in vars(layer).values() if isinstance(value, Linear))]
     return list(dict.fromkeys(linear.amx_refused + (f"; {linear.fallback}; plain GEMM" if linear.fallback else "")
