@@ -165,3 +165,20 @@ def test_gemm_and_onednn_engines_generate_the_same_greedy_tokens() -> None:
                                                                                                     ignore_eos=True))]
     agree = sum(a == b for x, y in zip(outputs["auto"], outputs["onednn"]) for a, b in zip(x, y))
     assert agree >= 0.9 * 30, outputs  # bf16 sums in another order may flip a near-tie, not the model
+
+
+def test_limiting_torch_to_avx2_really_moves_the_engine_off_the_gemm() -> None:
+    """On a CPU with AVX512-BF16, a child run with ATEN_CPU_CAPABILITY=avx2 (as an AVX2-only CPU) detects the limit:
+    no AVX512-BF16 GEMM, and bf16 weights stay plain (oneDNN's bf16 prepack needs AVX-512 too)."""
+    import os
+    import subprocess
+    import sys
+
+    _gemm_or_skip()
+    code = ("from runners.engine.llm_engine import LLMEngine; from runners.engine.config import EngineConfig; "
+            "e = LLMEngine(EngineConfig(model='opt-125m', dtype='bfloat16', num_device_blocks=8, random_weights=True)); "
+            "print(e.kernels.linear, e.model.layers[0].fc1.avx512 is None)")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["torch-linear", "True"]

@@ -7,8 +7,9 @@
  * Why our own: a decode step multiplies 1-100 rows by every weight of the model once, and oneDNN's prepacked kernels
  * fall well short of the memory bus at small row counts and of the vector units' peak in between. On a 2-core
  * AMD EPYC Zen 4, one decode step's 49 GEMMs of OPT-125m (the 12 layers and the lm_head, 247 MB of weights, each
- * read from memory once) took 6.1 against 11.2 ms at 1 row, 7.0 against 10.9 at 8, 11.8 against 14.8 at 16, 21.9
- * against 26.3 at 32 and 57 against 60 at 96 (docs/engine-cpu-performance.md, "Zen 4").
+ * read from memory once) took 7.6 against 11.1 ms at 1 row, 7.8 against 11.4 at 8, 11.9 against 14.3 at 16, 20.9
+ * against 23.1 at 32, 56.8 against 58.8 at 96 and 1,248 against 1,230 at 2,048 (docs/engine-cpu-performance.md,
+ * "Zen 4").
  *
  * The weight is in the AMX GEMM's layout (runners/engine/amx_gemm.c): [n/16][k/32][16][16][2], where row r of a
  * 1 KiB tile holds, for each of 16 output columns, the pair of weights at k = 2r, 2r+1. One such 64-byte row is
