@@ -1,7 +1,9 @@
 """The engine's AVX512-BF16 GEMM (runners/engine/bf16_gemm.c), selected where a CPU has AVX512-BF16 but no AMX.
 
-The kernel tests run where this CPU has AVX512-BF16 (the AMX Xeons and AMD Zen 4 this project meets) and skip
-elsewhere; the selection and fallback tests run everywhere, on injected capability records.
+Its lossless packing, its weights on huge-page chunks, its greedy tokens against oneDNN's, and an ISA limit that
+moves the engine off it are checked beside the AMX GEMM's (tests/test_engine_linear.py). The kernel tests run where
+this CPU has AVX512-BF16 (the AMX Xeons and AMD Zen 4 this project meets) and skip elsewhere; the selection and
+fallback tests run everywhere, on injected capability records.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from capability_records import RECORDS
+from own_gemms import avx512_gemm_or_skip
 from pie_core.capability import select_kernels
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
@@ -17,15 +20,7 @@ from runners.engine.models.linear import Linear
 from runners.engine.sampling_params import SamplingParams
 
 
-def _gemm_or_skip():
-    """Skip where this CPU lacks AVX512-BF16; where it has it, a library without the GEMM is a failure, not a skip."""
-    from pie_core.capability import c_variant
-    from pie_core.device_probe import detect_capability
-    from runners.engine import c_kernels
-
-    if c_variant(detect_capability("cpu")) != "avx512bf16":
-        pytest.skip("this CPU has no AVX512-BF16 for the engine's vector-unit GEMM")
-    assert c_kernels.has_gemm(c_kernels.load("avx512bf16")), c_kernels.load_error("avx512bf16")
+_gemm_or_skip = avx512_gemm_or_skip
 
 
 def _weights(out_features: int, in_features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,31 +63,12 @@ def test_gemm_writes_no_row_or_column_past_its_output(tokens: int) -> None:
     assert torch.equal(buffer[:tokens], linear(x)) and bool((buffer[tokens:] == 7.0).all())
 
 
-def test_gemm_packs_losslessly_and_takes_any_input_layout() -> None:
+def test_gemm_has_no_fused_argmax() -> None:
+    """Greedy sampling takes the logits on this path (the lossless packing and the huge-page chunks are checked
+    with the AMX GEMM's, tests/test_engine_linear.py)."""
     _gemm_or_skip()
-    weight, _ = _weights(64, 96)
-    linear = Linear(weight, None, prepack="avx512bf16")
-    assert linear.weight is not weight and torch.equal(linear.plain_weight(), weight)
-    wide = torch.randn(2, 5, 192).to(torch.bfloat16)
-    x = wide[..., :96]  # a strided 3-D view
-    torch.testing.assert_close(linear(x).float(), F.linear(x.float(), weight.float()), atol=0.25, rtol=0.02)
-    assert linear(x).shape == (2, 5, 64)
-    transposed = weight.t().contiguous().t()  # a strided weight packs the same
-    assert not transposed.is_contiguous()
-    assert torch.equal(Linear(transposed, None, prepack="avx512bf16").plain_weight(), weight)
-    fp32 = torch.randn(3, 96)  # another dtype goes through F.linear on the unpacked weight
-    torch.testing.assert_close(linear(fp32), F.linear(fp32, weight.float()), atol=0.05, rtol=0.02)
-    assert linear.greedy_tokens(torch.ones(2, 96, dtype=torch.bfloat16)) is None  # no fused argmax on this path
-
-
-def test_gemm_weights_are_carved_from_huge_page_chunks() -> None:
-    _gemm_or_skip()
-    from runners.engine import host_memory
-
-    if not host_memory.huge_pages_enabled():
-        pytest.skip("huge pages off here")
-    first, second = (Linear(torch.randn(64, 96).to(torch.bfloat16), None, prepack="avx512bf16") for _ in range(2))
-    assert first.weight._base is not None and first.weight._base is second.weight._base
+    weight, bias = _weights(64, 96)
+    assert Linear(weight, bias, prepack="avx512bf16").greedy_tokens(torch.ones(2, 96, dtype=torch.bfloat16)) is None
 
 
 @pytest.mark.parametrize("shape", [(96, 40), (40, 64)])
@@ -150,35 +126,3 @@ def test_a_build_without_the_gemm_leaves_the_engine_on_onednn(monkeypatch) -> No
                    capability=RECORDS["zen4-avx512-bf16"]) as engine:
         assert engine.kernels.linear != "avx512bf16" and engine.model.layers[0].fc1.avx512 is None
         assert any("oneDNN GEMMs" in why for why in engine.kernels.fallbacks), engine.kernels.fallbacks
-
-
-def test_gemm_and_onednn_engines_generate_the_same_greedy_tokens() -> None:
-    """The whole model on the vector-unit GEMM and on oneDNN's: the same greedy continuations of a tiny seeded model."""
-    _gemm_or_skip()
-    outputs = {}
-    for prepack in ("auto", "onednn"):
-        with LLMEngine(EngineConfig(model="opt-125m", dtype="bfloat16", num_device_blocks=64, random_weights=True,
-                                    prepack=prepack), capability=RECORDS["zen4-avx512-bf16"]) as engine:
-            assert engine.kernels.linear == ("avx512bf16" if prepack == "auto" else "onednn-prepacked")
-            prompts = [[(7 * i + j) % 50000 + 3 for j in range(12 + i)] for i in range(5)]
-            outputs[prepack] = [o.output_token_ids for o in engine.generate(prompts, SamplingParams(max_tokens=6,
-                                                                                                    ignore_eos=True))]
-    agree = sum(a == b for x, y in zip(outputs["auto"], outputs["onednn"]) for a, b in zip(x, y))
-    assert agree >= 0.9 * 30, outputs  # bf16 sums in another order may flip a near-tie, not the model
-
-
-def test_limiting_torch_to_avx2_really_moves_the_engine_off_the_gemm() -> None:
-    """On a CPU with AVX512-BF16, a child run with ATEN_CPU_CAPABILITY=avx2 (as an AVX2-only CPU) detects the limit:
-    no AVX512-BF16 GEMM, and bf16 weights stay plain (oneDNN's bf16 prepack needs AVX-512 too)."""
-    import os
-    import subprocess
-    import sys
-
-    _gemm_or_skip()
-    code = ("from runners.engine.llm_engine import LLMEngine; from runners.engine.config import EngineConfig; "
-            "e = LLMEngine(EngineConfig(model='opt-125m', dtype='bfloat16', num_device_blocks=8, random_weights=True)); "
-            "print(e.kernels.linear, e.model.layers[0].fc1.avx512 is None)")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["torch-linear", "True"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from capability_records import RECORDS
+from own_gemms import OWN_GEMMS, amx_or_skip
 from runners.engine.config import EngineConfig
 from runners.engine.kernels import resolve_kernels
 from runners.engine.llm_engine import LLMEngine
@@ -91,16 +92,7 @@ def test_engine_reports_the_gemm_path_its_record_selects(record, expect_prepack)
     assert len(out[0].output_token_ids) == 2
 
 
-def _amx_or_skip():
-    """Skip where this CPU lacks AMX tiles or AVX512-BF16 (as it reports them, whatever ONEDNN_MAX_CPU_ISA lets the
-    engine choose: the kernel itself runs on the hardware); where it has them, a library that fails to build or
-    fails its smoke test is a failure, not a skip."""
-    from runners.engine import c_kernels
-    from pie_core.device_probe import detect_capability
-
-    if not {"amx_tile", "amx_bf16", "avx512_bf16"} <= set(detect_capability("cpu").cpu_flags):
-        pytest.skip("this CPU has no AMX tiles or AVX512-BF16 for the AMX GEMM")
-    assert c_kernels.load(c_kernels.AMX) is not None, c_kernels.load_error(c_kernels.AMX)
+_amx_or_skip = amx_or_skip
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 15, 16, 17, 31, 32, 33, 48, 96, 256, 257, 272, 600])
@@ -135,29 +127,33 @@ def test_amx_gemm_writes_no_row_past_its_output(tokens: int) -> None:
     assert torch.equal(buffer[:tokens], linear(x)) and bool((buffer[tokens:] == 7.0).all())
 
 
-def test_amx_gemm_packs_losslessly_and_takes_any_input_layout() -> None:
-    _amx_or_skip()
+@pytest.mark.parametrize("prepack", sorted(OWN_GEMMS))
+def test_own_gemm_packs_losslessly_and_takes_any_input_layout(prepack: str) -> None:
+    """The AMX GEMM and the AVX512-BF16 GEMM alike: the packed weight unpacks to the weight, any input layout works,
+    another dtype goes through F.linear, and a strided weight packs the same."""
+    OWN_GEMMS[prepack]()
     weight, _ = _weights(torch.bfloat16, out_features=64, in_features=96)
-    linear = Linear(weight, None, prepack="amx")
+    linear = Linear(weight, None, prepack=prepack)
     assert linear.weight is not weight and torch.equal(linear.plain_weight(), weight)
     wide = torch.randn(2, 5, 192).to(torch.bfloat16)
     x = wide[..., :96]  # a strided 3-D view
     torch.testing.assert_close(linear(x).float(), F.linear(x.float(), weight.float()), atol=0.25, rtol=0.02)
     assert linear(x).shape == (2, 5, 64)
     transposed = weight.t().contiguous().t()  # a strided weight is packed from a contiguous copy
-    assert not transposed.is_contiguous() and torch.equal(Linear(transposed, None, prepack="amx").plain_weight(), weight)
+    assert not transposed.is_contiguous() and torch.equal(Linear(transposed, None, prepack=prepack).plain_weight(), weight)
     fp32 = torch.randn(3, 96)  # another dtype goes through F.linear on the unpacked weight
     torch.testing.assert_close(linear(fp32), F.linear(fp32, weight.float()), atol=0.05, rtol=0.02)
 
 
-def test_amx_weights_are_packed_into_huge_page_chunks() -> None:
+@pytest.mark.parametrize("prepack", sorted(OWN_GEMMS))
+def test_own_gemm_weights_are_packed_into_huge_page_chunks(prepack: str) -> None:
     """The packed weight is carved from host_memory's weight chunks (2 MiB pages), not a plain allocation."""
-    _amx_or_skip()
+    OWN_GEMMS[prepack]()
     from runners.engine import host_memory
 
     if not host_memory.huge_pages_enabled():
         pytest.skip("huge pages off here")
-    first, second = (Linear(torch.randn(64, 96).to(torch.bfloat16), None, prepack="amx") for _ in range(2))
+    first, second = (Linear(torch.randn(64, 96).to(torch.bfloat16), None, prepack=prepack) for _ in range(2))
     assert first.weight._base is not None and first.weight._base is second.weight._base
     assert first.weight.data_ptr() % 64 == 0 and second.weight.data_ptr() % 64 == 0
 
@@ -256,13 +252,16 @@ def test_an_amx_engine_takes_greedy_steps_from_the_epilogue_and_sampled_steps_fr
         assert calls == {"fused": 4, "logits": 3}, calls
 
 
-def test_amx_and_onednn_engines_generate_the_same_greedy_tokens() -> None:
-    """The whole model on AMX GEMMs and on oneDNN's: same greedy continuations of a tiny seeded model."""
-    _amx_or_skip()
+@pytest.mark.parametrize("own, record", [("amx", "xeon-amx"), ("avx512bf16", "zen4-avx512-bf16")])
+def test_own_gemm_and_onednn_engines_generate_the_same_greedy_tokens(own: str, record: str) -> None:
+    """The whole model on the engine's own GEMMs (AMX, or AVX512-BF16 as on a Zen 4) and on oneDNN's: the same
+    greedy continuations of a tiny seeded model."""
+    OWN_GEMMS[own]()
     outputs = {}
     for prepack in ("auto", "onednn"):
         with LLMEngine(EngineConfig(model="opt-125m", dtype="bfloat16", num_device_blocks=64, random_weights=True,
-                                    prepack=prepack), capability=RECORDS["xeon-amx"]) as engine:
+                                    prepack=prepack), capability=RECORDS[record]) as engine:
+            assert engine.kernels.linear == (own if prepack == "auto" else "onednn-prepacked")
             prompts = [[(7 * i + j) % 50000 + 3 for j in range(12 + i)] for i in range(5)]
             outputs[prepack] = [o.output_token_ids for o in engine.generate(prompts, SamplingParams(max_tokens=6,
                                                                                                     ignore_eos=True))]
@@ -270,24 +269,32 @@ def test_amx_and_onednn_engines_generate_the_same_greedy_tokens() -> None:
     assert agree >= 0.9 * 30, outputs  # bf16 sums in another order may flip a near-tie, not the model
 
 
-def test_limiting_onednn_below_amx_really_moves_the_engine_off_the_amx_gemm() -> None:
-    """On a CPU with AMX, a child run with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 detects the limit and leaves the AMX
-    GEMM: it takes the AVX512-BF16 GEMM, as a CPU with AVX512-BF16 and no AMX (Zen 4) does."""
+@pytest.mark.parametrize("limit, expect", [
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, ["avx512bf16", "True", "False"]),  # an AMX CPU as a Zen 4
+    ({"ATEN_CPU_CAPABILITY": "avx2"}, ["torch-linear", "True", "True"]),  # an AVX512-BF16 CPU as an AVX2-only one
+])
+def test_limiting_the_isa_really_moves_the_engine_off_its_own_gemm(limit: dict, expect: list) -> None:
+    """A child run under the limit detects it: oneDNN limited below AMX on an AMX CPU leaves the AMX GEMM for the
+    AVX512-BF16 one (as a CPU with AVX512-BF16 and no AMX does); torch limited to AVX2 on an AVX512-BF16 CPU leaves
+    the AVX512-BF16 GEMM, and bf16 weights stay plain (oneDNN's bf16 prepack needs AVX-512 too). Printed: the GEMM
+    path, whether fc1 is off the AMX GEMM, whether it is off the AVX512-BF16 one."""
     import os
     import subprocess
     import sys
 
     from pie_core.device_probe import detect_capability
 
-    if not select_amx(detect_capability("cpu")):
+    if "ONEDNN_MAX_CPU_ISA" in limit and not select_amx(detect_capability("cpu")):
         pytest.skip("this CPU has no AMX in effect: nothing to limit")
+    if "ATEN_CPU_CAPABILITY" in limit:
+        OWN_GEMMS["avx512bf16"]()
     code = ("from runners.engine.llm_engine import LLMEngine; from runners.engine.config import EngineConfig; "
             "e = LLMEngine(EngineConfig(model='opt-125m', dtype='bfloat16', num_device_blocks=8, random_weights=True)); "
-            "print(e.kernels.linear, e.model.layers[0].fc1.amx is None)")
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            "f = e.model.layers[0].fc1; print(e.kernels.linear, f.amx is None, f.avx512 is None)")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **limit}, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["avx512bf16", "True"]
+    assert done.stdout.split()[-3:] == expect
 
 
 def select_amx(cap) -> bool:

@@ -34,7 +34,7 @@ Where the record selects the AVX512-BF16 GEMM instead (AVX512-BF16 without AMX: 
 is put in the same tile layout (a permutation, done here with torch) and every bf16 call runs on the engine's
 vector-unit GEMM (runners/engine/bf16_gemm.c, which says why): on a 2-core Zen 4 a decode step's GEMMs of
 OPT-125m took 1.2-1.5x less time than oneDNN's at 1-16 rows, 1.04-1.1x at 32-96 and the same at 2,048. Its
-refusals (no such build, a shape not a multiple of 32 x 16) are in `amx_refused` too, and take the oneDNN path.
+refusals (no such build, a weight not a multiple of 16 x 32) are in `amx_refused` too, and take the oneDNN path.
 Left out: int8/fp8 weights, prepacking for fp16.
 """
 from __future__ import annotations
