@@ -219,7 +219,9 @@ def _result_table(out: Output, outcome: Any) -> None:
         rows.insert(0, ["SIMULATED on", outcome.config.get("hardware_source")])
     kernels = outcome.config.get("kernels")
     if kernels:  # the pie runner says which paths ran, and each fast path it fell back from
-        rows.append(["Kernels", f"GEMMs {kernels['linear']}, decode attention {kernels['decode_attention']} ({kernels['dtype']})"])
+        prefill = f", prefill attention {kernels['prefill_attention']}" if "prefill_attention" in kernels else ""
+        rows.append(["Kernels", f"GEMMs {kernels['linear']}, decode attention {kernels['decode_attention']}{prefill} "
+                                f"({kernels['dtype']})"])
         for why in kernels.get("fallbacks", ()):
             out.warn(f"kernel fallback: {why}")
     scraped = outcome.telemetry.get("server_metrics") or {}

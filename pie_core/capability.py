@@ -234,6 +234,7 @@ class KernelChoice:
     reasons: tuple[str, ...]  # why each choice, one line each
     amx: bool = False  # bf16 GEMMs on the engine's AMX kernel (runners/engine/amx_gemm.c), oneDNN's behind it
     avx512_gemm: bool = False  # bf16 GEMMs on the engine's AVX512-BF16 kernel (runners/engine/bf16_gemm.c), oneDNN's behind it
+    c_prefill: bool = False  # bf16 prefill attention on the C build's AVX512-BF16 kernel (prefill_attention.c), PyTorch's behind it
 
     @property
     def c_flags(self) -> tuple[str, ...]:
@@ -284,5 +285,10 @@ def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
         return KernelChoice(prepack, "torch", None, (*reasons, f"PyTorch decode attention: the C kernel has no {dtype} path"),
                             amx=amx, avx512_gemm=avx512_gemm)
     variant = c_variant(cap)
-    return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build"), amx=amx,
-                        avx512_gemm=avx512_gemm)
+    # PyTorch's flash attention runs its bf16 products on AMX where oneDNN may use it; without AMX the C kernel
+    # beats it by 2-3x (docs/engine-cpu-performance.md, "Zen 4")
+    c_prefill = dtype == "bfloat16" and variant == "avx512bf16" and not {"amx_tile", "amx_bf16"} <= cap.onednn_features
+    prefill = (f"C prefill attention, {variant} build (AVX512-BF16, no AMX)" if c_prefill
+               else "PyTorch prefill attention (flash attention for bf16 and fp16)")
+    return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build", prefill), amx=amx,
+                        avx512_gemm=avx512_gemm, c_prefill=c_prefill)

@@ -224,7 +224,8 @@ class LayerBench:
 
         def attention(index, q, k, v):
             write_kv(kv_cache, slot_mapping, k, v)
-            return paged_prefill_attention(q, k, v, layout, scale, kv_cache, None, self.kernels.decode_variant)
+            return paged_prefill_attention(q, k, v, layout, scale, kv_cache, None, self.kernels.decode_variant,
+                                           self.kernels.prefill_variant)
 
         return self._layer_step(hidden, positions, attention)
 

@@ -137,13 +137,20 @@ def test_prefill_is_timed_through_the_engines_prefill_kernel(monkeypatch):
     from runners.engine import attention
 
     bench = LayerBench(TINY, "float32", "cpu")
-    bench.kernels = dataclasses.replace(bench.kernels, decode_attention="triton", c_variant=None)  # as resolved on CUDA
+    bench.kernels = dataclasses.replace(bench.kernels, decode_attention="triton", prefill_attention="triton",
+                                        c_variant=None)  # as resolved on CUDA
     calls, original = [], attention.paged_prefill_attention
 
-    def recording(q, k, v, layout, scale, kv_cache=None, prefix_tables=None, variant=None):
-        calls.append((variant, layout.bounds, layout.longest, prefix_tables))
+    def recording(q, k, v, layout, scale, kv_cache=None, prefix_tables=None, variant=None, c_prefill=None):
+        calls.append((variant, c_prefill, layout.bounds, layout.longest, prefix_tables))
         return original(q, k, v, layout, scale, kv_cache, prefix_tables, "torch")
 
     monkeypatch.setattr(attention, "paged_prefill_attention", recording)
     bench.prefill_call(2, 16)()
-    assert calls == [("triton", (0, 16, 32), 16, None)]
+    assert calls == [("triton", None, (0, 16, 32), 16, None)]
+    # on a CPU whose record selects the C prefill kernel, the profiler times that build's kernel
+    bench.kernels = dataclasses.replace(bench.kernels, decode_attention="c-avx512bf16", prefill_attention="c-avx512bf16",
+                                        c_variant="avx512bf16")
+    calls.clear()
+    bench.prefill_call(2, 16)()
+    assert calls == [("avx512bf16", "avx512bf16", (0, 16, 32), 16, None)]

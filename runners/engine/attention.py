@@ -19,8 +19,10 @@ may be any value (they are clamped and masked by `context_lens`).
   `kernel_name(q, kv_cache)` says which path a call takes.
 - `prefill_attention` is causal attention within each sequence of a packed batch, optionally
   over a computed prefix per sequence (chunked prefill; the caller gathers the prefix through
-  its block table), fp32 math on the CPU (bf16 matmuls over the permuted views measured slower;
-  docs/engine-cpu-performance.md). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
+  its block table). Given a C build that has it (`c_variant`; the engine passes one where its capability
+  record selects it: bf16 on AVX512-BF16 without AMX), bf16 sequences go through `cpu_attention.prefill`;
+  otherwise PyTorch's CPU flash attention for bf16/fp16 sequences without a prefix, and fp32 math for the rest
+  (bf16 matmuls over the permuted views measured slower; docs/engine-cpu-performance.md). `paged_prefill_attention` takes the prefixes as block tables instead: the Triton
   kernel reads them in place, the PyTorch path gathers them and calls `prefill_attention`.
 
 What the kernels need on the host (each sequence's length, the longest, a prefill's bounds) comes in
@@ -292,7 +294,8 @@ def _causal_bias_for(length: int, device: torch.device) -> torch.Tensor:
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | Sequence[int],
-                      scale: float, prefixes: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> torch.Tensor:
+                      scale: float, prefixes: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+                      c_variant: str | None = None) -> torch.Tensor:
     """Causal attention within each packed sequence: q[T, Hq, dh], k/v[T, Hkv, dh] -> [T, Hq, dh].
 
     `prefixes[i]`, when given, is sequence i's already computed K and V ([P, Hkv, dh] each): its
@@ -302,7 +305,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     sequences of 128 tokens, 4.6 against 9.8 ms a layer, benchmarks/bench_decode_step.py); the rest take fp32 math (bf16 matmuls
     over these views measured slower: docs/engine-cpu-performance.md): per sequence, query rows in
     chunks of 64 against the keys up to the chunk's end, the scale and the causal mask fused into
-    one `baddbmm`. `cu_seqlens`: a tensor (read back once) or the bounds as host ints.
+    one `baddbmm`. `cu_seqlens`: a tensor (read back once) or the bounds as host ints. `c_variant`: the C build
+    whose AVX512-BF16 prefill kernel takes the sequences it can (`cpu_attention.supports_prefill`), prefixes included.
     """
     total, num_heads, head_dim = q.shape
     group = num_heads // k.shape[1]
@@ -312,10 +316,17 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     prefixes = prefixes or [None] * len(spans)
     compute = torch.float32 if q.device.type == "cpu" else q.dtype
     longest = max((end - start) + (len(prefix[0]) if prefix else 0) for (start, end), prefix in zip(spans, prefixes))
-    bias = _causal_bias_for(longest, q.device).to(compute)
+    bias = None
+    native = c_variant is not None and cpu_attention.supports_prefill(q, k, v, c_variant)
     for (start, end), prefix in zip(spans, prefixes):
         length = end - start
         if length == 0:
+            continue
+        if native:
+            key, value = k[start:end], v[start:end]
+            if prefix is not None:  # [P + t, Hkv, dh], contiguous
+                key, value = torch.cat([prefix[0].to(key.dtype), key]), torch.cat([prefix[1].to(value.dtype), value])
+            cpu_attention.prefill(q[start:end], key, value, out[start:end], scale, c_variant)
             continue
         if prefix is None and q.device.type == "cpu" and q.dtype in _SDPA_DTYPES:
             # [1, H, t, dh] views of the packed rows: PyTorch's CPU flash attention, fp32 softmax inside
@@ -325,6 +336,8 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                                                       is_causal=True, scale=scale, enable_gqa=group > 1)
             out[start:end] = attended[0].transpose(0, 1)
             continue
+        if bias is None:
+            bias = _causal_bias_for(longest, q.device).to(compute)
         query = q[start:end].to(compute).permute(1, 0, 2)  # [Hq, t, dh]
         key, value = k[start:end], v[start:end]
         past = 0
@@ -354,8 +367,10 @@ def gather_prefix(kv_cache: torch.Tensor, table: torch.Tensor, num_tokens: int) 
 
 def paged_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PrefillLayout | torch.Tensor,
                             scale: float, kv_cache: torch.Tensor | None = None, prefix_tables: torch.Tensor | None = None,
-                            variant: str | None = None) -> torch.Tensor:
+                            variant: str | None = None, c_prefill: str | None = None) -> torch.Tensor:
     """`prefill_attention` with each prefix given as a block table row (`prefix_tables[N, M]`, `layout.prefix_lens`).
+
+    `c_prefill`: the C build for `prefill_attention`'s own CPU kernel (`KernelPaths.prefill_variant`), None: PyTorch's.
 
     `layout`: the step's `PrefillLayout` (a `cu_seqlens` tensor is read back once: no prefixes then).
     The Triton kernel reads the prefixes in place; the PyTorch path gathers them (`gather_prefix`).
@@ -369,4 +384,4 @@ def paged_prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     if prefixes is not None:
         gathered = [gather_prefix(kv_cache, prefix_tables[row], length) if length else None
                     for row, length in enumerate(prefixes.host)]
-    return prefill_attention(q, k, v, layout.bounds, scale, gathered)
+    return prefill_attention(q, k, v, layout.bounds, scale, gathered, c_prefill)

@@ -1,11 +1,13 @@
 """The engine's C library for the CPU, built once with the system compiler and loaded with ctypes.
 
-Four sources beside this module (package data), compiled into one library:
+Five sources beside this module (package data), compiled into one library:
 - `paged_decode.c`: paged decode attention (`cpu_attention.py` says why it is C, and how it works);
 - `greedy_argmax.c`: greedy sampling's argmax over bf16 logit rows (`sampler.py`);
 - `kv_rows.c`: writing a step's new keys and values into their cache slots (`attention.write_kv`);
 - `bf16_gemm.c`: the bf16 GEMM on AVX512-BF16 vector units that `models/linear.py` runs where the capability
-  record selects it (in the avx512bf16 build only: `has_gemm`).
+  record selects it (in the avx512bf16 build only: `has_gemm`);
+- `prefill_attention.c`: causal prefill attention of one sequence on AVX512-BF16 vector units, which
+  `attention.prefill_attention` runs where the record selects it (in the avx512bf16 build only: `has_prefill`).
 A second library, variant `amx` (`AMX`), holds `amx_gemm.c` alone: the bf16 GEMM on Intel AMX tiles that
 `models/linear.py` runs where the capability record selects it.
 
@@ -32,7 +34,7 @@ from pathlib import Path
 from pie_core.capability import C_VARIANT_FLAGS, c_variant
 from pie_core.device_probe import detect_capability
 
-SOURCES = ("paged_decode.c", "greedy_argmax.c", "kv_rows.c", "bf16_gemm.c")
+SOURCES = ("paged_decode.c", "greedy_argmax.c", "kv_rows.c", "bf16_gemm.c", "prefill_attention.c")
 AMX = "amx"  # the AMX GEMM library's variant (pie_core/capability.py C_VARIANT_FLAGS; never a decode build)
 AMX_SOURCES = ("amx_gemm.c",)
 _TEXTS = {name: Path(__file__).with_name(name).read_text() for name in (*SOURCES, *AMX_SOURCES)}
@@ -45,10 +47,12 @@ SIGNATURES = {"paged_decode_bf16": _DECODE_ARGS, "paged_decode_bf16_generic": _D
               "argmax_rows_bf16": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p],
               "kv_write_rows": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                 ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64],
-              # only in builds with AVX512-BF16 (bf16_gemm.c)
+              # only in builds with AVX512-BF16 (bf16_gemm.c, prefill_attention.c)
               "bf16_linear": [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]}
-OPTIONAL = frozenset({"bf16_linear"})  # entry points of some builds only (has_gemm says whether a library has it)
+                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p],
+              "prefill_attention_bf16": [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float]}
+# entry points of some builds only (has_gemm and has_prefill say whether a library has them)
+OPTIONAL = frozenset({"bf16_linear", "prefill_attention_bf16"})
 _RESTYPES = {"kv_write_rows": ctypes.c_int64, "amx_linear_argmax": ctypes.c_int64}
 _PACK_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 AMX_SIGNATURES = {"amx_pack_weight": _PACK_ARGS, "amx_unpack_weight": _PACK_ARGS,
@@ -110,6 +114,16 @@ if hasattr(lib, "bf16_linear"):  # 3 rows of ones times a 32 x 64 weight of ones
     values = {struct.unpack("f", struct.pack("I", v << 16))[0] for v in out}
     if values != {65.0}:
         sys.exit(f"bf16_linear gave {sorted(values)}, expected 65")
+if hasattr(lib, "prefill_attention_bf16"):  # 3 tokens, 2 heads of 16; values of head h are h + 1: so is its output
+    t, heads, dh = 3, 2, 16
+    qk = (ctypes.c_uint16 * (t * heads * dh))(*[0x3F80] * (t * heads * dh))
+    v = (ctypes.c_uint16 * (t * heads * dh))(*[0x3F80 if i % (heads * dh) < dh else 0x4000 for i in range(t * heads * dh)])
+    out = (ctypes.c_uint16 * (t * heads * dh))()
+    lib.prefill_attention_bf16.restype = None
+    lib.prefill_attention_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float]
+    lib.prefill_attention_bf16(qk, heads * dh, qk, heads * dh, v, heads * dh, out, heads * dh, t, 0, heads, heads, dh, 0.25)
+    if list(out) != list(v):
+        sys.exit(f"prefill_attention_bf16 gave {sorted(set(out))}, expected 0x3F80 and 0x4000")
 """
 
 # The AMX library's: the process asks Linux for AMX state, packs a 32 x 64 weight of ones and multiplies rows of
@@ -218,6 +232,11 @@ def load(variant: str | None = None) -> ctypes.CDLL | None:
 def has_gemm(library: ctypes.CDLL | None) -> bool:
     """Whether a loaded C kernel library carries the AVX512-BF16 GEMM (bf16_gemm.c; the avx512bf16 build only)."""
     return library is not None and hasattr(library, "bf16_linear")
+
+
+def has_prefill(library: ctypes.CDLL | None) -> bool:
+    """Whether a loaded C kernel library carries the AVX512-BF16 prefill attention (prefill_attention.c; avx512bf16 only)."""
+    return library is not None and hasattr(library, "prefill_attention_bf16")
 
 
 def load_error(variant: str | None = None) -> str | None:

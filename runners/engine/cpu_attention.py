@@ -22,13 +22,17 @@ The C source is `paged_decode.c` beside this module; `c_kernels.py` builds, smok
 loads it (with greedy sampling's argmax) once per ISA variant. When it cannot run,
 `runners.engine.attention` uses its PyTorch path and says so.
 
-Left out: fp16 caches (PyTorch path), CUDA (PyTorch path), prefill (matmul-bound; PyTorch).
+`prefill` runs `prefill_attention.c` (in the avx512bf16 build only): causal attention of one sequence's chunk
+over its keys, on the AVX512-BF16 dot products, 2-3x PyTorch's CPU flash attention on a CPU without AMX
+(runners/engine/prefill_attention.c says how; `attention.prefill_attention` says when).
+
+Left out: fp16 caches (PyTorch path), CUDA (PyTorch path).
 """
 from __future__ import annotations
 
 import torch
 
-from runners.engine.c_kernels import load
+from runners.engine.c_kernels import has_prefill, load
 
 _FUNCTIONS = {torch.bfloat16: "paged_decode_bf16", torch.float32: "paged_decode_f32"}
 
@@ -68,3 +72,23 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
             batch, heads, kv_heads, head_dim, block_size, tables.shape[1], num_blocks, max(max_len, 1), float(scale),
             _splits(batch, kv_heads), query.stride(0))
     return out.to(q.dtype)
+
+
+def _rows(tensor: torch.Tensor) -> bool:
+    """bf16 [tokens, heads, dh] with each token's heads one after another (any even token stride)."""
+    return (tensor.dtype == torch.bfloat16 and tensor.device.type == "cpu" and tensor.stride(2) == 1
+            and tensor.stride(1) == tensor.shape[2] and tensor.stride(0) % 2 == 0)
+
+
+def supports_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: str | None) -> bool:
+    """Whether `prefill` can take these tensors with that C build (head_dim a multiple of 16, bf16 rows)."""
+    return (variant is not None and q.shape[2] % 16 == 0 and q.shape[1] % k.shape[1] == 0
+            and all(_rows(t) for t in (q, k, v)) and has_prefill(load(variant)))
+
+
+def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float, variant: str) -> None:
+    """out[t_q, Hq, dh] = causal attention of q[t_q, Hq, dh] (positions P .. P + t_q - 1) over k, v[P + t_q, Hkv, dh];
+    the caller checked `supports_prefill` (and out's rows the same way)."""
+    load(variant).prefill_attention_bf16(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
+                                         v.stride(0), out.data_ptr(), out.stride(0), q.shape[0],
+                                         k.shape[0] - q.shape[0], q.shape[1], k.shape[1], q.shape[2], float(scale))

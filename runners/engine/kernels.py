@@ -9,6 +9,9 @@
   with it); else, or if neither can run, oneDNN-prepacked bf16 weights where selected; if a trial reorder
   raises (oneDNN refuses the CPU), plain `F.linear`. The engine setting `prepack=onednn` skips the engine's
   own GEMMs, `prepack=off` forces plain.
+- Prefill attention: where the record selects it (bf16, AVX512-BF16 and no AMX), the C build's own kernel
+  (`prefill_attention.c`, in the library decode attention loads); else, or where the build lacks it or decode
+  attention is not on C, PyTorch's (`attention.prefill_attention`).
 - Decode attention: the selected C build (built and smoke-tested in a child process, see
   `cpu_attention.py`, `c_kernels.py`); if it cannot be built or fails its smoke test, the PyTorch path.
   On CUDA the Triton kernels (`triton_attention.py`, decode and paged-prefix prefill): Triton
@@ -47,6 +50,7 @@ class KernelPaths:
     c_variant: str | None  # the C build in use, None on the PyTorch path
     capability: str  # one-line summary of the record the choice came from
     fallbacks: tuple[str, ...] = ()
+    prefill_attention: str = "torch"  # "c-<variant>" | "triton" | "torch"
 
     @property
     def prepack(self) -> bool | str:
@@ -58,12 +62,19 @@ class KernelPaths:
         """What `attention.paged_decode_attention(variant=...)` takes."""
         return self.c_variant or ("triton" if self.decode_attention == "triton" else "torch")
 
+    @property
+    def prefill_variant(self) -> str | None:
+        """The C build `attention.prefill_attention(c_variant=...)` takes; None: PyTorch's (or Triton's)."""
+        return self.c_variant if self.prefill_attention.startswith("c-") else None
+
     def to_dict(self) -> dict:
         return {"dtype": self.dtype, "linear": self.linear, "decode_attention": self.decode_attention,
-                "capability": self.capability, "fallbacks": list(self.fallbacks)}
+                "prefill_attention": self.prefill_attention, "capability": self.capability,
+                "fallbacks": list(self.fallbacks)}
 
     def describe(self) -> str:
-        text = f"kernels: GEMMs {self.linear}, decode attention {self.decode_attention} ({self.dtype}; {self.capability})"
+        text = (f"kernels: GEMMs {self.linear}, decode attention {self.decode_attention}, prefill attention "
+                f"{self.prefill_attention} ({self.dtype}; {self.capability})")
         return text + "".join(f"; fallback: {why}" for why in self.fallbacks)
 
 
@@ -144,6 +155,14 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
             fallbacks.append(f"{c_kernels.load_error(variant)}; PyTorch decode attention")
             variant = None
     decode = f"c-{variant}" if variant else "torch"
+    prefill = "torch"
+    if choice.c_prefill and variant and torch.device(device).type == "cpu":
+        from runners.engine import c_kernels
+
+        if c_kernels.has_prefill(c_kernels.load(variant)):
+            prefill = decode
+        else:
+            fallbacks.append(f"the {variant} C kernels have no prefill_attention_bf16; PyTorch prefill attention")
     if forced[1] == "triton":
         failure = _try_triton(device, geometry)
         if failure:
@@ -154,9 +173,11 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
         if failure:
             fallbacks.append(f"{failure}; PyTorch attention")
         else:
-            decode = "triton"
+            decode = prefill = "triton"
+    if forced[1] == "triton":
+        prefill = "triton"
     paths = KernelPaths(dtype=dtype, linear=own or (LINEAR_PATHS[2] if prepack else LINEAR_PATHS[3]),
                         decode_attention=decode, c_variant=variant,
-                        capability=cap.summary(), fallbacks=tuple(fallbacks))
+                        capability=cap.summary(), fallbacks=tuple(fallbacks), prefill_attention=prefill)
     _resolved[key] = paths
     return paths

@@ -94,7 +94,8 @@ class LLMEngine:
     def _model_runner(self, core: EngineCore) -> ModelRunner:
         """The core's executor: the KV storage for its layout and the forward pass on real tensors."""
         self.cache = KVCache(core.layout, self.config.shape, self.model.dtype, torch.device(self.config.device))
-        self.runner = ModelRunner(self.model, self.cache, core.layout, self.config.copy_worker, self.kernels.decode_variant)
+        self.runner = ModelRunner(self.model, self.cache, core.layout, self.config.copy_worker, self.kernels.decode_variant,
+                                  self.kernels.prefill_variant)
         return self.runner
 
     # --- lifecycle ---------------------------------------------------------------------------

@@ -68,8 +68,11 @@ class Batch:
 
 
 class ModelRunner:
-    def __init__(self, model, cache: KVCache, layout: CacheLayout, copy_worker: str, decode_variant: str | None = None):
-        """`decode_variant`: the C decode build to use, or "torch" (runners/engine/kernels.py)."""
+    def __init__(self, model, cache: KVCache, layout: CacheLayout, copy_worker: str, decode_variant: str | None = None,
+                 prefill_variant: str | None = None):
+        """`decode_variant`: the C decode build to use, or "torch"; `prefill_variant`: the C build whose prefill
+        attention to use, or None for PyTorch's (runners/engine/kernels.py)."""
+        self.prefill_variant = prefill_variant
         self.model = model
         self.decode_variant = decode_variant
         self.c_variant = decode_variant if decode_variant in C_VARIANT_FLAGS else None  # the C library's build, if any
@@ -258,7 +261,8 @@ class ModelRunner:
             if prefill_tokens:
                 tables = None if batch.prefix_tables is None else batch.prefix_tables[layer]
                 parts.append(paged_prefill_attention(q[:prefill_tokens], k[:prefill_tokens], v[:prefill_tokens],
-                                                     batch.prefill, scale, kv, tables, self.decode_variant))
+                                                     batch.prefill, scale, kv, tables, self.decode_variant,
+                                                     self.prefill_variant))
             if batch.decode_tables is not None:
                 parts.append(paged_decode_attention(q[prefill_tokens:], kv, batch.decode_tables[layer],
                                                     batch.context_lens, scale, self.decode_variant))
