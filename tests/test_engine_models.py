@@ -426,3 +426,27 @@ def test_benchmark_kernel_loop_generates_what_transformers_generates(tmp_path):
         expected = hf_model.generate(torch.tensor([prompt]), max_new_tokens=output_len, min_new_tokens=output_len,
                                      do_sample=False)[0, len(prompt):].tolist()
         assert tokens == expected
+
+
+@pytest.mark.parametrize("maker, overrides", [(tiny_opt, {}), (tiny_opt, {"do_layer_norm_before": False}),
+                                              (tiny_llama, {})])
+def test_layer_forward_keeps_only_the_rows_asked_for(tmp_path, maker, overrides):
+    """`rows` (the step's last layer: only the rows it samples from go on): the kept rows equal the same rows of the
+    full output, in the order asked for, and every row's K and V still reach the attention (the cache)."""
+    _, path = maker(tmp_path, **overrides)
+    model = build_model(load_shape_from_dir(path), "float32", "cpu", weights_dir=path)
+    positions = torch.arange(len(PROMPT))
+    seen = []
+
+    def attention(layer, q, k, v):
+        seen.append((k.clone(), v.clone()))
+        return prefill_attention(q, k, v, torch.tensor([0, len(PROMPT)]), model.attention_scale)
+
+    rows = torch.tensor([len(PROMPT) - 1, 2, 0])
+    with torch.inference_mode():
+        hidden = model.embed(torch.tensor(PROMPT), positions)
+        full = model.layer_forward(0, hidden, positions, attention)
+        kept = model.layer_forward(0, hidden, positions, attention, rows)
+    assert kept.shape == (3, model.shape.hidden_size)
+    torch.testing.assert_close(kept, full[rows])
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], seen[1])) and len(seen[1][0]) == len(PROMPT)

@@ -167,15 +167,13 @@ def resolve_kernels(device: str, dtype: str, capability: DeviceCapability | None
         failure = _try_triton(device, geometry)
         if failure:
             raise RuntimeError(f"decode_kernel=triton but {failure}")
-        decode = "triton"
+        decode = prefill = "triton"
     elif choice.decode == "triton" and torch.device(device).type == "cuda" and forced[1] != "torch":
         failure = _try_triton(device, geometry)
         if failure:
             fallbacks.append(f"{failure}; PyTorch attention")
         else:
             decode = prefill = "triton"
-    if forced[1] == "triton":
-        prefill = "triton"
     paths = KernelPaths(dtype=dtype, linear=own or (LINEAR_PATHS[2] if prepack else LINEAR_PATHS[3]),
                         decode_attention=decode, c_variant=variant,
                         capability=cap.summary(), fallbacks=tuple(fallbacks), prefill_attention=prefill)

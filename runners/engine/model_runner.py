@@ -228,7 +228,7 @@ class ModelRunner:
                 h2d += self.prefetcher.start(batch.kv_indices, batch.rebuild_indices)
             try:
                 hidden, d2h_captured = self._forward(batch, streaming)
-                tokens = self._sample(hidden[batch.logit_rows], scheduled.sampled)
+                tokens = self._sample(hidden, scheduled.sampled)
             finally:
                 stall = self.prefetcher.finish() if streaming else 0.0
             elapsed = time.perf_counter() - began
@@ -248,6 +248,9 @@ class ModelRunner:
         return sample(self.model.logits(rows), params, [seq.generator for seq in seqs], self.c_variant)
 
     def _forward(self, batch: Batch, streaming: bool) -> tuple[torch.Tensor, int]:
+        """The final hidden states of the rows the step samples from (`batch.logit_rows`, in that order), and the
+        bytes captured for the KVPR pool. The last layer carries only those rows past its attention where they are
+        fewer than the step's tokens (prompt tokens before a prompt's last need their K and V, not their output)."""
         model, cache, kv = self.model, self.cache, self.cache.kv
         scale = model.attention_scale
         prefill_tokens = batch.num_prefill_tokens
@@ -271,8 +274,10 @@ class ModelRunner:
             return parts[0] if len(parts) == 1 else torch.cat(parts)
 
         hidden = model.embed(batch.input_ids, batch.positions)
+        keep = batch.logit_rows if 0 < len(batch.logit_rows) < len(batch.input_ids) else None
         for layer in range(self.num_layers):
             if cache.rebuild:
                 captured += cache.capture(layer, batch.slots_cpu, hidden)
-            hidden = model.layer_forward(layer, hidden, batch.layer_positions, attention)
-        return hidden, captured
+            last = layer == self.num_layers - 1
+            hidden = model.layer_forward(layer, hidden, batch.layer_positions, attention, keep if last else None)
+        return (hidden if keep is not None else hidden[batch.logit_rows]), captured

@@ -8,7 +8,7 @@
  * each row is taken before that rounding (as PyTorch's CPU flash attention does).
  *
  * Why our own: on a 2-core AMD EPYC Zen 4 PyTorch's CPU flash attention ran OPT-125m's heads at about 32 GFLOP/s
- * for prompts of 128 tokens (12.7 ms a layer for 16 of them): a fifth of the vector units' peak, and about a
+ * for prompts of 128 tokens (12.7 ms a layer for 16 of them): under a tenth of the two cores' peak, and about a
  * second of a 96-request run (docs/engine-cpu-performance.md, "Zen 4").
  *
  * How: each thread (OpenMP, dynamic over query heads) packs its head's keys into the layout of bf16_gemm.c's

@@ -94,10 +94,12 @@ def project_qkv(layer: LlamaLayer, shape: ModelShape, x: torch.Tensor, positions
 
 
 def layer_forward(layer: LlamaLayer, shape: ModelShape, index: int, hidden: torch.Tensor,
-                  positions: torch.Tensor, attention: Attention) -> torch.Tensor:
+                  positions: torch.Tensor, attention: Attention, rows: torch.Tensor | None = None) -> torch.Tensor:
     q, k, v = project_qkv(layer, shape, rms_norm(hidden, layer.input_norm_weight, shape.norm_eps), positions)
-    out = attention(index, q, k, v)
-    hidden = hidden + layer.o(out.reshape(hidden.shape[0], shape.hidden_size))
+    out = attention(index, q, k, v).reshape(hidden.shape[0], shape.hidden_size)
+    if rows is not None:  # only these rows go on (the step's last layer)
+        hidden, out = hidden[rows], out[rows]
+    hidden = hidden + layer.o(out)
     gate, up = layer.gate_up(rms_norm(hidden, layer.post_norm_weight, shape.norm_eps)).chunk(2, dim=-1)
     return hidden + layer.down(F.silu(gate) * up)
 
@@ -131,8 +133,9 @@ class LlamaModel:
         cos, sin = rope_cos_sin(positions, self.shape.head_dim, self.shape.rope_theta)
         return RotaryPositions(positions, cos, sin)
 
-    def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
-        return layer_forward(self.layers[index], self.shape, index, hidden, positions, attention)
+    def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor, attention: Attention,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+        return layer_forward(self.layers[index], self.shape, index, hidden, positions, attention, rows)
 
     def layer_kv_from_input(self, index: int, layer_input: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return layer_kv_from_input(self.layers[index], self.shape, layer_input, positions)

@@ -54,25 +54,32 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-def attention_block(layer: OPTLayer, shape: ModelShape, index: int, x: torch.Tensor, attention: Attention) -> torch.Tensor:
-    """x is the (already normed, for pre-norm) input; returns the out-projected attention output."""
+def attention_block(layer: OPTLayer, shape: ModelShape, index: int, x: torch.Tensor, attention: Attention,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+    """x is the (already normed, for pre-norm) input; returns the out-projected attention output (of `rows` only,
+    when given)."""
     tokens = x.shape[0]
     h, heads, head_dim = shape.hidden_size, shape.num_heads, shape.head_dim
     q, k, v = layer.qkv(x).split(h, dim=-1)
-    out = attention(index, q.view(tokens, heads, head_dim), k.view(tokens, heads, head_dim), v.view(tokens, heads, head_dim))
-    return layer.out(out.reshape(tokens, h))
+    out = attention(index, q.view(tokens, heads, head_dim), k.view(tokens, heads, head_dim),
+                    v.view(tokens, heads, head_dim)).reshape(tokens, h)
+    return layer.out(out if rows is None else out[rows])
 
 
 def mlp_block(layer: OPTLayer, x: torch.Tensor) -> torch.Tensor:
     return layer.fc2(layer.fc1(x, relu=True))
 
 
-def layer_forward(layer: OPTLayer, shape: ModelShape, index: int, hidden: torch.Tensor, attention: Attention) -> torch.Tensor:
+def layer_forward(layer: OPTLayer, shape: ModelShape, index: int, hidden: torch.Tensor, attention: Attention,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
     eps = shape.norm_eps
+    residual = hidden if rows is None else hidden[rows]
     if shape.do_layer_norm_before:
-        hidden = hidden + attention_block(layer, shape, index, layer_norm(hidden, layer.attn_norm_weight, layer.attn_norm_bias, eps), attention)
+        normed = layer_norm(hidden, layer.attn_norm_weight, layer.attn_norm_bias, eps)
+        hidden = residual + attention_block(layer, shape, index, normed, attention, rows)
         return hidden + mlp_block(layer, layer_norm(hidden, layer.mlp_norm_weight, layer.mlp_norm_bias, eps))
-    hidden = layer_norm(hidden + attention_block(layer, shape, index, hidden, attention), layer.attn_norm_weight, layer.attn_norm_bias, eps)
+    hidden = layer_norm(residual + attention_block(layer, shape, index, hidden, attention, rows), layer.attn_norm_weight,
+                        layer.attn_norm_bias, eps)
     return layer_norm(hidden + mlp_block(layer, hidden), layer.mlp_norm_weight, layer.mlp_norm_bias, eps)
 
 
@@ -112,8 +119,9 @@ class OPTModel:
         """OPT's positions enter at the embedding only: the layers take them as they are."""
         return positions
 
-    def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
-        return layer_forward(self.layers[index], self.shape, index, hidden, attention)
+    def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor, attention: Attention,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+        return layer_forward(self.layers[index], self.shape, index, hidden, attention, rows)
 
     def layer_kv_from_input(self, index: int, layer_input: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return layer_kv_from_input(self.layers[index], self.shape, layer_input)
