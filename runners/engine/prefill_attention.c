@@ -117,10 +117,18 @@ void prefill_attention_bf16(const uint16_t *q, int64_t q_stride, const uint16_t 
                 uint32_t *dst = (uint32_t *)keys + (key / 16) * (dh / 2) * 16 + key % 16;
                 for (int64_t d = 0; d < dh / 2; d++)
                     dst[d * 16] = src[d];
-                const uint16_t *row = v + key * v_stride + kv * dh;
-                uint16_t *lane = values + (key / 2) * 32 + key % 2;
-                for (int64_t d = 0; d < dh; d++)
-                    lane[(d / 16) * value_panel + (d % 16) * 2] = row[d];
+            }
+            for (int64_t key = 0; key < t_k; key += 2) { /* 16 dimensions of two keys: one 64-byte row */
+                const uint16_t *even = v + key * v_stride + kv * dh, *odd = even + v_stride;
+                uint32_t *row = (uint32_t *)values + (key / 2) * 16;
+                for (int64_t d = 0; d < dh; d += 16) {
+                    const __m512i low = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(even + d)));
+                    const __m512i high = key + 1 < t_k
+                                             ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(odd + d)))
+                                             : _mm512_setzero_si512();
+                    _mm512_storeu_si512(row + (d / 16) * (value_panel / 2),
+                                        _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+                }
             }
             for (int64_t r0 = 0; r0 < t_q; r0 += RB) {
                 const int mr = t_q - r0 < RB ? (int)(t_q - r0) : RB;
