@@ -36,8 +36,8 @@ class DecoderModel(Protocol):
     def layer_forward(self, index: int, hidden: torch.Tensor, positions: torch.Tensor,
                       attention: Attention, rows: torch.Tensor | None = None) -> torch.Tensor:
         """One layer over a step's rows. `rows`: when given, the output holds only these rows, in this order (a
-        step's last layer needs only the rows it samples from: the attention projections, the MLP and their norms
-        skip the other prompt tokens); every row's K and V are still computed and written."""
+        step's last layer needs only the rows it samples from: the out-projection, the MLP and their norms skip the
+        other prompt tokens); every row's K and V are still computed and written."""
         ...
 
     def layer_kv_from_input(self, index: int, layer_input: torch.Tensor,
