@@ -287,7 +287,7 @@ def select_kernels(cap: DeviceCapability, dtype: str) -> KernelChoice:
     variant = c_variant(cap)
     # PyTorch's flash attention runs its bf16 products on AMX where oneDNN may use it; without AMX the C kernel
     # beats it by 2-3x (docs/engine-cpu-performance.md, "Zen 4")
-    c_prefill = dtype == "bfloat16" and variant == "avx512bf16" and not {"amx_tile", "amx_bf16"} <= cap.onednn_features
+    c_prefill = dtype == "bfloat16" and variant == "avx512bf16" and not amx
     prefill = (f"C prefill attention, {variant} build (AVX512-BF16, no AMX)" if c_prefill
                else "PyTorch prefill attention (flash attention for bf16 and fp16)")
     return KernelChoice(prepack, "c", variant, (*reasons, f"C decode attention, {variant} build", prefill), amx=amx,

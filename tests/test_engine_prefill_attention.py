@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from capability_records import RECORDS
-from pie_core.capability import c_variant, select_kernels
-from pie_core.device_probe import detect_capability
+from own_gemms import avx512_prefill_or_skip
+from pie_core.capability import select_kernels
 from runners.engine import attention, c_kernels, cpu_attention
 from runners.engine.config import EngineConfig
 from runners.engine.llm_engine import LLMEngine
@@ -22,11 +22,7 @@ from runners.engine.sampling_params import SamplingParams
 VARIANT = "avx512bf16"
 
 
-def _kernel_or_skip() -> None:
-    """Skip where this CPU lacks AVX512-BF16; where it has it, a library without the kernel is a failure."""
-    if c_variant(detect_capability("cpu")) != VARIANT:
-        pytest.skip("this CPU has no AVX512-BF16 for the engine's prefill attention")
-    assert c_kernels.has_prefill(c_kernels.load(VARIANT)), c_kernels.load_error(VARIANT)
+_kernel_or_skip = avx512_prefill_or_skip
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, scale: float) -> torch.Tensor:

@@ -322,28 +322,23 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         length = end - start
         if length == 0:
             continue
+        key, value = k[start:end], v[start:end]
+        if prefix is not None:  # [P + t, Hkv, dh] (contiguous): the prefix's keys and values, then the chunk's
+            key, value = torch.cat([prefix[0].to(key.dtype), key]), torch.cat([prefix[1].to(value.dtype), value])
         if native:
-            key, value = k[start:end], v[start:end]
-            if prefix is not None:  # [P + t, Hkv, dh], contiguous
-                key, value = torch.cat([prefix[0].to(key.dtype), key]), torch.cat([prefix[1].to(value.dtype), value])
             cpu_attention.prefill(q[start:end], key, value, out[start:end], scale, c_variant)
             continue
         if prefix is None and q.device.type == "cpu" and q.dtype in _SDPA_DTYPES:
             # [1, H, t, dh] views of the packed rows: PyTorch's CPU flash attention, fp32 softmax inside
             attended = F.scaled_dot_product_attention(q[start:end].unsqueeze(0).transpose(1, 2),
-                                                      k[start:end].unsqueeze(0).transpose(1, 2),
-                                                      v[start:end].unsqueeze(0).transpose(1, 2),
+                                                      key.unsqueeze(0).transpose(1, 2), value.unsqueeze(0).transpose(1, 2),
                                                       is_causal=True, scale=scale, enable_gqa=group > 1)
             out[start:end] = attended[0].transpose(0, 1)
             continue
         if bias is None:
             bias = _causal_bias_for(longest, q.device).to(compute)
         query = q[start:end].to(compute).permute(1, 0, 2)  # [Hq, t, dh]
-        key, value = k[start:end], v[start:end]
-        past = 0
-        if prefix is not None:
-            past = len(prefix[0])
-            key, value = torch.cat([prefix[0].to(key.dtype), key]), torch.cat([prefix[1].to(value.dtype), value])
+        past = len(key) - length
         key, value = key.to(compute), value.to(compute)
         if group > 1:  # GQA: each KV head serves `group` query heads
             key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
