@@ -30,8 +30,10 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define MR 8          /* rows of x per register block */
-#define NP 3          /* 16-column panels per register block: MR x NP = 24 of the 32 vector registers */
+#include "bf16_dot.h"
+
+#define MR DOT_ROWS   /* rows of x per register block */
+#define NP DOT_PANELS /* 16-column panels per register block: MR x NP = 24 of the 32 vector registers */
 #define ROW_BLOCK 128 /* rows of x per sweep over the panels */
 
 static inline void store16(__m512 acc, const uint16_t *bias, int64_t relu, uint16_t *out) {
@@ -47,26 +49,9 @@ static inline void store16(__m512 acc, const uint16_t *bias, int64_t relu, uint1
 static inline __attribute__((always_inline)) void block(const uint16_t *x, int64_t k, const uint16_t *packed, int64_t n,
                                                         const uint16_t *bias, int64_t relu, uint16_t *out, int64_t m0,
                                                         int mr, int64_t p0, int np) {
+    const int64_t panel_stride = (k / 32) * 512;
     __m512 acc[MR][NP];
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NP; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    const int64_t pairs = k / 2, panel_stride = (k / 32) * 512;
-    const uint16_t *w = packed + p0 * panel_stride;
-    const uint32_t *rows = (const uint32_t *)(x + m0 * k); /* pairs of x, row stride k / 2 */
-    for (int64_t kp = 0; kp < pairs; kp++) {
-        __m512bh b[NP];
-        for (int j = 0; j < NP; j++)
-            if (j < np)
-                b[j] = (__m512bh)_mm512_loadu_si512(w + j * panel_stride + kp * 32);
-        for (int i = 0; i < MR; i++)
-            if (i < mr) {
-                const __m512bh a = (__m512bh)_mm512_set1_epi32((int)rows[i * pairs + kp]);
-                for (int j = 0; j < NP; j++)
-                    if (j < np)
-                        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], a, b[j]);
-            }
-    }
+    bf16_dot_block(acc, (const uint32_t *)(x + m0 * k), k / 2, mr, packed + p0 * panel_stride, panel_stride, np, k / 2);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < np; j++)
             store16(acc[i][j], bias ? bias + (p0 + j) * 16 : 0, relu, out + (m0 + i) * n + (p0 + j) * 16);

@@ -8,6 +8,7 @@ Five sources beside this module (package data), compiled into one library:
   record selects it (in the avx512bf16 build only: `has_gemm`);
 - `prefill_attention.c`: causal prefill attention of one sequence on AVX512-BF16 vector units, which
   `attention.prefill_attention` runs where the record selects it (in the avx512bf16 build only: `has_prefill`).
+The last two share their register block, `bf16_dot.h` (`HEADERS`: written beside the sources for the build).
 A second library, variant `amx` (`AMX`), holds `amx_gemm.c` alone: the bf16 GEMM on Intel AMX tiles that
 `models/linear.py` runs where the capability record selects it.
 
@@ -37,7 +38,8 @@ from pie_core.device_probe import detect_capability
 SOURCES = ("paged_decode.c", "greedy_argmax.c", "kv_rows.c", "bf16_gemm.c", "prefill_attention.c")
 AMX = "amx"  # the AMX GEMM library's variant (pie_core/capability.py C_VARIANT_FLAGS; never a decode build)
 AMX_SOURCES = ("amx_gemm.c",)
-_TEXTS = {name: Path(__file__).with_name(name).read_text() for name in (*SOURCES, *AMX_SOURCES)}
+HEADERS = ("bf16_dot.h",)  # included by SOURCES; written beside them for the build, part of the library's digest
+_TEXTS = {name: Path(__file__).with_name(name).read_text() for name in (*SOURCES, *AMX_SOURCES, *HEADERS)}
 
 _BASE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared")
 _DECODE_ARGS = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 8 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int64]
@@ -170,6 +172,8 @@ def _build(target: Path, variant: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     compiler = os.environ.get("CC", "cc")
     with tempfile.TemporaryDirectory() as work:
+        for name in HEADERS:
+            (Path(work) / name).write_text(_TEXTS[name])
         sources = []
         for name in _sources(variant):
             (Path(work) / name).write_text(_TEXTS[name])
@@ -202,7 +206,7 @@ def load(variant: str | None = None) -> ctypes.CDLL | None:
     if variant in _libraries:
         return _libraries[variant]
     _libraries[variant] = None
-    text = "".join(_TEXTS[name] for name in _sources(variant))
+    text = "".join(_TEXTS[name] for name in (*_sources(variant), *HEADERS))
     digest = hashlib.sha256((text + " ".join(_flags(variant)) + os.uname().machine).encode()).hexdigest()[:16]
     target = _cache_dir() / f"pie_{'gemm' if variant == AMX else 'kernels'}_{variant}_{digest}.so"
     try:

@@ -28,8 +28,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RB 8 /* query rows per block */
-#define NP 3 /* 16-column panels per register block */
+#include "bf16_dot.h"
+
+#define RB DOT_ROWS   /* query rows per block */
+#define NP DOT_PANELS /* 16-column panels per register block */
 
 /* e^x for x <= 0 (fp32): x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to r^6 (relative error
  * below 2e-7), times 2^n by VSCALEFPS; far below the range it gives 0 */
@@ -54,29 +56,13 @@ static inline __mmask16 visible_lanes(int64_t j, int64_t last) {
     return j > last ? 0 : j + 15 <= last ? 0xFFFF : (__mmask16)((1u << (last - j + 1)) - 1);
 }
 
-/* acc[i][j] = sum over pairs kp of a[i][kp] . panel (p0 + j) row kp, for rows i < mr and panels j < np; the fp32
- * results go to dst + i * dst_stride + (p0 + j) * 16. a: rows of bf16 pairs (uint32), a_stride pairs apart. */
+/* a[i] . panels (p0 + j) for rows i < mr and panels j < np (bf16_dot.h); the fp32 results go to
+ * dst + i * dst_stride + (p0 + j) * 16. a: rows of bf16 pairs (uint32), a_stride pairs apart. */
 static inline __attribute__((always_inline)) void dot_block(const uint32_t *a, int64_t a_stride, int mr,
                                                             const uint16_t *panels, int64_t panel_stride, int64_t p0,
                                                             int np, int64_t pairs, float *dst, int64_t dst_stride) {
     __m512 acc[RB][NP];
-    for (int i = 0; i < RB; i++)
-        for (int j = 0; j < NP; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    const uint16_t *w = panels + p0 * panel_stride;
-    for (int64_t kp = 0; kp < pairs; kp++) {
-        __m512bh b[NP];
-        for (int j = 0; j < NP; j++)
-            if (j < np)
-                b[j] = (__m512bh)_mm512_loadu_si512(w + j * panel_stride + kp * 32);
-        for (int i = 0; i < RB; i++)
-            if (i < mr) {
-                const __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[i * a_stride + kp]);
-                for (int j = 0; j < NP; j++)
-                    if (j < np)
-                        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], x, b[j]);
-            }
-    }
+    bf16_dot_block(acc, a, a_stride, mr, panels + p0 * panel_stride, panel_stride, np, pairs);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < np; j++)
             _mm512_storeu_ps(dst + i * dst_stride + (p0 + j) * 16, acc[i][j]);
