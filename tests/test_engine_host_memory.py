@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,8 @@ def test_large_tensors_are_advised_for_huge_pages() -> None:
     may have none), so the pages themselves are not asserted."""
     if not host_memory.huge_pages_enabled():
         pytest.skip("no libc to madvise with here: every tensor takes the plain path")
+    if not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists():
+        pytest.skip("this kernel has no transparent huge pages: madvise refuses MADV_HUGEPAGE")
     tensor = host_memory.zeros((4096, 2, 16, 12, 64), torch.bfloat16)  # 192 MiB
     mapping = _mapping_of(tensor.data_ptr())
     assert mapping, "the tensor's address is in no mapping of /proc/self/smaps"
