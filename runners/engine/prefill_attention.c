@@ -13,7 +13,8 @@
  *
  * How: each thread (OpenMP, dynamic over query heads) packs its head's keys into the layout of bf16_gemm.c's
  * weights, [t_k/16][dh/2][16][2]: for each panel of 16 keys, one 64-byte row per pair of dimensions, the operand
- * VDPBF16PS multiplies by a broadcast pair of q. Values go the other way round, [dh/16][t_k/2][16][2]: per panel of
+ * VDPBF16PS multiplies by a broadcast pair of q (16 keys x 16 pairs loaded and transposed in registers at a time).
+ * Values go the other way round, [dh/16][t_k/2][16][2]: per panel of
  * 16 dimensions, one row per pair of keys, multiplied by a broadcast pair of exponentials. Then per block of RB
  * query rows: the scores against the key panels up to the block's last position (causal blocks skipped), the
  * masked fp32 softmax, and the product with v, each on RB x up to 3 panels of accumulators in registers.
@@ -56,6 +57,30 @@ static inline __mmask16 visible_lanes(int64_t j, int64_t last) {
     return j > last ? 0 : j + 15 <= last ? 0xFFFF : (__mmask16)((1u << (last - j + 1)) - 1);
 }
 
+/* r[i] lane j <- r[j] lane i: a 16 x 16 transpose of 32-bit elements (pairs of bf16) in four rounds of shuffles */
+static inline __attribute__((always_inline)) void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int h = 0; h < 16; h += 8)
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
 /* a[i] . panels (p0 + j) for rows i < mr and panels j < np (bf16_dot.h); the fp32 results go to
  * dst + i * dst_stride + (p0 + j) * 16. a: rows of bf16 pairs (uint32), a_stride pairs apart. */
 static inline __attribute__((always_inline)) void dot_block(const uint32_t *a, int64_t a_stride, int mr,
@@ -95,15 +120,21 @@ void prefill_attention_bf16(const uint16_t *q, int64_t q_stride, const uint16_t 
             const int64_t kv = h / group;
             /* keys: panel p, pair d, lane j holds the pair (2d, 2d + 1) of key 16p + j; values: panel c, key pair
              * kp, lane j holds (v[2kp][16c + j], v[2kp + 1][16c + j]); both zero past t_k */
-            memset(keys + (t_k / 16) * key_panel, 0, (padded - t_k / 16 * 16) * dh * 2);
             for (int64_t c = 0; c < dh / 16; c++)
                 memset(values + c * value_panel + (t_k / 2) * 32, 0, (padded - t_k / 2 * 2) * 32);
-            for (int64_t key = 0; key < t_k; key++) {
-                const uint32_t *src = (const uint32_t *)(k + key * k_stride + kv * dh);
-                uint32_t *dst = (uint32_t *)keys + (key / 16) * (dh / 2) * 16 + key % 16;
-                for (int64_t d = 0; d < dh / 2; d++)
-                    dst[d * 16] = src[d];
-            }
+            for (int64_t p = 0; p < padded / 16; p++) /* 16 keys x 16 pairs at a time, transposed in registers */
+                for (int64_t d0 = 0; d0 < dh / 2; d0 += 16) {
+                    const int64_t pairs = dh / 2 - d0 < 16 ? dh / 2 - d0 : 16;
+                    const __mmask16 some = (__mmask16)((1u << pairs) - 1);
+                    __m512i rows[16];
+                    for (int j = 0; j < 16; j++)
+                        rows[j] = p * 16 + j < t_k ? _mm512_maskz_loadu_epi32(some, k + (p * 16 + j) * k_stride + kv * dh + 2 * d0)
+                                                   : _mm512_setzero_si512();
+                    transpose16(rows);
+                    uint32_t *dst = (uint32_t *)keys + (p * (dh / 2) + d0) * 16;
+                    for (int64_t d = 0; d < pairs; d++)
+                        _mm512_store_si512(dst + d * 16, rows[d]);
+                }
             for (int64_t key = 0; key < t_k; key += 2) { /* 16 dimensions of two keys: one 64-byte row */
                 const uint16_t *even = v + key * v_stride + kv * dh, *odd = even + v_stride;
                 uint32_t *row = (uint32_t *)values + (key / 2) * 16;
