@@ -11,7 +11,8 @@
  * for prompts of 128 tokens (12.7 ms a layer for 16 of them): under a tenth of the two cores' peak, and about a
  * second of a 96-request run (docs/engine-cpu-performance.md, "Zen 4").
  *
- * How: each thread (OpenMP, dynamic over query heads) packs its head's keys into the layout of bf16_gemm.c's
+ * How: each thread (OpenMP, dynamic over query heads; grouped-query heads that share a key-value head in runs, packed
+ * once a run) packs its head's keys into the layout of bf16_gemm.c's
  * weights, [t_k/16][dh/2][16][2]: for each panel of 16 keys, one 64-byte row per pair of dimensions, the operand
  * VDPBF16PS multiplies by a broadcast pair of q (16 keys x 16 pairs loaded and transposed in registers at a time).
  * Values go the other way round, [dh/16][t_k/2][16][2]: per panel of
@@ -25,6 +26,7 @@
  */
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #include <immintrin.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,36 +117,44 @@ void prefill_attention_bf16(const uint16_t *q, int64_t q_stride, const uint16_t 
         uint16_t *keys = aligned_alloc(64, padded * dh * 2), *values = aligned_alloc(64, padded * dh * 2);
         uint16_t *probs = aligned_alloc(64, RB * padded * 2);
         float *scores = aligned_alloc(64, RB * padded * 4), *sums = aligned_alloc(64, RB * dh * 4);
-        #pragma omp for schedule(dynamic)
+        /* query heads that share a key-value head go out in runs of up to `group`, as long as that leaves two runs a
+           thread, and a thread packs a key-value head once for its consecutive query heads */
+        const int64_t share = hq / (2 * omp_get_num_threads()), run = group < share ? group : share > 1 ? share : 1;
+        int64_t packed = -1;
+        #pragma omp for schedule(dynamic, run)
         for (int64_t h = 0; h < hq; h++) {
             const int64_t kv = h / group;
             /* keys: panel p, pair d, lane j holds the pair (2d, 2d + 1) of key 16p + j; values: panel c, key pair
              * kp, lane j holds (v[2kp][16c + j], v[2kp + 1][16c + j]); both zero past t_k */
-            for (int64_t c = 0; c < dh / 16; c++)
-                memset(values + c * value_panel + (t_k / 2) * 32, 0, (padded - t_k / 2 * 2) * 32);
-            for (int64_t p = 0; p < padded / 16; p++) /* 16 keys x 16 pairs at a time, transposed in registers */
-                for (int64_t d0 = 0; d0 < dh / 2; d0 += 16) {
-                    const int64_t pairs = dh / 2 - d0 < 16 ? dh / 2 - d0 : 16;
-                    const __mmask16 some = (__mmask16)((1u << pairs) - 1);
-                    __m512i rows[16];
-                    for (int j = 0; j < 16; j++)
-                        rows[j] = p * 16 + j < t_k ? _mm512_maskz_loadu_epi32(some, k + (p * 16 + j) * k_stride + kv * dh + 2 * d0)
-                                                   : _mm512_setzero_si512();
-                    transpose16(rows);
-                    uint32_t *dst = (uint32_t *)keys + (p * (dh / 2) + d0) * 16;
-                    for (int64_t d = 0; d < pairs; d++)
-                        _mm512_store_si512(dst + d * 16, rows[d]);
-                }
-            for (int64_t key = 0; key < t_k; key += 2) { /* 16 dimensions of two keys: one 64-byte row */
-                const uint16_t *even = v + key * v_stride + kv * dh, *odd = even + v_stride;
-                uint32_t *row = (uint32_t *)values + (key / 2) * 16;
-                for (int64_t d = 0; d < dh; d += 16) {
-                    const __m512i low = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(even + d)));
-                    const __m512i high = key + 1 < t_k
-                                             ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(odd + d)))
-                                             : _mm512_setzero_si512();
-                    _mm512_storeu_si512(row + (d / 16) * (value_panel / 2),
-                                        _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+            if (kv != packed) {
+                packed = kv;
+                for (int64_t c = 0; c < dh / 16; c++)
+                    memset(values + c * value_panel + (t_k / 2) * 32, 0, (padded - t_k / 2 * 2) * 32);
+                for (int64_t p = 0; p < padded / 16; p++) /* 16 keys x 16 pairs at a time, transposed in registers */
+                    for (int64_t d0 = 0; d0 < dh / 2; d0 += 16) {
+                        const int64_t pairs = dh / 2 - d0 < 16 ? dh / 2 - d0 : 16;
+                        const __mmask16 some = (__mmask16)((1u << pairs) - 1);
+                        __m512i rows[16];
+                        for (int j = 0; j < 16; j++) {
+                            const uint16_t *key = k + (p * 16 + j) * k_stride + kv * dh + 2 * d0;
+                            rows[j] = p * 16 + j < t_k ? _mm512_maskz_loadu_epi32(some, key) : _mm512_setzero_si512();
+                        }
+                        transpose16(rows);
+                        uint32_t *dst = (uint32_t *)keys + (p * (dh / 2) + d0) * 16;
+                        for (int64_t d = 0; d < pairs; d++)
+                            _mm512_store_si512(dst + d * 16, rows[d]);
+                    }
+                for (int64_t key = 0; key < t_k; key += 2) { /* 16 dimensions of two keys: one 64-byte row */
+                    const uint16_t *even = v + key * v_stride + kv * dh, *odd = even + v_stride;
+                    uint32_t *row = (uint32_t *)values + (key / 2) * 16;
+                    for (int64_t d = 0; d < dh; d += 16) {
+                        const __m512i low = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(even + d)));
+                        const __m512i high = key + 1 < t_k
+                                                 ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(odd + d)))
+                                                 : _mm512_setzero_si512();
+                        _mm512_storeu_si512(row + (d / 16) * (value_panel / 2),
+                                            _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+                    }
                 }
             }
             for (int64_t r0 = 0; r0 < t_q; r0 += RB) {
