@@ -11,14 +11,14 @@
  * for prompts of 128 tokens (12.7 ms a layer for 16 of them): under a tenth of the two cores' peak, and about a
  * second of a 96-request run (docs/engine-cpu-performance.md, "Zen 4").
  *
- * How: each thread (OpenMP, dynamic over query heads; grouped-query heads that share a key-value head in runs, packed
- * once a run) packs its head's keys into the layout of bf16_gemm.c's
- * weights, [t_k/16][dh/2][16][2]: for each panel of 16 keys, one 64-byte row per pair of dimensions, the operand
- * VDPBF16PS multiplies by a broadcast pair of q (16 keys x 16 pairs loaded and transposed in registers at a time).
- * Values go the other way round, [dh/16][t_k/2][16][2]: per panel of
- * 16 dimensions, one row per pair of keys, multiplied by a broadcast pair of exponentials. Then per block of RB
- * query rows: the scores against the key panels up to the block's last position (causal blocks skipped), the
- * masked fp32 softmax, and the product with v, each on RB x up to 3 panels of accumulators in registers.
+ * How: each thread (OpenMP, dynamic over query heads; grouped-query heads that share a key-value head go out in
+ * runs, packed once a run) packs its head's keys into the layout of bf16_gemm.c's weights, [t_k/16][dh/2][16][2]:
+ * for each panel of 16 keys, one 64-byte row per pair of dimensions, the operand VDPBF16PS multiplies by a
+ * broadcast pair of q (16 keys x 16 pairs loaded and transposed in registers at a time). Values go the other way
+ * round, [dh/16][t_k/2][16][2]: per panel of 16 dimensions, one row per pair of keys, multiplied by a broadcast
+ * pair of exponentials. Then per block of RB query rows: the scores against the key panels up to the block's last
+ * position (causal blocks skipped), the masked fp32 softmax, and the product with v, each on RB x up to 3 panels
+ * of accumulators in registers (bf16_dot.h).
  *
  * Shapes: dh a multiple of 16; any t_q, past, head counts with hq a multiple of hkv (grouped-query heads share
  * their key-value head). Strides are in elements between tokens; a token's heads follow each other (dh apart).
