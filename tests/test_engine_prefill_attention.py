@@ -22,9 +22,6 @@ from runners.engine.sampling_params import SamplingParams
 VARIANT = "avx512bf16"
 
 
-_kernel_or_skip = avx512_prefill_or_skip
-
-
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, scale: float) -> torch.Tensor:
     """fp32 causal attention of q (positions past ..) over k, v: [t, H, dh] each."""
     group = q.shape[1] // k.shape[1]
@@ -54,7 +51,7 @@ def _packed(tokens: int, hq: int, hkv: int, dh: int, seed: int, tail: int = 0):
 def test_kernel_matches_fp32_reference(t_q: int, past: int, hq: int, hkv: int, dh: int) -> None:
     """Every row and key tail, chunks after a prefix, grouped heads and head sizes 16-128: the fp32 result rounded to
     bf16, within the rounding of the probabilities to bf16; rows past the sequence (NaN) are never read."""
-    _kernel_or_skip()
+    avx512_prefill_or_skip()
     q, k, v = _packed(past + t_q, hq, hkv, dh, seed=t_q + past, tail=9)
     q = q[past:]
     assert cpu_attention.supports_prefill(q, k, v, VARIANT)
@@ -68,7 +65,7 @@ def test_kernel_matches_fp32_reference(t_q: int, past: int, hq: int, hkv: int, d
 def test_prefill_attention_routes_sequences_and_prefixes_through_the_kernel() -> None:
     """A packed batch of three sequences, one a chunk after a 20-token prefix: the C build's result against
     PyTorch's path for the same call, and each sequence against the fp32 reference."""
-    _kernel_or_skip()
+    avx512_prefill_or_skip()
     lengths, hq, dh = [13, 40, 5], 4, 64
     q, k, v = _packed(sum(lengths), hq, hq, dh, seed=3)
     pk, pv = (torch.randn(20, hq, dh, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16) for _ in "kv")
@@ -140,7 +137,7 @@ def test_a_zen4_engine_runs_it_and_says_so() -> None:
 
 def test_a_build_without_the_kernel_leaves_pytorch_and_names_why(monkeypatch) -> None:
     """The decode build loads but lacks prefill_attention_bf16: the fallback is named, prefill runs on PyTorch."""
-    _kernel_or_skip()
+    avx512_prefill_or_skip()
     monkeypatch.setattr(c_kernels, "has_prefill", lambda library: False)
     with _engine(monkeypatch) as engine:
         assert engine.kernels.prefill_attention == "torch" and engine.runner.prefill_variant is None
@@ -156,7 +153,7 @@ def test_decode_kernel_torch_takes_pytorch_prefill_too(monkeypatch) -> None:
 def test_c_and_pytorch_prefill_engines_generate_the_same_greedy_tokens(monkeypatch) -> None:
     """The whole model with the C prefill attention and with PyTorch's: the same greedy continuations of a tiny
     seeded model (prompts of 12-140 tokens, so several register and key blocks)."""
-    _kernel_or_skip()
+    avx512_prefill_or_skip()
     prompts = [[(7 * i + j) % 50000 + 3 for j in range(12 + 32 * i)] for i in range(5)]
     outputs = {}
     for kernel in (True, False):
@@ -177,7 +174,7 @@ def test_limiting_torch_to_avx2_really_moves_prefill_off_the_kernel() -> None:
     import subprocess
     import sys
 
-    _kernel_or_skip()
+    avx512_prefill_or_skip()
     code = ("from runners.engine.llm_engine import LLMEngine; from runners.engine.config import EngineConfig; "
             "e = LLMEngine(EngineConfig(model='opt-125m', dtype='bfloat16', num_device_blocks=8, random_weights=True)); "
             "print(e.kernels.decode_attention, e.kernels.prefill_attention)")
